@@ -1,0 +1,165 @@
+"""The `edgeconv` command line: thin commands over the library, in pipeline order.
+
+Every user-facing failure is an `EdgeconvError`, printed as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeconv import __version__
+from edgeconv.console import console, err_console, rows_table, sections_table
+from edgeconv.errors import EdgeconvError
+
+app = typer.Typer(
+    name="edgeconv",
+    help="Take hybrid conv + attention vision models to edge devices: "
+         "train -> prune -> distill -> export -> quantize -> validate -> bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgeconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ models / train / eval
+@app.command("models")
+def models_cmd(img_size: int = typer.Option(32, help="Input size used to count MACs."),
+               in_chans: int = typer.Option(1, help="Input channels used to count MACs.")) -> None:
+    """List model families and sizes with params and MACs.
+
+    Example: edgeconv models --img-size 224 --in-chans 3
+    """
+    from edgeconv.models import count_params_macs, create_model, families
+
+    rows = []
+    for fam in families().values():
+        for v in fam.variants:
+            m = create_model(f"{fam.name}-{v}", in_chans=in_chans, img_size=img_size)
+            p, macs = count_params_macs(m, {"channels": in_chans, "size": img_size})
+            rows.append({"model": f"{fam.name}-{v}", "params": f"{p:,}", "MACs": f"{macs / 1e6:.1f} M",
+                         "routed": "yes" if fam.routed else "", "what": fam.description})
+    rows.append({"model": "timm:NAME", "params": "", "MACs": "", "routed": "",
+                 "what": "any timm model (optional extra), pretrained=False, weights from a local file"})
+    console.print(rows_table(rows, title=f"edgeconv model zoo at {in_chans}x{img_size}x{img_size}"))
+
+
+@app.command("train")
+def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zoo name (family-size) or timm:NAME."),
+              data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+              out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.pt)."),
+              epochs: int = typer.Option(30, min=1), batch_size: int = typer.Option(64, min=1),
+              lr: float = typer.Option(3e-3), weight_decay: float = typer.Option(0.05),
+              label_smoothing: float = typer.Option(0.1), seed: int = typer.Option(0),
+              img_size: Optional[int] = typer.Option(None, help="Input size (digits default 32)."),
+              weights: Optional[Path] = typer.Option(None, help="Initial weights for a timm model (state dict)."),
+              resume: Optional[Path] = typer.Option(None, help="Continue training from this checkpoint."),
+              no_augment: bool = typer.Option(False, help="Disable random affine jitter.")) -> None:
+    """Train a model on real data and write a self-describing checkpoint.
+
+    Example: edgeconv train --model routed-tiny --data digits -o model.pt
+    """
+    from edgeconv.training import TrainConfig, run_train
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, seed=seed, augment=not no_augment)
+    res = run_train(model, data, str(out), cfg=cfg, img_size=img_size, resume=str(resume) if resume else None,
+                    weights=str(weights) if weights else None, command=_command())
+    console.print(rows_table([res], title="trained"))
+
+
+@app.command("eval")
+def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
+             data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+             split: str = typer.Option("test", help="train | val | test | all (digits)"),
+             routing: Optional[str] = typer.Option(None, help="hard | soft | static:conv | static:attn"),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")) -> None:
+    """Evaluate a checkpoint: top-1, loss, per-class accuracy, routing mix.
+
+    Example: edgeconv eval model.pt --data digits --split test
+    """
+    from edgeconv import artifacts
+    from edgeconv.data import load_samples
+    from edgeconv.models import set_routing
+    from edgeconv.training import evaluate
+
+    model, ck = artifacts.load_model(ckpt)
+    if routing:
+        if not set_routing(model, routing):
+            raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
+    samples = load_samples(data, ck["preprocessing"], split)
+    res = evaluate(model, samples)
+    pc = res["per_class"]
+    worst = min(pc, key=pc.get) if pc else "-"
+    console.print(rows_table([{"model": f"{ck['family']}-{ck['config'].get('variant')}", "data": samples.source,
+                               "n": res["n"], "top1 %": res["top1"], "loss": res["loss"],
+                               "worst class": f"{worst} ({pc.get(worst, float('nan')):.1f}%)",
+                               "best class": f"{max(pc, key=pc.get)} ({max(pc.values()):.1f}%)" if pc else "-"}],
+                             title="evaluation"))
+    if res["routing"]:
+        console.print(rows_table([{"router": k, "conv": v["conv"], "attn": v["attn"],
+                                   "attn share %": 100 * v["attn"] / max(1, v["conv"] + v["attn"])}
+                                  for k, v in res["routing"].items()], title="routing decisions"))
+    if json_out:
+        artifacts.atomic_write_json(json_out, res)
+
+
+# ------------------------------------------------------------------------------------------------ compress (prune, distill)
+# ------------------------------------------------------------------------------------------------ export
+# ------------------------------------------------------------------------------------------------ quantize
+# ------------------------------------------------------------------------------------------------ validate
+# ------------------------------------------------------------------------------------------------ bench
+# ------------------------------------------------------------------------------------------------ inspect / pipeline / demo
+# ------------------------------------------------------------------------------------------------ info
+@app.command("info")
+def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON.")) -> None:
+    """Describe any edgeconv artifact: family, config, input spec, params, MACs, metrics, provenance.
+
+    Example: edgeconv info model.pt
+    """
+    from edgeconv import artifacts
+
+    if artifact is None:
+        raise EdgeconvError("give an artifact path (e.g. edgeconv info model.pt)")
+    desc = artifacts.describe(artifact)
+    console.print(sections_table(desc, title=str(artifact)))
+    if json_out:
+        artifacts.atomic_write_json(json_out, desc)
+
+
+def _command() -> str:
+    return " ".join(["edgeconv", *sys.argv[1:]])
+
+
+def main() -> None:
+    """Console entry point: one readable line and exit code 2 for user errors, 130 when interrupted."""
+    try:
+        app()
+    except EdgeconvError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: no partial artifact was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Datasets as in-memory tensors: `digits` (scikit-learn's bundled handwritten digits), `imagefolder:PATH`, `npz:PATH`.
+
+Every source is turned into the model's preprocessing spec (size, channels, mean/std, NCHW). Images from disk must
+already have the model's size and channels: resizing a user's calibration or evaluation data silently changes what
+is measured, so a mismatch is an error that says what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeconv.errors import EdgeconvError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+DIGITS_MEAN, DIGITS_STD = 0.3, 0.32 # measured on the digits train split after scaling to [0, 1]
+
+
+@dataclass
+class Samples:
+    """Normalised inputs [N, C, H, W] float32, integer labels [N], and class names."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self), batch_size):
+            yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+
+    def fingerprint(self) -> str:
+        """A content hash of inputs and labels (recorded with calibration and evaluation results)."""
+        h = hashlib.sha256()
+        h.update(self.x.numpy().tobytes())
+        h.update(self.y.numpy().tobytes())
+        return h.hexdigest()
+
+
+def digits_preprocessing(size: int = 32) -> dict:
+    return {"size": size, "channels": 1, "mean": [DIGITS_MEAN], "std": [DIGITS_STD], "layout": "NCHW",
+            "pixel_range": "[0,1] before normalisation", "dataset": "digits"}
+
+
+def normalise(x01: torch.Tensor, pre: dict) -> torch.Tensor:
+    mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return (x01 - mean) / std
+
+
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def digits_split_indices(n_labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic stratified split: 70% train, 10% val, 20% test, the same on every machine."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(n_labels):
+        idx = np.flatnonzero(n_labels == c)
+        rng.shuffle(idx)
+        n_test = int(round(0.2 * len(idx)))
+        n_val = int(round(0.1 * len(idx)))
+        parts["test"] += idx[:n_test].tolist()
+        parts["val"] += idx[n_test:n_test + n_val].tolist()
+        parts["train"] += idx[n_test + n_val:].tolist()
+    return {k: np.sort(np.array(v)) for k, v in parts.items()}
+
+
+def digits_images01(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits of one split, upsampled to size x size, pixels in [0, 1], shape [N, 1, size, size]."""
+    images, labels = _digits_raw()
+    idx = digits_split_indices(labels)[split]
+    x = torch.from_numpy(images[idx]).unsqueeze(1)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x, torch.from_numpy(labels[idx])
+
+
+def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = None) -> Samples:
+    """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec."""
+    if split not in {"train", "val", "test", "all"}:
+        raise EdgeconvError(f"unknown split {split!r} (train, val, test, all)")
+    if spec == "digits":
+        if pre.get("channels") != 1:
+            raise EdgeconvError(f"digits are 1-channel images; the model expects {pre.get('channels')} channels")
+        if split == "all":
+            parts = [digits_images01(s, pre["size"]) for s in ("train", "val", "test")]
+            x01, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        else:
+            x01, y = digits_images01(split, pre["size"])
+        s = Samples(normalise(x01, pre), y, [str(i) for i in range(10)], source=f"digits:{split}")
+    elif spec.startswith("imagefolder:"):
+        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre)
+    elif spec.startswith("npz:"):
+        s = load_npz(Path(spec.split(":", 1)[1]), pre)
+    else:
+        raise EdgeconvError(f"unknown data source {spec!r}: use digits, imagefolder:PATH or npz:PATH")
+    if limit is not None:
+        s = Samples(s.x[:limit], s.y[:limit], s.classes, s.source)
+    return s
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image01(path: Path, pre: dict) -> torch.Tensor:
+    """One image as [C, H, W] in [0, 1]; its size and channels must match the model's input spec."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, (w, h) = im.mode, im.size
+            want_c = pre["channels"]
+            have_c = {"1": 1, "L": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4, "I;16": 1, "I": 1, "F": 1}.get(mode, 0)
+            if have_c == 4 and want_c == 3 and im.getextrema()[3][0] == 255:
+                have_c = 3  # fully opaque RGBA is plain RGB
+            if have_c != want_c:
+                raise EdgeconvError(f"{path}: image has {have_c} channel(s) (mode {mode}), the model expects {want_c}")
+            if (h, w) != (pre["size"], pre["size"]):
+                raise EdgeconvError(f"{path}: image is {w}x{h}, the model expects {pre['size']}x{pre['size']}")
+            arr = np.asarray(im.convert("L" if want_c == 1 else "RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise EdgeconvError(f"{path}: unreadable image ({e.__class__.__name__})")
+    t = torch.from_numpy(arr)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def load_imagefolder(root: Path, pre: dict) -> Samples:
+    """`root/<class>/*.png` (labelled) or a flat folder of images (label -1)."""
+    if not root.exists():
+        raise EdgeconvError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise EdgeconvError(f"{root} is not a folder of images")
+    files = _image_files(root)
+    if not files:
+        raise EdgeconvError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    class_dirs = sorted({f.parent.name for f in files if f.parent != root})
+    classes = class_dirs if class_dirs else []
+    xs, ys = [], []
+    for f in files:
+        xs.append(read_image01(f, pre))
+        ys.append(classes.index(f.parent.name) if f.parent != root and classes else -1)
+    x = normalise(torch.stack(xs), pre)
+    return Samples(x, torch.tensor(ys, dtype=torch.int64), classes, source=f"imagefolder:{root}")
+
+
+def load_npz(path: Path, pre: dict) -> Samples:
+    """An .npz with `x` ([N,C,H,W] or [N,H,W,C], uint8 0..255 or float 0..1) and optional `y`."""
+    if not path.exists():
+        raise EdgeconvError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z:
+                raise EdgeconvError(f"{path}: no array named 'x' (found: {', '.join(z.files)})")
+            x = z["x"]
+            y = z["y"] if "y" in z else np.full(len(x), -1)
+            classes = [str(c) for c in z["classes"]] if "classes" in z else []
+    except (ValueError, OSError) as e:
+        raise EdgeconvError(f"{path}: unreadable npz ({e})")
+    c, s = pre["channels"], pre["size"]
+    if x.ndim == 3 and c == 1:
+        x = x[:, None]
+    if x.ndim == 4 and x.shape[1:] == (s, s, c) and x.shape[1:] != (c, s, s):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1:] != (c, s, s):
+        raise EdgeconvError(f"{path}: x has shape {list(x.shape)}, the model expects [N, {c}, {s}, {s}]")
+    x01 = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
+    if not classes and (y >= 0).any():
+        classes = [str(i) for i in range(int(y.max()) + 1)]
+    return Samples(normalise(x01, pre), torch.from_numpy(y.astype(np.int64)), classes, source=f"npz:{path}")
+
+
+def default_calib_dir() -> Path:
+    """The calibration samples shipped with edgeconv (`calib_data/digits` in the repository)."""
+    return Path(__file__).resolve().parent.parent / "calib_data" / "digits"
+
+
+def write_digits_calibration(out: Path, per_class: int = 10, size: int = 32) -> int:
+    """Write real digits from the *train* split as PNGs (`out/<class>/*.png`); returns how many were written."""
+    from PIL import Image
+
+    x01, y = digits_images01("train", size)
+    n = 0
+    for c in range(10):
+        idx = torch.nonzero(y == c).flatten()[:per_class]
+        (out / str(c)).mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(idx.tolist()):
+            arr = (x01[i, 0].numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(arr, mode="L").save(out / str(c) / f"digit{c}_{j:02d}.png")
+            n += 1
+    return n

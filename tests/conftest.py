@@ -1,0 +1,46 @@
+"""Shared fixtures: small models trained once per test session on the real digits data.
+
+Set EDGECONV_TEST_CACHE=DIR to keep the trained checkpoints between runs while developing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("EDGECONV_TEST_CACHE")
+    if env:
+        p = Path(env)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="session")
+def trained(cache_dir):
+    """trained(name="routed-tiny", epochs=12) -> Path of a checkpoint trained on digits (cached per session)."""
+    from edgeconv.training import TrainConfig, run_train
+
+    def get(name: str = "routed-tiny", epochs: int = 12) -> Path:
+        path = cache_dir / f"{name}-e{epochs}.pt"
+        if not path.exists():
+            run_train(name, "digits", str(path), cfg=TrainConfig(epochs=epochs), show_progress=False,
+                      command=f"pytest fixture train {name}")
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def digits_pre():
+    from edgeconv.data import digits_preprocessing
+
+    return digits_preprocessing(32)

@@ -1,25 +1,41 @@
 # One command to set up and run the demo, one to set up and run the tests (see README).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev
+# timm needs torchvision, whose PyPI wheels only import beside torch 2.14.1 (a CUDA build that also runs on CPU):
+# timm-based checks therefore live in their own venv so they never swap the CPU torch of the main one.
+TIMM_VENV ?= .venv-timm
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-timm demo test test-main test-timm clean
 
-setup: $(VENV)/.installed-$(subst ,,$(EXTRAS))
+setup: $(VENV)/.installed
 
 # The CPU torch wheel is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.installed-$(subst ,,$(EXTRAS)): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -e '.[dev,tflite]'
+	touch $@
+
+setup-timm: $(TIMM_VENV)/.installed
+
+$(TIMM_VENV)/.installed: pyproject.toml
+	python3 -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TIMM_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(TIMM_VENV)/bin/python -m pip install -q -e '.[dev,timm]'
 	touch $@
 
 demo: setup
 	$(VENV)/bin/edgeconv demo
 
-test: setup
-	$(PY) -m pytest -q
+test: test-main test-timm
+
+test-main: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-timm: setup-timm
+	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m timm tests/test_timm.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TIMM_VENV) runs .pytest_cache

@@ -76,6 +76,7 @@ class Attention(nn.Module):
         self.head_gate: torch.Tensor | None = None  # set by the pruner to measure per-head sensitivity
         self.record_attn = False  # set by `inspect` to keep the last attention map
         self.last_attn: torch.Tensor | None = None
+        self.share_map = True  # False where no layer reuses the map (torch.cond branches must not store state)
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Attention logits [B, H, N, N]; families override this to gate or rescale logits."""
@@ -92,7 +93,8 @@ class Attention(nn.Module):
         if self.head_gate is not None:
             out = out * self.head_gate.view(1, -1, 1, 1)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
-        self._attn = attn  # kept for attention-map sharing with the next layer
+        if self.share_map:
+            self._attn = attn  # kept for attention-map sharing with the next layer
         return self.proj(out)
 
     def keep_heads(self, heads: torch.Tensor) -> None:

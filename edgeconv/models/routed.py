@@ -51,6 +51,7 @@ class RoutedBlock(nn.Module):
         self.conv_path = nn.Sequential(ConvBNAct(dim, dim, 3, groups=dim), ConvBNAct(dim, dim, 1, act=False))
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
+        self.attn.share_map = False  # the attention path runs inside torch.cond under export: no stored state
         self.router = Router(dim, router_hidden)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_hidden)
@@ -71,7 +72,8 @@ class RoutedBlock(nn.Module):
     def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
         s = self.shared(x)
         H, W = s.shape[2], s.shape[3]
-        return to_map(self.attn(self.attn_norm(to_tokens(s))), H, W)
+        # contiguous: torch.cond needs both branches to return the same memory layout
+        return to_map(self.attn(self.attn_norm(to_tokens(s))), H, W).contiguous()
 
     # The three ways a hard-routed batch can go; each takes (x, p_attn) so torch.cond can hold them.
     def _attn_only(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,69 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 # ------------------------------------------------------------------------------------------------ validate
 # ------------------------------------------------------------------------------------------------ bench
 # ------------------------------------------------------------------------------------------------ inspect / pipeline / demo
+@app.command("inspect")
+def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
+                images: list[str] = typer.Argument(..., help="PNG paths (model's size/channels) or digits:N."),
+                out: Path = typer.Option(Path("inspect"), "-o", "--out", help="Folder for the PNGs and inspect.json."),
+                routing: Optional[str] = typer.Option(None, help="hard | soft | static:conv | static:attn")) -> None:
+    """Show what a model attends to: attention per head, router decisions, saliency and kept tokens (PNGs).
+
+    Example: edgeconv inspect model.pt digits:0 digits:7 -o inspect/
+    """
+    from edgeconv.inspection import inspect_checkpoint
+
+    rep = inspect_checkpoint(ckpt, images, out, routing)
+    rows = []
+    for im in rep["images"]:
+        rows.append({"image": im["image"], "label": im["label"] or "-", "predicted": str(im["pred"]),
+                     "confidence %": 100 * im["confidence"],
+                     "routes (p_attn)": ", ".join(f"{r['route']} ({r['p_attn']:.2f})" for r in im["routes"]) or "-",
+                     "attention layers": len(im["attention"]),
+                     "kept tokens": ", ".join(f"{s['kept']}/{s['tokens']}" for s in im["saliency"]
+                                              if s["kept"] is not None) or "-",
+                     "files": len(im["files"])})
+    console.print(rows_table(rows, title=f"inspect {rep['model']}"))
+    console.print(f"wrote {sum(len(i['files']) for i in rep['images'])} PNGs and inspect.json to {out}",
+                  highlight=False)
+
+
+@app.command("pipeline")
+def pipeline_cmd(file: Path = typer.Argument(..., help="Pipeline file (.toml)."),
+                 run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default runs/NAME)."),
+                 check: bool = typer.Option(False, "--check", help="Only check the file; run nothing.")) -> None:
+    """Run train -> prune -> distill -> export -> quantize -> validate -> bench from one TOML file.
+
+    Steps whose inputs and options are unchanged are re-used; the run ends with report.md and report.json.
+    Example: edgeconv pipeline my.toml --run-dir runs/my
+    """
+    from edgeconv.pipeline import load_pipeline, run_pipeline
+    from edgeconv.pipeline.report import print_summary
+
+    cfg = load_pipeline(file)
+    if check:
+        console.print(rows_table([{"step": s.name, "options": json.dumps(vars(s.options))} for s in cfg.steps],
+                                 title=f"{file}: OK"))
+        return
+    print_summary(run_pipeline(cfg, run_dir))
+
+
+@app.command("demo")
+def demo_cmd(run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Run folder."),
+             show: bool = typer.Option(False, "--show", help="Print the demo pipeline file and exit.")) -> None:
+    """The shipped demo: digits, routed-tiny, train -> prune -> distill -> export -> quantize -> validate -> bench.
+
+    Example: edgeconv demo
+    """
+    from edgeconv.pipeline import demo_pipeline_path, load_pipeline, run_pipeline
+    from edgeconv.pipeline.report import print_summary
+
+    path = demo_pipeline_path()
+    if show:
+        typer.echo(path.read_text())
+        return
+    print_summary(run_pipeline(load_pipeline(path), run_dir))
+
+
 # ------------------------------------------------------------------------------------------------ info
 @app.command("info")
 def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),

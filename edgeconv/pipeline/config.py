@@ -1,0 +1,215 @@
+"""Pipeline files: TOML with a `[pipeline]` table and one table per step, run in the order they appear.
+
+```toml
+[pipeline]
+name = "demo"
+data = "digits"
+
+[train]
+model = "routed-tiny"
+epochs = 20
+
+[export]
+```
+
+Every option is typed (a dataclass per step, see steps.py) and the whole file is checked before any work: unknown
+tables or keys, wrong types, values outside their choices, missing input files and step orders that cannot work
+are all reported with the offending key named (`train.epochs`, `[quantize]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeconv.errors import EdgeconvError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class PipelineConfigError(EdgeconvError):
+    """The pipeline file is wrong; raised before any step runs."""
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
+           min: float | None = None, max: float | None = None, path: bool = False, default_factory=None):
+    """A typed step option; `path=True` marks a file/folder that must exist (relative to the pipeline file)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "path": path}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PipelineOptions:
+    name: str = option("", help="Run name (default: the file's stem); the run folder is runs/NAME.")
+    data: str = option("digits", help="digits | imagefolder:PATH | npz:PATH, used by every step unless overridden.")
+    seed: int = option(0, help="Seed for every step that samples.")
+    threads: int = option(2, min=1, help="torch threads for training and evaluation.")
+
+
+@dataclass
+class StepSpec:
+    name: str
+    options: Any                    # the step's Options dataclass instance
+
+
+@dataclass
+class PipelineConfig:
+    pipeline: PipelineOptions
+    steps: list[StepSpec]
+    base_dir: Path                  # relative paths in the file are relative to this folder
+    source: str = "<pipeline>"
+
+    def step(self, name: str) -> StepSpec | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {"pipeline": dataclasses.asdict(self.pipeline),
+                "steps": [{"step": s.name, "options": dataclasses.asdict(s.options)} for s in self.steps]}
+
+
+# ------------------------------------------------------------------------------------------------ typed values
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(arg).removeprefix('a ').removeprefix('an ')}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`; returns the value (ints are accepted as floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        for a in args:
+            try:
+                return _coerce(value, a, key, where)
+            except PipelineConfigError:
+                continue
+        raise PipelineConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise PipelineConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, arg, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise PipelineConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, known: list[str], where: str, what: str = "key") -> PipelineConfigError:
+    close = difflib.get_close_matches(key.rpartition(".")[2], known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return PipelineConfigError(f"{where}: unknown {what} {key!r} ({hint}known: {', '.join(known) or 'none'})")
+
+
+def build_options(cls: type, table: Any, section: str, where: str, base_dir: Path) -> Any:
+    """Instantiate the dataclass `cls` from a TOML table, naming the key of any problem as `section.key`."""
+    if not isinstance(table, dict):
+        raise PipelineConfigError(f"{where}: {section} must be a table of options, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    flds = {f.name: f for f in dataclasses.fields(cls)}
+    for k in table:
+        if k not in flds:
+            raise _unknown_key(f"{section}.{k}", list(flds), where)
+    values = {}
+    for name, f in flds.items():
+        key = f"{section}.{name}"
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise PipelineConfigError(f"{where}: {key} is required ({f.metadata.get('help', '')})")
+            continue
+        v = _coerce(table[name], hints[name], key, where)
+        meta = f.metadata
+        for item in (v if isinstance(v, list) else [v]):
+            if meta.get("choices") and item not in meta["choices"]:
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is not one of {', '.join(map(str, meta['choices']))}")
+            if meta.get("min") is not None and isinstance(item, (int, float)) and item < meta["min"]:
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is below the minimum {meta['min']}")
+            if meta.get("max") is not None and isinstance(item, (int, float)) and item > meta["max"]:
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is above the maximum {meta['max']}")
+        if meta.get("path") and isinstance(v, str) and v:
+            p = Path(v).expanduser()
+            p = p if p.is_absolute() else base_dir / p
+            if not p.exists():
+                raise PipelineConfigError(f"{where}: {key}: no such file or folder: {p}")
+            v = str(p)
+        values[name] = v
+    return cls(**values)
+
+
+def resolve_data_spec(spec: str, key: str, where: str, base_dir: Path) -> str:
+    """Check a data spec now (the source must exist) and make its path absolute."""
+    if spec == "digits":
+        return spec
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("imagefolder", "npz") or not rest:
+        raise PipelineConfigError(f"{where}: {key} = {spec!r}: use digits, imagefolder:PATH or npz:PATH")
+    p = Path(rest).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    if not p.exists():
+        raise PipelineConfigError(f"{where}: {key}: no such {'folder' if kind == 'imagefolder' else 'file'}: {p}")
+    return f"{kind}:{p}"
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> PipelineConfig:
+    """Check a parsed TOML document completely (keys, types, inputs, step order) and build the config."""
+    from edgeconv.pipeline.steps import STEPS, check_order
+
+    if "pipeline" in doc:
+        pipe = build_options(PipelineOptions, doc["pipeline"], "pipeline", source, base_dir)
+    else:
+        pipe = PipelineOptions()
+    pipe.name = pipe.name or Path(source).stem or "pipeline"
+    pipe.data = resolve_data_spec(pipe.data, "pipeline.data", source, base_dir)
+    specs = []
+    for section, table in doc.items():
+        if section == "pipeline":
+            continue
+        if section not in STEPS:
+            raise _unknown_key(section, list(STEPS), source, what="step")
+        step = STEPS[section]
+        opts = build_options(step.Options, table, section, source, base_dir)
+        if hasattr(opts, "data") and opts.data:
+            opts.data = resolve_data_spec(opts.data, f"{section}.data", source, base_dir)
+        specs.append(StepSpec(section, opts))
+    if not specs:
+        raise PipelineConfigError(f"{source}: no steps (add tables such as 'train' and 'export'; known: "
+                                  f"{', '.join(STEPS)})")
+    cfg = PipelineConfig(pipe, specs, base_dir, source)
+    for s in specs:
+        STEPS[s.name].check(s.options, cfg)
+    check_order(cfg)
+    return cfg
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    p = Path(path)
+    if not p.exists():
+        raise PipelineConfigError(f"no such pipeline file: {p}")
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise PipelineConfigError(f"{p}: not valid TOML ({e})")
+    except UnicodeDecodeError:
+        raise PipelineConfigError(f"{p}: not a text file")
+    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p))

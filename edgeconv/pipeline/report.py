@@ -1,0 +1,166 @@
+"""`report.md` and `report.json` for a pipeline run: step statuses, one table of models (accuracy, latency,
+size; rows merged by model name across steps), the figures steps made (e.g. prune's sensitivity heatmap), and two
+made here: accuracy vs latency and the routing mix of routed models.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeconv import __version__, artifacts
+from edgeconv.console import fmt
+
+if TYPE_CHECKING:
+    from edgeconv.pipeline.config import PipelineConfig
+    from edgeconv.pipeline.runner import StepOutcome
+
+TOP1, LATENCY = "top1 %", "latency ms"
+
+
+def merged_rows(outcomes: list["StepOutcome"]) -> list[dict]:
+    """Rows from every step, merged by their "model" key in the order models first appear."""
+    rows: dict[str, dict] = {}
+    for o in outcomes:
+        for r in o.record.get("rows", []):
+            rows.setdefault(r["model"], {"model": r["model"]}).update(r)
+    return list(rows.values())
+
+
+def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, dict[str, int]]]:
+    """{model: {router: {"conv": n, "attn": n}}} from every step that evaluated a routed model."""
+    mix: dict[str, dict] = {}
+    for o in outcomes:
+        for model, routers in o.record.get("metrics", {}).get("routing", {}).items():
+            if routers:
+                mix[model] = routers
+    return mix
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def accuracy_latency_png(rows: list[dict], path: Path) -> Path | None:
+    pts = [r for r in rows if isinstance(r.get(TOP1), (int, float)) and isinstance(r.get(LATENCY), (int, float))]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for r in pts:
+        ax.scatter(r[LATENCY], r[TOP1], s=40)
+        ax.annotate(r["model"], (r[LATENCY], r[TOP1]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("latency per image (ms, batch 1)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("accuracy vs latency", fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def routing_mix_png(mix: dict[str, dict[str, dict[str, int]]], path: Path) -> Path | None:
+    """Share of inputs routed to attention, per routed block, one bar group per model."""
+    if not mix:
+        return None
+    plt = _plt()
+    blocks = list(dict.fromkeys(b for routers in mix.values() for b in routers))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(blocks) * max(1, len(mix)) / 2 + 2), 3.4))
+    width = 0.8 / len(mix)
+    for j, (model, routers) in enumerate(mix.items()):
+        shares = [100 * routers[b]["attn"] / max(1, routers[b]["attn"] + routers[b]["conv"]) if b in routers
+                  else math.nan for b in blocks]
+        ax.bar([i + j * width for i in range(len(blocks))], shares, width, label=model)
+    ax.set_xticks([i + width * (len(mix) - 1) / 2 for i in range(len(blocks))])
+    ax.set_xticklabels(blocks, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("inputs routed to attention (%)")
+    ax.set_title("routing mix (rest go to the conv path)", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines)
+
+
+MODEL_COLUMNS = ["model", "format", TOP1, LATENCY, "size KiB", "params"]
+
+
+def table_columns(rows: list[dict]) -> list[str]:
+    present = list(dict.fromkeys(k for r in rows for k in r))
+    return [c for c in MODEL_COLUMNS if c in present] + [c for c in present if c not in MODEL_COLUMNS]
+
+
+def write_report(run_dir: Path, cfg: "PipelineConfig", outcomes: list["StepOutcome"]) -> dict:
+    """Write report.json and report.md (with PNGs) into the run folder; returns the report dict."""
+    rows = merged_rows(outcomes)
+    mix = routing_mix(outcomes)
+    figures: dict[str, str] = {}
+    for o in outcomes:
+        for f in o.record.get("figures", []):
+            figures[f"{o.step}: {Path(f).stem.replace('_', ' ')}"] = f
+    acc = accuracy_latency_png(rows, run_dir / "accuracy_vs_latency.png")
+    if acc:
+        figures["accuracy vs latency"] = acc.name
+    rm = routing_mix_png(mix, run_dir / "routing_mix.png")
+    if rm:
+        figures["routing mix"] = rm.name
+    steps = []
+    for o in outcomes:
+        d = o.to_dict()
+        d["outputs"] = o.record.get("outputs", [])
+        d["metrics"] = o.record.get("metrics", {})
+        d["made_in_seconds"] = o.record.get("seconds")
+        steps.append(d)
+    report = {"pipeline": cfg.pipeline.name, "source": cfg.source, "edgeconv": __version__,
+              "config": cfg.to_dict(), "steps": steps, "models": rows, "routing": mix, "figures": figures}
+    artifacts.atomic_write_json(run_dir / "report.json", report)
+
+    md = [f"# edgeconv pipeline `{cfg.pipeline.name}`", "",
+          f"Pipeline file: `{cfg.source}`; data: `{cfg.pipeline.data}`; edgeconv {__version__}.", "",
+          "## Steps", "",
+          markdown_table([{"step": s["step"], "status": s["status"], "seconds (this run)": s["seconds"],
+                           "seconds (when made)": s["made_in_seconds"], "key": s["key"][:12]} for s in steps]), ""]
+    if rows:
+        md += ["## Models", "", markdown_table(rows, table_columns(rows)), ""]
+    if mix:
+        mix_rows = [{"model": m, "router": b, "conv": n["conv"], "attn": n["attn"],
+                     "attn share %": 100 * n["attn"] / max(1, n["conv"] + n["attn"])}
+                    for m, routers in mix.items() for b, n in routers.items()]
+        md += ["## Routing mix", "", markdown_table(mix_rows), ""]
+    if figures:
+        md += ["## Figures", ""]
+        for title, f in figures.items():
+            md += [f"### {title}", "", f"![{title}]({f})", ""]
+    artifacts.atomic_write_text(run_dir / "report.md", "\n".join(md))
+    return report
+
+
+def print_summary(result) -> None:
+    """The end-of-run tables on the console: step statuses, then the models table."""
+    from edgeconv.console import console, rows_table
+
+    steps = [{"step": o.step, "status": o.status, "seconds": round(o.seconds, 1),
+              "note": o.message or ""} for o in result.outcomes]
+    console.print(rows_table(steps, title="steps"))
+    rows = result.report.get("models", [])
+    if rows:
+        console.print(rows_table(rows, title=f"{result.report['pipeline']}: models", columns=table_columns(rows)))
+    console.print(f"report: {result.run_dir / 'report.md'} (and report.json)", highlight=False)

@@ -1,0 +1,191 @@
+"""onnxruntime: ONNX models on the CPU, or on a GPU through the CUDA or TensorRT execution providers.
+
+For routed models the runner also reports which branch each input took: the comparison that feeds each top-level
+`If` (the router's `p_attn > threshold`, one bool per sample) is added as an extra graph output, so the decision
+is read from the graph that runs rather than re-computed in PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.errors import EdgeconvError
+from edgeconv.runtime.backends.base import BackendUnavailable, RouteCounts, RunOptions, artifact_precision_from_name
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+_COMPARE_OPS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
+_PASS_THROUGH = {"ReduceMin", "ReduceMax", "ReduceProd", "Cast", "Not", "Squeeze", "Reshape", "Identity",
+                 "Unsqueeze", "Flatten"}
+
+
+def load_onnx(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError, ValueError, OSError... for a bad file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeconvError(f"{path}: not a readable ONNX model ({first[:160]})")
+
+
+def metadata(model) -> dict:
+    """metadata_props as a dict; JSON values are decoded."""
+    out = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except (ValueError, TypeError):
+            out[p.key] = p.value
+    return out
+
+
+def _all_nodes(graph):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.g is not None and a.g.node:
+                yield from _all_nodes(a.g)
+            for g in a.graphs:
+                yield from _all_nodes(g)
+
+
+def _all_initializers(graph):
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            if a.g is not None and a.g.node:
+                yield from _all_initializers(a.g)
+            for g in a.graphs:
+                yield from _all_initializers(g)
+
+
+def onnx_precision(model, path: Path) -> str:
+    """int8 when the graph (branches included) holds quantize/dequantize or QLinear ops, fp16 when weights are
+    half precision, else fp32; a `precision` metadata entry wins."""
+    import onnx
+
+    md = metadata(model)
+    for key in ("precision", "edgeconv.precision"):
+        if isinstance(md.get(key), str):
+            return md[key]
+    ops = {n.op_type for n in _all_nodes(model.graph)}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+              "ConvInteger", "DynamicQuantizeLinear"}:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in _all_initializers(model.graph)):
+        return "fp16"
+    return artifact_precision_from_name(path) or "fp32"
+
+
+def onnx_params(model) -> int:
+    """Weight elements stored in the file (initializers, branches included)."""
+    total = 0
+    for t in _all_initializers(model.graph):
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n
+    return total
+
+
+def _route_probes(model) -> list[tuple[str, str]]:
+    """(router name, per-sample decision tensor) for each top-level `If` whose condition comes from a comparison."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    probes = []
+    for i, node in enumerate(n for n in model.graph.node if n.op_type == "If"):
+        name = node.input[0]
+        for _ in range(6):
+            p = producer.get(name)
+            if p is None:
+                break
+            if p.op_type in _COMPARE_OPS:
+                probes.append((node.name or f"if_{i}", p.output[0]))
+                break
+            if p.op_type not in _PASS_THROUGH:
+                break
+            name = p.input[0]
+    return probes
+
+
+class OrtRunner:
+    def __init__(self, path: Path, options: RunOptions):
+        import onnx
+        import onnxruntime as ort
+
+        variant = options.variant or "cpu"
+        provider = PROVIDERS.get(variant)
+        if provider is None:
+            raise EdgeconvError(f"unknown onnxruntime provider {variant!r} (choose {', '.join(PROVIDERS)})")
+        available = ort.get_available_providers()
+        if provider not in available:
+            hint = ("install onnxruntime-gpu on a machine with an NVIDIA GPU" if variant == "cuda" else
+                    "needs onnxruntime-gpu built with TensorRT and the TensorRT libraries")
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} here has no {provider} "
+                                     f"(available: {', '.join(available)}); {hint}")
+        model = load_onnx(path)
+        self.precision = onnx_precision(model, path)
+        self.metadata = metadata(model)
+        self.params = onnx_params(model)
+        self.probes = _route_probes(model)
+        self.out_name = model.graph.output[0].name
+        if self.probes:
+            for _, tensor in self.probes:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.BOOL, None))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # FP16 graphs crashed session creation at ORT_ENABLE_ALL on CPU; EXTENDED loads them (platform notes)
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if self.precision == "fp16"
+                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        so.log_severity_level = 3
+        prov_opts: dict = {}
+        if variant == "tensorrt":
+            # TensorRT is given FP16 kernels as an option for float graphs; a Q/DQ graph runs as explicit INT8
+            prov_opts = {"trt_fp16_enable": True, "trt_int8_enable": self.precision == "int8"}
+            if self.precision == "fp32":
+                self.precision = "fp16"
+        providers = [(provider, prov_opts)] if prov_opts else [provider]
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise EdgeconvError(f"{path}: onnxruntime could not load the model ({first[:200]})")
+        used = self.session.get_providers()[0]
+        if used != provider:
+            raise BackendUnavailable(f"onnxruntime fell back to {used} instead of {provider}")
+        self.input = self.session.get_inputs()[0]
+        self.provider = provider
+        self.threads = options.threads
+        self.routes = RouteCounts()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outs = self.session.run(None, {self.input.name: x})
+        for (router, _), decided in zip(self.probes, outs[1:]):
+            d = np.asarray(decided).reshape(-1)
+            n_attn = int(d.sum())
+            self.routes.add(router, "attn", n_attn)
+            self.routes.add(router, "conv", d.size - n_attn)
+        return outs[0]
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"backend": "ort", "runtime": f"onnxruntime {ort.__version__}", "provider": self.provider,
+                "precision": self.precision, "threads": self.threads, "input": f"{self.input.name} {self.input.shape}",
+                "params": self.params, "routers observed": len(self.probes)}
+
+
+class OrtBackend:
+    name = "ort"
+    accepts = ("ort",)
+
+    def load(self, path: Path, options: RunOptions) -> OrtRunner:
+        return OrtRunner(path, options)
+
+
+BACKEND = OrtBackend()

@@ -126,6 +126,96 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 # ------------------------------------------------------------------------------------------------ quantize
 # ------------------------------------------------------------------------------------------------ validate
 # ------------------------------------------------------------------------------------------------ bench
+@app.command("bench")
+def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),
+              device: str = typer.Option("cpu", help="cpu | cuda | jetson, or a comma list (cpu,cuda)."),
+              host: Optional[str] = typer.Option(None, "--host", help="Run on USER@ADDR over SSH and bring the JSON back."),
+              backend: str = typer.Option("auto", help="auto (by artifact type) | torch | ort | tflite | tensorrt"),
+              batch: str = typer.Option("1", help="Batch sizes, comma separated (1,8)."),
+              data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH (same data for every row)."),
+              split: str = typer.Option("test", help="Split of the data (digits: train | val | test | all)."),
+              warmup: int = typer.Option(10, min=0, help="Untimed calls before timing each row."),
+              iters: int = typer.Option(100, min=1, help="Timed calls per row."),
+              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for every backend (default: all "
+                                                                      "usable cores)."),
+              reference: Optional[Path] = typer.Option(None, help="Float checkpoint to compare against (default: "
+                                                                  "found from the artifacts)."),
+              limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N samples."),
+              json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
+              csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
+              md_out: Optional[Path] = typer.Option(None, "--md", help="Write the table as Markdown."),
+              plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency vs accuracy PNG."),
+              compare: Optional[Path] = typer.Option(None, "--compare", help="Print deltas against a saved bench JSON."),
+              remote_edgeconv: str = typer.Option("edgeconv", help="edgeconv executable on the --host machine."),
+              ssh_port: int = typer.Option(22, min=1, max=65535, help="SSH port of --host."),
+              identity: Optional[Path] = typer.Option(None, help="SSH private key for --host."),
+              known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file holding --host's key."),
+              remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take.")) -> None:
+    """Accuracy and latency of every model x backend x precision x batch, measured on the same data.
+
+    Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeconv.runtime import report
+    from edgeconv.runtime.bench import BenchConfig, run_bench
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            vals = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise EdgeconvError(f"{what} {text!r}: expected integers separated by commas (e.g. 1,8)")
+        if not vals or min(vals) < 1:
+            raise EdgeconvError(f"{what} {text!r}: give positive integers (e.g. 1,8)")
+        return vals
+
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    batches = ints(batch, "--batch")
+    baseline = report.load_result(compare) if compare else None
+    if host:
+        from edgeconv.runtime.remote import SshTarget, run_remote_bench
+
+        args = ["--device", device, "--backend", backend, "--batch", batch, "--data", data, "--split", split,
+                "--warmup", str(warmup), "--iters", str(iters)]
+        args += ["--threads", str(threads)] if threads else []
+        args += ["--limit", str(limit)] if limit else []
+        target = SshTarget(host, port=ssh_port, identity=identity, known_hosts=known_hosts,
+                           remote_edgeconv=remote_edgeconv)
+        with console.status(f"running edgeconv bench on {host}"):
+            result = run_remote_bench(target, models, args, reference=reference, timeout=remote_timeout)
+    else:
+        cfg = BenchConfig(batches=batches, devices=devices, backend=backend, data=data, split=split, warmup=warmup,
+                          iters=iters, threads=threads, reference=reference, limit=limit)
+        with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn(), console=err_console, transient=True) as prog:
+            task = prog.add_task("", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                prog.update(task, completed=done, total=total, description=what)
+
+            result = run_bench(models, cfg, progress=progress)
+    report.print_table(result, title=f"bench on {host}" if host else None)
+    if json_out:
+        report.write_json(result, json_out)
+    if csv_out:
+        report.write_csv(result, csv_out)
+    if md_out:
+        report.write_md(result, md_out)
+    if plot:
+        report.write_plot(result, plot)
+    if baseline is not None:
+        rows = report.compare(result, baseline)
+        if not rows:
+            raise EdgeconvError(f"{compare}: no measured row matches this run (model, backend, device, precision, batch)")
+        console.print(rows_table(rows, title=f"compared with {compare}"))
+    failed = [r for r in result["rows"] if r.get("status") == "failed"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} row(s) failed[/]: " +
+                          "; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed),
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------------ inspect / pipeline / demo
 @app.command("inspect")
 def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
@@ -193,13 +283,22 @@ def demo_cmd(run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="
 # ------------------------------------------------------------------------------------------------ info
 @app.command("info")
 def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON.")) -> None:
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON."),
+             device: bool = typer.Option(False, "--device", help="Describe this machine: CPU, CUDA GPU, Jetson.")) -> None:
     """Describe any edgeconv artifact: family, config, input spec, params, MACs, metrics, provenance.
 
-    Example: edgeconv info model.pt
+    Example: edgeconv info model.pt   |   edgeconv info --device
     """
     from edgeconv import artifacts
 
+    if device:
+        from edgeconv.runtime.devices import describe_device
+
+        desc = describe_device()
+        console.print(sections_table(desc, title="this device"))
+        if json_out:
+            artifacts.atomic_write_json(json_out, desc)
+        return
     if artifact is None:
         raise EdgeconvError("give an artifact path (e.g. edgeconv info model.pt)")
     desc = artifacts.describe(artifact)

@@ -121,12 +121,14 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
         set_routing(model, MODEL_MODE[routing])
 
     example = torch.randn(EXAMPLE_BATCH, int(pre["channels"]), int(pre["size"]), int(pre["size"]))
+    step("tracing (torch.export)")
     with _quiet_exporter():
-        step("tracing (torch.export)")
         program = _trace(model, example)
-        step("translating to ONNX")
+    step("translating to ONNX")
+    with _quiet_exporter():
         proto = _to_onnx(model, program, example, opset)
     _check_batch_symbolic(proto)
+    _rename_batch_dim(proto, "batch")
     notes: list[str] = []
     if opset is not None and _opset(proto) != opset:
         raise EdgeconvError(f"asked for opset {opset} but the exporter wrote opset {_opset(proto)}")
@@ -154,6 +156,7 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
         "exporter": f"torch {torch.__version__} dynamo",
         "simplified": f"onnxslim {_onnxslim_version()}" if simplified else f"no ({note})",
         "dynamic_batch": "true" if dynamic_batch else "false",
+        "opset": str(_opset(proto)),
     }
     if ckpt.get("provenance"):
         meta["provenance"] = ckpt["provenance"]
@@ -261,6 +264,26 @@ def _check_batch_symbolic(proto) -> None:
     if not dim.dim_param:
         raise EdgeconvError(f"the exported input came out with a static batch ({dim.dim_value}); a layer fixes the "
                             "batch size (e.g. a reshape with a literal batch); export with --static-batch or fix it")
+
+
+def _rename_batch_dim(proto, name: str) -> None:
+    """Call the exporter's symbolic batch dimension (e.g. `s77`) `name` everywhere it appears."""
+    old = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+    def visit(graph) -> None:
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param == old:
+                    d.dim_param = name
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    visit(attr.g)
+                for g in attr.graphs:
+                    visit(g)
+
+    if old and old != name:
+        visit(proto.graph)
 
 
 def _fix_batch(proto, n: int) -> None:

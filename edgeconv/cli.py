@@ -123,8 +123,94 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 
 # ------------------------------------------------------------------------------------------------ compress (prune, distill)
 # ------------------------------------------------------------------------------------------------ export
+@app.command("export")
+def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),
+               out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write (.onnx)."),
+               routing: Optional[str] = typer.Option(
+                   None, help="gated (routers become ONNX If; default for routed models) | soft | static:conv | "
+                              "static:attn"),
+               opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or newer (default: the exporter's)."),
+               dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
+                                                  help="Symbolic batch dimension, or batch fixed to 1."),
+               simplify: bool = typer.Option(True, "--simplify/--no-simplify",
+                                             help="Simplify with onnxslim (kept only if it checks and matches)."),
+               json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON.")
+               ) -> None:
+    """Export a checkpoint to ONNX; a routed model's routers become If nodes (gated subgraphs).
+
+    Example: edgeconv export model.pt -o model.onnx --routing gated
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgeconv import artifacts
+    from edgeconv.export.onnx import export_onnx
+
+    if out.suffix.lower() != ".onnx":
+        raise EdgeconvError(f"-o {out}: the output file must end in .onnx")
+    with Progress(SpinnerColumn(), TextColumn("[bold]export[/] {task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+        res = export_onnx(ckpt, out, routing=routing, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
+                          metadata={"command": _command()},
+                          on_step=lambda what: bar.update(task, description=what))
+    console.print(sections_table({"exported": res.row()}, title=str(out)))
+    for note in res.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if json_out:
+        artifacts.atomic_write_json(json_out, res.to_dict())
+
+
 # ------------------------------------------------------------------------------------------------ quantize
 # ------------------------------------------------------------------------------------------------ validate
+@app.command("validate")
+def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate."),
+                 against: Optional[Path] = typer.Option(
+                     None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."),
+                 data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+                 split: str = typer.Option("test", help="train | val | test | all (digits)"),
+                 tolerance: float = typer.Option(1e-4, help="Max abs output difference allowed."),
+                 min_agreement: float = typer.Option(100.0, help="Top-1 agreement with PyTorch required, %."),
+                 limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N samples."),
+                 batch: int = typer.Option(16, min=2, help="Batch size of the dynamic-batch check."),
+                 ort_level: str = typer.Option("all", help="onnxruntime optimisation: disable|basic|extended|all"),
+                 allow_uncovered: bool = typer.Option(False, help="Do not fail when an If branch was never taken."),
+                 junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one test case per check)."),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")) -> None:
+    """Check an ONNX file: checker, shapes, opset, onnxruntime, parity with PyTorch, If branch coverage, batch.
+
+    Exit code 0 only when every check passes (1 when one fails, 2 for unusable input).
+    Example: edgeconv validate model.onnx --against model.pt --junit validate.xml
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeconv import artifacts
+    from edgeconv.export.junit import write_junit
+    from edgeconv.export.validate import validate_onnx
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done)
+
+        report = validate_onnx(model, against=against, data=data, split=split, tolerance=tolerance,
+                               min_agreement=min_agreement, limit=limit, batch=batch, ort_level=ort_level,
+                               allow_uncovered=allow_uncovered, on_progress=progress)
+    table = rows_table(report.rows(), title=f"validate {model}")
+    console.print(table)
+    if junit:
+        write_junit(report, junit)
+    if json_out:
+        artifacts.atomic_write_json(json_out, report.to_dict())
+    style = "bold green" if report.passed else "bold red"
+    console.print(f"[{style}]{report.summary()}[/]", highlight=False, soft_wrap=True)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------------ bench
 @app.command("bench")
 def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),

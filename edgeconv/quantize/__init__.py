@@ -1,0 +1,97 @@
+"""Quantization: INT8 / FP16 artifacts for onnxruntime, TFLite and TensorRT, calibrated on real samples.
+
+One request type, one report type, and a registry of backends (name -> module); adding a target is one module
+with a `run(request, on_step) -> QuantizeReport` function and one line in `BACKENDS`. Backend modules are imported
+only when used, so a missing optional extra fails that backend alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgeconv.errors import EdgeconvError
+
+METADATA_FORMAT = "edgeconv.quantization/1"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str
+    suffixes: tuple[str, ...]
+    precisions: tuple[str, ...]
+    description: str
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("ort", "edgeconv.quantize.ort_backend", (".onnx",), ("int8", "fp16"),
+            "onnxruntime: static Q/DQ INT8 (inside If branches too), FP16"),
+    Backend("tflite", "edgeconv.quantize.tflite", (".tflite",), ("int8", "fp16", "fp32"),
+            "TFLite via litert-torch + ai-edge-quantizer, run in ai_edge_litert"),
+    Backend("tensorrt", "edgeconv.quantize.tensorrt", (".engine", ".onnx"), ("int8", "fp16"),
+            "TensorRT engine (explicit Q/DQ INT8, FP16); .onnx = the TensorRT-ready ONNX only"),
+)}
+
+
+@dataclass
+class QuantizeRequest:
+    """Everything `edgeconv quantize` was asked to do (the library entry point takes the same)."""
+
+    model: Path
+    out: Path
+    precision: str                      # int8 | fp16 (| fp32 for TFLite)
+    backend: str = "ort"
+    calib: Path | None = None           # folder of real images
+    data: str | None = None             # or a data spec (train split) for calibration
+    calib_limit: int | None = None
+    method: str = "minmax"
+    per_channel: bool = False
+    max_drop: float | None = None
+    eval_data: str | None = None        # labelled data for accuracy (digits models: digits test split)
+    ops: str = "auto"
+    routing: str | None = None          # export routing when MODEL is a checkpoint
+    command: str = "edgeconv quantize"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class QuantizeReport:
+    out: Path
+    record: dict                         # what the artifact records (edgeconv.quantization metadata)
+    rows: list[dict]                     # result table
+    details: list[dict] = field(default_factory=list)  # e.g. layers kept float, ops left float
+    notes: list[str] = field(default_factory=list)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise EdgeconvError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def check_request(req: QuantizeRequest) -> Backend:
+    """Argument checks that need no model: backend, precision, output suffix, option ranges."""
+    b = get_backend(req.backend)
+    if req.precision not in b.precisions:
+        raise EdgeconvError(f"--backend {b.name} supports {', '.join(b.precisions)}, not {req.precision}")
+    if req.out.suffix.lower() not in b.suffixes:
+        raise EdgeconvError(f"-o {req.out}: the {b.name} backend writes {' or '.join(b.suffixes)} files")
+    if req.out.exists() and req.out.is_dir():
+        raise EdgeconvError(f"-o {req.out} is a directory")
+    if req.max_drop is not None and req.max_drop < 0:
+        raise EdgeconvError("--max-drop must be >= 0 (points of top-1)")
+    if req.precision != "int8" and (req.max_drop is not None or req.calib or req.data):
+        raise EdgeconvError(f"--max-drop/--calib/--data apply to --int8 only (this is {req.precision})")
+    if Path(req.model).resolve() == Path(req.out).resolve():
+        raise EdgeconvError("-o must differ from the input model")
+    return b
+
+
+def quantize(req: QuantizeRequest, on_step: Callable[[str], None] | None = None) -> QuantizeReport:
+    """Run one quantization request on its backend."""
+    b = check_request(req)
+    mod = importlib.import_module(b.module)
+    return mod.run(req, on_step or (lambda s: None))

@@ -1,0 +1,136 @@
+"""Calibration and evaluation samples for quantization.
+
+Calibration data is always real images matching the model's input spec: the digits PNGs shipped in
+`calib_data/digits` (the default for models trained on digits), a folder given with `--calib`, or a data spec given
+with `--data` (digits | imagefolder:PATH | npz:PATH; its train split). Nothing is resized or synthesised: a folder of
+the wrong size, an empty folder or a model with no applicable default is an error naming what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from edgeconv.data import Samples, default_calib_dir, load_imagefolder, load_samples
+from edgeconv.errors import EdgeconvError
+
+# Calibration batches: every sample alone (so each routed sample reaches its own `If` branch, as at batch 1) and
+# shuffled mixed batches of this size (so the per-sample select branch of a mixed batch is calibrated too).
+MIXED_BATCH = 8
+
+
+@dataclass
+class CalibrationSet:
+    """Normalised calibration inputs plus what is recorded about them in every quantized artifact."""
+
+    samples: Samples
+    source: str
+
+    @property
+    def size(self) -> int:
+        return len(self.samples)
+
+    @property
+    def sha256(self) -> str:
+        return self.samples.fingerprint()
+
+    def record(self) -> dict:
+        return {"source": self.source, "size": self.size, "sha256": self.sha256}
+
+    def feeds(self, input_name: str, mixed_batch: int = MIXED_BATCH, seed: int = 0) -> list[dict[str, np.ndarray]]:
+        """Input dicts for onnxruntime: each sample alone, then shuffled batches of `mixed_batch` samples."""
+        x = self.samples.x.numpy().astype(np.float32)
+        out = [{input_name: x[i:i + 1]} for i in range(len(x))]
+        if mixed_batch > 1 and len(x) >= mixed_batch:
+            order = np.random.default_rng(seed).permutation(len(x))
+            for i in range(0, len(x) - mixed_batch + 1, mixed_batch):
+                out.append({input_name: x[order[i:i + mixed_batch]]})
+        return out
+
+    def batches(self, batch: int = 1) -> Iterator[np.ndarray]:
+        x = self.samples.x.numpy().astype(np.float32)
+        for i in range(0, len(x), batch):
+            yield x[i:i + batch]
+
+
+def _describe_input(pre: dict) -> str:
+    return f"{pre.get('channels')}x{pre.get('size')}x{pre.get('size')}"
+
+
+def load_calibration(pre: dict, calib: str | Path | None = None, data: str | None = None,
+                     limit: int | None = None) -> CalibrationSet:
+    """Calibration samples for a model with preprocessing `pre` (see the module docstring for the sources)."""
+    if calib is not None and data is not None:
+        raise EdgeconvError("give either --calib DIR or --data SPEC for calibration, not both")
+    try:
+        if calib is not None:
+            root = Path(calib)
+            samples = load_imagefolder(root, pre)
+            source = f"imagefolder:{root}"
+        elif data is not None:
+            samples = load_samples(data, pre, split="train")
+            source = f"{data} (train split)" if data == "digits" else data
+        else:
+            if pre.get("dataset") != "digits" or pre.get("channels") != 1:
+                raise EdgeconvError(
+                    f"no calibration data for this model (input {_describe_input(pre)}, dataset "
+                    f"{pre.get('dataset') or 'unknown'}): pass --calib DIR with real images of that size, or "
+                    "--data imagefolder:PATH / npz:PATH")
+            root = default_calib_dir()
+            if not root.is_dir():
+                raise EdgeconvError(f"the shipped calibration folder {root} is missing; pass --calib DIR")
+            samples = load_imagefolder(root, pre)
+            source = f"imagefolder:{root.name} (shipped calib_data/digits)"
+    except EdgeconvError as e:
+        msg = str(e)
+        raise EdgeconvError(msg if msg.startswith("no calibration") else f"calibration data: {msg}") from None
+    if limit is not None:
+        samples = Samples(samples.x[:limit], samples.y[:limit], samples.classes, samples.source)
+    if len(samples) == 0:
+        raise EdgeconvError(f"calibration data: {source} holds no samples")
+    if not torch.isfinite(samples.x).all():
+        raise EdgeconvError(f"calibration data: {source} contains NaN or infinite values")
+    return CalibrationSet(samples, source)
+
+
+def load_evaluation(pre: dict, spec: str | None, split: str = "test") -> Samples | None:
+    """Labelled samples for measuring top-1 of the float and quantized models (None when none apply)."""
+    if spec is None:
+        if pre.get("dataset") != "digits" or pre.get("channels") != 1:
+            return None
+        spec = "digits"
+    s = load_samples(spec, pre, split if spec == "digits" else "test")
+    if len(s) == 0 or bool((s.y < 0).all()):
+        raise EdgeconvError(f"evaluation data {spec!r} has no labels; accuracy needs labelled samples")
+    return s
+
+
+class OrtCalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input dicts (`get_next()` -> dict or None)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+def as_ort_reader(feeds: list[dict[str, np.ndarray]]):
+    """Wrap feeds in a real `onnxruntime.quantization.CalibrationDataReader` subclass instance."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(OrtCalibrationReader, CalibrationDataReader):
+        pass
+
+    return _Reader(feeds)

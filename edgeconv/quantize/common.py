@@ -1,0 +1,81 @@
+"""Pieces every backend shares: reading the source cheaply before heavy work, inputs, and the metadata record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeconv import __version__
+from edgeconv.errors import EdgeconvError
+from edgeconv.quantize import METADATA_FORMAT, QuantizeRequest
+from edgeconv.quantize.calibration import CalibrationSet, load_calibration, load_evaluation
+from edgeconv.quantize.source import is_checkpoint
+
+TOP1_TOLERANCE_NOTE = "top-1 in percent on the evaluation split; drop = float - quantized"
+
+
+def peek_meta(model: Path) -> dict[str, Any]:
+    """The model's preprocessing/classes/routing without exporting anything (fail fast on bad input)."""
+    p = Path(model)
+    if not p.exists():
+        raise EdgeconvError(f"no such file: {p}")
+    if is_checkpoint(p):
+        from edgeconv.quantize.source import checkpoint_source
+
+        return checkpoint_source(p).meta
+    if p.suffix.lower() == ".onnx":
+        from edgeconv.export.onnx import read_metadata
+
+        meta = read_metadata(p)
+        if "edgeconv.quantization" in meta:
+            raise EdgeconvError(f"{p} is already quantized; quantize the float model instead")
+        if not meta.get("preprocessing"):
+            raise EdgeconvError(f"{p}: no edgeconv metadata (preprocessing); export it with `edgeconv export` "
+                                "or pass the checkpoint")
+        return meta
+    raise EdgeconvError(f"{p}: expected a checkpoint (.pt) or an ONNX model (.onnx), got {p.suffix or 'no suffix'}")
+
+
+def inputs_for(req: QuantizeRequest, pre: dict):
+    """(calibration set or None, evaluation samples or None) for a request, loaded before any conversion."""
+    calib = None
+    if req.precision == "int8":
+        calib = load_calibration(pre, req.calib, req.data, req.calib_limit)
+    ev = load_evaluation(pre, req.eval_data)
+    if req.max_drop is not None and ev is None:
+        raise EdgeconvError("--max-drop needs labelled evaluation data: pass --eval digits|imagefolder:PATH|npz:PATH")
+    return calib, ev
+
+
+def base_record(req: QuantizeRequest, meta: dict, calib: CalibrationSet | None, ev) -> dict:
+    """The metadata every quantized artifact carries (completed by the backend with accuracy and sizes)."""
+    from edgeconv.artifacts import file_sha256
+
+    rec: dict[str, Any] = {
+        "format": METADATA_FORMAT,
+        "backend": req.backend,
+        "precision": req.precision,
+        "source": {"path": str(Path(req.model).resolve()), "sha256": file_sha256(req.model),
+                   "family": meta.get("family"), "variant": meta.get("variant")},
+        "calibration": calib.record() if calib else None,
+        "method": req.method if req.precision == "int8" else None,
+        "per_channel": bool(req.per_channel) if req.precision == "int8" else None,
+        "accuracy": None,
+        "command": req.command,
+        "edgeconv_version": __version__,
+    }
+    if ev is not None:
+        rec["accuracy"] = {"data": ev.source, "n": len(ev)}
+    return rec
+
+
+def accuracy_record(rec: dict, float_top1: float | None, q_top1: float | None) -> None:
+    if rec.get("accuracy") is None or float_top1 is None or q_top1 is None:
+        return
+    rec["accuracy"].update({"float_top1": round(float_top1, 4), "quantized_top1": round(q_top1, 4),
+                            "drop": round(float_top1 - q_top1, 4), "note": TOP1_TOLERANCE_NOTE})
+
+
+def size_record(rec: dict, float_bytes: int | None, out_bytes: int) -> None:
+    rec["size_bytes"] = {"float": float_bytes, "quantized": out_bytes,
+                         "ratio": round(out_bytes / float_bytes, 4) if float_bytes else None}

@@ -1,0 +1,539 @@
+"""onnxruntime quantization: static Q/DQ INT8 (inside `If` branches too), FP16, latency-aware op selection and
+accuracy-aware mixed precision.
+
+How INT8 reaches inside control flow: the model is split into a tree of *units* - the top-level graph and, for
+every `If`, each branch lifted out as a standalone model. Calibration runs the float model on every sample alone
+(each sample then takes its own branch, as at batch 1) and on shuffled mixed batches (which reach the per-sample
+select branch), captures what flows into each `If`, and hands every branch the calibration inputs of exactly the
+samples that took it. Each unit is calibrated once (onnxruntime's calibration cache), so re-quantizing with a
+different set of layers is only a graph rewrite. Quantized branches are grafted back into their `If`s, duplicate
+weight copies are shared, and the result passes the full ONNX check with every `If` still in place.
+
+Op selection (`ops`): `weights` (the default) quantizes layers with a weight - Conv, Gemm and MatMul with a
+constant operand. Activation x activation MatMuls (q.k, attn.v), softmax, layer norm and GELU stay float: on CPUs
+without fast INT8 dot products they are slower in INT8 and lose the most accuracy (platform-facts.md; measured again
+in benchmarks/quantize.py). `all` quantizes every operator onnxruntime can; TensorRT uses it with symmetric INT8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+
+from edgeconv.errors import EdgeconvError
+from edgeconv.quantize import onnx_graph as og
+from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader
+
+METHODS = ("minmax", "entropy", "percentile")
+OP_POLICIES = ("auto", "weights", "all")
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+METADATA_KEY = "edgeconv.quantization"
+
+
+# ----------------------------------------------------------------------------------------------- options
+@dataclass
+class Int8Options:
+    """How to quantize: calibration method, per-channel weights, symmetric activations, which ops."""
+
+    method: str = "minmax"
+    per_channel: bool = False
+    symmetric: bool = False      # symmetric INT8 activations (zero point 0), as TensorRT requires
+    ops: str = "auto"
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise EdgeconvError(f"unknown calibration method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.ops not in OP_POLICIES:
+            raise EdgeconvError(f"unknown op selection {self.ops!r}; choose one of: {', '.join(OP_POLICIES)}")
+
+    def ort_kwargs(self) -> dict:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[self.method]
+        extra = {"ActivationSymmetric": self.symmetric, "WeightSymmetric": True,
+                 "CalibPercentile": self.percentile}
+        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel,
+                "activation_type": QuantType.QInt8 if self.symmetric else QuantType.QUInt8,
+                "weight_type": QuantType.QInt8, "calibrate_method": method, "extra_options": extra}
+
+    def record(self) -> dict:
+        return {"method": self.method, "per_channel": self.per_channel,
+                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+                "weights": "int8 symmetric", "ops": self.ops}
+
+
+# ----------------------------------------------------------------------------------------------- sessions
+def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, level: str = "all"):
+    """An onnxruntime CPU session (level `all`, or `extended` where ORT_ENABLE_ALL is unsafe: FP16)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch].astype(np.float32)})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def top1(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean() * 100.0)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizer logs advice at WARNING for every call; keep the console for results."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+# ----------------------------------------------------------------------------------------------- the unit tree
+@dataclass
+class Unit:
+    """One graph to quantize on its own: the top level, or one `If` branch lifted into a standalone model."""
+
+    path: str
+    model: onnx.ModelProto
+    feeds: list[dict[str, np.ndarray]]
+    prefix: str
+    children: list[tuple[str, str, "Unit"]] = field(default_factory=list)
+    cache: Path | None = None
+    candidates: list[str] = field(default_factory=list)   # node names the op policy would quantize
+    float_ops: dict[str, int] = field(default_factory=dict)
+
+    def node_id(self, name: str) -> str:
+        return f"{self.path}::{name}" if self.path else name
+
+    def walk(self) -> Iterator["Unit"]:
+        yield self
+        for _, _, c in self.children:
+            yield from c.walk()
+
+
+def select_candidates(model: onnx.ModelProto, policy: str) -> tuple[list[str], dict[str, int]]:
+    """Top-level nodes of `model` the policy quantizes, and counts of op types it leaves float."""
+    inits = {t.name for t in model.graph.initializer}
+    chosen, left = [], {}
+    for node in model.graph.node:
+        if node.op_type == "If":
+            continue
+        if policy == "all":
+            chosen.append(node.name)
+            continue
+        has_weight = any(i in inits for i in node.input[:2])
+        if node.op_type in WEIGHT_OPS and has_weight:
+            chosen.append(node.name)
+        elif node.op_type in ("MatMul", "Softmax", "LayerNormalization", "Gelu", "Conv", "Gemm"):
+            key = "MatMul (activation x activation)" if node.op_type == "MatMul" else node.op_type
+            left[key] = left.get(key, 0) + 1
+    return chosen, left
+
+
+def node_kind(node) -> str:
+    """Latency groups for `--ops auto`: depthwise convs behave differently from dense ones in INT8."""
+    if node.op_type == "Conv":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return "depthwise Conv" if group > 1 else "Conv"
+    return node.op_type
+
+
+class QuantTree:
+    """The unit tree of a float ONNX model, calibrated once; `assemble(selection)` builds a quantized model."""
+
+    def __init__(self, model: onnx.ModelProto, calib: CalibrationSet, options: Int8Options, workdir: Path,
+                 on_step: Callable[[str], None] | None = None, share_weights: bool = False):
+        # share_weights: one top-level copy of weights used in several branches (smaller file); off by default
+        # because onnxruntime does not pre-pack outer-scope initializers inside `If` branches (measured ~30%
+        # slower at batch 16 on routed-tiny).
+        self.share_weights = share_weights
+        self.options = options
+        self.workdir = workdir
+        self.float_model = copy.deepcopy(model)
+        og.ensure_node_names(self.float_model.graph)
+        self.input_name = self.float_model.graph.input[0].name
+        self._count = 0
+        self.unreached: list[str] = []
+        self._step = on_step or (lambda s: None)
+        self.root = self._build("", self.float_model, calib.feeds(self.input_name))
+
+    # -- building
+    def _build(self, path: str, model: onnx.ModelProto, feeds: list[dict]) -> Unit:
+        unit = Unit(path, model, feeds, prefix=f"q{self._count}_")
+        self._count += 1
+        unit.candidates, unit.float_ops = select_candidates(model, self.options.ops)
+        if not feeds:
+            self.unreached.append(path or "top level")
+        else:
+            self._step(f"calibrating {path or 'top level'} on {sum(len(next(iter(f.values()))) for f in feeds)} samples")
+            unit.cache = self._calibrate(model, feeds)
+        ifs = [n for n in model.graph.node if n.op_type == "If"]
+        if not ifs:
+            return unit
+        types = og.value_info_map(model)
+        lifted = []
+        for node in ifs:
+            for attr_name, branch in og.subgraph_attrs(node):
+                sub_path = f"{path}/{node.name}.{attr_name}" if path else f"{node.name}.{attr_name}"
+                sub_model, inputs = og.lift_branch(model, branch, types, sub_path)
+                lifted.append((node, attr_name, sub_path, sub_model, inputs))
+        routed = self._route_feeds(model, feeds, lifted, types)
+        for (node, attr_name, sub_path, sub_model, inputs), sub_feeds in zip(lifted, routed):
+            self._fill_input_types(sub_model, sub_feeds)
+            unit.children.append((node.name, attr_name, self._build(sub_path, sub_model, sub_feeds)))
+        return unit
+
+    def _route_feeds(self, model, feeds, lifted, types) -> list[list[dict]]:
+        """Run `model` on each feed; give each branch the values it reads, for the feeds whose `If` chose it."""
+        graph_inputs = {i.name for i in model.graph.input}
+        wanted: dict[str, None] = {}
+        for node, _, _, _, inputs in lifted:
+            wanted[node.input[0]] = None
+            for name in inputs:
+                wanted[name] = None
+        extra = [n for n in wanted if n not in graph_inputs and n not in {o.name for o in model.graph.output}]
+        aug = copy.deepcopy(model)
+        for name in extra:
+            aug.graph.output.append(copy.deepcopy(types[name]) if name in types else onnx.ValueInfoProto(name=name))
+        out_names = [o.name for o in aug.graph.output]
+        routed: list[list[dict]] = [[] for _ in lifted]
+        if not feeds:
+            return routed
+        sess = ort_session(aug, level="basic")
+        for feed in feeds:
+            vals = dict(zip(out_names, sess.run(None, feed)))
+            vals.update(feed)
+            for k, (node, attr_name, _, _, inputs) in enumerate(lifted):
+                cond = bool(np.asarray(vals[node.input[0]]).reshape(-1)[0])
+                if cond == (attr_name == "then_branch"):
+                    routed[k].append({n: vals[n] for n in inputs})
+        return routed
+
+    @staticmethod
+    def _fill_input_types(model: onnx.ModelProto, feeds: list[dict]) -> None:
+        """Inputs whose type inference could not give get it from the captured data (batch dim symbolic)."""
+        if not feeds:
+            return
+        for vi in model.graph.input:
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                continue
+            arr = np.asarray(feeds[0][vi.name])
+            dims = ["batch" if i == 0 and arr.ndim > 1 else d for i, d in enumerate(arr.shape)]
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(
+                vi.name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), dims))
+
+    def _unit_file(self, model: onnx.ModelProto) -> Path:
+        # onnxruntime's quantizer may rewrite a ModelProto it is given in place (external data references), so it
+        # gets a file; the unit's proto stays untouched for the next selection.
+        path = self.workdir / f"unit_{id(model)}.src.onnx"
+        if not path.exists():
+            onnx.save_model(model, str(path))
+        return path
+
+    def _calibrate(self, model: onnx.ModelProto, feeds: list[dict]) -> Path:
+        from onnxruntime.quantization import quantize_static
+
+        k = len(list(self.workdir.glob("calib_*.json")))
+        cache = self.workdir / f"calib_{k}.json"
+        scratch = self.workdir / f"calib_{k}.onnx"
+        src = self._unit_file(model)
+        with _quiet():
+            try:
+                quantize_static(str(src), str(scratch), as_ort_reader(feeds), calibration_cache_path=str(cache),
+                                **self.options.ort_kwargs())
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; one readable line
+                raise EdgeconvError(f"onnxruntime calibration failed: {str(e).splitlines()[0][:200]}") from e
+        scratch.unlink(missing_ok=True)
+        return cache
+
+    # -- selection
+    def candidates(self) -> list[str]:
+        """Global ids of every node the op policy would quantize (in units that calibration data reached)."""
+        return [u.node_id(n) for u in self.root.walk() if u.cache for n in u.candidates]
+
+    def kinds(self) -> dict[str, list[str]]:
+        """Candidate ids grouped by `node_kind`."""
+        out: dict[str, list[str]] = {}
+        for u in self.root.walk():
+            if not u.cache:
+                continue
+            nodes = {n.name: n for n in u.model.graph.node}
+            for c in u.candidates:
+                out.setdefault(node_kind(nodes[c]), []).append(u.node_id(c))
+        return out
+
+    def float_ops(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for u in self.root.walk():
+            for k, v in u.float_ops.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    # -- assembly
+    def assemble(self, selection: set[str]) -> onnx.ModelProto:
+        """The model with exactly the nodes in `selection` quantized (global ids), checked."""
+        units: list[onnx.ModelProto] = []
+        model = self._assemble(self.root, selection, units)
+        opsets = og.max_opset([self.float_model, *units])
+        del model.opset_import[:]
+        for dom, ver in opsets.items():
+            model.opset_import.append(onnx.helper.make_opsetid(dom, ver))
+        if self.share_weights:
+            og.hoist_initializers(model)
+        og.prune_unused_initializers(model)
+        missing = og.undefined_references(model.graph)
+        if missing:
+            raise EdgeconvError(f"internal error: quantized graph reads undefined values {sorted(missing)[:5]}")
+        del model.metadata_props[:]
+        model.metadata_props.extend(copy.deepcopy(self.float_model.metadata_props))
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:  # noqa: BLE001
+            raise EdgeconvError(f"quantized graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
+        return model
+
+    def _assemble(self, unit: Unit, selection: set[str], units: list) -> onnx.ModelProto:
+        chosen = [n for n in unit.candidates if unit.node_id(n) in selection]
+        if chosen and unit.cache is not None:
+            model = self._quantize_unit(unit, chosen)
+            units.append(model)
+        else:
+            model = copy.deepcopy(unit.model)
+        for if_name, attr_name, child in unit.children:
+            sub = self._assemble(child, selection, units)
+            node = og.find_node(model.graph, if_name)
+            if node is None:
+                raise EdgeconvError(f"internal error: If node {if_name} vanished while quantizing {unit.path or 'top'}")
+            og.set_branch(node, attr_name, og.as_branch(sub, set(), child.prefix))
+        return model
+
+    def _quantize_unit(self, unit: Unit, nodes: list[str]) -> onnx.ModelProto:
+        from onnxruntime.quantization import quantize_static
+
+        out = self.workdir / f"unit_{unit.prefix}.onnx"
+        src = self._unit_file(unit.model)
+        with _quiet():
+            quantize_static(str(src), str(out), None, nodes_to_quantize=nodes, calibration_cache_path=str(unit.cache),
+                            **self.options.ort_kwargs())
+        model = onnx.load(str(out))
+        out.unlink(missing_ok=True)
+        return model
+
+
+# ----------------------------------------------------------------------------------------------- accuracy
+@dataclass
+class Evaluator:
+    """Top-1 of a model on labelled samples, and logits of a fixed subset for sensitivity ranking."""
+
+    x: np.ndarray
+    y: np.ndarray
+    subset: int = 256
+    float_top1: float = 0.0
+    float_logits: np.ndarray | None = None
+
+    def top1(self, model: onnx.ModelProto | Path) -> float:
+        return top1(ort_logits(ort_session(model), self.x), self.y)
+
+    def logits_error(self, model: onnx.ModelProto) -> float:
+        got = ort_logits(ort_session(model), self.x[:self.subset])
+        return float(np.mean((got - self.float_logits) ** 2))
+
+
+@dataclass
+class Int8Result:
+    model: onnx.ModelProto
+    quantized: list[str]
+    kept_float: list[str]                 # layers --max-drop kept float
+    float_top1: float | None
+    int8_top1: float | None
+    plain_int8_top1: float | None
+    float_ops: dict[str, int]             # op types the op selection left float
+    kinds_left_float: dict[str, str]      # op kind -> why (--ops auto measurements)
+    latency: dict[str, float]             # measured ms at batch 16 (float, int8) during selection
+    unreached: list[str]
+    steps: list[dict]
+
+
+def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Options, *,
+                  eval_x: np.ndarray | None = None, eval_y: np.ndarray | None = None, max_drop: float | None = None,
+                  latency_batch: int = 16, on_step: Callable[[str], None] | None = None) -> Int8Result:
+    """Static Q/DQ INT8 of an ONNX model (`If` branches included).
+
+    `options.ops == "auto"`: weight layers are quantized kind by kind (Conv, depthwise Conv, Gemm, MatMul) and a
+    kind is kept only if the model measured at batch `latency_batch` is no slower with it. With `max_drop`, the
+    most sensitive layers are kept float until top-1 is within `max_drop` points of the float model, or this fails
+    saying the budget cannot be met.
+    """
+    step = on_step or (lambda s: None)
+    with tempfile.TemporaryDirectory(prefix="edgeconv-quant-") as tmp:
+        tree = QuantTree(model, calib, options, Path(tmp), on_step=step)
+        cands = tree.candidates()
+        if not cands:
+            raise EdgeconvError("nothing to quantize: the model has no layers the op selection applies to"
+                                f" (--ops {options.ops}) in graphs the calibration data reaches")
+        left, latency = {}, {}
+        if options.ops == "auto":
+            cands, left, latency = _select_by_latency(tree, calib, latency_batch, step)
+        step("assembling INT8 model")
+        full = tree.assemble(set(cands))
+        ev = None
+        if eval_x is not None and eval_y is not None:
+            ev = Evaluator(eval_x, eval_y)
+            fsess = ort_session(tree.float_model)
+            ev.float_top1 = top1(ort_logits(fsess, eval_x), eval_y)
+            ev.float_logits = ort_logits(fsess, eval_x[:ev.subset])
+        int8_top1 = ev.top1(full) if ev else None
+        steps = [{"kept float": 0, "top1": int8_top1}] if ev else []
+        result, kept = full, []
+        if max_drop is not None:
+            if ev is None:
+                raise EdgeconvError("--max-drop needs labelled evaluation data (--eval SPEC)")
+            drop = ev.float_top1 - int8_top1
+            if drop > max_drop:
+                step(f"INT8 drops {drop:.2f} points (> {max_drop}); ranking {len(cands)} layers by sensitivity")
+                ranked = _rank_sensitivity(tree, cands, ev, step)
+                result = None
+                for k in range(1, len(ranked)):
+                    kept = ranked[:k]
+                    step(f"keeping {k} layer(s) float")
+                    trial = tree.assemble(set(cands) - set(kept))
+                    acc = ev.top1(trial)
+                    steps.append({"kept float": k, "top1": acc, "added": kept[-1]})
+                    if ev.float_top1 - acc <= max_drop:
+                        result, int8_top1 = trial, acc
+                        break
+                if result is None:
+                    raise EdgeconvError(
+                        f"--max-drop {max_drop} cannot be met: float top-1 {ev.float_top1:.2f}%, plain INT8 "
+                        f"{steps[0]['top1']:.2f}%, and the budget holds only with every one of the {len(cands)} "
+                        "quantized layers back in float (nothing left quantized)")
+        return Int8Result(result, [c for c in cands if c not in kept], kept, ev.float_top1 if ev else None,
+                          int8_top1, steps[0]["top1"] if steps else None, tree.float_ops(), left, latency,
+                          tree.unreached, steps)
+
+
+def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
+    """Greedy over op kinds: add a kind's layers when the model is no slower with them (interleaved timing)."""
+    kinds = tree.kinds()
+    order = sorted(kinds, key=lambda k: -len(kinds[k]))
+    x = _timing_input(calib, batch)
+    # One thread per session: on a shared machine that keeps timings comparable; the decision is a ratio.
+    float_sess = ort_session(tree.float_model, threads=1)
+    chosen: list[str] = []
+    current = float_sess
+    left: dict[str, str] = {}
+    latency: dict[str, float] = {}
+    for kind in order:
+        step(f"timing INT8 {kind} layers at batch {batch}")
+        trial_ids = chosen + kinds[kind]
+        trial = ort_session(tree.assemble(set(trial_ids)), threads=1)
+        cur_ms, trial_ms = compare_latency([current, trial], x)
+        if trial_ms <= cur_ms * 1.02:  # 2%: below what this timing resolves
+            chosen, current = trial_ids, trial
+        else:
+            left[kind] = f"INT8 slower here: {trial_ms:.2f} ms vs {cur_ms:.2f} ms at batch {batch}"
+    if not chosen:
+        # Nothing pays on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
+        chosen = [c for k in order for c in kinds[k]]
+        left = {}
+        current = ort_session(tree.assemble(set(chosen)), threads=1)
+        step("no INT8 layer kind is faster than float here; quantizing all weight layers for size")
+    f_ms, q_ms = compare_latency([float_sess, current], x)
+    latency.update({"batch": batch, "float_ms": f_ms, "int8_ms": q_ms})
+    return chosen, left, latency
+
+
+def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
+    x = calib.samples.x.numpy().astype(np.float32)
+    reps = int(np.ceil(batch / len(x)))
+    return np.concatenate([x] * reps)[:batch]
+
+
+def compare_latency(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 5,
+                    max_runs: int = 200) -> list[float]:
+    """Minimum ms per run of each session on `x`, runs interleaved so load changes hit all alike."""
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for s, f in zip(sessions, feeds):
+        s.run(None, f)
+    times: list[list[float]] = [[] for _ in sessions]
+    t_end = time.perf_counter() + seconds
+    runs = 0
+    while runs < min_runs or (time.perf_counter() < t_end and runs < max_runs):
+        for i, (s, f) in enumerate(zip(sessions, feeds)):
+            t = time.perf_counter()
+            s.run(None, f)
+            times[i].append(time.perf_counter() - t)
+        runs += 1
+    return [float(np.min(t) * 1e3) for t in times]
+
+
+def _rank_sensitivity(tree: QuantTree, cands: list[str], ev: Evaluator, step) -> list[str]:
+    """Layers ordered most sensitive first: the logit error when only that layer is quantized."""
+    scores = {}
+    for i, c in enumerate(cands):
+        step(f"sensitivity {i + 1}/{len(cands)}")
+        scores[c] = ev.logits_error(tree.assemble({c}))
+    return sorted(cands, key=lambda c: -scores[c])
+
+
+# ----------------------------------------------------------------------------------------------- fp16
+def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and compute (inputs and outputs stay float32), `If` branches included."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise EdgeconvError(f"FP16 graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- latency
+def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], level: str = "all", warmup: int = 3,
+               runs: int = 20, threads: int = 0) -> float:
+    """Median wall time of one run at this input shape (a quick check; benchmarks/ has the careful numbers)."""
+    sess = ort_session(model, threads=threads, level=level)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def quantization_metadata(model: onnx.ModelProto) -> dict | None:
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            return json.loads(p.value)
+    return None

@@ -1,0 +1,108 @@
+"""`edgeconv quantize --backend ort`: a quantized `.onnx` with its quantization record in metadata_props."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgeconv.artifacts import atomic_path
+from edgeconv.errors import EdgeconvError
+from edgeconv.quantize import QuantizeReport, QuantizeRequest
+from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.ort import (METADATA_KEY, Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8,
+                                   top1)
+from edgeconv.quantize.source import resolve_onnx
+
+WHY_FLOAT = {
+    "MatMul (activation x activation)": "q.k and attn.v: both operands change per input, INT8 needs two activation "
+                                        "quantizations per call; slower and lossy on CPUs without fast INT8",
+    "Softmax": "exponent over a wide range: INT8 loses the small probabilities; no fast INT8 kernel on CPU",
+    "LayerNormalization": "statistics over tokens: kept float (no INT8 kernel in onnxruntime CPU)",
+    "Gelu": "nonlinearity between quantized layers: no INT8 kernel in onnxruntime CPU",
+}
+
+
+def write_onnx(model: onnx.ModelProto, out: Path, record: dict) -> None:
+    """Record the quantization metadata and write the model atomically (one file, no external data)."""
+    from edgeconv.export.onnx import write_metadata
+
+    write_metadata(model, {METADATA_KEY: json.dumps(record, default=str)})
+    with atomic_path(out) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        ort_session(str(tmp), level="extended")  # the artifact must load in the runtime it is for
+
+
+def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
+    from edgeconv.export.onnx import count_if_nodes
+
+    meta = peek_meta(req.model)
+    pre = meta["preprocessing"]
+    calib, ev = inputs_for(req, pre)
+    options = Int8Options(req.method, req.per_channel, symmetric=False, ops=req.ops) if req.precision == "int8" else None
+    with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
+        if Path(req.model).suffix.lower() != ".onnx":
+            step("exporting the checkpoint to ONNX")
+        src = resolve_onnx(req.model, Path(tmp), routing=req.routing)
+        float_model = onnx.load(str(src.onnx_path))
+        float_bytes = src.onnx_path.stat().st_size
+    rec = base_record(req, src.meta, calib, ev)
+    rec["routing"] = src.routing
+    ifs_before = count_if_nodes(float_model)
+    details: list[dict] = []
+    notes = list(src.notes)
+    ex, ey = (ev.x.numpy(), ev.y.numpy()) if ev is not None else (None, None)
+    if req.precision == "int8":
+        res = quantize_int8(float_model, calib, options, eval_x=ex, eval_y=ey, max_drop=req.max_drop, on_step=step)
+        model = res.model
+        accuracy_record(rec, res.float_top1, res.int8_top1)
+        rec.update({"ops": options.ops, "activations": options.record()["activations"],
+                    "quantized_layers": len(res.quantized), "kept_float_for_accuracy": res.kept_float,
+                    "ops_left_float": res.float_ops, "kinds_left_float_for_latency": res.kinds_left_float,
+                    "latency_check_ms": res.latency, "branches_without_calibration_data": res.unreached})
+        if res.plain_int8_top1 is not None and res.kept_float:
+            rec["accuracy"]["plain_int8_top1"] = round(res.plain_int8_top1, 4)
+            rec["accuracy"]["max_drop"] = req.max_drop
+        for op, n in sorted(res.float_ops.items()):
+            details.append({"kept float": op, "count": n, "why": WHY_FLOAT.get(op, "not a weight layer")})
+        for kind, why in res.kinds_left_float.items():
+            details.append({"kept float": f"{kind} (weight layers)", "count": "", "why": why})
+        for name in res.kept_float:
+            details.append({"kept float": name, "count": 1, "why": f"most sensitive layer (--max-drop {req.max_drop})"})
+        for path in res.unreached:
+            notes.append(f"{path}: no calibration sample took this branch; it stays float")
+        if res.latency:
+            lat = res.latency
+            verdict = "not slower" if lat["int8_ms"] <= lat["float_ms"] * 1.02 else "SLOWER"
+            notes.append(f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
+                         f"({verdict}, ratio {lat['int8_ms'] / lat['float_ms']:.2f})")
+    else:
+        step("converting to FP16")
+        model = convert_fp16(float_model)
+        if ev is not None:
+            f_top1 = top1(ort_logits(ort_session(float_model), ex), ey)
+            h_top1 = top1(ort_logits(ort_session(model, level="extended"), ex), ey)
+            accuracy_record(rec, f_top1, h_top1)
+        notes.append("FP16 runs at ORT_ENABLE_EXTENDED (ORT_ENABLE_ALL crashed on FP16 graphs on this CPU); "
+                     "on CPU it is usually slower than FP32 - it is meant for GPUs")
+    ifs_after = count_if_nodes(model)
+    if ifs_after != ifs_before:
+        raise EdgeconvError(f"internal error: quantization changed the If count ({ifs_before} -> {ifs_after})")
+    rec["if_nodes"] = ifs_after
+    step("writing")
+    size_record(rec, float_bytes, 0)
+    write_onnx(model, req.out, rec)
+    size = req.out.stat().st_size
+    size_record(rec, float_bytes, size)
+    write_onnx(model, req.out, rec)  # again, now that the file size is known
+    acc = rec.get("accuracy") or {}
+    row = {"artifact": str(req.out), "backend": "onnxruntime", "precision": req.precision.upper(),
+           "If nodes": ifs_after, "size KiB": round(size / 1024, 1),
+           "size vs float": f"{size / float_bytes:.2f}x",
+           "float top-1 %": acc.get("float_top1"), "quantized top-1 %": acc.get("quantized_top1"),
+           "drop": acc.get("drop")}
+    return QuantizeReport(req.out, rec, [row], details, notes)

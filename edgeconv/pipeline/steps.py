@@ -187,11 +187,12 @@ class Train(Step):
                              seed=ctx.cfg.pipeline.seed, augment=opts.augment)
             run_train(opts.model, ctx.data, str(out), cfg=tc, img_size=opts.img_size or None,
                       show_progress=ctx.show_progress, command=ctx.command)
-        row, metrics = _eval_rows(out, "float", ctx.data, opts.split)
+        row, metrics = _eval_rows(out, "float (PyTorch)", ctx.data, opts.split)
         ck = artifacts.read_checkpoint(out)
         metrics["train_seconds"] = ck.get("metrics", {}).get("train_seconds")
         metrics["model"] = model_label(ck)
-        return StepResult([Artifact("checkpoint", out, "float"), Artifact("float", out, "float")], metrics, [row])
+        return StepResult([Artifact("checkpoint", out, "float (PyTorch)"), Artifact("float", out, "float (PyTorch)")],
+                          metrics, [row])
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -213,3 +214,319 @@ class Eval(Step):
         art = ctx.inputs["checkpoint"]
         row, metrics = _eval_rows(art.path, art.label, opts.data or ctx.data, opts.split)
         return StepResult([], metrics, [row])
+
+
+def stage_of(label: str) -> str:
+    """"pruned+distilled (PyTorch)" -> "pruned+distilled"."""
+    return label.split(" (")[0]
+
+
+# ------------------------------------------------------------------------------------------------ export
+@dataclass
+class ExportOptions:
+    routing: str = option("gated", help="gated (ONNX If) | soft | static:conv | static:attn; ignored without routers.")
+    opset: int = option(0, min=0, help="0 = the exporter's default (>= 18).")
+    simplify: bool = option(True, help="Run onnxslim on the graph.")
+    baseline: bool = option(True, help="Also export the float model, so the table compares like with like.")
+
+
+@register_step
+class Export(Step):
+    name = "export"
+    help = "export the current model (and the float baseline) to ONNX, routing as If"
+    Options = ExportOptions
+    needs = ("checkpoint", "float")
+    gives = ("onnx", "onnx:float")
+
+    @classmethod
+    def check(cls, opts: ExportOptions, cfg: PipelineConfig) -> None:
+        from edgeconv.export.onnx import MIN_OPSET, ROUTINGS
+
+        if opts.routing not in ROUTINGS:
+            raise PipelineConfigError(f"{cfg.source}: export.routing = {opts.routing!r} is not one of "
+                                      f"{', '.join(ROUTINGS)}")
+        if opts.opset and opts.opset < MIN_OPSET:
+            raise PipelineConfigError(f"{cfg.source}: export.opset = {opts.opset}: the exporter writes opset "
+                                      f"{MIN_OPSET} or newer")
+
+    @classmethod
+    def gives_for(cls, opts: ExportOptions) -> tuple[str, ...]:
+        return ("onnx", "onnx:float") if opts.baseline else ("onnx",)
+
+    @classmethod
+    def select_inputs(cls, opts: ExportOptions, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+        chosen = {"checkpoint": artifacts["checkpoint"]}
+        if opts.baseline and artifacts["float"].path != artifacts["checkpoint"].path:
+            chosen["float"] = artifacts["float"]
+        return chosen
+
+    @classmethod
+    def run(cls, opts: ExportOptions, ctx: StepContext) -> StepResult:
+        from edgeconv.export import export_onnx
+        from edgeconv.models import routers
+        from edgeconv import artifacts
+
+        outputs, rows, metrics = [], [], {}
+        jobs = [("onnx", ctx.inputs["checkpoint"], "model.onnx")]
+        if "float" in ctx.inputs:
+            jobs.append(("onnx:float", ctx.inputs["float"], "float.onnx"))
+        for kind, src, fname in jobs:
+            model, _ = artifacts.load_model(src.path)
+            routing = opts.routing if routers(model) else None
+            res = export_onnx(src.path, ctx.out_dir / fname, routing=routing, opset=opts.opset or None,
+                              simplify=opts.simplify)
+            label = f"{stage_of(src.label)} (onnxruntime FP32)"
+            outputs.append(Artifact(kind, res.path, label))
+            metrics[label] = res.row()
+            rows.append({"model": label, "format": "ONNX FP32", "size KiB": round(res.size_bytes / 1024, 1)})
+        return StepResult(outputs, metrics, rows)
+
+
+# ------------------------------------------------------------------------------------------------ quantize
+TFLITE_NEEDS = ("litert_torch", "ai_edge_litert")
+
+
+@dataclass
+class QuantizeOptions:
+    targets: list[str] = option(default_factory=lambda: ["ort:int8"],
+                                help="backend:precision, e.g. ort:int8, ort:fp16, tflite:int8, tflite:fp16.")
+    calib: str = option("", path=True, help="Folder of calibration images (default: the bundled digits set for "
+                                            "digits, else the data's train split).")
+    calib_limit: int = option(0, min=0, help="Use at most this many calibration images (0 = all).")
+    method: str = option("minmax", choices=("minmax", "entropy", "percentile"))
+    per_channel: bool = option(True, help="Per-channel weight scales.")
+    max_drop: float = option(-1.0, help="Keep the most sensitive layers float until the top-1 drop is at most this "
+                                        "(points); negative = off.")
+
+
+def _parse_target(t: str) -> tuple[str, str]:
+    backend, _, precision = t.partition(":")
+    return backend, precision
+
+
+@register_step
+class Quantize(Step):
+    name = "quantize"
+    help = "quantize the exported model for each target (onnxruntime, TFLite, TensorRT)"
+    Options = QuantizeOptions
+    needs = ("checkpoint",)
+    gives = ("model:*",)
+
+    @classmethod
+    def check(cls, opts: QuantizeOptions, cfg: PipelineConfig) -> None:
+        import importlib.util
+
+        from edgeconv.quantize import BACKENDS
+
+        if not opts.targets:
+            raise PipelineConfigError(f"{cfg.source}: quantize.targets is empty (e.g. targets = [\"ort:int8\"])")
+        for i, t in enumerate(opts.targets):
+            backend, precision = _parse_target(t)
+            key = f"quantize.targets[{i}] = {t!r}"
+            if backend not in BACKENDS:
+                raise PipelineConfigError(f"{cfg.source}: {key}: unknown backend {backend!r} "
+                                          f"(known: {', '.join(BACKENDS)})")
+            if precision not in BACKENDS[backend].precisions:
+                raise PipelineConfigError(f"{cfg.source}: {key}: {backend} supports "
+                                          f"{', '.join(BACKENDS[backend].precisions)}")
+            if importlib.util.find_spec(BACKENDS[backend].module) is None:
+                raise PipelineConfigError(f"{cfg.source}: {key}: this edgeconv has no {backend} quantizer")
+            missing = [m for m in (TFLITE_NEEDS if backend == "tflite" else ()) if importlib.util.find_spec(m) is None]
+            if missing:
+                raise PipelineConfigError(f"{cfg.source}: {key}: needs {', '.join(missing)}; install the extra: "
+                                          ".venv/bin/pip install -e '.[tflite]'")
+        if len(set(opts.targets)) != len(opts.targets):
+            raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")
+
+    @classmethod
+    def gives_for(cls, opts: QuantizeOptions) -> tuple[str, ...]:
+        return tuple(f"model:{t.replace(':', '-')}" for t in opts.targets)
+
+    @classmethod
+    def select_inputs(cls, opts: QuantizeOptions, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+        chosen = {"checkpoint": artifacts["checkpoint"]}
+        if "onnx" in artifacts:
+            chosen["onnx"] = artifacts["onnx"]
+        return chosen
+
+    @classmethod
+    def run(cls, opts: QuantizeOptions, ctx: StepContext) -> StepResult:
+        from edgeconv.data import default_calib_dir
+        from edgeconv.quantize import BACKENDS, QuantizeRequest, quantize
+
+        calib, data = None, None
+        if opts.calib:
+            calib = Path(opts.calib)
+        elif ctx.data == "digits" and default_calib_dir().is_dir():
+            calib = default_calib_dir()
+        else:
+            data = ctx.data
+        outputs, rows, metrics = [], [], {}
+        runtime = {"ort": "onnxruntime", "tflite": "TFLite", "tensorrt": "TensorRT"}
+        for t in opts.targets:
+            backend, precision = _parse_target(t)
+            # onnxruntime and TensorRT start from the exported graph; TFLite converts from PyTorch directly
+            src = ctx.inputs.get("onnx") if backend != "tflite" and "onnx" in ctx.inputs else ctx.inputs["checkpoint"]
+            out = ctx.out_dir / f"{backend}-{precision}{BACKENDS[backend].suffixes[0]}"
+            req = QuantizeRequest(model=src.path, out=out, precision=precision, backend=backend,
+                                  calib=calib if precision == "int8" else None,
+                                  data=data if precision == "int8" else None,
+                                  calib_limit=opts.calib_limit or None, method=opts.method,
+                                  per_channel=opts.per_channel,
+                                  max_drop=opts.max_drop if opts.max_drop >= 0 else None,
+                                  eval_data=ctx.data, command=ctx.command)
+            rep = quantize(req)
+            label = f"{precision.upper()} ({runtime.get(backend, backend)})"
+            outputs.append(Artifact(f"model:{backend}-{precision}", rep.out, label))
+            acc = (rep.record.get("accuracy") or {})
+            metrics[label] = {"source": stage_of(src.label), "accuracy": acc, "notes": rep.notes,
+                              "size_bytes": rep.record.get("size_bytes")}
+            row = {"model": label, "format": f"{runtime.get(backend, backend)} {precision.upper()}",
+                   "size KiB": round(rep.out.stat().st_size / 1024, 1)}
+            if acc.get("quantized_top1") is not None:
+                row["top1 %"] = acc["quantized_top1"]
+            rows.append(row)
+        return StepResult(outputs, metrics, rows)
+
+
+def deployables(artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+    """Every model a validate/bench step should look at, in pipeline order."""
+    keep = {}
+    for kind in ("float", "checkpoint", "onnx:float", "onnx"):
+        if kind in artifacts and all(a.path != artifacts[kind].path for a in keep.values()):
+            keep[kind] = artifacts[kind]
+    keep.update({k: a for k, a in artifacts.items() if k.startswith("model:")})
+    return keep
+
+
+# ------------------------------------------------------------------------------------------------ validate
+@dataclass
+class ValidateOptions:
+    split: str = option("test", choices=("train", "val", "test", "all"))
+    limit: int = option(0, min=0, help="Validate on the first N samples only (0 = all).")
+    tolerance: float = option(1e-4, min=0.0, help="Max abs logit difference ONNX FP32 vs PyTorch.")
+    allow_uncovered: bool = option(False, help="Pass even when no sample took some If branch.")
+    min_agreement: float = option(95.0, min=0.0, max=100.0,
+                                  help="Quantized models: top-1 agreement with their float source, in percent.")
+
+
+@register_step
+class Validate(Step):
+    name = "validate"
+    help = "check the ONNX exports (checker, parity, If-branch coverage, dynamic batch) and quantized agreement"
+    Options = ValidateOptions
+    needs = ("checkpoint",)
+
+    @classmethod
+    def select_inputs(cls, opts: ValidateOptions, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+        chosen = {k: a for k, a in deployables(artifacts).items() if k.startswith(("onnx", "model:"))}
+        return {"checkpoint": artifacts["checkpoint"], "float": artifacts.get("float", artifacts["checkpoint"]),
+                **chosen}
+
+    @classmethod
+    def run(cls, opts: ValidateOptions, ctx: StepContext) -> StepResult:
+        from edgeconv import artifacts
+        from edgeconv.export.validate import validate_onnx
+
+        metrics, rows, failures = {}, [], []
+        sources = {"onnx": ctx.inputs["checkpoint"], "onnx:float": ctx.inputs["float"]}
+        for kind, art in ctx.inputs.items():
+            if kind in sources and kind.startswith("onnx"):
+                rep = validate_onnx(art.path, against=sources[kind].path, data=ctx.data, split=opts.split,
+                                    tolerance=opts.tolerance, limit=opts.limit or None,
+                                    allow_uncovered=opts.allow_uncovered)
+                metrics[art.label] = rep.to_dict()
+                parity = rep.check("parity")
+                if parity is not None and parity.data.get("onnx_top1") is not None:
+                    rows.append({"model": art.label, "top1 %": parity.data["onnx_top1"]})
+                if not rep.passed:
+                    failures.append(rep.summary())
+            elif kind.startswith("model:"):
+                res = _agreement(art.path, ctx.inputs["checkpoint"].path, ctx.data, opts.split, opts.limit)
+                res["passed"] = res["agree"] >= opts.min_agreement
+                metrics[art.label] = res
+                rows.append({"model": art.label, "top1 %": res["top1"], "agree %": res["agree"]})
+                if not res["passed"]:
+                    failures.append(f"{art.label}: top-1 agreement with the float model {res['agree']:.2f}% "
+                                    f"< {opts.min_agreement:g}%")
+        artifacts.atomic_write_json(ctx.out_dir / "validation.json", metrics)
+        if failures:
+            raise EdgeconvError("; ".join(failures))
+        return StepResult([], metrics, rows)
+
+
+def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) -> dict:
+    """Top-1 of a deployable on its native runtime, and how often it agrees with the PyTorch reference."""
+    import numpy as np
+    import torch
+
+    from edgeconv import artifacts
+    from edgeconv.data import load_samples
+    from edgeconv.runtime.backends import load_runner, targets_for
+
+    ref, ck = artifacts.load_model(reference)
+    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", limit=limit or None)
+    with torch.no_grad():
+        ref_pred = torch.cat([ref(xb) for xb, _ in samples.batches(256)]).argmax(1).numpy()
+    runner = load_runner(model, targets_for(model)[0], threads=torch.get_num_threads())
+    x = samples.x.numpy().astype(np.float32)
+    preds = [np.asarray(runner.run(x[i:i + 1])).argmax(1) for i in range(len(x))]
+    pred = np.concatenate(preds)
+    y = samples.y.numpy()
+    lab = y >= 0
+    return {"n": int(len(x)), "top1": float((pred[lab] == y[lab]).mean() * 100) if lab.any() else None,
+            "agree": float((pred == ref_pred).mean() * 100), "reference": str(reference)}
+
+
+# ------------------------------------------------------------------------------------------------ bench
+@dataclass
+class BenchOptions:
+    batches: list[int] = option(default_factory=lambda: [1], min=1, help="Batch sizes to time.")
+    warmup: int = option(10, min=0)
+    iters: int = option(100, min=1)
+    threads: int = option(0, min=0, help="Runtime threads (0 = the pipeline's threads).")
+    split: str = option("test", choices=("train", "val", "test", "all"))
+    limit: int = option(0, min=0, help="Accuracy on the first N samples only (0 = all).")
+
+
+@register_step
+class Bench(Step):
+    name = "bench"
+    help = "measure accuracy and latency of every model made so far, side by side in one run"
+    Options = BenchOptions
+    needs = ("checkpoint",)
+
+    @classmethod
+    def select_inputs(cls, opts: BenchOptions, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+        return deployables(artifacts)
+
+    @classmethod
+    def run(cls, opts: BenchOptions, ctx: StepContext) -> StepResult:
+        from edgeconv import artifacts
+        from edgeconv.runtime.bench import BenchConfig, run_bench
+
+        arts = list(ctx.inputs.values())
+        by_path = {str(a.path): a for a in arts}
+        ref = ctx.inputs.get("float", ctx.inputs.get("checkpoint"))
+        cfg = BenchConfig(batches=list(opts.batches), data=ctx.data, split=opts.split, warmup=opts.warmup,
+                          iters=opts.iters, threads=opts.threads or ctx.cfg.pipeline.threads,
+                          reference=ref.path if ref else None, limit=opts.limit or None)
+        result = run_bench([a.path for a in arts], cfg)
+        artifacts.atomic_write_json(ctx.out_dir / "bench.json", result)
+        rows, routing = [], {}
+        for r in result["rows"]:
+            art = by_path.get(r["path"])
+            label = art.label if art else r["model"]
+            if len(opts.batches) > 1:
+                label = f"{label} b{r['batch']}"
+            row = {"model": label, "status": r["status"]}
+            if r["status"] == "ok":
+                row.update({"top1 %": r.get("top1"), "latency ms": r.get("p50_ms"), "p90 ms": r.get("p90_ms"),
+                            "agree %": r.get("agree"), "size KiB": round(r.get("size_kib", 0), 1)})
+                if r.get("routing"):
+                    routing[label] = r["routing"]
+            else:
+                row["note"] = r.get("reason", "")
+            rows.append(row)
+        return StepResult([], {"settings": result["settings"], "device": result.get("device"), "routing": routing},
+                          rows)

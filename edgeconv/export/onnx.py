@@ -421,15 +421,15 @@ def _chain(e: BaseException) -> list[BaseException]:
 def _blame_op(e: BaseException, program) -> str:
     """Name the unsupported operator and the module(s) that call it, from the exported program's node metadata."""
     text = "\n".join(str(x) for x in _chain(e))
-    ops = re.findall(r"(aten[.:]+[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", text)
-    if not ops:
+    found = re.findall(r"op='([\w.]+)'", text) or re.findall(r"\b((?:aten|prims)[.:]+\w+)", text)
+    if not found:
         return _reason(e)
-    op = ops[0].replace("::", ".")
-    base = op.split(".")[1] if op.startswith("aten.") else op
+    op = found[0].replace("::", ".")
+    base = op.split(".")[1] if "." in op else op
     modules = []
     for node in program.graph.nodes:
-        target = str(getattr(node, "target", ""))
-        if node.op == "call_function" and (target == op or target.startswith(f"aten.{base}.") or target == f"aten.{base}"):
+        # the program is not decomposed yet: the failing op may appear under its public name (aten.special_<op>)
+        if node.op == "call_function" and base in str(getattr(node, "target", "")):
             stack = node.meta.get("nn_module_stack") or {}
             if stack:
                 path, cls = list(stack.values())[-1]

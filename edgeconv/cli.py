@@ -161,6 +161,57 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
 
 
 # ------------------------------------------------------------------------------------------------ quantize
+@app.command("quantize")
+def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, exported first) or ONNX from `export`."),
+                 out: Path = typer.Option(..., "-o", "--out", help="Artifact: .onnx (ort), .tflite, .engine or "
+                                                                  ".onnx (tensorrt: the TensorRT-ready ONNX only)."),
+                 int8: bool = typer.Option(False, "--int8", help="INT8, calibrated on real samples."),
+                 fp16: bool = typer.Option(False, "--fp16", help="FP16."),
+                 backend: str = typer.Option("ort", "--backend", "-b", help="ort | tflite | tensorrt"),
+                 calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real calibration images "
+                                                      "(default for digits models: calib_data/digits)."),
+                 data: Optional[str] = typer.Option(None, "--data", help="Calibration from a data spec instead "
+                                                    "(digits | imagefolder:PATH | npz:PATH; train split)."),
+                 calib_limit: Optional[int] = typer.Option(None, "--calib-limit", min=1,
+                                                           help="Use at most this many calibration samples."),
+                 method: str = typer.Option("minmax", help="Calibration: minmax | entropy | percentile."),
+                 per_channel: bool = typer.Option(False, "--per-channel", help="Per-output-channel weight scales."),
+                 max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 budget in points: keep "
+                                                          "the most sensitive layers float until within it (ort)."),
+                 eval_data: Optional[str] = typer.Option(None, "--eval", help="Labelled data for accuracy "
+                                                         "(default for digits models: digits test split)."),
+                 ops: str = typer.Option("auto", help="ort op selection: auto (weight layers, kept only where INT8 "
+                                                      "is not slower, measured) | weights | all."),
+                 routing: Optional[str] = typer.Option(None, help="Export routing when MODEL is a checkpoint."),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the quantization record as JSON.")
+                 ) -> None:
+    """Quantize a model to INT8 or FP16 for onnxruntime, TFLite or TensorRT and report what it cost in accuracy.
+
+    Example: edgeconv quantize model.pt --int8 --backend ort --per-channel -o model.int8.onnx
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgeconv import artifacts
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    if int8 == fp16:
+        raise EdgeconvError("choose exactly one of --int8 or --fp16")
+    req = QuantizeRequest(model=model, out=out, precision="int8" if int8 else "fp16", backend=backend, calib=calib,
+                          data=data, calib_limit=calib_limit, method=method, per_channel=per_channel,
+                          max_drop=max_drop, eval_data=eval_data, ops=ops, routing=routing, command=_command())
+    with Progress(SpinnerColumn(), TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("checking inputs", total=None)
+        rep = quantize(req, on_step=lambda what: bar.update(task, description=what))
+    console.print(rows_table(rep.rows, title=f"quantized: {out}"))
+    if rep.details:
+        console.print(rows_table(rep.details, title="kept in float / checks"))
+    for note in rep.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if json_out:
+        artifacts.atomic_write_json(json_out, rep.record)
+
+
 # ------------------------------------------------------------------------------------------------ validate
 @app.command("validate")
 def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate."),

@@ -1,0 +1,121 @@
+"""`edgeconv info` for quantized artifacts: the quantization record of an `.onnx` (metadata_props), a `.tflite`
+(JSON sidecar `<file>.json` plus the interpreter's view of the file) and a TensorRT `.engine` (sidecar)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeconv import artifacts
+from edgeconv.artifacts import file_sha256, register_describer, short_hash
+from edgeconv.errors import EdgeconvError
+from edgeconv.quantize.ort import METADATA_KEY
+
+
+def quantization_section(rec: dict) -> dict:
+    """The record as `info` rows: what was quantized, on what, and what it cost in accuracy."""
+    acc = rec.get("accuracy") or {}
+    cal = rec.get("calibration") or {}
+    size = rec.get("size_bytes") or {}
+    out = {
+        "backend / precision": f"{rec.get('backend')} / {str(rec.get('precision', '?')).upper()}",
+        "calibration": (f"{cal.get('size')} samples from {cal.get('source')} (sha256 {short_hash(cal['sha256'])})"
+                        if cal else "none (no calibration needed)"),
+        "method": rec.get("method") or "-",
+        "per-channel": "-" if rec.get("per_channel") is None else ("yes" if rec["per_channel"] else "no"),
+    }
+    if rec.get("ops"):
+        out["op selection"] = rec["ops"]
+    if rec.get("routing"):
+        out["routing"] = rec["routing"]
+    if acc.get("float_top1") is not None:
+        out["accuracy"] = (f"{acc['quantized_top1']:.2f}% vs float {acc['float_top1']:.2f}% "
+                           f"(drop {acc['drop']:+.2f} points, {acc.get('n')} samples of {acc.get('data')})")
+    else:
+        out["accuracy"] = "not measured (no labelled evaluation data)"
+    if rec.get("kept_float_for_accuracy"):
+        out["kept float (--max-drop)"] = ", ".join(rec["kept_float_for_accuracy"])
+    if rec.get("ops_left_float"):
+        out["ops left float"] = ", ".join(f"{k} x{v}" for k, v in rec["ops_left_float"].items())
+    if rec.get("kinds_left_float_for_latency"):
+        out["left float for speed"] = "; ".join(f"{k}: {v}" for k, v in rec["kinds_left_float_for_latency"].items())
+    if size.get("float"):
+        out["size vs float"] = f"{size['quantized'] / 1024:.1f} KiB vs {size['float'] / 1024:.1f} KiB ({size['ratio']}x)"
+    if rec.get("source"):
+        out["source"] = f"{rec['source'].get('path')} (sha256 {short_hash(rec['source'].get('sha256') or '')})"
+    return out
+
+
+def _wrap_onnx_describer() -> None:
+    import edgeconv.export.onnx_info  # noqa: F401 - registers the plain .onnx describer we extend
+
+    base = artifacts._DESCRIBERS.get(".onnx")
+    if base is None or getattr(base, "_with_quantization", False):
+        return
+
+    def describe(path: Path) -> dict:
+        desc = base(path)
+        meta = desc.get("edgeconv metadata", {})
+        raw = meta.pop(METADATA_KEY, None) if isinstance(meta, dict) else None
+        if raw:
+            try:
+                rec = json.loads(raw) if isinstance(raw, str) else raw
+            except json.JSONDecodeError:
+                rec = None
+            if rec:
+                desc["quantization"] = quantization_section(rec)
+        return desc
+
+    describe._with_quantization = True  # type: ignore[attr-defined]
+    artifacts._DESCRIBERS[".onnx"] = describe
+
+
+_wrap_onnx_describer()
+
+
+def read_sidecar(path: Path) -> dict | None:
+    side = path.with_name(path.name + ".json")
+    if not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise EdgeconvError(f"{side}: unreadable quantization record ({e})")
+
+
+@register_describer(".tflite")
+def describe_tflite(path: Path) -> dict:
+    desc: dict = {"artifact": {"path": str(path), "type": "TFLite flatbuffer", "sha256": short_hash(file_sha256(path)),
+                               "size": f"{path.stat().st_size / 1024:.1f} KiB"}}
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path))
+        io = {}
+        for kind, details in (("input", interp.get_input_details()), ("output", interp.get_output_details())):
+            for d in details:
+                q = d.get("quantization") or (0.0, 0)
+                qtxt = f", scale {q[0]:.4g} zero point {q[1]}" if q and q[0] else ""
+                io[f"{kind} {d['name']}"] = f"{d['dtype'].__name__} {list(d['shape'])}{qtxt}"
+        desc["tensors"] = io
+    except ImportError:
+        desc["tensors"] = {"note": "ai_edge_litert not installed (pip install ai-edge-litert) - tensors not read"}
+    except Exception as e:  # noqa: BLE001 - a broken file is a user error, not a crash
+        raise EdgeconvError(f"{path}: not a readable TFLite model ({str(e).splitlines()[0][:160]})")
+    rec = read_sidecar(path)
+    desc["quantization"] = quantization_section(rec) if rec else {"note": f"no record ({path.name}.json missing)"}
+    return desc
+
+
+@register_describer(".engine", ".plan")
+def describe_engine(path: Path) -> dict:
+    desc: dict = {"artifact": {"path": str(path), "type": "TensorRT engine", "sha256": short_hash(file_sha256(path)),
+                               "size": f"{path.stat().st_size / 1024:.1f} KiB"}}
+    rec = read_sidecar(path)
+    if rec:
+        desc["quantization"] = quantization_section(rec)
+        if rec.get("tensorrt"):
+            desc["tensorrt"] = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in rec["tensorrt"].items()}
+    else:
+        desc["quantization"] = {"note": f"no record ({path.name}.json missing)"}
+    return desc

@@ -1,0 +1,184 @@
+"""`edgeconv pipeline`: the file is checked before any work, steps are cached by content, failures keep earlier
+artifacts, and the report says what happened."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeconv.artifacts import file_sha256
+from edgeconv.pipeline import PipelineConfigError, PipelineStepError, load_pipeline, run_pipeline
+from edgeconv.pipeline.config import parse_pipeline
+
+
+def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def run(cfg_path: Path, run_dir: Path):
+    return run_pipeline(load_pipeline(cfg_path), run_dir, show_progress=False, log=lambda m: None)
+
+
+# ------------------------------------------------------------------------------------------------ config checks
+@pytest.mark.parametrize("text, message", [
+    ("[train]\nepoch = 3\n", r"unknown key 'train.epoch' \(did you mean 'epochs'"),
+    ("[pipeline]\nnmae = 'x'\n[train]\n", r"unknown key 'pipeline.nmae'"),
+    ("[train]\n[evaluate]\n", r"unknown step 'evaluate'"),
+    ("[train]\nepochs = '3'\n", r"train.epochs must be an integer"),
+    ("[train]\nepochs = 0\n", r"train.epochs = 0 is below the minimum 1"),
+    ("[train]\naugment = 1\n", r"train.augment must be true or false"),
+    ("[train]\nmodel = 'routed-huge'\n", r"train.model: unknown model 'routed-huge'"),
+    ("[train]\n[eval]\nsplit = 'dev'\n", r"eval.split = 'dev' is not one of"),
+    ("[pipeline]\ndata = 'mnist'\n[train]\n", r"pipeline.data = 'mnist'"),
+    ("[pipeline]\nname = 'x'\n", r"no steps"),
+    ("train = 3\n", r"train must be a table"),
+])
+def test_bad_keys_and_values_are_named(tmp_path, text, message):
+    with pytest.raises(PipelineConfigError, match=message):
+        load_pipeline(write(tmp_path, text))
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(PipelineConfigError, match=r"train.checkpoint: no such file or folder: .*nope.pt"):
+        load_pipeline(write(tmp_path, "[train]\ncheckpoint = 'nope.pt'\n"))
+    with pytest.raises(PipelineConfigError, match=r"eval.data: no such folder: .*missing"):
+        load_pipeline(write(tmp_path, "[train]\n[eval]\ndata = 'imagefolder:missing'\n"))
+    with pytest.raises(PipelineConfigError, match="no such pipeline file"):
+        load_pipeline(tmp_path / "absent.toml")
+
+
+def test_impossible_order_is_named(tmp_path):
+    with pytest.raises(PipelineConfigError, match=r"step 'eval' needs a PyTorch checkpoint.*put 'train' before"):
+        load_pipeline(write(tmp_path, "[eval]\n[train]\n"))
+
+
+def test_relative_paths_resolve_against_the_pipeline_file(tmp_path, trained):
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "m.pt").write_bytes(trained().read_bytes())
+    cfg = load_pipeline(write(sub, "[train]\ncheckpoint = 'm.pt'\n"))
+    assert Path(cfg.step("train").options.checkpoint) == sub / "m.pt"
+    assert cfg.pipeline.name == "p" and [s.name for s in cfg.steps] == ["train"]
+
+
+def test_cli_rejects_a_bad_file_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeconv.cli import app
+
+    run_dir = tmp_path / "run"
+    bad = write(tmp_path, "[train]\nepochs = 1\nlearning_rate = 0.1\n")
+    res = CliRunner().invoke(app, ["pipeline", str(bad), "--run-dir", str(run_dir)])
+    assert res.exit_code != 0 and "learning_rate" in str(res.exception)
+    assert not run_dir.exists()                       # nothing was created, let alone trained
+
+
+# ------------------------------------------------------------------------------------------------ running
+def test_second_run_reuses_every_step_and_one_option_reruns_only_what_follows(tmp_path, trained):
+    ckpt = trained()
+    run_dir = tmp_path / "run"
+    text = f"[pipeline]\nname = 'cache'\n[train]\ncheckpoint = '{ckpt}'\n[eval]\nsplit = 'val'\n"
+    first = run(write(tmp_path, text), run_dir)
+    assert first.statuses() == {"train": "ran", "eval": "ran"}
+    model = run_dir / "train" / "model.pt"
+    assert file_sha256(model) == file_sha256(ckpt)
+    mtime = model.stat().st_mtime_ns
+
+    second = run(write(tmp_path, text), run_dir)
+    assert second.statuses() == {"train": "cached", "eval": "cached"}
+    assert model.stat().st_mtime_ns == mtime
+    assert second.report["models"] == first.report["models"]
+
+    # an option of the last step: only that step runs again
+    third = run(write(tmp_path, text.replace("'val'", "'test'")), run_dir)
+    assert third.statuses() == {"train": "cached", "eval": "ran"}
+    # an option of the first step that changes its output: it and every step after it run again
+    other = tmp_path / "other.pt"
+    other.write_bytes(trained("routed-tiny", 12).read_bytes())
+    from edgeconv.artifacts import load_model, save_checkpoint
+
+    m, ck = load_model(other)
+    save_checkpoint(other, m, preprocessing=ck["preprocessing"], classes=ck["classes"], metrics={"tag": 1})
+    fourth = run(write(tmp_path, text.replace("'val'", "'test'").replace(str(ckpt), str(other))), run_dir)
+    assert fourth.statuses() == {"train": "ran", "eval": "ran"}
+
+    # a damaged artifact is not trusted: the step that made it runs again
+    model.write_bytes(b"garbage")
+    fifth = run(write(tmp_path, text.replace("'val'", "'test'").replace(str(ckpt), str(other))), run_dir)
+    assert fifth.statuses()["train"] == "ran" and file_sha256(model) == file_sha256(other)
+
+
+def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained):
+    from PIL import Image
+
+    bad_dir = tmp_path / "imgs" / "3"
+    bad_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(bad_dir / "a.png")   # model expects 32x32
+    run_dir = tmp_path / "run"
+    text = f"[train]\ncheckpoint = '{trained()}'\n[eval]\ndata = 'imagefolder:{tmp_path / 'imgs'}'\n"
+    with pytest.raises(PipelineStepError, match=r"step 'eval' failed: .*16x16.*artifacts of train are kept") as ei:
+        run(write(tmp_path, text), run_dir)
+    assert [(o.step, o.status) for o in ei.value.outcomes] == [("train", "ran"), ("eval", "failed")]
+    model = run_dir / "train" / "model.pt"
+    assert file_sha256(model) == file_sha256(trained())
+    assert json.loads((run_dir / "eval" / "step.json").read_text())["status"] == "failed"
+    assert "Traceback" in (run_dir / "eval" / "error.log").read_text()
+    statuses = {s["step"]: s["status"] for s in json.loads((run_dir / "run.json").read_text())["steps"]}
+    assert statuses == {"train": "ran", "eval": "failed"}
+
+    # fixed: the finished step is re-used, the failed one runs
+    Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(bad_dir / "a.png")
+    res = run(write(tmp_path, text), run_dir)
+    assert res.statuses() == {"train": "cached", "eval": "ran"}
+
+
+def test_report_json_and_md(tmp_path, trained):
+    from edgeconv.artifacts import load_model
+    from edgeconv.data import load_samples
+    from edgeconv.training import evaluate
+
+    run_dir = tmp_path / "run"
+    res = run(write(tmp_path, f"[pipeline]\nname = 'rep'\n[train]\ncheckpoint = '{trained()}'\n[eval]\n"), run_dir)
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep == json.loads(json.dumps(res.report, default=str))
+    assert rep["pipeline"] == "rep" and [s["step"] for s in rep["steps"]] == ["train", "eval"]
+    model, ck = load_model(trained())
+    expect = evaluate(model, load_samples("digits", ck["preprocessing"], "test"))
+    (row,) = rep["models"]
+    assert row["model"] == "float (PyTorch)" and row["top1 %"] == pytest.approx(expect["top1"])
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    mix = rep["routing"]["float (PyTorch)"]
+    assert set(mix) == {"blocks.0", "blocks.1"}
+    assert all(v["conv"] + v["attn"] == expect["n"] for v in mix.values())
+    assert mix == expect["routing"]
+    assert rep["figures"]["routing mix"] == "routing_mix.png" and (run_dir / "routing_mix.png").is_file()
+    md = (run_dir / "report.md").read_text()
+    assert "| float (PyTorch) | PyTorch |" in md and "![routing mix](routing_mix.png)" in md
+
+
+def test_real_training_step_with_tiny_epochs(tmp_path):
+    run_dir = tmp_path / "run"
+    text = "[pipeline]\nthreads = 1\n[train]\nmodel = 'hvt-tiny'\nepochs = 1\n[eval]\nsplit = 'val'\n"
+    res = run(write(tmp_path, text), run_dir)
+    assert res.statuses() == {"train": "ran", "eval": "ran"}
+    rec = json.loads((run_dir / "train" / "step.json").read_text())
+    assert rec["metrics"]["model"] == "hvt-tiny" and 0 <= rec["rows"][0]["top1 %"] <= 100
+    assert rec["outputs"][0]["sha256"] == file_sha256(run_dir / "train" / "model.pt")
+
+
+def test_the_shipped_demo_pipeline_is_valid():
+    from edgeconv.pipeline import demo_pipeline_path
+
+    cfg = load_pipeline(demo_pipeline_path())
+    assert cfg.pipeline.name == "demo" and cfg.steps[0].name == "train"
+    assert cfg.step("train").options.model == "routed-tiny"
+
+
+def test_parse_pipeline_accepts_a_dict(tmp_path):
+    cfg = parse_pipeline({"train": {"epochs": 2}}, base_dir=tmp_path, source="inline")
+    assert cfg.step("train").options.epochs == 2 and cfg.pipeline.name == "inline"

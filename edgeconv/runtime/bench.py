@@ -289,11 +289,25 @@ def run_bench(models: list[Path], cfg: BenchConfig, progress: Callable[[int, int
         lab = y >= 0
         ref_top1 = float((ref_pred[lab] == y[lab]).mean() * 100) if lab.any() else None
         params_macs[str(ref_path)] = count_params_macs(ref_model, pre)
+    # params/MACs: the artifact's own checkpoint, else its recorded source (by hash), else its recorded config
+    ref_sha = A.file_sha256(ref_path) if ref_path else None
     for a in arts:
-        if a.kind == "torch" and str(a.path) not in params_macs:
+        if str(a.path) in params_macs:
+            continue
+        if a.kind == "torch":
             m, ck = A.load_model(a.path)
             params_macs[str(a.path)] = count_params_macs(m, ck["preprocessing"])
             del m
+        elif ref_sha and a.source_sha256 == ref_sha:
+            params_macs[str(a.path)] = params_macs[str(ref_path)]
+        elif isinstance(a.metadata.get("config"), dict) and a.metadata["config"].get("family"):
+            from edgeconv.models import create_model_from_config
+
+            try:
+                params_macs[str(a.path)] = count_params_macs(create_model_from_config(a.metadata["config"]),
+                                                             a.preprocessing or pre)
+            except EdgeconvError:
+                pass
 
     sampler_factory = None
     if "jetson" in cfg.devices:
@@ -329,7 +343,7 @@ def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int
     row: dict = {"model": a.label, "path": str(a.path), "backend": target.label, "device": target.device,
                  "precision": target.precision or _precision_guess(a, target), "batch": batch, "status": "ok",
                  "size_kib": a.path.stat().st_size / 1024}
-    pm = params_macs.get(str(a.path)) or (params_macs.get(str(ref_path)) if ref_path else None)
+    pm = params_macs.get(str(a.path))
     if pm:
         row["params"], row["macs"] = pm
     rss0 = rss_bytes()

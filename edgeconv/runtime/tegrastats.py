@@ -34,6 +34,8 @@ INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VDD_SYS_IN")
 NOT_RAILS = {"RAM", "SWAP", "IRAM"}
 # Sensors a board reports as -256C when absent
 _ABSENT_TEMP = -256.0
+# TX2/Xavier print a fixed PMIC@100C (a placeholder, not a reading): kept in temps_c, left out of the hottest sensor
+_PLACEHOLDER_TEMPS = {"PMIC"}
 
 
 @dataclass
@@ -112,7 +114,8 @@ def summarise(samples: list[TegraSample]) -> dict:
         return {"samples": 0}
     powers = [(p, src) for p, src in (s.input_power_mw() for s in samples) if p is not None]
     gpu = [s.gpu_load for s in samples if s.gpu_load is not None]
-    temps = [max(s.temps_c.values()) for s in samples if s.temps_c]
+    temps = [max(v for k, v in s.temps_c.items() if k not in _PLACEHOLDER_TEMPS) for s in samples
+             if set(s.temps_c) - _PLACEHOLDER_TEMPS]
     out: dict = {"samples": len(samples), "ram_used_max_mb": max(s.ram_used_mb or 0 for s in samples)}
     if powers:
         vals = [p for p, _ in powers]

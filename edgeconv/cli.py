@@ -69,6 +69,7 @@ def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zo
               lr: float = typer.Option(3e-3), weight_decay: float = typer.Option(0.05),
               label_smoothing: float = typer.Option(0.1), seed: int = typer.Option(0),
               img_size: Optional[int] = typer.Option(None, help="Input size (digits default 32)."),
+              in_chans: int = typer.Option(1, min=1, help="Input channels for imagefolder/npz data (3 for RGB)."),
               weights: Optional[Path] = typer.Option(None, help="Initial weights for a timm model (state dict)."),
               resume: Optional[Path] = typer.Option(None, help="Continue training from this checkpoint."),
               no_augment: bool = typer.Option(False, help="Disable random affine jitter.")) -> None:
@@ -80,7 +81,8 @@ def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zo
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, seed=seed, augment=not no_augment)
-    res = run_train(model, data, str(out), cfg=cfg, img_size=img_size, resume=str(resume) if resume else None,
+    res = run_train(model, data, str(out), cfg=cfg, img_size=img_size, in_chans=in_chans,
+                    resume=str(resume) if resume else None,
                     weights=str(weights) if weights else None, command=_command())
     console.print(rows_table([res], title="trained"))
 
@@ -98,13 +100,16 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
     from edgeconv import artifacts
     from edgeconv.data import load_samples
     from edgeconv.models import set_routing
+    from edgeconv.models.routed import ROUTING_MODES
     from edgeconv.training import evaluate
 
+    if routing and routing not in ROUTING_MODES:
+        raise EdgeconvError(f"unknown routing mode {routing!r} (choose {', '.join(ROUTING_MODES)})")
     model, ck = artifacts.load_model(ckpt)
     if routing:
         if not set_routing(model, routing):
             raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
-    samples = load_samples(data, ck["preprocessing"], split)
+    samples = load_samples(data, ck["preprocessing"], split, classes=ck["classes"])
     res = evaluate(model, samples)
     pc = res["per_class"]
     worst = min(pc, key=pc.get) if pc else "-"
@@ -122,6 +127,85 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 
 
 # ------------------------------------------------------------------------------------------------ compress (prune, distill)
+@app.command("prune")
+def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
+              data: str = typer.Option("digits", help="Calibration/evaluation data: digits | imagefolder:PATH | npz:PATH"),
+              heads: Optional[float] = typer.Option(None, help="Fraction of all attention heads to remove (0..1)."),
+              channels: Optional[float] = typer.Option(None, help="Fraction of all hidden channels to remove (0..1)."),
+              target_macs: Optional[float] = typer.Option(None, help="Keep at most this fraction of the MACs (0..1)."),
+              criterion: str = typer.Option("gradient", help="gradient | taylor | l1 | random"),
+              batches: int = typer.Option(64, help="Calibration batches for gradient/taylor."),
+              batch_size: int = typer.Option(8, help="Calibration batch size (small batches: less gradient "
+                                                     "cancellation between samples)."),
+              steps: int = typer.Option(1, help="Prune in this many steps, re-scoring between them."),
+              seed: int = typer.Option(0, help="Seed for batch order and the random criterion."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
+              out: Optional[Path] = typer.Option(None, "-o", "--out", help="Pruned checkpoint to write (.pt)."),
+              json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default: OUT.prune.json)."),
+              heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png).")) -> None:
+    """Remove whole attention heads and hidden channels ranked by sensitivity; the result is a smaller dense model.
+
+    Example: edgeconv prune model.pt --data digits --target-macs 0.5 -o pruned.pt
+    """
+    from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
+
+    req = PruneRequest(heads=heads, channels=channels, target_macs=target_macs, criterion=criterion,
+                       batches=batches, batch_size=batch_size, steps=steps, seed=seed)
+    if out is not None and not dry_run:
+        json_out = json_out or out.with_suffix(".prune.json")
+        heatmap = heatmap or out.with_suffix(".heads.png")
+    with console.status(f"scoring units ({criterion}) and planning"):
+        res = run_prune(str(ckpt), data, req, str(out) if out else None, dry_run=dry_run,
+                        report_path=str(json_out) if json_out else None,
+                        heatmap_path=str(heatmap) if heatmap else None, command=_command())
+    plan = res["plan"]
+    console.print(rows_table(layer_rows(plan), title=f"per-layer plan ({criterion}; sensitivity normalised per layer)"))
+    console.print(rows_table([{"": k, "before": v[0], "after": v[1],
+                               "change": f"{(v[1] - v[0]) / v[0]:+.1%}" if k != next(reversed(res["summary"]))
+                               else f"{v[1] - v[0]:+.2f} pt"} for k, v in res["summary"].items()],
+                             title="before / after (no fine-tuning)"))
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if dry_run:
+        console.print("dry run: nothing written")
+    else:
+        console.print(f"wrote {out} (reloads to the same outputs), report {json_out}"
+                      + (f", heatmap {heatmap}" if res["report"].get("heatmap") else ""))
+
+
+@app.command("distill")
+def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)."),
+                student: Path = typer.Option(..., help="Student checkpoint (.pt), e.g. a pruned model."),
+                data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+                alpha: float = typer.Option(0.7, help="Weight of the soft-target (KD) term; 1-alpha on hard labels."),
+                temperature: float = typer.Option(4.0, help="Softmax temperature of the soft targets."),
+                feature: bool = typer.Option(False, "--feature", help="Also match pooled features (learned "
+                                                                      "projection when widths differ)."),
+                epochs: int = typer.Option(10, min=1), batch_size: int = typer.Option(64, min=1),
+                lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
+                resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run writing to -o."),
+                no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the fine-tune-without-KD row."),
+                out: Path = typer.Option(..., "-o", "--out", help="Distilled student checkpoint (.pt)."),
+                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON.")) -> None:
+    """Distil a teacher into a (pruned) student: Hinton KD, optional feature matching, per-epoch checkpoints.
+
+    Example: edgeconv distill --teacher model.pt --student pruned.pt --data digits --epochs 10 -o student.pt
+    """
+    from edgeconv import artifacts
+    from edgeconv.compress.distill import DistillConfig, run_distill
+    from edgeconv.training import TrainConfig
+
+    res = run_distill(str(teacher), str(student), data, str(out),
+                      dcfg=DistillConfig(alpha=alpha, temperature=temperature, feature=feature),
+                      tcfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                      resume=resume, baseline=not no_baseline, command=_command())
+    console.print(rows_table(res["rows"], title=f"distillation (alpha {alpha}, T {temperature}"
+                                                f"{', feature' if feature else ''}, {epochs} epochs)"))
+    console.print(f"wrote {out}")
+    if json_out:
+        artifacts.atomic_write_json(json_out, res)
+
+
 # ------------------------------------------------------------------------------------------------ export
 @app.command("export")
 def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),

@@ -1,0 +1,371 @@
+"""Structured pruning: score units, plan which to keep (per-layer normalisation, then one global ranking), apply.
+
+Dependencies are declared by our own families (`edgeconv.models.structure`), not traced: every unit is internal to
+one block (heads of an attention, hidden channels of an MLP / inverted residual / bottleneck), a coupled unit (a layer
+reusing another layer's attention map) lists all its modules, and residual widths, the routed blocks' shared 1x1
+projection and the router's input are never pruned. Torch-Pruning's dependency graph would rediscover the same
+groups from a trace, but it cannot see through `torch.cond` routing, and our families already own the `num_heads` /
+`head_dim` bookkeeping that Torch-Pruning leaves to the user.
+
+Plan, then apply: `plan_pruning` works on a copy and returns the indices to keep in every unit (in the original
+model's numbering); `apply_plan` removes the rest in place and records `cfg["structure"]` so the checkpoint reloads.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from edgeconv.compress.importance import get_criterion, normalise_per_layer
+from edgeconv.data import Samples
+from edgeconv.errors import EdgeconvError
+from edgeconv.models import count_params_macs
+from edgeconv.models.structure import Unit, current_structure, keep_unit, prunable_units
+
+
+@dataclass
+class PruneRequest:
+    heads: float | None = None          # fraction of all heads to remove
+    channels: float | None = None       # fraction of all hidden channels to remove
+    target_macs: float | None = None    # keep at most this fraction of the original MACs
+    criterion: str = "gradient"
+    batches: int = 8                    # calibration batches for the gradient criteria
+    batch_size: int = 64
+    steps: int = 1                      # > 1: prune in steps, re-scoring the smaller model after each
+    seed: int = 0
+    normalise: str = "mean"             # per-layer normalisation before the global ranking (mean | l2)
+    per_mac: bool = True                # --target-macs: rank by normalised score per MAC the unit costs
+
+    def check(self) -> None:
+        for name in ("heads", "channels", "target_macs"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 < v < 1.0):
+                raise EdgeconvError(f"--{name.replace('_', '-')} must be a fraction strictly between 0 and 1, got {v}")
+        if self.target_macs is not None and (self.heads is not None or self.channels is not None):
+            raise EdgeconvError("give either --target-macs or --heads/--channels ratios, not both")
+        if self.target_macs is None and self.heads is None and self.channels is None:
+            raise EdgeconvError("nothing to prune: give --heads, --channels and/or --target-macs")
+        if self.batches < 1 or self.batch_size < 1 or self.steps < 1:
+            raise EdgeconvError("--batches, the batch size and --steps must be >= 1")
+        get_criterion(self.criterion)  # unknown names fail here, before any work
+
+
+@dataclass
+class LayerPlan:
+    unit: str
+    kind: str                 # heads | channels
+    paths: list[str]
+    size: int                 # units before pruning
+    keep: list[int]           # original indices kept
+    sensitivity: list[float]  # per-layer normalised scores of the first scoring pass (original indices)
+    raw: list[float]          # the criterion's raw scores of the first pass
+    macs_per_unit: int = 0
+    params_per_unit: int = 0
+
+    @property
+    def removed(self) -> list[int]:
+        return sorted(set(range(self.size)) - set(self.keep))
+
+
+@dataclass
+class PrunePlan:
+    request: dict
+    layers: list[LayerPlan]
+    notes: list[str] = field(default_factory=list)
+    params_before: int = 0
+    macs_before: int = 0
+    params_after: int = 0
+    macs_after: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for lp, dl in zip(self.layers, d["layers"]):
+            dl["removed"] = lp.removed
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def ensure_prunable(model: nn.Module) -> list[Unit]:
+    """The model's prunable units, or an error naming the attention modules edgeconv cannot prune."""
+    units = prunable_units(model)
+    if units:
+        return units
+    attn = [(p, type(m)) for p, m in model.named_modules()
+            if "attention" in type(m).__name__.lower() or isinstance(m, nn.MultiheadAttention)]
+    name = (model.cfg.get("timm_name") or model.cfg.get("family")) if isinstance(getattr(model, "cfg", None), dict) \
+        else type(model).__name__
+    if attn:
+        p, cls = attn[0]
+        raise EdgeconvError(
+            f"{name}: cannot prune attention module {cls.__module__}.{cls.__qualname__} at {p!r} "
+            f"({len(attn)} such module(s)): it has no edgeconv head structure (num_heads/head_dim/keep_heads); "
+            "head pruning supports edgeconv's own families")
+    raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
+
+
+def calibration_batches(samples: Samples, n_batches: int, batch_size: int, seed: int = 0) -> list:
+    """The same `n_batches` shuffled batches every time they are asked for (deterministic by seed)."""
+    if len(samples) == 0:
+        raise EdgeconvError(f"{samples.source}: no calibration samples")
+    perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+    out = []
+    for i in range(n_batches):
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        if len(idx) == 0:
+            break
+        out.append((samples.x[idx], samples.y[idx]))
+    return out
+
+
+def unit_costs(model: nn.Module, units: list[Unit], pre: dict) -> dict[str, tuple[int, int]]:
+    """(params, MACs) that removing one unit of each layer saves, measured with count_params_macs.
+
+    Cost is linear in the number of units of a layer (a head's q/k/v/proj slices and its N x N attention; a
+    channel's rows and columns), so one measurement per layer serves the whole plan.
+    """
+    p0, m0 = count_params_macs(model, pre)
+    costs = {}
+    for u in units:
+        if u.size < 2:
+            costs[u.name] = (0, 0)
+            continue
+        probe = copy.deepcopy(model)
+        pu = next(x for x in prunable_units(probe) if x.name == u.name)
+        keep_unit(probe, pu, torch.arange(u.size - 1))
+        p1, m1 = count_params_macs(probe, pre)
+        costs[u.name] = (p0 - p1, m0 - m1)
+    return costs
+
+
+def _select(units: list[Unit], norm: dict[str, torch.Tensor], costs: dict, *, kinds: set[str],
+            n_remove: int | None, macs_to_cut: int | None, notes: list[str],
+            per_mac: bool = False) -> dict[str, list[int]]:
+    """Walk the global ranking (lowest normalised score first) and pick units to remove (current indices).
+
+    Stops after `n_remove` units or once `macs_to_cut` is reached; never empties a layer (keeps its best unit and
+    notes it).
+    """
+    scope = [u for u in units if u.kind in kinds]
+    weight = {u.name: 1.0 for u in scope}
+    if per_mac:  # a unit that saves twice the MACs may be twice as important and still go first
+        mean_cost = sum(costs[u.name][1] for u in scope) / max(1, len(scope))
+        weight = {u.name: max(costs[u.name][1], 1) / max(mean_cost, 1) for u in scope}
+    ranking = sorted(((float(norm[u.name][i]) / weight[u.name], u.name, i) for u in scope for i in range(u.size)),
+                     key=lambda t: (t[0], t[1], t[2]))
+    by_name = {u.name: u for u in units}
+    removed: dict[str, list[int]] = {u.name: [] for u in units}
+    count, cut = 0, 0
+    for score, name, i in ranking:
+        if n_remove is not None and count >= n_remove:
+            break
+        if macs_to_cut is not None and cut >= macs_to_cut:
+            break
+        u = by_name[name]
+        if len(removed[name]) >= u.size - 1:
+            note = f"{name}: kept 1 {u.kind[:-1] if u.kind == 'heads' else 'channel'} (the ranking would remove " \
+                   f"all {u.size}; every layer keeps at least one)"
+            if note not in notes:
+                notes.append(note)
+            continue
+        removed[name].append(i)
+        count += 1
+        cut += costs[name][1]
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------- plan / apply
+def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneRequest,
+                 show_progress: bool = False) -> PrunePlan:
+    """Score, rank and select on a copy of `model`; the model itself is not changed."""
+    req.check()
+    work = copy.deepcopy(model).eval()
+    units = ensure_prunable(work)
+    criterion = get_criterion(req.criterion, **({"seed": req.seed} if req.criterion == "random" else {}))
+    batches = calibration_batches(calib, req.batches, req.batch_size, req.seed) if criterion.needs_data else []
+    params0, macs0 = count_params_macs(work, pre)
+    costs = unit_costs(work, units, pre)
+    orig = {u.name: torch.arange(u.size) for u in units}
+    first: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    notes: list[str] = []
+    total = {k: sum(u.size for u in units if u.kind == k) for k in ("heads", "channels")}
+    kinds = {"heads", "channels"} if req.target_macs is not None else \
+        {k for k, r in (("heads", req.heads), ("channels", req.channels)) if r is not None}
+    if req.heads is not None and total["heads"] == 0:
+        raise EdgeconvError("--heads: this model has no attention heads edgeconv can prune")
+    if req.channels is not None and total["channels"] == 0:
+        raise EdgeconvError("--channels: this model has no prunable hidden channels")
+    if req.target_macs is not None:
+        floor = macs0 - sum(costs[u.name][1] * (u.size - 1) for u in units)
+        if floor > req.target_macs * macs0:
+            raise EdgeconvError(
+                f"--target-macs {req.target_macs}: unreachable; with one head and one channel left in every prunable "
+                f"layer the model still has {floor / macs0:.1%} of its MACs (stem, residual widths and classifier "
+                "are not pruned)")
+
+    for step in range(1, req.steps + 1):
+        frac = step / req.steps
+        raw = criterion.scores(work, units, batches)
+        norm = normalise_per_layer(raw, req.normalise)
+        if step == 1:
+            first = {n: (raw[n].clone(), norm[n].clone()) for n in raw}
+        if req.target_macs is not None:
+            macs_now = count_params_macs(work, pre)[1]
+            goal = macs0 * (1 - (1 - req.target_macs) * frac)
+            removed = _select(units, norm, costs, kinds=kinds, n_remove=None,
+                              macs_to_cut=max(0, math.ceil(macs_now - goal)), notes=notes, per_mac=req.per_mac)
+        else:
+            removed = {u.name: [] for u in units}
+            for kind, ratio in (("heads", req.heads), ("channels", req.channels)):
+                if ratio is None:
+                    continue
+                done = sum(int(orig[u.name].numel()) for u in units if u.kind == kind)
+                done = total[kind] - done
+                want = int(round(ratio * total[kind] * frac)) - done
+                part = _select(units, norm, costs, kinds={kind}, n_remove=max(0, want), macs_to_cut=None, notes=notes)
+                for n, idx in part.items():
+                    removed[n] += idx
+        for u in units:
+            if removed[u.name]:
+                keep = torch.tensor(sorted(set(range(u.size)) - set(removed[u.name])), dtype=torch.long)
+                keep_unit(work, u, keep)
+                orig[u.name] = orig[u.name][keep]
+
+    if req.target_macs is not None:  # the plan's estimate must hold when measured
+        macs_now = count_params_macs(work, pre)[1]
+        if macs_now > req.target_macs * macs0 * (1 + 1e-9):
+            raise EdgeconvError(f"could not meet --target-macs {req.target_macs}: reached {macs_now / macs0:.1%}")
+    for kind, ratio in (("heads", req.heads), ("channels", req.channels)):
+        if ratio is not None:
+            got = total[kind] - sum(int(orig[u.name].numel()) for u in units if u.kind == kind)
+            if got < round(ratio * total[kind]):
+                notes.append(f"--{kind} {ratio}: removed {got} of {total[kind]} {kind} "
+                             f"(asked {round(ratio * total[kind])}; every layer keeps at least one)")
+    params1, macs1 = count_params_macs(work, pre)
+    layers = [LayerPlan(unit=u.name, kind=u.kind, paths=list(u.paths), size=int(first[u.name][0].numel()),
+                        keep=[int(i) for i in orig[u.name]], sensitivity=[float(v) for v in first[u.name][1]],
+                        raw=[float(v) for v in first[u.name][0]], params_per_unit=costs[u.name][0],
+                        macs_per_unit=costs[u.name][1]) for u in units]
+    return PrunePlan(request=asdict(req), layers=layers, notes=notes, params_before=params0, macs_before=macs0,
+                     params_after=params1, macs_after=macs1)
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Remove every unit the plan does not keep (in place) and record the new structure in `model.cfg`."""
+    units = {u.name: u for u in prunable_units(model)}
+    for lp in plan.layers:
+        u = units.get(lp.unit)
+        if u is None or u.size != lp.size:
+            raise EdgeconvError(f"plan does not fit this model: {lp.unit} "
+                                f"({'missing' if u is None else f'{u.size} units, plan has {lp.size}'})")
+        if len(lp.keep) < lp.size:
+            keep_unit(model, u, torch.tensor(lp.keep, dtype=torch.long))
+    if isinstance(getattr(model, "cfg", None), dict):
+        model.cfg = {**model.cfg, "structure": current_structure(model)}
+    return model
+
+
+def prune_model(model: nn.Module, pre: dict, calib: Samples | None, req: PruneRequest) -> tuple[nn.Module, PrunePlan]:
+    """Plan on a copy, then apply to a copy: returns (pruned model, plan); the input model is untouched."""
+    plan = plan_pruning(model, pre, calib, req)
+    return apply_plan(copy.deepcopy(model), plan), plan
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def layer_rows(plan: PrunePlan) -> list[dict]:
+    rows = []
+    for lp in plan.layers:
+        s = lp.sensitivity
+        if lp.kind == "heads":
+            sens = " ".join(f"{v:.2f}" for v in s)
+            removed = ",".join(str(i) for i in lp.removed) or "-"
+        else:
+            sens = f"min {min(s):.3f} / max {max(s):.3f}"
+            removed = str(len(lp.removed))
+        rows.append({"layer": lp.unit, "unit": lp.kind, "sensitivity (norm.)": sens, "before": lp.size,
+                     "kept": len(lp.keep), "removed": removed, "MACs/unit": lp.macs_per_unit})
+    return rows
+
+
+def head_heatmap(plan: PrunePlan, path, title: str = "") -> bool:
+    """PNG heatmap of normalised head sensitivity (layers x heads); removed heads are crossed. False if no heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from edgeconv.artifacts import atomic_path
+
+    heads = [lp for lp in plan.layers if lp.kind == "heads"]
+    if not heads:
+        return False
+    width = max(lp.size for lp in heads)
+    grid = np.full((len(heads), width), np.nan)
+    for r, lp in enumerate(heads):
+        grid[r, :lp.size] = lp.sensitivity
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * width, 1.0 + 0.5 * len(heads)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for r, lp in enumerate(heads):
+        for h in range(lp.size):
+            ax.text(h, r, ("x " if h in lp.removed else "") + f"{lp.sensitivity[h]:.2f}", ha="center", va="center",
+                    color="white" if h in lp.removed else "black", fontsize=8)
+    ax.set_xticks(range(width), [f"h{i}" for i in range(width)])
+    ax.set_yticks(range(len(heads)), [lp.unit for lp in heads])
+    ax.set_title(title or f"head sensitivity ({plan.request['criterion']})\nper-layer normalised; x = removed",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------- the `prune` command
+def run_prune(ckpt_path: str, data: str, req: PruneRequest, out: str | None, *, dry_run: bool = False,
+              report_path: str | None = None, heatmap_path: str | None = None,
+              command: str = "edgeconv prune") -> dict:
+    """Load, plan, apply, measure before/after, then write the pruned checkpoint, JSON report and heatmap."""
+    from edgeconv import artifacts
+    from edgeconv.data import load_samples
+    from edgeconv.training import evaluate
+
+    req.check()
+    if not dry_run and not out:
+        raise EdgeconvError("give -o/--out for the pruned checkpoint (or --dry-run to only print the plan)")
+    model, ck = artifacts.load_model(ckpt_path)
+    pre = ck["preprocessing"]
+    ensure_prunable(model)
+    calib = load_samples(data, pre, "train" if data == "digits" else "all")
+    test = load_samples(data, pre, "test" if data == "digits" else "all")
+    pruned, plan = prune_model(model, pre, calib, req)
+    before, after = evaluate(model, test)["top1"], evaluate(pruned, test)["top1"]
+    summary = {"params": (plan.params_before, plan.params_after), "MACs": (plan.macs_before, plan.macs_after),
+               f"{test.source} top1 %": (before, after)}
+    report = {"checkpoint": str(ckpt_path), "parent_sha256": artifacts.file_sha256(ckpt_path), "data": test.source,
+              "out": None if dry_run else str(out), "dry_run": dry_run, **plan.to_dict(),
+              "top1_before": before, "top1_after": after,
+              "mac_reduction": 1 - plan.macs_after / plan.macs_before,
+              "param_reduction": 1 - plan.params_after / plan.params_before}
+    if not dry_run:
+        metrics = {"test_top1": after, "parent_test_top1": before, "params": plan.params_after,
+                   "macs": plan.macs_after, "parent_macs": plan.macs_before,
+                   "mac_reduction": report["mac_reduction"], "criterion": req.criterion}
+        artifacts.save_checkpoint(out, pruned, preprocessing=pre, classes=ck["classes"], metrics=metrics,
+                                  provenance_rec=artifacts.provenance(command, ckpt_path, ck),
+                                  extra={"prune": {"request": asdict(req), "notes": plan.notes,
+                                                   "removed": {lp.unit: lp.removed for lp in plan.layers}}})
+        reloaded, _ = artifacts.load_model(out)  # the recorded structure must rebuild the same network
+        x = test.x[:8]
+        with torch.no_grad():
+            if not torch.allclose(reloaded(x), pruned.eval()(x), atol=1e-5):
+                raise EdgeconvError(f"{out}: reloaded pruned model does not reproduce the pruned outputs")
+    if report_path:
+        artifacts.atomic_write_json(report_path, report)
+    if heatmap_path:
+        report["heatmap"] = str(heatmap_path) if head_heatmap(plan, heatmap_path) else None
+    return {"plan": plan, "summary": summary, "report": report}

@@ -28,13 +28,24 @@ def merged_rows(outcomes: list["StepOutcome"]) -> list[dict]:
     return list(rows.values())
 
 
-def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, dict[str, int]]]:
-    """{model: {router: {"conv": n, "attn": n}}} from every step that evaluated a routed model."""
-    mix: dict[str, dict] = {}
+def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, float]]:
+    """{model: {router: % of inputs routed to attention}} from every step that measured a routed model.
+
+    Steps report counts or fractions per branch; both become a share here. Runtimes name routers differently
+    (PyTorch: the block, ONNX: the `If` node); the k-th router of any model is the k-th routed block (graph order),
+    so every model's routers are shown under the PyTorch block names when the counts match.
+    """
+    mix: dict[str, dict[str, float]] = {}
     for o in outcomes:
         for model, routers in o.record.get("metrics", {}).get("routing", {}).items():
             if routers:
-                mix[model] = routers
+                mix[model] = {name: 100 * float(v.get("attn", 0)) / max(float(v.get("attn", 0)) + float(v.get("conv", 0)), 1e-12)
+                              for name, v in routers.items()}
+    names = next((list(r) for r in mix.values() if all(n.startswith("blocks.") for n in r)), None)
+    if names:
+        for model, routers in mix.items():
+            if len(routers) == len(names) and list(routers) != names:
+                mix[model] = dict(zip(names, routers.values()))
     return mix
 
 
@@ -64,31 +75,33 @@ def accuracy_latency_png(rows: list[dict], path: Path) -> Path | None:
     for r in pts:
         ax.scatter(r[LATENCY], r[TOP1], s=40)
         ax.annotate(r["model"], (r[LATENCY], r[TOP1]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("latency per image (ms, batch 1)")
+    lats = [r[LATENCY] for r in pts]
+    if min(lats) > 0 and max(lats) / min(lats) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, p50)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("accuracy vs latency", fontsize=10)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def routing_mix_png(mix: dict[str, dict[str, dict[str, int]]], path: Path) -> Path | None:
-    """Share of inputs routed to attention, per routed block, one bar group per model."""
+def routing_mix_png(mix: dict[str, dict[str, float]], path: Path) -> Path | None:
+    """Share of inputs routed to attention, per routed block, one bar per model."""
     if not mix:
         return None
     plt = _plt()
     blocks = list(dict.fromkeys(b for routers in mix.values() for b in routers))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(blocks) * max(1, len(mix)) / 2 + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(blocks) * len(mix) + 2.5), 3.4))
     width = 0.8 / len(mix)
     for j, (model, routers) in enumerate(mix.items()):
-        shares = [100 * routers[b]["attn"] / max(1, routers[b]["attn"] + routers[b]["conv"]) if b in routers
-                  else math.nan for b in blocks]
+        shares = [routers.get(b, math.nan) for b in blocks]
         ax.bar([i + j * width for i in range(len(blocks))], shares, width, label=model)
     ax.set_xticks([i + width * (len(mix) - 1) / 2 for i in range(len(blocks))])
     ax.set_xticklabels(blocks, fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("inputs routed to attention (%)")
-    ax.set_title("routing mix (rest go to the conv path)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("routing mix (the rest take the conv path)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -100,7 +113,8 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-MODEL_COLUMNS = ["model", "format", TOP1, LATENCY, "size KiB", "params"]
+MODEL_COLUMNS = ["model", "format", TOP1, "agree %", LATENCY, "p90 ms", "size KiB", "params"]
+CONSOLE_COLUMNS = ["model", TOP1, "agree %", LATENCY, "size KiB"]
 
 
 def table_columns(rows: list[dict]) -> list[str]:
@@ -141,10 +155,10 @@ def write_report(run_dir: Path, cfg: "PipelineConfig", outcomes: list["StepOutco
     if rows:
         md += ["## Models", "", markdown_table(rows, table_columns(rows)), ""]
     if mix:
-        mix_rows = [{"model": m, "router": b, "conv": n["conv"], "attn": n["attn"],
-                     "attn share %": 100 * n["attn"] / max(1, n["conv"] + n["attn"])}
-                    for m, routers in mix.items() for b, n in routers.items()]
-        md += ["## Routing mix", "", markdown_table(mix_rows), ""]
+        blocks = list(dict.fromkeys(b for routers in mix.values() for b in routers))
+        mix_rows = [{"model": m, **{f"{b} attn %": routers.get(b) for b in blocks}} for m, routers in mix.items()]
+        md += ["## Routing mix", "", "Share of test inputs each routed block sends to its attention path.", "",
+               markdown_table(mix_rows), ""]
     if figures:
         md += ["## Figures", ""]
         for title, f in figures.items():
@@ -162,5 +176,8 @@ def print_summary(result) -> None:
     console.print(rows_table(steps, title="steps"))
     rows = result.report.get("models", [])
     if rows:
-        console.print(rows_table(rows, title=f"{result.report['pipeline']}: models", columns=table_columns(rows)))
+        cols = [c for c in CONSOLE_COLUMNS if any(c in r for r in rows)]
+        if any(r.get("status", "ok") != "ok" for r in rows):
+            cols += ["status", "note"]
+        console.print(rows_table(rows, title=f"{result.report['pipeline']}: models", columns=cols))
     console.print(f"report: {result.run_dir / 'report.md'} (and report.json)", highlight=False)

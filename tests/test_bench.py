@@ -17,7 +17,7 @@ from edgeconv.errors import EdgeconvError
 from edgeconv.runtime import report
 from edgeconv.runtime.bench import BenchConfig, latency_stats, measure, run_bench
 
-FAST = dict(warmup=1, iters=3, limit=60)
+FAST = dict(warmup=1, iters=3, limit=60, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,11 @@ def test_onnx_rows_agree_with_the_checkpoint(ckpt, onnx_fp32):
 
 
 @pytest.mark.slow
-def test_cli_writes_every_report_and_compares(ckpt, onnx_fp32, tmp_path):
+def test_cli_writes_every_report_and_compares(ckpt, onnx_fp32, tmp_path, monkeypatch):
     from edgeconv.cli import app
+    from edgeconv.console import console
+
+    monkeypatch.setattr(console, "width", 240)  # the table is wide; CliRunner's default terminal is 80 columns
 
     j, c, m, p = (tmp_path / f"b.{s}" for s in ("json", "csv", "md", "png"))
     args = ["bench", str(ckpt), str(onnx_fp32), "--batch", "1,2", "--warmup", "1", "--iters", "3", "--limit", "40",

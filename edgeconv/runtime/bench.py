@@ -243,10 +243,7 @@ def run_bench(models: list[Path], cfg: BenchConfig, progress: Callable[[int, int
     `progress(done, total, what)` is called before each row."""
     import torch
 
-    from edgeconv import artifacts as A
-    from edgeconv.data import load_samples
-    from edgeconv.models import count_params_macs
-    from edgeconv.runtime.devices import describe_device, require_jetson
+    from edgeconv.runtime.devices import require_jetson
 
     if not models:
         raise EdgeconvError("give at least one model artifact (.pt, .onnx, .tflite, .engine)")
@@ -259,7 +256,21 @@ def run_bench(models: list[Path], cfg: BenchConfig, progress: Callable[[int, int
         require_jetson()
     arts = [inspect_artifact(Path(m)) for m in models]
     threads = cfg.resolved_threads()
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(arts, cfg, threads, progress)
+    finally:
+        torch.set_num_threads(saved_threads)  # the caller's setting, not the bench's, after the run
+
+
+def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict:
+    import torch
+
+    from edgeconv import artifacts as A
+    from edgeconv.data import load_samples
+    from edgeconv.models import count_params_macs
+    from edgeconv.runtime.devices import describe_device
 
     ref_path = find_reference(arts, cfg.reference)
     ref_model = ref_ck = None

@@ -32,8 +32,6 @@ def display_rows(rows: list[dict]) -> list[dict]:
         tele = r.get("tegrastats") or {}
         if tele.get("power_mw_mean") is not None:
             r["power_w"] = tele["power_mw_mean"] / 1e3
-        if r.get("status") != "ok":
-            r["status"] = f"{r.get('status')}: {r.get('reason', '')}"
         d = {title: r.get(key) for key, title in COLUMNS}
         if isinstance(d["params"], int):
             d["params"] = f"{d['params']:,}"
@@ -54,6 +52,14 @@ def print_table(result: dict, console=None, title: str | None = None) -> None:
                       f"top1 {ref['top1']:.2f}%" if ref.get("top1") is not None else
                       f"bench on {data.get('source')} (n={data.get('n')}), no float reference")
     con.print(rows_table(display_rows(result["rows"]), title=title))
+    # reasons under the table, once each: they are long and would squeeze every column
+    seen: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        if r.get("status") != "ok":
+            seen.setdefault(f"{r['status']}: {r.get('reason', '')}", []).append(
+                f"{r['model']} {r['backend']} {r['device']}")
+    for reason, where in seen.items():
+        con.print(f"[yellow]{reason}[/] [dim]({', '.join(dict.fromkeys(where))})[/]", highlight=False)
     con.print(f"[dim]latency per call of one batch: {st.get('warmup')} warm-up + {st.get('iters')} timed calls, "
               f"{st.get('threads')} thread(s), clock {st.get('clock')}; img/s = batch x calls / total time; "
               f"ΔRSS = resident memory growth while the row ran[/]")
@@ -85,7 +91,7 @@ def markdown(result: dict) -> str:
     st, data, ref, dev = result.get("settings", {}), result.get("data", {}), result.get("reference", {}), \
         result.get("device", {})
     cpu = dev.get("cpu", {})
-    lines = [f"# edgeconv bench", "",
+    lines = ["# edgeconv bench", "",
              f"- data: {data.get('source')} (n={data.get('n')}, sha256 {str(data.get('sha256'))[:12]})",
              f"- float reference: {ref.get('path')} (top-1 {_md_cell(ref.get('top1'))} %)",
              f"- device: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, ISA {cpu.get('isa')}); "
@@ -95,6 +101,10 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |")
+    reasons = dict.fromkeys(f"- {r['model']} {r['backend']} {r['device']}: {r['status']}, {r.get('reason')}"
+                            for r in result["rows"] if r.get("status") != "ok")
+    if reasons:
+        lines += ["", "Rows not measured:", *reasons]
     return "\n".join(lines) + "\n"
 
 

@@ -66,3 +66,12 @@ def test_unknown_timm_name_is_a_clear_error():
 
     with pytest.raises(EdgeconvError, match="timm has no model named"):
         create_model("timm:not_a_real_model_xyz")
+
+
+def test_pruning_a_timm_vit_names_the_attention_module_it_cannot_prune():
+    from edgeconv.compress.prune import PruneRequest, prune_model
+    from edgeconv.errors import EdgeconvError
+
+    model = _model("levit_128s")
+    with pytest.raises(EdgeconvError, match=r"levit_128s: cannot prune attention module timm\.models\.levit\.\w+"):
+        prune_model(model, PRE, None, PruneRequest(heads=0.3, criterion="l1"))

@@ -1,0 +1,195 @@
+"""Structured pruning: surgery exactness, coupling, reload round-trips, MAC budgets, criteria, bad requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgeconv import artifacts
+from edgeconv.compress.prune import (LayerPlan, PrunePlan, PruneRequest, apply_plan, ensure_prunable, plan_pruning,
+                                     prune_model, run_prune)
+from edgeconv.data import load_samples
+from edgeconv.errors import EdgeconvError
+from edgeconv.models import count_params_macs, create_model, create_model_from_config, list_models
+from edgeconv.models.structure import prunable_units
+
+PRE = {"channels": 1, "size": 32}
+
+
+def _x(n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _plan_keeping(model: nn.Module, keep: dict[str, list[int]]) -> PrunePlan:
+    layers = [LayerPlan(u.name, u.kind, list(u.paths), u.size, keep.get(u.name, list(range(u.size))),
+                        [1.0] * u.size, [1.0] * u.size) for u in prunable_units(model)]
+    return PrunePlan(request={"criterion": "manual"}, layers=layers)
+
+
+def _gate(model: nn.Module, unit_name: str, zero: list[int]) -> None:
+    u = next(u for u in prunable_units(model) if u.name == unit_name)
+    mods = dict(model.named_modules())
+    g = torch.ones(u.size)
+    g[zero] = 0
+    for p in u.paths:
+        setattr(mods[p], "head_gate" if u.kind == "heads" else "hidden_gate", g)
+
+
+def test_pruning_nothing_keeps_outputs_identical():
+    torch.manual_seed(0)
+    m = create_model("routed-tiny").eval()
+    ref = m(_x())
+    pruned = apply_plan(m, _plan_keeping(m, {}))
+    assert torch.equal(pruned(_x()), ref)
+
+
+@pytest.mark.parametrize("name,unit", [("routed-tiny", "blocks.0.attn"), ("acmix-tiny", "blocks.1"),
+                                       ("hvt-tiny", "blocks.1"), ("resformer-tiny", "blocks.0.res")])
+def test_removal_equals_masking_the_same_units(name, unit):
+    """Removing units structurally gives exactly what zeroing their gates gives, and removes exactly those."""
+    torch.manual_seed(0)
+    m = create_model(name).eval()
+    size = next(u.size for u in prunable_units(m) if u.name == unit)
+    drop = [1, 3] if size == 4 else list(range(0, size, 3))
+    masked = create_model_from_config(m.cfg).eval()
+    masked.load_state_dict(m.state_dict())
+    _gate(masked, unit, drop)
+    with torch.no_grad():
+        want = masked(_x())
+    keep = [i for i in range(size) if i not in drop]
+    apply_plan(m, _plan_keeping(m, {unit: keep}))
+    assert next(u.size for u in prunable_units(m) if u.name == unit) == len(keep)
+    with torch.no_grad():
+        assert torch.allclose(m(_x()), want, atol=1e-5)
+    assert m.cfg["structure"][unit] in ({"heads": len(keep)}, {"hidden": len(keep)})
+
+
+def test_coupled_heads_are_pruned_together_saliency_small():
+    torch.manual_seed(0)
+    m = create_model("saliency-small").eval()
+    units = {u.name: u for u in prunable_units(m)}
+    shared = units["blocks.layers.0.attn"]
+    assert shared.paths == ["blocks.layers.0.attn", "blocks.layers.1.attn"]
+    masked = create_model_from_config(m.cfg).eval()
+    masked.load_state_dict(m.state_dict())
+    _gate(masked, shared.name, [0, 4])
+    with torch.no_grad():
+        want = masked(_x())
+    apply_plan(m, _plan_keeping(m, {shared.name: [1, 2, 3, 5]}))
+    mods = dict(m.named_modules())
+    assert mods["blocks.layers.0.attn"].num_heads == mods["blocks.layers.1.attn"].num_heads == 4
+    with torch.no_grad():
+        assert torch.allclose(m(_x()), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n.endswith("-tiny")] + ["saliency-small"])
+def test_every_family_prunes_and_rebuilds_from_its_config(name):
+    torch.manual_seed(0)
+    m = create_model(name).eval()
+    p0, m0 = count_params_macs(m, PRE)
+    pruned, plan = prune_model(m, PRE, None, PruneRequest(heads=0.3, channels=0.3, criterion="l1"))
+    p1, m1 = count_params_macs(pruned, PRE)
+    assert p1 < p0 and m1 < m0
+    assert (plan.params_after, plan.macs_after) == (p1, m1)
+    rebuilt = create_model_from_config(json.loads(json.dumps(pruned.cfg))).eval()
+    rebuilt.load_state_dict(pruned.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(_x()), pruned(_x()), atol=1e-6)
+    assert torch.equal(m(_x()), m(_x()))  # the input model is untouched (still runs at full width)
+    assert count_params_macs(m, PRE) == (p0, m0)
+
+
+def test_target_macs_is_met_and_heads_never_reach_zero():
+    torch.manual_seed(0)
+    m = create_model("routed-tiny").eval()
+    plan = plan_pruning(m, PRE, None, PruneRequest(target_macs=0.5, criterion="random"))
+    assert plan.macs_after <= 0.5 * plan.macs_before
+    assert all(len(lp.keep) >= 1 for lp in plan.layers)
+    heads = [lp for lp in plan.layers if lp.kind == "heads"]
+    if any(len(lp.keep) == 1 for lp in heads):
+        assert any("keeps at least one" in n for n in plan.notes)
+
+
+def test_head_ratio_that_would_empty_a_layer_keeps_one_and_says_so():
+    m = create_model("routed-tiny").eval()
+    plan = plan_pruning(m, PRE, None, PruneRequest(heads=0.95, criterion="l1"))
+    assert [len(lp.keep) for lp in plan.layers if lp.kind == "heads"] == [1, 1]
+    assert any("kept 1 head" in n for n in plan.notes)
+    assert any("removed 6 of 8 heads" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(heads=0.0), "strictly between 0 and 1"), (dict(channels=1.0), "strictly between 0 and 1"),
+    (dict(target_macs=1.5), "strictly between 0 and 1"), (dict(heads=-0.2), "strictly between 0 and 1"),
+    (dict(target_macs=0.5, heads=0.2), "not both"), (dict(), "nothing to prune"),
+    (dict(heads=0.3, criterion="magic"), "unknown criterion"),
+    (dict(target_macs=0.01, criterion="l1"), "unreachable"),
+])
+def test_bad_requests_fail_clearly(kwargs, match):
+    m = create_model("routed-tiny").eval()
+    with pytest.raises(EdgeconvError, match=match):
+        plan_pruning(m, PRE, None, PruneRequest(**kwargs))
+
+
+def test_unsupported_attention_is_named():
+    class Foreign(nn.Module):  # a ViT-style model whose attention is not an edgeconv layer
+        def __init__(self):
+            super().__init__()
+            self.cfg = {"family": "timm", "timm_name": "vit_tiny_patch16_224"}
+            self.blocks = nn.Sequential(nn.MultiheadAttention(16, 4))
+
+    with pytest.raises(EdgeconvError, match=r"vit_tiny_patch16_224: cannot prune attention module "
+                                            r"torch\.nn\.modules\.activation\.MultiheadAttention at 'blocks\.0'"):
+        ensure_prunable(Foreign())
+
+
+def test_gradient_beats_random_on_a_trained_model(trained, digits_pre):
+    """At a fixed budget (half of all hidden channels), gradient sensitivity keeps clearly more accuracy."""
+    from edgeconv.training import evaluate
+
+    model, ck = artifacts.load_model(trained("routed-tiny"))
+    train = load_samples("digits", digits_pre, "train")
+    test = load_samples("digits", digits_pre, "test")
+    acc = {}
+    for crit, seed in (("gradient", 0), ("random", 0), ("random", 1), ("random", 2)):
+        pruned, _ = prune_model(model, digits_pre, train, PruneRequest(channels=0.5, criterion=crit, seed=seed,
+                                                                       batch_size=8, batches=32))
+        acc[(crit, seed)] = evaluate(pruned, test)["top1"]
+    random_mean = sum(v for (c, _), v in acc.items() if c == "random") / 3
+    assert acc[("gradient", 0)] > random_mean + 5, acc
+
+
+def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
+    src = trained("routed-tiny")
+    out = tmp_path / "pruned.pt"
+    res = run_prune(str(src), "digits", PruneRequest(target_macs=0.7, batches=8), str(out),
+                    report_path=str(tmp_path / "r.json"), heatmap_path=str(tmp_path / "h.png"),
+                    command="pytest prune")
+    model, ck = artifacts.load_model(out)
+    assert ck["provenance"]["parent_sha256"] == artifacts.file_sha256(src)
+    assert ck["config"]["structure"]["blocks.0.attn"]["heads"] < 4 or \
+        ck["config"]["structure"]["stem.1"]["hidden"] < 96
+    assert ck["metrics"]["macs"] <= 0.7 * ck["metrics"]["parent_macs"]
+    assert count_params_macs(model, ck["preprocessing"]) == (ck["metrics"]["params"], ck["metrics"]["macs"])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mac_reduction"] >= 0.3 and len(report["layers"]) == 5
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["summary"]["params"][1] < res["summary"]["params"][0]
+
+
+def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
+    src = str(trained("routed-tiny"))
+    exe = [sys.executable, "-m", "edgeconv.cli"]
+    bad = subprocess.run(exe + ["prune", src, "--heads", "1.5", "-o", str(tmp_path / "x.pt")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--heads must be a fraction strictly between 0 and 1" in bad.stderr
+    dry = subprocess.run(exe + ["prune", src, "--heads", "0.5", "--criterion", "l1", "--dry-run"],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: nothing written" in dry.stdout and "blocks.0.attn" in dry.stdout
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,159 @@
+"""ONNX routing latency on onnxruntime CPU, side by side in one run.
+
+Graphs of one routed model (random weights; the routers' last layer is set so every input routes one way):
+  (a) gated, routed to conv      - `If` nodes, only the conv branch runs
+  (b) gated, routed to attention - `If` nodes, only the attention branch runs
+  (c) soft                       - both branches, weighted (the training graph)
+  (d) static:conv                - the conv branch only, no router, no `If`
+Repetitions are interleaved (a, b, c, d, a, b, ...) so machine noise hits every graph alike; medians and ratios are
+printed for each onnxruntime optimisation level asked for.
+
+Targets: gated-conv <= 0.6x soft; the `If` costs <= 5% over static:conv (gated-conv / static-conv <= 1.05).
+
+Run: .venv/bin/python benchmarks/routing.py [--model routed-small] [--img-size 224] [--levels all,extended]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeconv.console import console, rows_table
+from edgeconv.export.onnx import export_onnx
+from edgeconv.export.validate import ort_session
+from edgeconv.models import create_model, routers
+
+ROUTE_LOGIT = 8.0  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
+
+
+def force_route(model: torch.nn.Module, route: str) -> None:
+    """Make every router of `model` choose `route` (conv | attn) for any input: zero weights, biased logits."""
+    sign = 1.0 if route == "conv" else -1.0
+    with torch.no_grad():
+        for _, block in routers(model):
+            block.router.fc2.weight.zero_()
+            block.router.fc2.bias.copy_(torch.tensor([sign * ROUTE_LOGIT, -sign * ROUTE_LOGIT]))
+
+
+def swap_route_bias(onnx_path: Path, out: Path) -> int:
+    """Copy of a gated graph forced to conv, with the router biases flipped so it routes to attention.
+
+    Returns how many bias initialisers were flipped (identical router biases may share one initialiser after
+    simplification; the caller checks the result against PyTorch routed to attention)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    n = 0
+    want = np.array([ROUTE_LOGIT, -ROUTE_LOGIT], np.float32)
+    for init in proto.graph.initializer:
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.shape == (2,) and np.array_equal(arr, want):
+            init.CopyFrom(onnx.numpy_helper.from_array(-arr, init.name))
+            n += 1
+    onnx.save_model(proto, str(out))
+    return n
+
+
+def check_graph(path: Path, model: torch.nn.Module, x: np.ndarray, mode: str) -> float:
+    """Max abs difference between onnxruntime and PyTorch (the benchmark only times graphs that are right)."""
+    from edgeconv.models import set_routing
+
+    set_routing(model, mode)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    got = ort_session(path).run(None, {"input": x})[0]
+    return float(np.abs(ref - got).max())
+
+
+def time_interleaved(graphs: dict[str, Path], x: np.ndarray, level: str, reps: int, runs: int,
+                     threads: int | None) -> dict[str, list[float]]:
+    sessions = {k: ort_session(p, level, threads) for k, p in graphs.items()}
+    feeds = {"input": x}
+    for s in sessions.values():  # warm-up: first runs allocate and pick kernels
+        for _ in range(3):
+            s.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(reps):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                s.run(None, feeds)
+            times[k].append((time.perf_counter() - t0) / runs * 1e3)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="routed-small")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=None, help="override the number of routed blocks")
+    ap.add_argument("--levels", default="all,extended", help="onnxruntime optimisation levels to measure")
+    ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions (median reported)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per repetition")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: ORT's)")
+    ap.add_argument("--work", type=Path, default=None, help="keep the exported graphs here")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    overrides = {"depth": args.depth} if args.depth else {}
+    model = create_model(args.model, num_classes=1000, in_chans=args.in_chans, img_size=args.img_size, **overrides)
+    if not routers(model):
+        raise SystemExit(f"{args.model} has no routers")
+    force_route(model, "conv")
+    pre = {"size": args.img_size, "channels": args.in_chans, "mean": [0.5] * args.in_chans,
+           "std": [0.25] * args.in_chans, "layout": "NCHW"}
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgeconv_routing_"))
+    work.mkdir(parents=True, exist_ok=True)
+    graphs = {"gated->conv": work / "gated_conv.onnx", "gated->attn": work / "gated_attn.onnx",
+              "soft": work / "soft.onnx", "static:conv": work / "static_conv.onnx"}
+    for key, routing in (("gated->conv", "gated"), ("soft", "soft"), ("static:conv", "static:conv")):
+        if not graphs[key].exists():
+            t0 = time.perf_counter()
+            res = export_onnx(model, graphs[key], routing=routing, preprocessing=pre)
+            console.print(f"exported {key}: {res.if_nodes} If nodes, {time.perf_counter() - t0:.0f} s")
+    flipped = swap_route_bias(graphs["gated->conv"], graphs["gated->attn"])
+    if flipped == 0:
+        raise SystemExit("no router bias found in the gated graph; cannot make a routed-to-attention copy")
+
+    x = np.random.default_rng(0).standard_normal((1, args.in_chans, args.img_size, args.img_size)).astype(np.float32)
+    errs = {"gated->conv": check_graph(graphs["gated->conv"], model, x, "hard"),
+            "soft": check_graph(graphs["soft"], model, x, "soft"),
+            "static:conv": check_graph(graphs["static:conv"], model, x, "static:conv")}
+    force_route(model, "attn")
+    errs["gated->attn"] = check_graph(graphs["gated->attn"], model, x, "hard")
+    bad = {k: v for k, v in errs.items() if not v <= 1e-3}
+    if bad:
+        raise SystemExit(f"graphs disagree with PyTorch, not timing them: {bad}")
+
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"model {args.model} depth {len(routers(model))} at {args.in_chans}x{args.img_size}x"
+                  f"{args.img_size}, {params / 1e6:.2f} M params, batch 1; onnxruntime "
+                  f"{__import__('onnxruntime').__version__}, {args.reps} interleaved reps x {args.runs} runs; "
+                  f"max |ORT - PyTorch| {max(errs.values()):.1e}")
+    summary = []
+    for level in [s.strip() for s in args.levels.split(",") if s.strip()]:
+        times = time_interleaved(graphs, x, level, args.reps, args.runs, args.threads)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows = [{"graph": k, "median ms": round(v, 3), "vs soft": round(v / med["soft"], 3),
+                 "vs static:conv": round(v / med["static:conv"], 3)} for k, v in med.items()]
+        console.print(rows_table(rows, title=f"onnxruntime CPU, optimisation level {level}"))
+        conv_soft = med["gated->conv"] / med["soft"]
+        overhead = med["gated->conv"] / med["static:conv"] - 1
+        ok = conv_soft <= 0.6 and overhead <= 0.05
+        summary.append({"level": level, "gated-conv / soft": round(conv_soft, 3),
+                        "If overhead vs static:conv %": round(100 * overhead, 1),
+                        "targets (<= 0.6, <= 5%)": "met" if ok else "NOT met"})
+    console.print(rows_table(summary, title="routing targets"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

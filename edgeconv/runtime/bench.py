@@ -53,23 +53,40 @@ class Artifact:
     kind: str                      # native backend: torch | ort | tflite | tensorrt
     label: str
     preprocessing: dict | None = None
-    source_sha256: str | None = None
-    source_path: str | None = None
+    source_sha256s: list[str] = field(default_factory=list)   # every hash the artifact records (its sources)
+    source_paths: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     precision: str = "?"
 
 
-def _find_key(md: dict, *needles: str) -> object | None:
-    """The first metadata value whose key contains every needle (ONNX metadata keys are not fixed yet)."""
+def flatten(md: dict, prefix: str = "") -> dict:
+    """Nested metadata as dotted keys ({"q": {"source": {"sha256": h}}} -> {"q.source.sha256": h})."""
+    out = {}
     for k, v in md.items():
-        low = k.lower()
-        if all(n in low for n in needles):
-            return v
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _find_nested(md: dict, key: str):
+    """The value of `key` at the top level of `md` or inside any nested dict (first found)."""
+    if key in md:
+        return md[key]
+    for v in md.values():
+        if isinstance(v, dict):
+            found = _find_nested(v, key)
+            if found is not None:
+                return found
     return None
 
 
 def inspect_artifact(path: Path) -> Artifact:
-    """Kind, preprocessing and source checkpoint (from ONNX metadata_props or a sidecar JSON) of one file."""
+    """Kind, precision, preprocessing and recorded sources of one file (ONNX metadata_props, or the sidecar
+    `<file>.json` record that TFLite and engine files carry). Metadata keys are matched loosely: any recorded
+    sha256 or .pt path is a candidate source checkpoint."""
     import json
 
     if not path.exists():
@@ -91,31 +108,32 @@ def inspect_artifact(path: Path) -> Artifact:
         md = metadata(model)
         art.precision = onnx_precision(model, path)
         del model
-    else:
+    for side in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
+        if side.exists():
+            try:
+                extra = json.loads(side.read_text())
+            except ValueError:
+                continue
+            if isinstance(extra, dict):
+                md = {**extra, **md}
+                if kind != "ort" and isinstance(extra.get("precision"), str):
+                    art.precision = extra["precision"]
+            break
+    if art.precision == "?":
         from edgeconv.runtime.backends.base import artifact_precision_from_name
 
         art.precision = artifact_precision_from_name(path) or "?"
-    for side in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
-        if side.exists():  # a sidecar description written next to TFLite/engine files by the quantize stage
-            try:
-                extra = json.loads(side.read_text())
-                if isinstance(extra, dict):
-                    md = {**extra, **md}
-            except ValueError:
-                pass
     art.metadata = md
-    pre = md.get("preprocessing") or _find_key(md, "preprocessing")
+    flat = flatten(md)
+    pre = _find_nested(md, "preprocessing")
     if isinstance(pre, str):
         try:
             pre = json.loads(pre)
         except ValueError:
             pre = None
-    art.preprocessing = pre if isinstance(pre, dict) else None
-    sha = _find_key(md, "source", "sha256") or _find_key(md, "parent", "sha256") or _find_key(md, "sha256")
-    art.source_sha256 = sha if isinstance(sha, str) else None
-    src = (_find_key(md, "source", "path") or _find_key(md, "source", "checkpoint") or _find_key(md, "parent", "path")
-           or _find_key(md, "checkpoint"))
-    art.source_path = src if isinstance(src, str) else None
+    art.preprocessing = pre if isinstance(pre, dict) and pre else None
+    art.source_sha256s = [v for k, v in flat.items() if "sha256" in k.lower() and isinstance(v, str) and v]
+    art.source_paths = [v for k, v in flat.items() if isinstance(v, str) and v.endswith((".pt", ".pth", ".ckpt"))]
     return art
 
 
@@ -133,13 +151,15 @@ def find_reference(arts: list[Artifact], explicit: Path | None) -> Path | None:
     ckpts = [a.path for a in arts if a.kind == "torch"]
     hashes = {file_sha256(p): p for p in ckpts}
     for a in arts:
-        if a.source_sha256 and a.source_sha256 in hashes:
-            return hashes[a.source_sha256]
+        for h in a.source_sha256s:
+            if h in hashes:
+                return hashes[h]
     if len(ckpts) == 1:
         return ckpts[0]
     for a in arts:
-        if a.source_path and Path(a.source_path).exists() and artifact_kind(Path(a.source_path)) == "torch":
-            return Path(a.source_path)
+        for p in a.source_paths:
+            if Path(p).is_file():
+                return Path(p)
     return None
 
 
@@ -309,7 +329,7 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
             m, ck = A.load_model(a.path)
             params_macs[str(a.path)] = count_params_macs(m, ck["preprocessing"])
             del m
-        elif ref_sha and a.source_sha256 == ref_sha:
+        elif ref_sha and ref_sha in a.source_sha256s:
             params_macs[str(a.path)] = params_macs[str(ref_path)]
         elif isinstance(a.metadata.get("config"), dict) and a.metadata["config"].get("family"):
             from edgeconv.models import create_model_from_config
@@ -327,8 +347,15 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
         sampler_factory = TegrastatsSampler
 
     rows = []
-    plan = [(a, t, b) for a in arts for dev in cfg.devices for t in targets_for(a.path, cfg.backend, dev)
-            for b in cfg.batches]
+    plan, seen = [], set()
+    for a in arts:
+        for dev in cfg.devices:
+            for t in targets_for(a.path, cfg.backend, dev):
+                for b in cfg.batches:
+                    key = (str(a.path), t.label, t.device, b)  # TFLite runs on the CPU for cpu and cuda alike
+                    if key not in seen:
+                        seen.add(key)
+                        plan.append((a, t, b))
     for i, (a, target, batch) in enumerate(plan):
         if progress:
             progress(i, len(plan), f"{a.label} {target.label} {target.device} b{batch}")
@@ -380,7 +407,7 @@ def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         row.update(status="failed", reason=f"{type(e).__name__}: {first[:200]}")
     rss1 = rss_bytes()
-    row["mem_mib"] = (max(rss_loaded, rss1) - rss0) / 2**20
+    row["mem_mib"] = max(0, max(rss_loaded, rss1) - rss0) / 2**20  # growth; memory freed meanwhile is not negative use
     row["peak_rss_mib"] = peak_rss_bytes() / 2**20
     del runner
     return row

@@ -61,6 +61,11 @@ class TfliteRunner:
     def _resize(self, batch: int) -> None:
         if batch == self.batch:
             return
+        sig = self.inp.get("shape_signature")
+        if sig is None or len(sig) == 0 or int(sig[0]) != -1:
+            # a graph converted at a fixed batch may hard-code it in reshapes: resizing could fail or, worse,
+            # run with wrong shapes, so other batch sizes are not offered
+            raise BackendUnavailable(f"the TFLite model was converted with a fixed batch of {self.batch}")
         shape = [batch, *[int(d) for d in self.inp["shape"][1:]]]
         try:
             self.interp.resize_tensor_input(self.inp["index"], shape, strict=False)

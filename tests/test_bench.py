@@ -35,6 +35,25 @@ def onnx_fp32(ckpt, cache_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def quantized(ckpt, onnx_fp32, cache_dir) -> dict:
+    """INT8 ONNX (onnxruntime Q/DQ) and, with the tflite extra, an FP32 TFLite, made by `edgeconv.quantize`."""
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    out = {"int8": cache_dir / f"{ckpt.stem}.bench.int8.onnx", "tflite": cache_dir / f"{ckpt.stem}.bench.tflite"}
+    if not out["int8"].exists():
+        quantize(QuantizeRequest(model=onnx_fp32, out=out["int8"], precision="int8", backend="ort", calib_limit=64))
+    try:
+        import ai_edge_litert  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError:
+        out.pop("tflite")
+        return out
+    if not out["tflite"].exists():
+        quantize(QuantizeRequest(model=ckpt, out=out["tflite"], precision="fp32", backend="tflite"))
+    return out
+
+
 def by(rows, **kw):
     return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
 
@@ -194,3 +213,21 @@ def test_compare_flags_changes_beyond_the_spread():
     slower = report.compare({"rows": [row(2.0, 2.1, top1=98.0)]}, base)[0]
     assert slower["within spread"] == "NO" and slower["Δtop1"] == pytest.approx(-1.0)
     assert report.compare({"rows": [{**row(1.0, 1.1), "batch": 8}]}, base) == []
+
+
+@pytest.mark.slow
+def test_one_table_over_checkpoint_onnx_int8_and_tflite(ckpt, onnx_fp32, quantized):
+    models = [ckpt, onnx_fp32, *quantized.values()]
+    res = run_bench(models, BenchConfig(batches=[1, 2], **FAST))
+    rows = res["rows"]
+    assert {r["model"] for r in rows} == {m.name for m in models}
+    macs = {r["macs"] for r in rows}
+    assert len(macs) == 1  # every artifact traced back to the same source checkpoint
+    (int8_b1,) = by(rows, model=quantized["int8"].name, batch=1)
+    assert int8_b1["status"] == "ok" and int8_b1["precision"] == "int8" and int8_b1["agree"] >= 95.0
+    assert int8_b1["size_kib"] < by(rows, model=onnx_fp32.name, batch=1)[0]["size_kib"]
+    if "tflite" in quantized:
+        (t1,) = by(rows, model=quantized["tflite"].name, batch=1)
+        assert t1["status"] == "ok" and t1["backend"] == "tflite" and t1["agree"] >= 99.0
+        (t2,) = by(rows, model=quantized["tflite"].name, batch=2)
+        assert t2["status"] == "unavailable" and "fixed batch of 1" in t2["reason"]

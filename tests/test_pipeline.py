@@ -55,6 +55,24 @@ def test_missing_inputs_are_named(tmp_path):
 def test_impossible_order_is_named(tmp_path):
     with pytest.raises(PipelineConfigError, match=r"step 'eval' needs a PyTorch checkpoint.*put 'train' before"):
         load_pipeline(write(tmp_path, "[eval]\n[train]\n"))
+    with pytest.raises(PipelineConfigError, match=r"step 'distill' needs a PyTorch checkpoint.*put 'train' before 'distill'"):
+        load_pipeline(write(tmp_path, "[distill]\n[train]\n"))
+    with pytest.raises(PipelineConfigError, match=r"step 'prune' comes after 'export'.*move 'prune' before 'export'"):
+        load_pipeline(write(tmp_path, "[train]\n[export]\n[prune]\nheads = 0.25\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[train]\n[prune]\n", r"nothing to prune: give prune.heads"),
+    ("[train]\n[prune]\nheads = 1.5\n", r"prune.heads must be a fraction strictly between 0 and 1"),
+    ("[train]\n[prune]\nheads = 0.2\ncriterion = 'magic'\n", r"prune.criterion = 'magic' is not one of"),
+    ("[train]\n[export]\nrouting = 'maybe'\n", r"export.routing = 'maybe' is not one of"),
+    ("[train]\n[quantize]\ntargets = ['ort:int4']\n", r"quantize.targets\[0\] = 'ort:int4': ort supports"),
+    ("[train]\n[quantize]\ntargets = ['coreml:int8']\n", r"unknown backend 'coreml'"),
+    ("[train]\n[quantize]\ntargets = 'ort:int8'\n", r"quantize.targets must be a list of strings"),
+])
+def test_step_options_are_checked_before_work(tmp_path, text, message):
+    with pytest.raises(PipelineConfigError, match=message):
+        load_pipeline(write(tmp_path, text))
 
 
 def test_relative_paths_resolve_against_the_pipeline_file(tmp_path, trained):
@@ -111,6 +129,26 @@ def test_second_run_reuses_every_step_and_one_option_reruns_only_what_follows(tm
     model.write_bytes(b"garbage")
     fifth = run(write(tmp_path, text.replace("'val'", "'test'").replace(str(ckpt), str(other))), run_dir)
     assert fifth.statuses()["train"] == "ran" and file_sha256(model) == file_sha256(other)
+
+
+def test_changing_a_middle_option_reruns_that_step_and_the_ones_after(tmp_path, trained):
+    run_dir = tmp_path / "run"
+    text = (f"[train]\ncheckpoint = '{trained()}'\n[prune]\nheads = 0.25\ncriterion = 'l1'\n"
+            "[eval]\nsplit = 'val'\n")
+    first = run(write(tmp_path, text), run_dir)
+    assert first.statuses() == {"train": "ran", "prune": "ran", "eval": "ran"}
+    rec = json.loads((run_dir / "prune" / "step.json").read_text())
+    assert rec["metrics"]["params_after"] < rec["metrics"]["params_before"]
+    assert rec["figures"] == ["prune/head_sensitivity.png"] and (run_dir / rec["figures"][0]).is_file()
+    assert run(write(tmp_path, text), run_dir).statuses() == {"train": "cached", "prune": "cached", "eval": "cached"}
+    again = run(write(tmp_path, text.replace("0.25", "0.5")), run_dir)
+    assert again.statuses() == {"train": "cached", "prune": "ran", "eval": "ran"}
+    rec2 = json.loads((run_dir / "prune" / "step.json").read_text())
+    assert rec2["metrics"]["params_after"] < rec["metrics"]["params_after"]
+    assert "prune: head sensitivity" in again.report["figures"]
+    rows = {r["model"]: r for r in again.report["models"]}
+    assert set(rows) == {"float (PyTorch)", "pruned (PyTorch)"} and rows["pruned (PyTorch)"]["params"] == \
+        rec2["metrics"]["params_after"]
 
 
 def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained):

@@ -12,10 +12,11 @@ returns what it produced. Artifact kinds:
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
@@ -106,7 +107,9 @@ def check_order(cfg: PipelineConfig) -> None:
         step = STEPS[spec.name]
         for kind in step.needs:
             if kind not in available:
-                makers = " or ".join(f"'{p}'" for p in producers(kind) if p != spec.name) or "a step that makes it"
+                # name the steps that can start a chain (prune also gives a checkpoint, but needs one first)
+                first = [p for p in producers(kind) if kind not in STEPS[p].needs] or producers(kind)
+                makers = " or ".join(f"'{p}'" for p in first if p != spec.name) or "a step that makes it"
                 raise PipelineConfigError(
                     f"{cfg.source}: step '{spec.name}' needs {KIND_TEXT.get(kind, kind)}, which no step before it "
                     f"produces: put {makers} before '{spec.name}'")
@@ -219,6 +222,106 @@ class Eval(Step):
 def stage_of(label: str) -> str:
     """"pruned+distilled (PyTorch)" -> "pruned+distilled"."""
     return label.split(" (")[0]
+
+
+# ------------------------------------------------------------------------------------------------ prune
+@dataclass
+class PruneOptions:
+    heads: Optional[float] = option(None, help="Fraction of all attention heads to remove (0..1).")
+    channels: Optional[float] = option(None, help="Fraction of all hidden channels to remove (0..1).")
+    target_macs: Optional[float] = option(None, help="Keep at most this fraction of the MACs (0..1).")
+    criterion: str = option("gradient", choices=("gradient", "taylor", "l1", "random"))
+    batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
+    batch_size: int = option(8, min=1)
+    steps: int = option(1, min=1, help="Prune in this many steps, re-scoring between them.")
+
+
+@register_step
+class Prune(Step):
+    name = "prune"
+    help = "remove attention heads and hidden channels ranked by sensitivity (writes a sensitivity heatmap)"
+    Options = PruneOptions
+    needs = ("checkpoint",)
+    gives = ("checkpoint",)
+    makes_checkpoint = True
+
+    @classmethod
+    def request(cls, opts: PruneOptions, seed: int):
+        from edgeconv.compress.prune import PruneRequest
+
+        return PruneRequest(heads=opts.heads, channels=opts.channels, target_macs=opts.target_macs,
+                            criterion=opts.criterion, batches=opts.batches, batch_size=opts.batch_size,
+                            steps=opts.steps, seed=seed)
+
+    @classmethod
+    def check(cls, opts: PruneOptions, cfg: PipelineConfig) -> None:
+        try:
+            cls.request(opts, cfg.pipeline.seed).check()
+        except EdgeconvError as e:
+            # the compress module words its checks for the CLI (--target-macs); name the pipeline keys instead
+            msg = re.sub(r"--([a-z-]+)", lambda m: "prune." + m.group(1).replace("-", "_"), str(e))
+            raise PipelineConfigError(f"{cfg.source}: {msg}")
+
+    @classmethod
+    def run(cls, opts: PruneOptions, ctx: StepContext) -> StepResult:
+        from edgeconv.compress.prune import layer_rows, run_prune
+
+        src = ctx.inputs["checkpoint"]
+        out, heatmap = ctx.out_dir / "model.pt", ctx.out_dir / "head_sensitivity.png"
+        res = run_prune(str(src.path), ctx.data, cls.request(opts, ctx.cfg.pipeline.seed), str(out),
+                        report_path=str(ctx.out_dir / "prune.json"), heatmap_path=str(heatmap),
+                        command=ctx.command)
+        stage = stage_of(src.label)
+        label = "pruned (PyTorch)" if stage == "float" else f"{stage}+pruned (PyTorch)"
+        rep = res["report"]
+        row, metrics = _eval_rows(out, label, ctx.data, "test")
+        row["note"] = "no fine-tuning"
+        metrics.update({"params_before": rep["params_before"], "params_after": rep["params_after"],
+                        "macs_before": rep["macs_before"], "macs_after": rep["macs_after"],
+                        "mac_reduction": rep["mac_reduction"], "top1_before": rep["top1_before"],
+                        "layers": layer_rows(res["plan"]), "notes": res["plan"].notes})
+        figures = [heatmap] if rep.get("heatmap") else []
+        return StepResult([Artifact("checkpoint", out, label)], metrics, [row], figures)
+
+
+# ------------------------------------------------------------------------------------------------ distill
+@dataclass
+class DistillOptions:
+    epochs: int = option(5, min=1)
+    alpha: float = option(0.7, min=0.0, max=1.0, help="Weight of the soft-target term (1 - alpha on labels).")
+    temperature: float = option(4.0, min=0.01)
+    feature: bool = option(False, help="Also match pooled features.")
+    batch_size: int = option(64, min=1)
+    lr: float = option(1e-3, min=0.0)
+    baseline: bool = option(False, help="Also fine-tune without KD for the same epochs (doubles the time).")
+
+
+@register_step
+class Distill(Step):
+    name = "distill"
+    help = "distil the float teacher into the current (pruned) model"
+    Options = DistillOptions
+    needs = ("checkpoint", "float")
+    gives = ("checkpoint",)
+    makes_checkpoint = True
+
+    @classmethod
+    def run(cls, opts: DistillOptions, ctx: StepContext) -> StepResult:
+        from edgeconv.compress.distill import DistillConfig, run_distill
+        from edgeconv.training import TrainConfig
+
+        student, teacher = ctx.inputs["checkpoint"], ctx.inputs["float"]
+        out = ctx.out_dir / "model.pt"
+        res = run_distill(str(teacher.path), str(student.path), ctx.data, str(out),
+                          dcfg=DistillConfig(alpha=opts.alpha, temperature=opts.temperature, feature=opts.feature),
+                          tcfg=TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                                           seed=ctx.cfg.pipeline.seed),
+                          baseline=opts.baseline, command=ctx.command, show_progress=ctx.show_progress)
+        stage = stage_of(student.label)
+        label = f"{'' if stage == 'float' else stage + '+'}distilled (PyTorch)"
+        row, metrics = _eval_rows(out, label, ctx.data, "test")
+        metrics["distill"] = res["rows"]
+        return StepResult([Artifact("checkpoint", out, label)], metrics, [row])
 
 
 # ------------------------------------------------------------------------------------------------ export

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.runtime.backends import BackendUnavailable, Target, artifact_kind, load_runner, targets_for
+from edgeconv.runtime.backends import (BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner,
+                                       targets_for)
 
 CLOCK = "time.perf_counter_ns (monotonic, per call)"
 
@@ -204,15 +205,17 @@ def latency_stats(ns: list[int], batch: int) -> dict:
 def measure(runner, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, iters: int,
             ref_pred: np.ndarray | None, ref_top1: float | None, sampler_factory: Callable | None = None) -> dict:
     """Accuracy over all of x, then latency on the first `batch` inputs (see module docstring)."""
-    routes = getattr(runner, "routes", None)
-    if routes is not None:
-        routes.counts.clear()
+    routes = RouteCounts()
     preds = []
     for chunk, k in _fixed_batches(x, batch):
         logits = np.asarray(runner.run(chunk))
         if logits.ndim != 2 or logits.shape[0] != batch:
             raise EdgeconvError(f"the model returned shape {list(logits.shape)} for a batch of {batch}")
         preds.append(logits[:k].argmax(1))
+        for router, decided in (getattr(runner, "last_routes", None) or {}).items():
+            n_attn = int(np.asarray(decided)[:k].sum())  # padded inputs are not counted
+            routes.add(router, "attn", n_attn)
+            routes.add(router, "conv", k - n_attn)
     pred = np.concatenate(preds)
     labelled = y >= 0
     row: dict = {"n": int(len(pred))}
@@ -220,7 +223,7 @@ def measure(runner, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, iters
     if ref_pred is not None:
         row["agree"] = float((pred == ref_pred).mean() * 100)
         row["delta_top1"] = row["top1"] - ref_top1 if row["top1"] is not None and ref_top1 is not None else None
-    if routes is not None and routes.counts:
+    if routes.counts:
         fr = routes.fractions()
         row["routing"] = fr
         row["attn_share"] = float(np.mean([v.get("attn", 0.0) for v in fr.values()]) * 100)
@@ -406,9 +409,10 @@ def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int
     except Exception as e:  # keep the other rows: a runtime error in one backend is that row's result
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         row.update(status="failed", reason=f"{type(e).__name__}: {first[:200]}")
-    rss1 = rss_bytes()
-    row["mem_mib"] = max(0, max(rss_loaded, rss1) - rss0) / 2**20  # growth; memory freed meanwhile is not negative use
-    row["peak_rss_mib"] = peak_rss_bytes() / 2**20
+    if row["status"] == "ok":
+        # growth since before loading; memory freed meanwhile does not make it negative
+        row["mem_mib"] = max(0, max(rss_loaded, rss_bytes()) - rss0) / 2**20
+        row["peak_rss_mib"] = peak_rss_bytes() / 2**20
     del runner
     return row
 

@@ -45,7 +45,10 @@ class Target:
 
 @runtime_checkable
 class Runner(Protocol):
-    """A loaded artifact, ready to run."""
+    """A loaded artifact, ready to run.
+
+    A runner that can see routing decisions also sets `last_routes`: router name -> bool per sample of the last
+    `run` (True = attention branch); `bench` sums them over the accuracy pass."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits [B, classes] for a float32 NCHW batch (already normalised)."""
@@ -56,7 +59,7 @@ class Runner(Protocol):
 
 @dataclass
 class RouteCounts:
-    """Per-router counts of inputs sent to each branch, accumulated over `run` calls."""
+    """Per-router counts of inputs sent to each branch, accumulated over an accuracy pass."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 

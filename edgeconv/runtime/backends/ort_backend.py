@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.runtime.backends.base import BackendUnavailable, RouteCounts, RunOptions, artifact_precision_from_name
+from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions, artifact_precision_from_name
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -161,15 +161,11 @@ class OrtRunner:
         self.input = self.session.get_inputs()[0]
         self.provider = provider
         self.threads = options.threads
-        self.routes = RouteCounts()
+        self.last_routes: dict[str, np.ndarray] = {}   # If -> per-sample comparison of the last run (True = attn)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         outs = self.session.run(None, {self.input.name: x})
-        for (router, _), decided in zip(self.probes, outs[1:]):
-            d = np.asarray(decided).reshape(-1)
-            n_attn = int(d.sum())
-            self.routes.add(router, "attn", n_attn)
-            self.routes.add(router, "conv", d.size - n_attn)
+        self.last_routes = {router: np.asarray(d).reshape(-1) for (router, _), d in zip(self.probes, outs[1:])}
         return outs[0]
 
     def describe(self) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeconv.runtime.backends.base import BackendUnavailable, RouteCounts, RunOptions
+from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 
 class TorchRunner:
@@ -27,16 +27,13 @@ class TorchRunner:
         self.model.to(self.device)
         self.options = options
         self.routers = routers(self.model)
-        self.routes = RouteCounts()
+        self.last_routes: dict[str, np.ndarray] = {}   # router -> per-sample decision of the last run (True = attn)
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
         y = self.model(torch.from_numpy(x).to(self.device))
-        for name, m in self.routers:
-            if m.last_route is not None and m.mode in ("hard", "soft"):
-                n_attn = int(m.last_route.sum())
-                self.routes.add(name, "attn", n_attn)
-                self.routes.add(name, "conv", int(m.last_route.numel()) - n_attn)
+        self.last_routes = {name: m.last_route.cpu().numpy() for name, m in self.routers
+                            if m.last_route is not None and m.mode in ("hard", "soft")}
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the timer must see the work finish, not just its launch
         return y.float().cpu().numpy()

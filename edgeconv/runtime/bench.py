@@ -254,8 +254,8 @@ def measure(runner, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, iters
 
 # ----------------------------------------------------------------------------------------------- the whole bench
 def _precision_guess(art: Artifact, target: Target) -> str:
-    # TensorRT rows build float graphs with FP16 kernels allowed (see the tensorrt and ort backends)
-    if (target.backend == "tensorrt" or target.variant == "tensorrt") and art.precision == "fp32":
+    # onnxruntime's TensorRT provider is given FP16 kernels for float graphs (see the ort backend)
+    if target.variant == "tensorrt" and art.precision == "fp32":
         return "fp16"
     return art.precision
 

@@ -135,20 +135,30 @@ def write_plot(result: dict, path: Path) -> Path:
         raise EdgeconvError("nothing to plot: no row was measured with labelled data")
     pts = [(r["p50_ms"] / r["batch"], r["top1"]) for r in ok]
     front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    markers = {"torch": "o", "ort": "s", "tflite": "^", "tensorrt": "D"}
-    for r, (lx, acc) in zip(ok, pts):
-        ax.scatter(lx, acc, marker=markers.get(r["backend"].split(":")[0], "o"), s=40)
-        ax.annotate(f"{r['model']} {r['backend']} {r['precision']} b{r['batch']}", (lx, acc), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    fx = [pts[i] for i in front]
-    ax.plot([p[0] for p in fx], [p[1] for p in fx], "k--", lw=1, label="Pareto front")
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    colors = {"torch": "tab:blue", "ort": "tab:green", "tflite": "tab:orange", "tensorrt": "tab:red"}
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    labelled = set()
+    for i, (r, (lx, acc)) in enumerate(zip(ok, pts)):
+        fam = r["backend"].split(":")[0]
+        key = (fam, r["precision"])
+        ax.scatter(lx, acc, marker=markers.get(r["precision"], "D"), color=colors.get(fam, "tab:gray"), s=45,
+                   label=f"{fam} {r['precision']}" if key not in labelled else None, zorder=3)
+        labelled.add(key)
+        # alternate label offsets: rows of one model often share an accuracy and sit on one line
+        ax.annotate(f"{r['model']} {r['backend']} b{r['batch']}", (lx, acc), fontsize=7,
+                    xytext=(5, 4 if i % 2 == 0 else -10), textcoords="offset points")
+    fx = sorted((pts[i] for i in front), key=lambda p: p[0])
+    ax.scatter([p[0] for p in fx], [p[1] for p in fx], s=180, facecolors="none", edgecolors="black", lw=1.2,
+               label=f"Pareto front ({len(fx)} row{'s' if len(fx) != 1 else ''})", zorder=4)
+    if len(fx) > 1:
+        ax.step([p[0] for p in fx], [p[1] for p in fx], where="post", color="black", ls="--", lw=1, zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("latency per image, p50 / batch (ms, log scale)")
     ax.set_ylabel(f"top-1 % on {result.get('data', {}).get('source')}")
     ax.set_title("edgeconv bench: latency vs accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -431,8 +431,10 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         console.print(rows_table(rows, title=f"compared with {compare}"))
     failed = [r for r in result["rows"] if r.get("status") == "failed"]
     if failed:
-        err_console.print(f"[bold red]{len(failed)} row(s) failed[/]: " +
-                          "; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed),
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]{len(failed)} row(s) failed[/]: " + escape(
+                          "; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed)),
                           highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

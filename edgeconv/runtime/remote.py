@@ -37,7 +37,8 @@ def parse_host(host: str) -> tuple[str | None, str]:
     """Split USER@ADDR; refuse anything ssh could read as an option or a shell could expand."""
     m = _HOST.match(host or "")
     if not m:
-        raise EdgeconvError(f"--host {host!r}: expected USER@ADDR (letters, digits, '.', '-', '_'; IPv6 in [brackets])")
+        raise EdgeconvError(f"--host {host!r}: expected USER@ADDR "
+                            "(letters, digits, '.', '-', '_'; IPv6 in square brackets)")
     return m.group("user"), m.group("addr")
 
 

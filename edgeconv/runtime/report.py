@@ -58,8 +58,10 @@ def print_table(result: dict, console=None, title: str | None = None) -> None:
         if r.get("status") != "ok":
             seen.setdefault(f"{r['status']}: {r.get('reason', '')}", []).append(
                 f"{r['model']} {r['backend']} {r['device']}")
+    from rich.markup import escape
+
     for reason, where in seen.items():
-        con.print(f"[yellow]{reason}[/] [dim]({', '.join(dict.fromkeys(where))})[/]", highlight=False)
+        con.print(f"[yellow]{escape(reason)}[/] [dim]({escape(', '.join(dict.fromkeys(where)))})[/]", highlight=False)
     con.print(f"[dim]latency per call of one batch: {st.get('warmup')} warm-up + {st.get('iters')} timed calls, "
               f"{st.get('threads')} thread(s), clock {st.get('clock')}; img/s = batch x calls / total time; "
               f"ΔRSS = resident memory growth while the row ran[/]")

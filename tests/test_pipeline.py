@@ -221,3 +221,34 @@ def test_the_shipped_demo_pipeline_is_valid():
 def test_parse_pipeline_accepts_a_dict(tmp_path):
     cfg = parse_pipeline({"train": {"epochs": 2}}, base_dir=tmp_path, source="inline")
     assert cfg.step("train").options.epochs == 2 and cfg.pipeline.name == "inline"
+
+
+@pytest.mark.slow
+def test_full_chain_to_int8_on_two_runtimes(tmp_path, trained):
+    """train (given) -> prune -> distill -> export -> quantize (ORT + TFLite INT8) -> validate -> bench, twice."""
+    import importlib.util
+
+    targets = ["ort:int8"] + (["tflite:int8"] if importlib.util.find_spec("litert_torch") else [])
+    text = (f"[pipeline]\nname = 'chain'\nthreads = 1\n[train]\ncheckpoint = '{trained()}'\n"
+            "[prune]\nheads = 0.25\ncriterion = 'l1'\n[distill]\nepochs = 1\n[export]\n"
+            f"[quantize]\ntargets = {json.dumps(targets)}\ncalib_limit = 20\n"
+            "[validate]\nallow_uncovered = true\nmin_agreement = 80.0\n[bench]\niters = 5\nwarmup = 1\n")
+    run_dir = tmp_path / "run"
+    res = run(write(tmp_path, text), run_dir)
+    steps = ["train", "prune", "distill", "export", "quantize", "validate", "bench"]
+    assert res.statuses() == {s: "ran" for s in steps}
+    rows = {r["model"]: r for r in res.report["models"]}
+    expected = ["float (PyTorch)", "pruned+distilled (PyTorch)", "float (onnxruntime FP32)",
+                "pruned+distilled (onnxruntime FP32)", "INT8 (onnxruntime)"]
+    expected += ["INT8 (TFLite)"] if len(targets) == 2 else []
+    for label in expected:
+        assert rows[label]["status"] == "ok", rows[label]
+        assert 50 < rows[label]["top1 %"] <= 100 and rows[label]["latency ms"] > 0
+    assert rows["pruned+distilled (PyTorch)"]["params"] < rows["float (PyTorch)"]["params"]
+    assert rows["float (PyTorch)"]["agree %"] == 100.0                    # the bench reference is the float model
+    assert (run_dir / "validate" / "validation.json").is_file()
+    assert {"prune: head sensitivity", "accuracy vs latency", "routing mix"} <= set(res.report["figures"])
+    assert set(res.report["routing"]["INT8 (onnxruntime)"]) == {"blocks.0", "blocks.1"}  # If nodes -> blocks
+    again = run(write(tmp_path, text), run_dir)
+    assert again.statuses() == {s: "cached" for s in steps}
+    assert again.report["models"] == res.report["models"]

@@ -174,7 +174,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
             sdir.mkdir(parents=True, exist_ok=True)
             hasher.forget(sdir)
             ctx = StepContext(cfg, sdir, inputs, records, show_progress)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 res = step.run(spec.options, ctx)
             except Exception as e:  # noqa: BLE001 - any failure stops the run with one line; details go to error.log
@@ -192,6 +192,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
                                         outcomes) from e
             seconds = time.perf_counter() - t0
             rec = _record(key, res, run_dir, seconds, hasher)
+            rec["cpu_seconds"] = round(time.process_time() - c0, 2)   # all threads of this process
             artifacts.atomic_write_json(rec_path, rec)
             outcomes[i] = StepOutcome(spec.name, "ran", key, seconds, "", rec)
             log(f"{head}: done in {seconds:.1f} s")

@@ -372,7 +372,7 @@ class Export(Step):
         outputs, rows, metrics = [], [], {}
         jobs = [("onnx", ctx.inputs["checkpoint"], "model.onnx")]
         if "float" in ctx.inputs:
-            jobs.append(("onnx:float", ctx.inputs["float"], "float.onnx"))
+            jobs.insert(0, ("onnx:float", ctx.inputs["float"], "float.onnx"))
         for kind, src, fname in jobs:
             model, _ = artifacts.load_model(src.path)
             routing = opts.routing if routers(model) else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -416,8 +416,3 @@ def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int
     del runner
     return row
 
-
-def to_dict(cfg: BenchConfig) -> dict:
-    d = asdict(cfg)
-    d["reference"] = str(cfg.reference) if cfg.reference else None
-    return d

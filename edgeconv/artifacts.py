@@ -12,9 +12,10 @@ import io
 import json
 import os
 import pickle
+import re
 import sys
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -105,7 +106,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, preproce
         "classes": [str(c) for c in classes],
         "metrics": _plain(metrics or {}),
         "provenance": _plain(provenance_rec or provenance("unknown")),
-        "extra": _plain(extra or {}),
+        "extra": _storable(extra or {}),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -117,6 +118,19 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _storable(obj: Any) -> Any:
+    """Like `_plain` but tensors stay tensors (optimizer and sampler state for resuming training)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): _storable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_storable(v) for v in obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return _plain(obj)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint dict safely, turning every way a file can be wrong into one readable error."""
     p = Path(path)
@@ -125,20 +139,59 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if p.is_dir():
         raise EdgeconvError(f"{p} is a directory, expected a checkpoint file")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses globals it does not know: such a file asks to run code, and we never do.
-        msg = str(e).splitlines()[0] if str(e) else "unsupported object"
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise EdgeconvError(f"{p}: refusing to load, the file needs code execution to unpickle ({msg[:160]})")
-        raise EdgeconvError(f"{p}: corrupt or truncated checkpoint ({msg[:160]})")
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EdgeconvError(f"{p}: corrupt or truncated checkpoint ({first[:160]})")
+        raise EdgeconvError(_unpickling_error(p, str(e))) from None
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes fail inside torch.load in many ways (IndexError, ...)
+        raise EdgeconvError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise EdgeconvError(f"{p}: not an edgeconv checkpoint (expected format {FORMAT!r}); "
                             "bring a timm model with --model timm:NAME --weights FILE")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise EdgeconvError(f"{p}: malformed edgeconv checkpoint ({problem})")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def _unpickling_error(p: Path, text: str) -> str:
+    """Name what the file asked for: torch's weights-only unpickler explains at length, we say it in one line."""
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"{p}: refusing to load: unpickling it would import and run {m.group(1)!r}; "
+                "edgeconv never executes code from a file")
+    if "Weights only load failed" in text:
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "an object weights-only "
+                      "loading does not allow")
+        return f"{p}: refusing to load: the pickle needs more than plain data and tensors ({detail[:120]})"
+    return f"{p}: corrupt or truncated checkpoint ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
+
+
+def _checkpoint_problem(ckpt: dict) -> str | None:
+    """What is missing or mistyped in a checkpoint dict (None when its shape is right)."""
+    need = {"family": str, "config": dict, "state_dict": dict, "preprocessing": dict, "classes": list}
+    for key, typ in need.items():
+        if not isinstance(ckpt.get(key), typ):
+            return f"{key!r} is missing or not a {typ.__name__}"
+    if ckpt["config"].get("family") != ckpt["family"]:
+        return f"config family {ckpt['config'].get('family')!r} differs from family {ckpt['family']!r}"
+    pre = ckpt["preprocessing"]
+    for key in ("size", "channels"):
+        if not isinstance(pre.get(key), int) or pre[key] < 1:
+            return f"preprocessing {key!r} is missing or not a positive integer"
+    for key in ("mean", "std"):
+        if not isinstance(pre.get(key), list) or len(pre[key]) != pre["channels"]:
+            return f"preprocessing {key!r} must list one value per channel"
+    bad = next((k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        return f"state_dict entry {bad!r} is not a tensor"
+    return None
 
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
@@ -146,12 +199,20 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     from edgeconv.models import create_model_from_config
 
     ckpt = read_checkpoint(path)
-    model = create_model_from_config(ckpt["config"])
+    try:
+        model = create_model_from_config(ckpt["config"])
+    except EdgeconvError as e:
+        e.args = (f"{path}: {e}",)  # keep the type (MissingDependencyError stays one), name the file
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        # the config came from the file: a value the builder cannot use is the file's fault, not a bug
+        raise EdgeconvError(f"{path}: recorded config does not build a {ckpt['family']!r} model "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise EdgeconvError(f"{path}: weights do not match the recorded config ({first[:200]})")
+        raise EdgeconvError(f"{path}: weights do not match the recorded config ({first[:200]})") from None
     model.eval()
     return model, ckpt
 

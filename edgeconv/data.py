@@ -87,8 +87,13 @@ def digits_images01(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(labels[idx])
 
 
-def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = None) -> Samples:
-    """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec."""
+def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = None,
+                 classes: list[str] | None = None) -> Samples:
+    """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec.
+
+    With `classes` (a checkpoint's class names), labels index that list: an image folder holding only some of the
+    classes is still scored against the model's own class order, and a class the model does not know is an error.
+    """
     if split not in {"train", "val", "test", "all"}:
         raise EdgeconvError(f"unknown split {split!r} (train, val, test, all)")
     if spec == "digits":
@@ -101,9 +106,9 @@ def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = 
             x01, y = digits_images01(split, pre["size"])
         s = Samples(normalise(x01, pre), y, [str(i) for i in range(10)], source=f"digits:{split}")
     elif spec.startswith("imagefolder:"):
-        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre)
+        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre, classes)
     elif spec.startswith("npz:"):
-        s = load_npz(Path(spec.split(":", 1)[1]), pre)
+        s = load_npz(Path(spec.split(":", 1)[1]), pre, classes)
     else:
         raise EdgeconvError(f"unknown data source {spec!r}: use digits, imagefolder:PATH or npz:PATH")
     if limit is not None:
@@ -132,44 +137,76 @@ def read_image01(path: Path, pre: dict) -> torch.Tensor:
             if (h, w) != (pre["size"], pre["size"]):
                 raise EdgeconvError(f"{path}: image is {w}x{h}, the model expects {pre['size']}x{pre['size']}")
             arr = np.asarray(im.convert("L" if want_c == 1 else "RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise EdgeconvError(f"{path}: unreadable image ({e.__class__.__name__})")
+    except EdgeconvError:
+        raise
+    except UnidentifiedImageError:
+        raise EdgeconvError(f"{path}: unreadable image (not an image format Pillow recognises)") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for broken files
+        raise EdgeconvError(f"{path}: unreadable image ({e.__class__.__name__}: {str(e)[:120]})") from None
     t = torch.from_numpy(arr)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
-def load_imagefolder(root: Path, pre: dict) -> Samples:
-    """`root/<class>/*.png` (labelled) or a flat folder of images (label -1)."""
+def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None) -> Samples:
+    """`root/<class>/*.png` (labelled) or a flat folder of images (label -1).
+
+    Labels index `classes` when given (a folder naming a class outside it is an error), else the sorted folder names.
+    """
     if not root.exists():
         raise EdgeconvError(f"no such folder: {root}")
     if not root.is_dir():
         raise EdgeconvError(f"{root} is not a folder of images")
-    files = _image_files(root)
+    try:
+        files = _image_files(root)
+    except OSError as e:
+        raise EdgeconvError(f"{root}: cannot list the folder ({e.strerror or e})") from None
     if not files:
         raise EdgeconvError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     class_dirs = sorted({f.parent.name for f in files if f.parent != root})
-    classes = class_dirs if class_dirs else []
+    if classes is not None and class_dirs:
+        unknown = [c for c in class_dirs if c not in classes]
+        if unknown:
+            raise EdgeconvError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes "
+                                f"({', '.join(classes)})")
+    classes = list(classes) if classes is not None else class_dirs
     xs, ys = [], []
     for f in files:
         xs.append(read_image01(f, pre))
-        ys.append(classes.index(f.parent.name) if f.parent != root and classes else -1)
+        ys.append(classes.index(f.parent.name) if f.parent != root and class_dirs else -1)
     x = normalise(torch.stack(xs), pre)
     return Samples(x, torch.tensor(ys, dtype=torch.int64), classes, source=f"imagefolder:{root}")
 
 
-def load_npz(path: Path, pre: dict) -> Samples:
-    """An .npz with `x` ([N,C,H,W] or [N,H,W,C], uint8 0..255 or float 0..1) and optional `y`."""
+def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples:
+    """An .npz with `x` ([N,C,H,W] or [N,H,W,C], uint8 0..255 or float 0..1), optional integer `y` and `classes`.
+
+    With `classes` (the model's), `y` indexes it; an npz that names its own classes must name the same ones.
+    """
     if not path.exists():
         raise EdgeconvError(f"no such file: {path}")
+    if path.is_dir():
+        raise EdgeconvError(f"{path} is a directory, expected an .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise EdgeconvError(f"{path}: a single .npy array, expected an .npz with an array named 'x'")
             if "x" not in z:
-                raise EdgeconvError(f"{path}: no array named 'x' (found: {', '.join(z.files)})")
+                raise EdgeconvError(f"{path}: no array named 'x' (found: {', '.join(z.files) or 'nothing'})")
             x = z["x"]
             y = z["y"] if "y" in z else np.full(len(x), -1)
-            classes = [str(c) for c in z["classes"]] if "classes" in z else []
-    except (ValueError, OSError) as e:
-        raise EdgeconvError(f"{path}: unreadable npz ({e})")
+            own = [str(c) for c in z["classes"]] if "classes" in z else []
+    except EdgeconvError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy/zipfile raise ValueError, BadZipFile, EOFError... for bad files
+        raise EdgeconvError(f"{path}: unreadable npz ({type(e).__name__}: {str(e)[:120]})") from None
+    if x.dtype.kind not in "uif" or (x.dtype.kind in "ui" and x.dtype != np.uint8):
+        raise EdgeconvError(f"{path}: x has dtype {x.dtype}, expected uint8 (0..255) or float (0..1)")
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise EdgeconvError(f"{path}: y must be integer labels of shape [{len(x)}], got {y.dtype} {list(y.shape)}")
+    if classes is not None and own and own != list(classes):
+        raise EdgeconvError(f"{path}: its classes ({', '.join(own[:10])}) differ from the model's "
+                            f"({', '.join(classes[:10])})")
+    classes = list(classes) if classes is not None else own
     c, s = pre["channels"], pre["size"]
     if x.ndim == 3 and c == 1:
         x = x[:, None]
@@ -178,6 +215,8 @@ def load_npz(path: Path, pre: dict) -> Samples:
     if x.ndim != 4 or x.shape[1:] != (c, s, s):
         raise EdgeconvError(f"{path}: x has shape {list(x.shape)}, the model expects [N, {c}, {s}, {s}]")
     x01 = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
+    if classes and (y >= len(classes)).any():
+        raise EdgeconvError(f"{path}: label {int(y.max())} is out of range for {len(classes)} classes")
     if not classes and (y >= 0).any():
         classes = [str(i) for i in range(int(y.max()) + 1)]
     return Samples(normalise(x01, pre), torch.from_numpy(y.astype(np.int64)), classes, source=f"npz:{path}")

@@ -93,6 +93,8 @@ def fit(model: nn.Module, train: Samples, cfg: TrainConfig, *, loss_fn: LossFn |
     if opt_state:
         opt.load_state_dict(opt_state["optimizer"])
         sched.load_state_dict(opt_state["scheduler"])
+        if opt_state.get("rng") is not None:  # same batches and jitter as an uninterrupted run
+            gen.set_state(opt_state["rng"])
     history = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not show_progress,
@@ -120,7 +122,8 @@ def fit(model: nn.Module, train: Samples, cfg: TrainConfig, *, loss_fn: LossFn |
             history.append(rec)
             prog.update(task, advance=1, info=f"loss {rec['loss']:.3f}")
             if on_epoch:
-                on_epoch(epoch + 1, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+                on_epoch(epoch + 1, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                            "rng": gen.get_state()})
     model.eval()
     return history
 
@@ -144,6 +147,11 @@ def evaluate(model: nn.Module, samples: Samples, batch_size: int = 256) -> dict:
     """Top-1, loss, per-class accuracy and (for routed models) the share of inputs per branch."""
     logits, routes = predict(model, samples, batch_size)
     labelled = samples.y >= 0
+    if labelled.any() and int(samples.y.max()) >= logits.shape[1]:
+        from edgeconv.errors import EdgeconvError
+
+        raise EdgeconvError(f"{samples.source}: label {int(samples.y.max())} does not exist for a model with "
+                            f"{logits.shape[1]} classes")
     pred = logits.argmax(1)
     res: dict = {"n": len(samples), "top1": float((pred[labelled] == samples.y[labelled]).float().mean() * 100)
                  if labelled.any() else float("nan")}
@@ -159,63 +167,91 @@ def evaluate(model: nn.Module, samples: Samples, batch_size: int = 256) -> dict:
 
 
 def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_size: int | None = None,
-              resume: str | None = None, weights: str | None = None, command: str = "edgeconv train",
-              show_progress: bool = True) -> dict:
-    """`edgeconv train`: build (or resume) a model, train on the split, measure val/test, write the checkpoint."""
+              in_chans: int = 1, resume: str | None = None, weights: str | None = None,
+              command: str = "edgeconv train", show_progress: bool = True) -> dict:
+    """`edgeconv train`: build (or resume) a model, train on the split, measure val/test, write the checkpoint.
+
+    The checkpoint is rewritten (atomically) after every epoch with the optimizer, scheduler and sampler state, so
+    an interrupted run loses at most one epoch and `resume` continues it exactly.
+    """
+    import time
     from pathlib import Path
 
     from edgeconv import artifacts
     from edgeconv.data import digits_preprocessing, load_samples
     from edgeconv.errors import EdgeconvError
-    from edgeconv.models import create_model
+    from edgeconv.models import create_model, parse_name
 
-    start_epoch, opt_state = 0, None
+    start_epoch, opt_state, seconds_before, parent_info = 0, None, 0.0, None
     if resume:
         model, ckpt = artifacts.load_model(resume)
-        pre, classes = ckpt["preprocessing"], ckpt["classes"]
+        pre, classes, parent_info = ckpt["preprocessing"], ckpt["classes"], ckpt
         state = ckpt.get("extra", {}).get("train_state")
         if state is None:
             raise EdgeconvError(f"{resume}: has no training state to resume from (it was not written by train)")
-        start_epoch = int(state["epoch"])
+        start_epoch, seconds_before = int(state["epoch"]), float(state.get("seconds", 0.0))
         cfg = TrainConfig(**{**state["config"], "epochs": max(cfg.epochs, start_epoch)})
-        opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]}
+        opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"], "rng": state.get("rng")}
         data = state.get("data", data)
+        train = load_samples(data, pre, "train" if data == "digits" else "all", classes=classes)
     else:
+        parse_name(model_name)  # an unknown name fails before any data is loaded
         if data != "digits" and img_size is None:
             raise EdgeconvError("--img-size is required for data other than digits")
-        pre = digits_preprocessing(img_size or 32)
-        classes = [str(i) for i in range(10)]
-        if data != "digits":
-            probe = load_samples(data, pre, "all")
-            classes = probe.classes or classes
+        if weights and not model_name.startswith("timm:"):
+            raise EdgeconvError("--weights initialises timm:NAME models; zoo models train from scratch or --resume")
+        if data == "digits":
+            pre, classes = digits_preprocessing(img_size or 32), [str(i) for i in range(10)]
+            train = load_samples(data, pre, "train")
+        else:
+            pre, train = _measured_preprocessing(data, int(img_size), in_chans)
+            classes = train.classes
         model = create_model(model_name, num_classes=len(classes), in_chans=pre["channels"], img_size=pre["size"])
         if weights:
             from edgeconv.models.timm_adapter import load_timm_weights
 
             load_timm_weights(model, weights)
-    train = load_samples(data, pre, "train" if data == "digits" else "all")
     if len(train) == 0:
         raise EdgeconvError(f"{data}: no training samples")
+    if bool((train.y < 0).any()):
+        raise EdgeconvError(f"{data}: {int((train.y < 0).sum())} sample(s) have no label; training needs "
+                            "class sub-folders (imagefolder) or a 'y' array (npz)")
     seed_everything(cfg.seed)
+    prov = artifacts.provenance(command, resume, parent_info)  # hashed once: `out` may be the resumed file itself
+    t0 = time.perf_counter()
+    last_state: dict = {}
 
     def save(epoch: int, m: nn.Module, state: dict, metrics: dict | None = None) -> None:
-        train_state = {"epoch": epoch, "config": cfg.to_dict(), "data": data, **state}
+        last_state.update({"epoch": epoch, "config": cfg.to_dict(), "data": data,
+                           "seconds": seconds_before + time.perf_counter() - t0, **state})
         artifacts.save_checkpoint(out, m, preprocessing=pre, classes=classes, metrics=metrics or {},
-                                  provenance_rec=artifacts.provenance(command, resume),
-                                  extra={"train_state": train_state})
+                                  provenance_rec=prov, extra={"train_state": dict(last_state)})
 
-    import time
-
-    t0 = time.perf_counter()
     fit(model, train, cfg, start_epoch=start_epoch, opt_state=opt_state, on_epoch=save,
         description=f"train {model.cfg['family']}-{model.cfg.get('variant')}", show_progress=show_progress)
-    seconds = time.perf_counter() - t0
+    seconds = seconds_before + time.perf_counter() - t0
     metrics: dict = {"train_seconds": round(seconds, 1), "epochs": cfg.epochs}
     if data == "digits":
         for split in ("val", "test"):
             r = evaluate(model, load_samples(data, pre, split))
             metrics[f"{split}_top1"] = r["top1"]
-    ckpt = artifacts.read_checkpoint(out)
+    if not last_state and resume:  # nothing left to train: keep the resumed state as it was
+        last_state.update(parent_info["extra"]["train_state"])
     artifacts.save_checkpoint(out, model, preprocessing=pre, classes=classes, metrics=metrics,
-                              provenance_rec=artifacts.provenance(command, resume), extra=ckpt["extra"])
+                              provenance_rec=prov, extra={"train_state": last_state})
     return {"out": str(Path(out)), **metrics}
+
+
+def _measured_preprocessing(data: str, size: int, channels: int) -> tuple[dict, Samples]:
+    """Preprocessing for a user's data set: its own per-channel mean/std, measured on the training samples."""
+    from edgeconv.data import load_samples
+
+    raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels,
+                              "std": [1.0] * channels}, "all")
+    mean = raw.x.mean(dim=(0, 2, 3))
+    std = raw.x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    pre = {"size": size, "channels": channels, "mean": [round(float(v), 4) for v in mean],
+           "std": [round(float(v), 4) for v in std], "layout": "NCHW",
+           "pixel_range": "[0,1] before normalisation", "dataset": data}
+    x = (raw.x - torch.tensor(pre["mean"]).view(1, -1, 1, 1)) / torch.tensor(pre["std"]).view(1, -1, 1, 1)
+    return pre, Samples(x, raw.y, raw.classes, raw.source)

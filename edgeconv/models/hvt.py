@@ -37,10 +37,10 @@ VARIANTS = {
 def build(cfg: dict) -> nn.Module:
     c0, c1 = cfg["dims"]
     layers = [ConvBNAct(cfg["in_chans"], c0, 3, 2)]
-    size = cfg["img_size"] // 2
+    size = (cfg["img_size"] + 1) // 2  # a 3x3 stride-2 conv (padding 1) maps s to ceil(s / 2)
     while size > 32:  # conv stages run at <= 32x32, the transformer at half that
         layers.append(ConvBNAct(c0, c0, 3, 2))
-        size //= 2
+        size = (size + 1) // 2
     stem = nn.Sequential(*layers)
     conv_stages = [InvertedResidual(c0, c0, 3 * c0) for _ in range(cfg["conv_depth"])]
     conv_stages.append(InvertedResidual(c0, c1, 3 * c0, stride=2))

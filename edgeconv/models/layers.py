@@ -76,7 +76,10 @@ class Attention(nn.Module):
         self.head_gate: torch.Tensor | None = None  # set by the pruner to measure per-head sensitivity
         self.record_attn = False  # set by `inspect` to keep the last attention map
         self.last_attn: torch.Tensor | None = None
-        self.share_map = True  # False where no layer reuses the map (torch.cond branches must not store state)
+        # True only where the next layer reuses the map (saliency's shared pairs): a stored map holds the autograd
+        # graph (copy.deepcopy of a trained model fails) and torch.cond branches must not store state
+        self.share_map = False
+        self._attn: torch.Tensor | None = None
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Attention logits [B, H, N, N]; families override this to gate or rescale logits."""
@@ -94,8 +97,12 @@ class Attention(nn.Module):
             out = out * self.head_gate.view(1, -1, 1, 1)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
         if self.share_map:
-            self._attn = attn  # kept for attention-map sharing with the next layer
+            self._attn = attn  # kept for attention-map sharing with the next layer, which takes it (pop_attn_map)
         return self.proj(out)
+
+    def pop_attn_map(self) -> torch.Tensor | None:
+        attn, self._attn = self._attn, None
+        return attn
 
     def keep_heads(self, heads: torch.Tensor) -> None:
         heads = torch.as_tensor(heads, dtype=torch.long).sort().values
@@ -217,25 +224,38 @@ class HybridNet(nn.Module):
         return self.head(self.forward_features(x))
 
     def aux_loss(self) -> torch.Tensor | None:
-        """Extra training loss collected from blocks (router balance/decisiveness); None when there is none."""
-        losses = [m.aux for m in self.modules() if getattr(m, "aux", None) is not None]
+        """Extra training loss collected from blocks (router balance/decisiveness); None when there is none.
+
+        Collecting consumes it: the blocks drop their references, so no autograd graph outlives the step.
+        """
+        losses = []
+        for m in self.modules():
+            if getattr(m, "aux", None) is not None:
+                losses.append(m.aux)
+                m.aux = None
         return torch.stack(losses).sum() if losses else None
 
 
-def make_stem(in_chans: int, dim: int, img_size: int) -> nn.Sequential:
-    """Downsample to a token grid that attention can afford: /4 up to 64 px inputs, /8 up to 128, /16 beyond."""
-    layers = [ConvBNAct(in_chans, dim // 2, 3, 2), ConvBNAct(dim // 2, dim, 3, 2)]
-    size = img_size // 4
+def _stem_convs(img_size: int) -> int:
+    """How many stride-2 convs the stem uses: /4 up to 64 px inputs, /8 up to 128, /16 beyond."""
+    n, size = 2, img_size // 4
     while size > 16:
-        layers.append(ConvBNAct(dim, dim, 3, 2))
-        size //= 2
+        n, size = n + 1, size // 2
+    return n
+
+
+def make_stem(in_chans: int, dim: int, img_size: int) -> nn.Sequential:
+    """Downsample to a token grid that attention can afford (see `_stem_convs`)."""
+    layers = [ConvBNAct(in_chans, dim // 2, 3, 2), ConvBNAct(dim // 2, dim, 3, 2)]
+    layers += [ConvBNAct(dim, dim, 3, 2) for _ in range(_stem_convs(img_size) - 2)]
     return nn.Sequential(*layers)
 
 
 def stem_grid(img_size: int) -> int:
-    size = img_size // 4
-    while size > 16:
-        size //= 2
+    """The stem's output grid: each 3x3 stride-2 conv (padding 1) maps s to ceil(s / 2)."""
+    size = img_size
+    for _ in range(_stem_convs(img_size)):
+        size = (size + 1) // 2
     return size
 
 

@@ -100,6 +100,7 @@ class RoutedBlock(nn.Module):
         return self._per_sample(x, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.aux = None
         mode = "soft" if self.training and not self.mode.startswith("static") else self.mode
         if mode == "static:conv":
             y = self.conv_branch(x)

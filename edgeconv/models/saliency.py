@@ -36,7 +36,10 @@ class SaliencyAttention(Attention):
         self._log_s = torch.log(s + 1e-6).unsqueeze(1).unsqueeze(1)          # [B, 1, 1, N]: gates keys
         self._tau = 0.5 + F.softplus(self.temperature(x.mean(dim=1))).view(-1, 1, 1, 1)
         self.last_tau = self._tau.detach().flatten()
-        return super().forward(x, attn_override)
+        try:
+            return super().forward(x, attn_override)
+        finally:  # graph tensors must not outlive the forward (copy.deepcopy of a trained model would fail)
+            self._log_s = self._tau = None
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5) / self._tau + self._log_s
@@ -60,7 +63,8 @@ class SaliencyLayer(nn.Module):
             saliency = self.attn.last_saliency if not torch.compiler.is_exporting() else None
             saliency = torch.sigmoid(self.attn.saliency(self.norm1(t))).squeeze(-1) if saliency is None else saliency
         t = t + self.mlp(self.norm2(t))
-        attn = getattr(self.attn, "_attn", prev_attn)
+        attn = self.attn.pop_attn_map() if isinstance(self.attn, SaliencyAttention) else prev_attn
+        attn = prev_attn if attn is None else attn
         if self.keep_ratio < 1.0:
             k = max(1, math.ceil(self.keep_ratio * t.shape[1]))
             idx = saliency.topk(k, dim=1).indices.sort(dim=1).values        # keep spatial order
@@ -80,6 +84,7 @@ class SaliencyStage(nn.Module):
         for i, layer in enumerate(self.layers):
             if isinstance(layer.attn, ValueOnlyAttention):
                 layer.attn.couples_heads_with = f"blocks.layers.{i - 1}.attn"
+                self.layers[i - 1].attn.share_map = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = to_tokens(x) + self.pos

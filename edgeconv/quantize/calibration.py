@@ -122,8 +122,30 @@ class OrtCalibrationReader:
     def rewind(self) -> None:
         self._it = iter(self._feeds)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only feeds[start:end] (onnxruntime's strided calibration collects one range at a time)."""
+        self._it = iter(self._feeds[start_index:end_index])
+
     def __len__(self) -> int:
         return len(self._feeds)
+
+
+def uniform_stride(feeds: list[dict[str, np.ndarray]]) -> int:
+    """A stride that cuts batch-size-sorted feeds into chunks of one batch size each.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack every captured tensor of one collection pass
+    into one array, which fails when batch sizes differ; collecting in chunks of equal batch size avoids that.
+    """
+    from math import gcd
+
+    sizes: dict[int, int] = {}
+    for f in feeds:
+        b = len(next(iter(f.values())))
+        sizes[b] = sizes.get(b, 0) + 1
+    stride = 0
+    for n in sizes.values():
+        stride = gcd(stride, n)
+    return max(stride, 1)
 
 
 def as_ort_reader(feeds: list[dict[str, np.ndarray]]):

@@ -269,3 +269,72 @@ def max_opset(models: list[onnx.ModelProto]) -> dict[str, int]:
             out[o.domain] = max(out.get(o.domain, 0), o.version)
     return out
 
+
+
+def uniquify_initializer_names(model: onnx.ModelProto) -> int:
+    """Give subgraph-local initializers that repeat a name used elsewhere a unique one; returns how many.
+
+    Branch subgraphs may each hold a local copy under the same name (legal, scopes differ), but tools that keep one
+    table for the whole model (onnxruntime's FP16 converter) reject it.
+    """
+    seen = {t.name for t in model.graph.initializer}
+    renamed = 0
+
+    def visit(g, path: str) -> None:
+        nonlocal renamed
+        for node in g.node:
+            for attr_name, sub in subgraph_attrs(node):
+                where = f"{path}{node.name}.{attr_name}"
+                mapping = {}
+                for t in sub.initializer:
+                    if t.name in seen:
+                        new = f"{where}/{t.name}"
+                        while new in seen:
+                            new += "_"
+                        mapping[t.name] = new
+                    seen.add(mapping.get(t.name, t.name))
+                if mapping:
+                    rename_values(sub, mapping)
+                    renamed += len(mapping)
+                visit(sub, where + "/")
+
+    visit(model.graph, "")
+    return renamed
+
+
+def topological_sort(graph) -> None:
+    """Order a graph's nodes so each comes after the producers of everything it reads (subgraph reads included).
+
+    Some converters append nodes (e.g. input casts) at the end; onnxruntime sorts on load but onnx.checker
+    rejects such a graph.
+    """
+    produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    deps = []
+    for n in graph.node:
+        reads = set(x for x in n.input if x)
+        for _, sub in subgraph_attrs(n):
+            reads.update(free_variables(sub))
+        deps.append({produced_by[r] for r in reads if r in produced_by})
+    order, state = [], [0] * len(graph.node)
+
+    def visit(i: int) -> None:
+        stack = [(i, iter(sorted(deps[i])))]
+        state[i] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next((d for d in it if state[d] == 0), None)
+            if nxt is None:
+                stack.pop()
+                state[node] = 2
+                order.append(node)
+            else:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(deps[nxt]))))
+
+    for i in range(len(graph.node)):
+        if state[i] == 0:
+            visit(i)
+    nodes = [graph.node[i] for i in order]
+    copies = [copy.deepcopy(n) for n in nodes]
+    del graph.node[:]
+    graph.node.extend(copies)

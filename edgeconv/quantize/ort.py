@@ -32,7 +32,7 @@ import onnx
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.quantize import onnx_graph as og
-from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader
+from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
 
 METHODS = ("minmax", "entropy", "percentile")
 OP_POLICIES = ("auto", "weights", "all")
@@ -104,11 +104,14 @@ def top1(logits: np.ndarray, y: np.ndarray) -> float:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """onnxruntime's quantizer logs advice at WARNING for every call; keep the console for results."""
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress lines
+            yield
     finally:
         root.setLevel(level)
 
@@ -172,6 +175,7 @@ class QuantTree:
         # because onnxruntime does not pre-pack outer-scope initializers inside `If` branches (measured ~30%
         # slower at batch 16 on routed-tiny).
         self.share_weights = share_weights
+        self._memo: dict[tuple, onnx.ModelProto] = {}
         self.options = options
         self.workdir = workdir
         self.float_model = copy.deepcopy(model)
@@ -255,18 +259,24 @@ class QuantTree:
             onnx.save_model(model, str(path))
         return path
 
-    def _calibrate(self, model: onnx.ModelProto, feeds: list[dict]) -> Path:
+    def _calibrate(self, model: onnx.ModelProto, feeds: list[dict]) -> Path | None:
         from onnxruntime.quantization import quantize_static
 
         k = len(list(self.workdir.glob("calib_*.json")))
         cache = self.workdir / f"calib_{k}.json"
         scratch = self.workdir / f"calib_{k}.onnx"
         src = self._unit_file(model)
+        feeds = sorted(feeds, key=lambda f: len(next(iter(f.values()))))
+        kwargs = self.options.ort_kwargs()
+        if len({len(next(iter(f.values()))) for f in feeds}) > 1:
+            kwargs["extra_options"] = {**kwargs["extra_options"], "CalibStridedMinMax": uniform_stride(feeds)}
         with _quiet():
             try:
                 quantize_static(str(src), str(scratch), as_ort_reader(feeds), calibration_cache_path=str(cache),
-                                **self.options.ort_kwargs())
+                                **kwargs)
             except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; one readable line
+                if "Histogram has not been collected" in str(e):
+                    return None  # a graph with nothing to calibrate (only control flow and index ops)
                 raise EdgeconvError(f"onnxruntime calibration failed: {str(e).splitlines()[0][:200]}") from e
         scratch.unlink(missing_ok=True)
         return cache
@@ -295,8 +305,9 @@ class QuantTree:
         return out
 
     # -- assembly
-    def assemble(self, selection: set[str]) -> onnx.ModelProto:
-        """The model with exactly the nodes in `selection` quantized (global ids), checked."""
+    def assemble(self, selection: set[str], check: bool = True) -> onnx.ModelProto:
+        """The model with exactly the nodes in `selection` quantized (global ids); `check`: full ONNX check
+        (skipped for the many trial models of a search; the model that is kept is checked)."""
         units: list[onnx.ModelProto] = []
         model = self._assemble(self.root, selection, units)
         opsets = og.max_opset([self.float_model, *units])
@@ -311,10 +322,11 @@ class QuantTree:
             raise EdgeconvError(f"internal error: quantized graph reads undefined values {sorted(missing)[:5]}")
         del model.metadata_props[:]
         model.metadata_props.extend(copy.deepcopy(self.float_model.metadata_props))
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as e:  # noqa: BLE001
-            raise EdgeconvError(f"quantized graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
+        if check:
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except Exception as e:  # noqa: BLE001
+                raise EdgeconvError(f"quantized graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
         return model
 
     def _assemble(self, unit: Unit, selection: set[str], units: list) -> onnx.ModelProto:
@@ -333,6 +345,14 @@ class QuantTree:
         return model
 
     def _quantize_unit(self, unit: Unit, nodes: list[str]) -> onnx.ModelProto:
+        # Mixed-precision search re-assembles the model many times changing one layer at a time: every other unit
+        # is served from this memo.
+        key = (unit.prefix, tuple(sorted(nodes)))
+        if key not in self._memo:
+            self._memo[key] = self._quantize_unit_uncached(unit, nodes)
+        return copy.deepcopy(self._memo[key])
+
+    def _quantize_unit_uncached(self, unit: Unit, nodes: list[str]) -> onnx.ModelProto:
         from onnxruntime.quantization import quantize_static
 
         out = self.workdir / f"unit_{unit.prefix}.onnx"
@@ -352,7 +372,7 @@ class Evaluator:
 
     x: np.ndarray
     y: np.ndarray
-    subset: int = 256
+    subset: int = 128
     float_top1: float = 0.0
     float_logits: np.ndarray | None = None
 
@@ -381,13 +401,14 @@ class Int8Result:
 
 def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Options, *,
                   eval_x: np.ndarray | None = None, eval_y: np.ndarray | None = None, max_drop: float | None = None,
-                  latency_batch: int = 16, on_step: Callable[[str], None] | None = None) -> Int8Result:
+                  max_float: int | None = None, latency_batch: int = 16,
+                  on_step: Callable[[str], None] | None = None) -> Int8Result:
     """Static Q/DQ INT8 of an ONNX model (`If` branches included).
 
     `options.ops == "auto"`: weight layers are quantized kind by kind (Conv, depthwise Conv, Gemm, MatMul) and a
     kind is kept only if the model measured at batch `latency_batch` is no slower with it. With `max_drop`, the
     most sensitive layers are kept float until top-1 is within `max_drop` points of the float model, or this fails
-    saying the budget cannot be met.
+    saying the budget cannot be met (at most `max_float` layers may go back to float; default all but one).
     """
     step = on_step or (lambda s: None)
     with tempfile.TemporaryDirectory(prefix="edgeconv-quant-") as tmp:
@@ -415,23 +436,25 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
                 raise EdgeconvError("--max-drop needs labelled evaluation data (--eval SPEC)")
             drop = ev.float_top1 - int8_top1
             if drop > max_drop:
+                limit = len(cands) - 1 if max_float is None else min(max_float, len(cands) - 1)
                 step(f"INT8 drops {drop:.2f} points (> {max_drop}); ranking {len(cands)} layers by sensitivity")
-                ranked = _rank_sensitivity(tree, cands, ev, step)
+                ranked = _rank_sensitivity(tree, cands, ev, step) if limit > 0 else cands
                 result = None
-                for k in range(1, len(ranked)):
+                for k in range(1, limit + 1):
                     kept = ranked[:k]
                     step(f"keeping {k} layer(s) float")
-                    trial = tree.assemble(set(cands) - set(kept))
+                    trial = tree.assemble(set(cands) - set(kept), check=False)
                     acc = ev.top1(trial)
                     steps.append({"kept float": k, "top1": acc, "added": kept[-1]})
                     if ev.float_top1 - acc <= max_drop:
-                        result, int8_top1 = trial, acc
+                        result, int8_top1 = tree.assemble(set(cands) - set(kept)), acc
                         break
                 if result is None:
+                    best = max(steps, key=lambda r: r["top1"])
                     raise EdgeconvError(
                         f"--max-drop {max_drop} cannot be met: float top-1 {ev.float_top1:.2f}%, plain INT8 "
-                        f"{steps[0]['top1']:.2f}%, and the budget holds only with every one of the {len(cands)} "
-                        "quantized layers back in float (nothing left quantized)")
+                        f"{steps[0]['top1']:.2f}%, best with up to {limit} of {len(cands)} layers back in float "
+                        f"{best['top1']:.2f}% ({best['kept float']} float); nothing was written")
         return Int8Result(result, [c for c in cands if c not in kept], kept, ev.float_top1 if ev else None,
                           int8_top1, steps[0]["top1"] if steps else None, tree.float_ops(), left, latency,
                           tree.unreached, steps)
@@ -451,7 +474,7 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
     for kind in order:
         step(f"timing INT8 {kind} layers at batch {batch}")
         trial_ids = chosen + kinds[kind]
-        trial = ort_session(tree.assemble(set(trial_ids)), threads=1)
+        trial = ort_session(tree.assemble(set(trial_ids), check=False), threads=1)
         cur_ms, trial_ms = compare_latency([current, trial], x)
         if trial_ms <= cur_ms * 1.02:  # 2%: below what this timing resolves
             chosen, current = trial_ids, trial
@@ -497,7 +520,7 @@ def _rank_sensitivity(tree: QuantTree, cands: list[str], ev: Evaluator, step) ->
     scores = {}
     for i, c in enumerate(cands):
         step(f"sensitivity {i + 1}/{len(cands)}")
-        scores[c] = ev.logits_error(tree.assemble({c}))
+        scores[c] = ev.logits_error(tree.assemble({c}, check=False))
     return sorted(cands, key=lambda c: -scores[c])
 
 
@@ -506,8 +529,11 @@ def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """FP16 weights and compute (inputs and outputs stay float32), `If` branches included."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    src = copy.deepcopy(model)
+    og.uniquify_initializer_names(src)
     with _quiet():
-        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+        out = convert_float_to_float16(src, keep_io_types=True)
+    og.topological_sort(out.graph)
     try:
         onnx.checker.check_model(out, full_check=True)
     except Exception as e:  # noqa: BLE001

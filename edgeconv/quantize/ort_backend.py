@@ -94,11 +94,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         raise EdgeconvError(f"internal error: quantization changed the If count ({ifs_before} -> {ifs_after})")
     rec["if_nodes"] = ifs_after
     step("writing")
-    size_record(rec, float_bytes, 0)
-    write_onnx(model, req.out, rec)
-    size = req.out.stat().st_size
-    size_record(rec, float_bytes, size)
-    write_onnx(model, req.out, rec)  # again, now that the file size is known
+    size = len(model.SerializeToString())
+    for _ in range(5):  # the record holds the file size, which depends on the record: iterate to the fixed point
+        size_record(rec, float_bytes, size)
+        write_onnx(model, req.out, rec)
+        if req.out.stat().st_size == size:
+            break
+        size = req.out.stat().st_size
     acc = rec.get("accuracy") or {}
     row = {"artifact": str(req.out), "backend": "onnxruntime", "precision": req.precision.upper(),
            "If nodes": ifs_after, "size KiB": round(size / 1024, 1),

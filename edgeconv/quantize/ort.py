@@ -63,7 +63,10 @@ class Int8Options:
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[self.method]
         extra = {"ActivationSymmetric": self.symmetric, "WeightSymmetric": True,
-                 "CalibPercentile": self.percentile}
+                 "CalibPercentile": self.percentile,
+                 # TensorRT's explicit quantization takes float biases (it fuses the scales itself); INT32 bias
+                 # Q/DQ is for onnxruntime's integer kernels.
+                 "QuantizeBias": not self.symmetric}
         return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel,
                 "activation_type": QuantType.QInt8 if self.symmetric else QuantType.QUInt8,
                 "weight_type": QuantType.QInt8, "calibrate_method": method, "extra_options": extra}

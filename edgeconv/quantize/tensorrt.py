@@ -219,9 +219,9 @@ class TensorRTRunner:
         return self._bufs[name][0]
 
     def __call__(self, x: np.ndarray, batch: int | None = None) -> np.ndarray:
-        batch = batch or self.profile.opt_batch
+        batch = min(batch or self.profile.opt_batch, self.profile.max_batch)
         outs = []
-        for i in range(0, len(x), min(batch, self.profile.max_batch)):
+        for i in range(0, len(x), batch):
             xb = np.ascontiguousarray(x[i:i + batch], dtype=np.float32)
             self.context.set_input_shape(self.inp, xb.shape)
             out_shape = tuple(self.context.get_tensor_shape(self.out))

@@ -1,0 +1,184 @@
+"""Quantization side by side, in one run on this CPU.
+
+Part 1 - a 224x224 hybrid (default hvt-small, 3 channels) at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and
+TFLite FP32 / FP16 / INT8 latency and file size. Latency is the minimum over interleaved runs with one thread (on a
+shared machine the minimum is the least disturbed number; each ratio compares runs taken side by side). The 224
+model is freshly initialised - no 224x224 training data here - and calibrated on real digits upsampled to
+224x224 RGB; its accuracy is not meaningful and not reported.
+
+Part 2 - top-1 on the digits test split for digits-sized trained checkpoints (pass them with --ckpt): float vs
+onnxruntime INT8 (default op selection) and FP16, and TFLite INT8 and FP16, each in the runtime that runs it.
+
+    python benchmarks/quantize.py --ckpt routed.pt --ckpt acmix.pt --ckpt hvt.pt --out /tmp/qbench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_224(name: str, work: Path) -> tuple[Path, Path, Path]:
+    """A 224x224 RGB checkpoint of `name`, its ONNX, and an npz of real digits at 224x224 RGB for calibration."""
+    from edgeconv.artifacts import provenance, save_checkpoint
+    from edgeconv.data import digits_images01
+    from edgeconv.export.onnx import export_onnx
+    from edgeconv.models import create_model
+
+    ckpt, onx, npz = work / f"{name}-224.pt", work / f"{name}-224.onnx", work / "digits224.npz"
+    if not npz.exists():
+        x01, y = digits_images01("train", 224)
+        x = (x01.repeat(1, 3, 1, 1)[:64].numpy() * 255).round().astype(np.uint8)
+        np.savez(npz, x=x, y=y[:64].numpy())
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        pre = {"size": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "layout": "NCHW",
+               "dataset": "digits-rgb224"}
+        save_checkpoint(ckpt, create_model(name, in_chans=3, img_size=224), preprocessing=pre,
+                        classes=[str(i) for i in range(10)], provenance_rec=provenance("benchmarks/quantize.py"))
+    if not onx.exists():
+        export_onnx(ckpt, onx)
+    return ckpt, onx, npz
+
+
+def ort_variants(onx: Path, npz: Path, work: Path) -> dict[str, Path]:
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    out = {"ORT FP32": onx}
+    for label, prec, ops in (("ORT FP16", "fp16", "auto"), ("ORT INT8 (default: auto)", "int8", "auto"),
+                             ("ORT INT8 (all weight layers)", "int8", "weights")):
+        p = work / f"{onx.stem}.{prec}.{ops}.onnx"
+        if not p.exists():
+            _log(f"quantizing {label}")
+            rep = quantize(QuantizeRequest(onx, p, prec, "ort", data=f"npz:{npz}" if prec == "int8" else None,
+                                           per_channel=True, ops=ops, command="benchmarks/quantize.py"))
+            (p.with_suffix(".notes.json")).write_text(json.dumps({"notes": rep.notes, "details": rep.details}))
+        out[label] = p
+    return out
+
+
+def tflite_variants(ckpt: Path, npz: Path, work: Path) -> dict[str, Path]:
+    from edgeconv.artifacts import load_model
+    from edgeconv.data import load_samples
+    from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
+
+    model, ck = load_model(ckpt)
+    pre = ck["preprocessing"]
+    fp32 = work / f"{ckpt.stem}.fp32.tflite"
+    if not fp32.exists():
+        _log("converting TFLite FP32 (litert-torch)")
+        convert_fp32(model, pre, fp32)
+    out = {"TFLite FP32": fp32}
+    calib = load_samples(f"npz:{npz}", pre).x.numpy()
+    for prec in ("fp16", "int8"):
+        p = work / f"{ckpt.stem}.{prec}.tflite"
+        if not p.exists():
+            _log(f"quantizing TFLite {prec}")
+            quantize_tflite(fp32, p, prec, calib)
+        out[f"TFLite {prec.upper()}"] = p
+    return out
+
+
+def part1(name: str, work: Path, seconds: float) -> list[dict]:
+    from edgeconv.quantize.ort import compare_latency, ort_session
+    from edgeconv.quantize.tflite import TFLiteRunner
+
+    ckpt, onx, npz = make_224(name, work)
+    ort_paths = ort_variants(onx, npz, work)
+    tfl_paths = tflite_variants(ckpt, npz, work)
+    rows = []
+    x16 = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
+    sessions = {k: ort_session(p, threads=1, level="extended" if "FP16" in k else "all") for k, p in ort_paths.items()}
+    lat: dict[str, dict[int, float]] = {k: {} for k in sessions}
+    for b in (1, 16):
+        _log(f"timing onnxruntime at batch {b}")
+        ms = compare_latency(list(sessions.values()), x16[:b], seconds=seconds * (1 if b == 1 else 3), min_runs=3)
+        for k, v in zip(sessions, ms):
+            lat[k][b] = v
+    runners = {k: TFLiteRunner(p, threads=1) for k, p in tfl_paths.items()}
+    for k, r in runners.items():
+        _log(f"timing {k}")
+        one = r.latency_ms(runs=20)
+        lat[k] = {1: one, 16: _tflite_batch_ms(r, x16)}
+    fp32_size = {"ORT": onx.stat().st_size, "TFLite": tfl_paths["TFLite FP32"].stat().st_size}
+    fp32_lat = {"ORT": lat["ORT FP32"], "TFLite": lat["TFLite FP32"]}
+    for k, p in {**ort_paths, **tfl_paths}.items():
+        rt = k.split()[0]
+        size = p.stat().st_size
+        rows.append({"model": f"{name} 224x224", "artifact": k, "size KiB": round(size / 1024, 1),
+                     "size vs FP32": round(size / fp32_size[rt], 2),
+                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(lat[k][1] / fp32_lat[rt][1], 2),
+                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32": round(lat[k][16] / fp32_lat[rt][16], 2)})
+    return rows
+
+
+def _tflite_batch_ms(r, x16: np.ndarray, rounds: int = 3) -> float:
+    """The converted graph has batch 1: batch 16 = 16 invokes (the minimum over a few rounds)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        r(x16)
+        best = min(best, (time.perf_counter() - t) * 1e3)
+    return best
+
+
+def part2(ckpts: list[Path], work: Path) -> list[dict]:
+    from edgeconv.artifacts import read_checkpoint
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    rows = []
+    for ck in ckpts:
+        fam = read_checkpoint(ck)["family"]
+        for backend, prec, suffix in (("ort", "int8", ".onnx"), ("ort", "fp16", ".onnx"),
+                                      ("tflite", "int8", ".tflite"), ("tflite", "fp16", ".tflite")):
+            out = work / f"{ck.stem}.{backend}.{prec}{suffix}"
+            _log(f"{ck.name}: {backend} {prec}")
+            t = time.perf_counter()
+            rep = quantize(QuantizeRequest(ck, out, prec, backend, per_channel=True, command="benchmarks/quantize.py"))
+            acc = rep.record["accuracy"]
+            rows.append({"model": f"{fam} ({ck.name})", "artifact": f"{backend} {prec.upper()}",
+                         "float top-1 %": acc["float_top1"], "quantized top-1 %": acc["quantized_top1"],
+                         "drop (points)": acc["drop"], "size vs float": rep.record["size_bytes"]["ratio"],
+                         "If nodes": rep.record.get("if_nodes", "-"), "routing": rep.record.get("routing"),
+                         "seconds": round(time.perf_counter() - t, 1)})
+    return rows
+
+
+def main() -> None:
+    from edgeconv.console import console, rows_table
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="hvt-small", help="zoo model for the 224x224 latency part")
+    ap.add_argument("--ckpt", action="append", type=Path, default=[], help="digits checkpoint for the top-1 part")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (kept; reruns reuse its artifacts)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per comparison at batch 1")
+    ap.add_argument("--skip-224", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = args.out or Path(tempfile.mkdtemp(prefix="edgeconv-qbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result = {}
+    if not args.skip_224:
+        result["latency_224"] = part1(args.model, work, args.seconds)
+        console.print(rows_table(result["latency_224"], title="224x224 hybrid on this CPU (1 thread, min of runs)"))
+    if args.ckpt:
+        result["top1_digits"] = part2(args.ckpt, work)
+        console.print(rows_table(result["top1_digits"], title="top-1 on the digits test split (359 images)"))
+    (work / "quantize_bench.json").write_text(json.dumps(result, indent=2))
+    _log(f"results in {work / 'quantize_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

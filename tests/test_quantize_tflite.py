@@ -1,0 +1,134 @@
+"""TFLite: litert-torch FP32 + ai-edge-quantizer FP16 / full-integer INT8, run in ai_edge_litert; routed models as a
+select that is checked against PyTorch hard routing per routing pattern."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgeconv.errors import EdgeconvError
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+
+def test_select_routing_matches_hard_routing_and_restores_the_model(trained, digits_pre):
+    """The fallback graph gives every sample the answer hard routing gives, and the model is left as it was."""
+    from edgeconv.artifacts import load_model
+    from edgeconv.data import load_samples
+    from edgeconv.models import routers, set_routing
+    from edgeconv.quantize.tflite import routing_patterns, select_routing
+
+    model, _ = load_model(trained("routed-tiny"))
+    x = load_samples("digits", digits_pre, "test").x[:96]
+    set_routing(model, "hard")
+    with torch.no_grad():
+        ref = model(x)
+    patterns = routing_patterns(model, x)
+    assert len(set(patterns)) >= 2, "the trained router should send digits both ways"
+    set_routing(model, "soft")
+    with select_routing(model) as n:
+        assert n == 2
+        assert all(m.mode == "hard" and "hard" in vars(m) for _, m in routers(model))
+        with torch.no_grad():
+            got = model(x)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert all(m.mode == "soft" and "hard" not in vars(m) for _, m in routers(model))
+
+
+@pytest.fixture(scope="module")
+def routed_tflite_int8(trained, tmp_path_factory):
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    out = tmp_path_factory.mktemp("tfl") / "routed.int8.tflite"
+    rep = quantize(QuantizeRequest(trained("routed-tiny"), out, "int8", backend="tflite"))
+    return out, rep
+
+
+@pytest.mark.slow
+def test_routed_tflite_int8_is_full_integer_verified_and_within_one_point(routed_tflite_int8):
+    from edgeconv.quantize.tflite import TFLiteRunner, sidecar_path
+
+    out, rep = routed_tflite_int8
+    rec = json.loads(sidecar_path(out).read_text())
+    assert rec == json.loads(json.dumps(rep.record, default=str))
+    assert rec["routing"] == "select" and len(rec["routing_check"]) >= 2
+    assert all(r["max abs diff"] < 1e-3 for r in rec["routing_check"])
+    assert rec["calibration"]["size"] == 100 and len(rec["calibration"]["sha256"]) == 64
+    assert rec["accuracy"]["n"] == 359 and rec["accuracy"]["drop"] <= 1.0
+    assert rec["size_bytes"]["quantized"] == out.stat().st_size < rec["size_bytes"]["float"]
+    runner = TFLiteRunner(out)
+    assert runner.input_dtype == "int8"
+    assert runner(np.zeros((2, 1, 32, 32), np.float32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_info_describes_a_tflite_artifact(routed_tflite_int8):
+    from edgeconv.artifacts import describe
+
+    out, _ = routed_tflite_int8
+    desc = describe(out)
+    assert "int8" in " ".join(desc["tensors"].values())
+    assert "100 samples" in desc["quantization"]["calibration"] and "drop" in desc["quantization"]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,precision", [("acmix-tiny", "int8"), ("hvt-tiny", "int8"), ("hvt-tiny", "fp16")])
+def test_tflite_within_one_point_for_acmix_and_hvt(name, precision, trained, tmp_path):
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    out = tmp_path / f"{name}.{precision}.tflite"
+    rep = quantize(QuantizeRequest(trained(name), out, precision, backend="tflite"))
+    acc = rep.record["accuracy"]
+    assert acc["float_top1"] > 85 and acc["drop"] <= 1.0
+    assert rep.record["routing"] == "none"
+    assert out.exists() and (out.parent / f"{out.name}.json").exists()
+
+
+def test_tflite_without_the_extra_fails_with_the_install_hint(trained, tmp_path):
+    """Simulate an environment without the tflite extra: the import is refused, the command says what to install."""
+    out = tmp_path / "m.tflite"
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('litert_torch', 'ai_edge_litert', 'ai_edge_quantizer'):
+            raise ImportError(name)
+sys.meta_path.insert(0, Block())
+sys.argv = ['edgeconv', 'quantize', {str(trained('routed-tiny'))!r}, '--int8', '-b', 'tflite', '-o', {str(out)!r}]
+from edgeconv.cli import main
+main()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "TFLite conversion" in r.stderr and "pip install litert-torch" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "m.tflite.json").exists()
+
+
+def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeconv.data import digits_preprocessing
+    from edgeconv.export.onnx import write_metadata
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    with pytest.raises(EdgeconvError, match="--max-drop is implemented for --backend ort"):
+        quantize(QuantizeRequest(trained("routed-tiny"), tmp_path / "a.tflite", "int8", backend="tflite",
+                                 max_drop=1.0))
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 32, 32])])
+    m = helper.make_model(g)
+    write_metadata(m, {"preprocessing": digits_preprocessing(32), "source_path": str(tmp_path / "gone.pt")})
+    p = tmp_path / "m.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(EdgeconvError, match="starts from the PyTorch checkpoint"):
+        quantize(QuantizeRequest(p, tmp_path / "b.tflite", "int8", backend="tflite"))
+    assert not list(tmp_path.glob("*.tflite*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -185,11 +186,12 @@ def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
 def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
     src = str(trained("routed-tiny"))
     exe = [sys.executable, "-m", "edgeconv.cli"]
+    env = {**os.environ, "COLUMNS": "200"}
     bad = subprocess.run(exe + ["prune", src, "--heads", "1.5", "-o", str(tmp_path / "x.pt")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--heads must be a fraction strictly between 0 and 1" in bad.stderr
     dry = subprocess.run(exe + ["prune", src, "--heads", "0.5", "--criterion", "l1", "--dry-run"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     assert dry.returncode == 0, dry.stderr
     assert "dry run: nothing written" in dry.stdout and "blocks.0.attn" in dry.stdout
     assert not list(tmp_path.iterdir())

@@ -69,6 +69,7 @@ def test_impossible_order_is_named(tmp_path):
     ("[train]\n[quantize]\ntargets = ['ort:int4']\n", r"quantize.targets\[0\] = 'ort:int4': ort supports"),
     ("[train]\n[quantize]\ntargets = ['coreml:int8']\n", r"unknown backend 'coreml'"),
     ("[train]\n[quantize]\ntargets = 'ort:int8'\n", r"quantize.targets must be a list of strings"),
+    ("[train]\n[quantize]\ntargets = ['ort:int8', 'ort:int8']\n", r"quantize.targets lists a target twice"),
 ])
 def test_step_options_are_checked_before_work(tmp_path, text, message):
     with pytest.raises(PipelineConfigError, match=message):

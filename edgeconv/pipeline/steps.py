@@ -386,7 +386,9 @@ class Export(Step):
 
 
 # ------------------------------------------------------------------------------------------------ quantize
-TFLITE_NEEDS = ("litert_torch", "ai_edge_litert")
+# Python packages a quantize backend needs at run time, checked while the file is loaded
+BACKEND_NEEDS = {"tflite": (("litert_torch", "ai_edge_litert"), ".venv/bin/pip install -e '.[tflite]'"),
+                 "tensorrt": (("tensorrt",), "TensorRT comes from NVIDIA's package index or JetPack, not PyPI")}
 
 
 @dataclass
@@ -434,10 +436,11 @@ class Quantize(Step):
                                           f"{', '.join(BACKENDS[backend].precisions)}")
             if importlib.util.find_spec(BACKENDS[backend].module) is None:
                 raise PipelineConfigError(f"{cfg.source}: {key}: this edgeconv has no {backend} quantizer")
-            missing = [m for m in (TFLITE_NEEDS if backend == "tflite" else ()) if importlib.util.find_spec(m) is None]
+            needs, hint = BACKEND_NEEDS.get(backend, ((), ""))
+            missing = [m for m in needs if importlib.util.find_spec(m) is None]
             if missing:
-                raise PipelineConfigError(f"{cfg.source}: {key}: needs {', '.join(missing)}; install the extra: "
-                                          ".venv/bin/pip install -e '.[tflite]'")
+                raise PipelineConfigError(f"{cfg.source}: {key}: needs {', '.join(missing)}, which is not "
+                                          f"installed ({hint})")
         if len(set(opts.targets)) != len(opts.targets):
             raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")
 

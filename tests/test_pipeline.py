@@ -167,6 +167,7 @@ def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained
     assert file_sha256(model) == file_sha256(trained())
     assert json.loads((run_dir / "eval" / "step.json").read_text())["status"] == "failed"
     assert "Traceback" in (run_dir / "eval" / "error.log").read_text()
+    assert (run_dir / "eval" / "step.log").is_file()          # the step's stderr, kept out of the console
     statuses = {s["step"]: s["status"] for s in json.loads((run_dir / "run.json").read_text())["steps"]}
     assert statuses == {"train": "ran", "eval": "failed"}
 

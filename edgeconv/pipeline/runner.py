@@ -13,14 +13,17 @@ never taken for a finished one, while earlier steps' folders are left as they we
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from edgeconv import __version__, artifacts
 from edgeconv.errors import EdgeconvError
@@ -138,9 +141,32 @@ def _record(key: str, res: StepResult, run_dir: Path, seconds: float, hasher: _H
             "metrics": res.metrics, "rows": res.rows, "figures": figs}
 
 
+@contextlib.contextmanager
+def _stderr_into(path: Path) -> Iterator[None]:
+    """Send this process's stderr (fd 2: converter logs, tqdm bars, C++ warnings) into a file while a step runs.
+
+    The step's rich progress bars and the run's own messages go to stdout and stay on the console; the noise of
+    third-party converters is kept in the step's folder instead of flooding it.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show_progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> RunResult:
-    """Run (or re-use) every step in order, then write report.md / report.json. Raises PipelineStepError."""
+                 log: Callable[[str], None] | None = None, capture_stderr: bool = True) -> RunResult:
+    """Run (or re-use) every step in order, then write report.md / report.json. Raises PipelineStepError.
+
+    With `capture_stderr`, what steps write to stderr goes to `RUN/<step>/step.log`."""
     import torch
 
     from edgeconv.console import console
@@ -170,13 +196,15 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
         else:
             log(f"{head}: running")
             rec_path.unlink(missing_ok=True)
-            (sdir / "error.log").unlink(missing_ok=True)
+            for stale in ("error.log", "step.log"):
+                (sdir / stale).unlink(missing_ok=True)
             sdir.mkdir(parents=True, exist_ok=True)
             hasher.forget(sdir)
             ctx = StepContext(cfg, sdir, inputs, records, show_progress)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                res = step.run(spec.options, ctx)
+                with _stderr_into(sdir / "step.log") if capture_stderr else contextlib.nullcontext():
+                    res = step.run(spec.options, ctx)
             except Exception as e:  # noqa: BLE001 - any failure stops the run with one line; details go to error.log
                 seconds = time.perf_counter() - t0
                 detail = str(e).splitlines()[0] if str(e) else ""

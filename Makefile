@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,tflite]'
+	$(PY) -m pip install -q -e '.[dev,tflite]' torch==2.13.0
 	touch $@
 
 setup-timm: $(TIMM_VENV)/.installed
@@ -23,7 +23,7 @@ $(TIMM_VENV)/.installed: pyproject.toml
 	python3 -m venv $(TIMM_VENV)
 	$(TIMM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TIMM_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(TIMM_VENV)/bin/python -m pip install -q -e '.[dev,timm]'
+	$(TIMM_VENV)/bin/python -m pip install -q -e '.[dev,timm]' torch==2.14.1 torchvision==0.29.1
 	touch $@
 
 demo: setup

@@ -462,8 +462,8 @@ def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
                                               if s["kept"] is not None) or "-",
                      "files": len(im["files"])})
     console.print(rows_table(rows, title=f"inspect {rep['model']}"))
-    console.print(f"wrote {sum(len(i['files']) for i in rep['images'])} PNGs and inspect.json to {out}",
-                  highlight=False)
+    n = sum(len(i["files"]) for i in rep["images"])
+    console.print(f"wrote {n} PNG{'' if n == 1 else 's'} and inspect.json to {out}", highlight=False)
 
 
 @app.command("pipeline")

@@ -96,7 +96,8 @@ def describe_tflite(path: Path) -> dict:
             for d in details:
                 q = d.get("quantization") or (0.0, 0)
                 qtxt = f", scale {q[0]:.4g} zero point {q[1]}" if q and q[0] else ""
-                io[f"{kind} {d['name']}"] = f"{d['dtype'].__name__} {list(d['shape'])}{qtxt}"
+                shape = ", ".join(str(int(v)) for v in d["shape"])  # parentheses: brackets would read as markup
+                io[f"{kind} {d['name']}"] = f"{d['dtype'].__name__} ({shape}){qtxt}"
         desc["tensors"] = io
     except ImportError:
         desc["tensors"] = {"note": "ai_edge_litert not installed (pip install ai-edge-litert) - tensors not read"}

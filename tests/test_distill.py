@@ -27,7 +27,7 @@ def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_
     teacher, student = pruned_student
     out = tmp_path / "kd.pt"
     res = run_distill(str(teacher), str(student), "digits", str(out), dcfg=DistillConfig(),
-                      tcfg=TrainConfig(epochs=3, lr=1e-3), baseline=True, show_progress=False)
+                      tcfg=TrainConfig(epochs=2, lr=1e-3), baseline=True, show_progress=False)
     rows = {r["model"].split(" (")[0]: r["top1 %"] for r in res["rows"]}
     assert set(rows) == {"teacher", "student before KD", "student after KD", "student fine-tuned without KD"}
     assert rows["student after KD"] > rows["student before KD"] + 10, rows

@@ -33,8 +33,8 @@ class PruneRequest:
     channels: float | None = None       # fraction of all hidden channels to remove
     target_macs: float | None = None    # keep at most this fraction of the original MACs
     criterion: str = "gradient"
-    batches: int = 8                    # calibration batches for the gradient criteria
-    batch_size: int = 64
+    batches: int = 64                   # calibration batches for the gradient criteria
+    batch_size: int = 8                 # small: per-sample gradients cancel less within a batch
     steps: int = 1                      # > 1: prune in steps, re-scoring the smaller model after each
     seed: int = 0
     normalise: str = "mean"             # per-layer normalisation before the global ranking (mean | l2)

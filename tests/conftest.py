@@ -31,12 +31,29 @@ def trained(cache_dir):
 
     def get(name: str = "routed-tiny", epochs: int = 12) -> Path:
         path = cache_dir / f"{name}-e{epochs}.pt"
-        if not path.exists():
+        state = _finished_or_resumable(path)
+        if state != "finished":
+            # train writes the checkpoint after every epoch: a run interrupted earlier is continued, not trusted
             run_train(name, "digits", str(path), cfg=TrainConfig(epochs=epochs), show_progress=False,
-                      command=f"pytest fixture train {name}")
+                      resume=str(path) if state == "resumable" else None, command=f"pytest fixture train {name}")
         return path
 
     return get
+
+
+def _finished_or_resumable(path: Path) -> str:
+    from edgeconv.artifacts import read_checkpoint
+    from edgeconv.errors import EdgeconvError
+
+    if not path.exists():
+        return "missing"
+    try:
+        ck = read_checkpoint(path)
+    except EdgeconvError:
+        return "missing"
+    if "test_top1" in ck.get("metrics", {}):
+        return "finished"
+    return "resumable" if "train_state" in ck.get("extra", {}) else "missing"
 
 
 @pytest.fixture(scope="session")

@@ -469,7 +469,9 @@ def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 @app.command("pipeline")
 def pipeline_cmd(file: Path = typer.Argument(..., help="Pipeline file (.toml)."),
                  run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default runs/NAME)."),
-                 check: bool = typer.Option(False, "--check", help="Only check the file; run nothing.")) -> None:
+                 check: bool = typer.Option(False, "--check", help="Only check the file; run nothing."),
+                 rerun: list[str] = typer.Option([], "--rerun", help="Run this step even if cached (repeatable), "
+                                                                     "e.g. --rerun bench to measure again.")) -> None:
     """Run train -> prune -> distill -> export -> quantize -> validate -> bench from one TOML file.
 
     Steps whose inputs and options are unchanged are re-used; the run ends with report.md and report.json.
@@ -483,7 +485,7 @@ def pipeline_cmd(file: Path = typer.Argument(..., help="Pipeline file (.toml).")
         console.print(rows_table([{"step": s.name, "options": json.dumps(vars(s.options))} for s in cfg.steps],
                                  title=f"{file}: OK"))
         return
-    print_summary(run_pipeline(cfg, run_dir))
+    print_summary(run_pipeline(cfg, run_dir, rerun=rerun))
 
 
 @app.command("demo")

@@ -126,6 +126,13 @@ def test_second_run_reuses_every_step_and_one_option_reruns_only_what_follows(tm
     fourth = run(write(tmp_path, text.replace("'val'", "'test'").replace(str(ckpt), str(other))), run_dir)
     assert fourth.statuses() == {"train": "ran", "eval": "ran"}
 
+    # asked to: a cached step runs again; an unknown step name is refused before any work
+    forced = run_pipeline(load_pipeline(write(tmp_path, text.replace("'val'", "'test'"))), run_dir,
+                          log=lambda m: None, rerun=["eval"])
+    assert forced.statuses() == {"train": "cached", "eval": "ran"}
+    with pytest.raises(PipelineConfigError, match="--rerun bench: not a step"):
+        run_pipeline(load_pipeline(write(tmp_path, text)), run_dir, rerun=["bench"])
+
     # a damaged artifact is not trusted: the step that made it runs again
     model.write_bytes(b"garbage")
     fifth = run(write(tmp_path, text.replace("'val'", "'test'").replace(str(ckpt), str(other))), run_dir)

@@ -23,11 +23,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from edgeconv import __version__, artifacts
 from edgeconv.errors import EdgeconvError
-from edgeconv.pipeline.config import PipelineConfig
+from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError
 from edgeconv.pipeline.steps import STEPS, Artifact, StepContext, StepResult
 
 
@@ -163,16 +163,23 @@ def _stderr_into(path: Path) -> Iterator[None]:
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show_progress: bool = True,
-                 log: Callable[[str], None] | None = None, capture_stderr: bool = True) -> RunResult:
+                 log: Callable[[str], None] | None = None, capture_stderr: bool = True,
+                 rerun: Iterable[str] = ()) -> RunResult:
     """Run (or re-use) every step in order, then write report.md / report.json. Raises PipelineStepError.
 
-    With `capture_stderr`, what steps write to stderr goes to `RUN/<step>/step.log`."""
+    With `capture_stderr`, what steps write to stderr goes to `RUN/<step>/step.log`. Steps named in `rerun` run
+    even when cached (e.g. to measure `bench` again); the steps after them follow the usual rule."""
     import torch
 
     from edgeconv.console import console
     from edgeconv.pipeline.report import write_report
 
     log = log or (lambda msg: console.print(msg, highlight=False))
+    rerun = set(rerun)
+    unknown = rerun - {s.name for s in cfg.steps}
+    if unknown:
+        raise PipelineConfigError(f"--rerun {', '.join(sorted(unknown))}: not a step of {cfg.source} "
+                                  f"(steps: {', '.join(s.name for s in cfg.steps)})")
     run_dir = Path(run_dir) if run_dir else Path("runs") / cfg.pipeline.name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.pipeline.threads)
@@ -190,7 +197,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
         rec_path = sdir / "step.json"
         rec = _read_record(rec_path)
         head = f"[bold][{i + 1}/{len(cfg.steps)}] {spec.name}[/]"
-        if rec and rec.get("status") == "ok" and rec.get("key") == key and _intact(rec, run_dir, hasher):
+        if (spec.name not in rerun and rec and rec.get("status") == "ok" and rec.get("key") == key
+                and _intact(rec, run_dir, hasher)):
             outcomes[i] = StepOutcome(spec.name, "cached", key, 0.0, "inputs and options unchanged", rec)
             log(f"{head}: cached ({key[:12]}, made in {rec.get('seconds', 0):.1f} s)")
         else:

@@ -206,6 +206,7 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
         else:
             pre, train = _measured_preprocessing(data, int(img_size), in_chans)
             classes = train.classes
+        seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
         model = create_model(model_name, num_classes=len(classes), in_chans=pre["channels"], img_size=pre["size"])
         if weights:
             from edgeconv.models.timm_adapter import load_timm_weights

@@ -36,8 +36,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     an interrupted run leaves the previous file (or nothing), never half a file.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    if dest.is_dir():
+        raise EdgeconvError(f"{dest} is a directory, expected a file path to write")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise EdgeconvError(f"cannot write {dest}: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -76,6 +76,14 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_whole(tmp_path):
     assert all(p.name.startswith(".model.pt.") and p.suffix == ".tmp" for p in leftovers)  # never a real name
 
 
+def test_atomic_path_refuses_a_directory_or_an_impossible_parent(tmp_path):
+    with pytest.raises(EdgeconvError, match="is a directory"):
+        artifacts.atomic_write_text(tmp_path, "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgeconvError, match="cannot write"):
+        artifacts.atomic_write_text(tmp_path / "file" / "below.json", "x")
+
+
 def test_atomic_json_round_trip(tmp_path):
     p = artifacts.atomic_write_json(tmp_path / "r.json", {"top1": 97.5, "path": tmp_path})
     import json

@@ -168,11 +168,15 @@ def _quiet() -> Iterator[None]:
     import logging
     import warnings
 
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # The converters print progress and tqdm bars; the command shows its own progress.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (ConvBNAct, HybridNet, InvertedResidual, Mlp, _keep_cols, _keep_rows,
-                                    head_channel_index, make_stem, stem_grid, to_map, to_tokens, window_merge,
-                                    window_partition)
+from edgeconv.models.layers import (HybridNet, InvertedResidual, Mlp, head_channel_index, make_stem,
+                                    residual_mlp_on_map, stem_grid, window_merge, window_partition, _keep_cols,
+                                    _keep_rows)
 
 
 class ACMixBlock(nn.Module):
@@ -60,9 +60,7 @@ class ACMixBlock(nn.Module):
         if self.head_gate is not None:
             y = (y.reshape(B, nh, hd, H, W) * self.head_gate.view(1, -1, 1, 1, 1)).reshape(B, nh * hd, H, W)
         x = x + self.proj(y)
-        tok = to_tokens(x)
-        tok = tok + self.mlp(self.norm2(tok))
-        return to_map(tok, H, W)
+        return residual_mlp_on_map(x, self.norm2, self.mlp)
 
     def keep_heads(self, heads: torch.Tensor) -> None:
         heads = torch.as_tensor(heads, dtype=torch.long).sort().values

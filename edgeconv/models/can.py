@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem, to_map,
-                                    to_tokens)
+from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
+                                    residual_mlp_on_map, to_map, to_tokens)
 
 
 class SEGate(nn.Module):
@@ -44,9 +44,7 @@ class CANBlock(nn.Module):
         g = self.gate(c + a)
         self.last_gate = g.detach()
         x = x + g * c + (1 - g) * a
-        t = to_tokens(x)
-        t = t + self.mlp(self.norm2(t))
-        return to_map(t, H, W)
+        return residual_mlp_on_map(x, self.norm2, self.mlp)
 
 
 VARIANTS = {

@@ -193,6 +193,13 @@ def to_map(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
 
 
+def residual_mlp_on_map(x: torch.Tensor, norm: nn.Module, mlp: nn.Module) -> torch.Tensor:
+    """x + mlp(norm(x)) at every position of a feature map [B, C, H, W] (the blocks' feed-forward half)."""
+    B, C, H, W = x.shape
+    t = to_tokens(x)
+    return to_map(t + mlp(norm(t)), H, W)
+
+
 class ClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int):
         super().__init__()

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, _keep_cols, _keep_rows,
-                                    make_stem, to_map, to_tokens)
+from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
+                                    residual_mlp_on_map, to_map, to_tokens, _keep_cols, _keep_rows)
 
 
 class Bottleneck(nn.Module):
@@ -58,9 +58,7 @@ class HybridBlock(nn.Module):
         g = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1)
         a = to_map(self.attn(self.attn_norm(to_tokens(x))), H, W)
         x = x + g * self.res(x) + (1 - g) * a
-        t = to_tokens(x)
-        t = t + self.mlp(self.norm2(t))
-        return to_map(t, H, W)
+        return residual_mlp_on_map(x, self.norm2, self.mlp)
 
 
 VARIANTS = {

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem, to_map,
-                                    to_tokens)
+from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
+                                    residual_mlp_on_map, to_map, to_tokens)
 
 ROUTING_MODES = ("hard", "soft", "static:conv", "static:attn")
 
@@ -121,10 +121,7 @@ class RoutedBlock(nn.Module):
             else:
                 y = self.hard(x, p)
         x = x + y
-        B, C, H, W = x.shape
-        t = to_tokens(x)
-        t = t + self.mlp(self.norm2(t))
-        return to_map(t, H, W)
+        return residual_mlp_on_map(x, self.norm2, self.mlp)
 
 
 VARIANTS = {

@@ -174,7 +174,8 @@ def _unpickling_error(p: Path, text: str) -> str:
     if "Weights only load failed" in text:
         detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "an object weights-only "
                       "loading does not allow")
-        return f"{p}: refusing to load: the pickle needs more than plain data and tensors ({detail[:120]})"
+        return (f"{p}: corrupt or truncated checkpoint, or a pickle that weights-only loading refuses "
+                f"({detail[:120]})")
     return f"{p}: corrupt or truncated checkpoint ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
 
 

@@ -206,17 +206,14 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
         else:
             pre, train = _measured_preprocessing(data, int(img_size), in_chans)
             classes = train.classes
+        _check_trainable(data, train)
         seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
         model = create_model(model_name, num_classes=len(classes), in_chans=pre["channels"], img_size=pre["size"])
         if weights:
             from edgeconv.models.timm_adapter import load_timm_weights
 
             load_timm_weights(model, weights)
-    if len(train) == 0:
-        raise EdgeconvError(f"{data}: no training samples")
-    if bool((train.y < 0).any()):
-        raise EdgeconvError(f"{data}: {int((train.y < 0).sum())} sample(s) have no label; training needs "
-                            "class sub-folders (imagefolder) or a 'y' array (npz)")
+    _check_trainable(data, train)
     seed_everything(cfg.seed)
     prov = artifacts.provenance(command, resume, parent_info)  # hashed once: `out` may be the resumed file itself
     t0 = time.perf_counter()
@@ -241,6 +238,16 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
     artifacts.save_checkpoint(out, model, preprocessing=pre, classes=classes, metrics=metrics,
                               provenance_rec=prov, extra={"train_state": last_state})
     return {"out": str(Path(out)), **metrics}
+
+
+def _check_trainable(data: str, train: Samples) -> None:
+    from edgeconv.errors import EdgeconvError
+
+    if len(train) == 0:
+        raise EdgeconvError(f"{data}: no training samples")
+    if bool((train.y < 0).any()):
+        raise EdgeconvError(f"{data}: {int((train.y < 0).sum())} sample(s) have no label; training needs "
+                            "class sub-folders (imagefolder) or a 'y' array (npz)")
 
 
 def _measured_preprocessing(data: str, size: int, channels: int) -> tuple[dict, Samples]:

@@ -73,9 +73,12 @@ def _square_grid(n: int, where: str) -> tuple[int, int]:
     return g, g
 
 
-def _saliency_positions(model: nn.Module, first_tokens: dict[str, int]) -> dict[str, tuple[torch.Tensor, int, torch.Tensor | None]]:
+Positions = tuple[torch.Tensor, int, "torch.Tensor | None"]
+
+
+def _saliency_positions(model: nn.Module, first_tokens: dict[str, int]) -> dict[str, Positions]:
     """For each saliency layer: (grid positions of the tokens it saw, full token count, positions it kept)."""
-    out: dict[str, tuple[torch.Tensor, int, torch.Tensor | None]] = {}
+    out: dict[str, Positions] = {}
     stage_pos: dict[str, tuple[torch.Tensor, int]] = {}
     for name, m in model.named_modules():
         if not hasattr(m, "last_keep") or not hasattr(m, "attn"):

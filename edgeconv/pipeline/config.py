@@ -141,7 +141,8 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
         meta = f.metadata
         for item in (v if isinstance(v, list) else [v]):
             if meta.get("choices") and item not in meta["choices"]:
-                raise PipelineConfigError(f"{where}: {key} = {item!r} is not one of {', '.join(map(str, meta['choices']))}")
+                choices = ", ".join(map(str, meta["choices"]))
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is not one of {choices}")
             if meta.get("min") is not None and isinstance(item, (int, float)) and item < meta["min"]:
                 raise PipelineConfigError(f"{where}: {key} = {item!r} is below the minimum {meta['min']}")
             if meta.get("max") is not None and isinstance(item, (int, float)) and item > meta["max"]:

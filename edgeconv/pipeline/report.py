@@ -28,6 +28,11 @@ def merged_rows(outcomes: list["StepOutcome"]) -> list[dict]:
     return list(rows.values())
 
 
+def _attn_share(v: dict) -> float:
+    attn, conv = float(v.get("attn", 0)), float(v.get("conv", 0))
+    return 100 * attn / max(attn + conv, 1e-12)
+
+
 def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, float]]:
     """{model: {router: % of inputs routed to attention}} from every step that measured a routed model.
 
@@ -39,8 +44,7 @@ def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, float]]:
     for o in outcomes:
         for model, routers in o.record.get("metrics", {}).get("routing", {}).items():
             if routers:
-                mix[model] = {name: 100 * float(v.get("attn", 0)) / max(float(v.get("attn", 0)) + float(v.get("conv", 0)), 1e-12)
-                              for name, v in routers.items()}
+                mix[model] = {name: _attn_share(v) for name, v in routers.items()}
     names = next((list(r) for r in mix.values() if all(n.startswith("blocks.") for n in r)), None)
     if names:
         for model, routers in mix.items():

@@ -218,5 +218,5 @@ def test_timm_model_without_timm_names_the_extra(monkeypatch, capsys, tmp_path):
     except ImportError:
         pass
     code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "timm:levit_128s", "-o", tmp_path / "t.pt")
-    assert_one_line_error(code, err, "timm is not available", "pip install")
+    assert_one_line_error(code, err, "timm is not available", "make setup-timm")
     assert not (tmp_path / "t.pt").exists()

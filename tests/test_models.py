@@ -68,7 +68,7 @@ def test_timm_without_timm_installed_names_the_missing_extra():
         pytest.skip("timm is installed in this environment")
     except ImportError:
         pass
-    with pytest.raises(MissingDependencyError, match=r"timm is not available: install the extra"):
+    with pytest.raises(MissingDependencyError, match=r"timm is not available: use the timm environment"):
         create_model("timm:levit_128s")
 
 

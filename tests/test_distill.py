@@ -16,8 +16,12 @@ from edgeconv.training import TrainConfig
 @pytest.fixture(scope="module")
 def pruned_student(trained, tmp_path_factory):
     """routed-tiny with 80% of its hidden channels removed (accuracy drops well below the teacher's)."""
-    teacher = trained("routed-tiny")
-    out = tmp_path_factory.mktemp("kd") / "student.pt"
+    import shutil
+
+    d = tmp_path_factory.mktemp("kd")
+    teacher = d / "teacher.pt"  # an own copy: a shared fixture cache may be rewritten by another run meanwhile
+    shutil.copyfile(trained("routed-tiny"), teacher)
+    out = d / "student.pt"
     run_prune(str(teacher), "digits", PruneRequest(channels=0.8, criterion="l1"), str(out), command="pytest")
     return teacher, out
 

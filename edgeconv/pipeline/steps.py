@@ -623,7 +623,7 @@ class Bench(Step):
         for r in result["rows"]:
             art = by_path.get(r["path"])
             label = art.label if art else r["model"]
-            if len(opts.batches) > 1:
+            if r["batch"] != opts.batches[0]:      # the first batch size fills the main rows, others get their own
                 label = f"{label} b{r['batch']}"
             row = {"model": label, "status": r["status"]}
             if r["status"] == "ok":

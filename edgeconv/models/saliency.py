@@ -30,8 +30,13 @@ class SaliencyAttention(Attention):
         self._log_s: torch.Tensor | None = None
         self._tau: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, attn_override: torch.Tensor | None = None) -> torch.Tensor:
-        s = torch.sigmoid(self.saliency(x)).squeeze(-1)                      # [B, N]
+    def token_saliency(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token saliency in (0, 1), [B, N]."""
+        return torch.sigmoid(self.saliency(x)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor, attn_override: torch.Tensor | None = None,
+                saliency: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.token_saliency(x) if saliency is None else saliency       # [B, N]
         self.last_saliency = s.detach()
         self._log_s = torch.log(s + 1e-6).unsqueeze(1).unsqueeze(1)          # [B, 1, 1, N]: gates keys
         self._tau = 0.5 + F.softplus(self.temperature(x.mean(dim=1))).view(-1, 1, 1, 1)
@@ -59,15 +64,21 @@ class SaliencyLayer(nn.Module):
         if isinstance(self.attn, ValueOnlyAttention):
             t = t + self.attn(self.norm1(t), prev_attn)
         else:
-            t = t + self.attn(self.norm1(t))
-            saliency = self.attn.last_saliency if not torch.compiler.is_exporting() else None
-            saliency = torch.sigmoid(self.attn.saliency(self.norm1(t))).squeeze(-1) if saliency is None else saliency
+            # The same saliency gates the keys and ranks the tokens kept below (the attention input's, computed
+            # once, so eager and exported graphs agree).
+            h = self.norm1(t)
+            saliency = self.attn.token_saliency(h)
+            t = t + self.attn(h, saliency=saliency)
+            saliency = saliency.detach()
         t = t + self.mlp(self.norm2(t))
         attn = self.attn.pop_attn_map() if isinstance(self.attn, SaliencyAttention) else prev_attn
         attn = prev_attn if attn is None else attn
         if self.keep_ratio < 1.0:
             k = max(1, math.ceil(self.keep_ratio * t.shape[1]))
-            idx = saliency.topk(k, dim=1).indices.sort(dim=1).values        # keep spatial order
+            # Background patches often score exactly alike, and runtimes break top-k ties differently: a tiny
+            # position-dependent offset makes every runtime keep the same tokens.
+            rank = saliency - torch.arange(t.shape[1], dtype=saliency.dtype, device=saliency.device) * 1e-6
+            idx = rank.topk(k, dim=1).indices.sort(dim=1).values            # keep spatial order
             self.last_keep = idx.detach()
             t = t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
             saliency, attn = saliency.gather(1, idx), None

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
+from typing import Iterator
+
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +85,26 @@ def accuracy_record(rec: dict, float_top1: float | None, q_top1: float | None) -
 def size_record(rec: dict, float_bytes: int | None, out_bytes: int) -> None:
     rec["size_bytes"] = {"float": float_bytes, "quantized": out_bytes,
                          "ratio": round(out_bytes / float_bytes, 4) if float_bytes else None}
+
+
+@contextlib.contextmanager
+def quiet(*, stderr: bool = False) -> Iterator[None]:
+    """Silence the quantizers' and converters' own chatter; the command shows its own progress and results.
+
+    Always: root logging below ERROR (onnxruntime's quantizer logs advice at WARNING for every call) and stdout
+    (histogram calibrators print progress lines). With `stderr`: also stderr and warnings (the TFLite converters
+    print progress and tqdm bars there).
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            if stderr:
+                stack.enter_context(warnings.catch_warnings())
+                warnings.simplefilter("ignore")
+                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            yield
+    finally:
+        root.setLevel(level)

@@ -17,10 +17,8 @@ in benchmarks/quantize.py). `all` quantizes every operator onnxruntime can; Tens
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import onnx
 from edgeconv.errors import EdgeconvError
 from edgeconv.quantize import onnx_graph as og
 from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
+from edgeconv.quantize.common import quiet
 
 METHODS = ("minmax", "entropy", "percentile")
 OP_POLICIES = ("auto", "weights", "all")
@@ -102,21 +101,6 @@ def ort_logits(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean() * 100.0)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantizer logs advice at WARNING for every call; keep the console for results."""
-    import io
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress lines
-            yield
-    finally:
-        root.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------- the unit tree
@@ -273,7 +257,7 @@ class QuantTree:
         kwargs = self.options.ort_kwargs()
         if len({len(next(iter(f.values()))) for f in feeds}) > 1:
             kwargs["extra_options"] = {**kwargs["extra_options"], "CalibStridedMinMax": uniform_stride(feeds)}
-        with _quiet():
+        with quiet():
             try:
                 quantize_static(str(src), str(scratch), as_ort_reader(feeds), calibration_cache_path=str(cache),
                                 **kwargs)
@@ -360,7 +344,7 @@ class QuantTree:
 
         out = self.workdir / f"unit_{unit.prefix}.onnx"
         src = self._unit_file(unit.model)
-        with _quiet():
+        with quiet():
             quantize_static(str(src), str(out), None, nodes_to_quantize=nodes, calibration_cache_path=str(unit.cache),
                             **self.options.ort_kwargs())
         model = onnx.load(str(out))
@@ -545,7 +529,7 @@ def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     src = copy.deepcopy(model)
     og.uniquify_initializer_names(src)
-    with _quiet():
+    with quiet():
         out = convert_float_to_float16(src, keep_io_types=True)
     og.topological_sort(out.graph)
     try:

@@ -27,7 +27,7 @@ import torch
 from edgeconv.artifacts import atomic_path, atomic_write_json, load_model
 from edgeconv.errors import EdgeconvError, MissingDependencyError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, quiet, size_record
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
 FP32_TOLERANCE = 1e-3   # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
@@ -131,7 +131,7 @@ def convert_fp32(model: torch.nn.Module, pre: dict, out: Path) -> None:
 
     x = torch.zeros(1, int(pre["channels"]), int(pre["size"]), int(pre["size"]))
     try:
-        with _quiet():
+        with quiet(stderr=True):
             edge = litert_torch.convert(model.eval(), (x,))
     except Exception as e:  # noqa: BLE001 - converter failures come in many types; one readable line
         raise EdgeconvError(f"litert-torch could not convert the model: {str(e).strip().splitlines()[0][:200]}")
@@ -144,7 +144,7 @@ def quantize_tflite(fp32: Path, out: Path, precision: str, calib_x: np.ndarray |
     from ai_edge_quantizer import quantizer, recipe
 
     q = quantizer.Quantizer(str(fp32))
-    with _quiet():
+    with quiet(stderr=True):
         if precision == "fp16":
             q.add_weight_only_config(regex=".*", operation_name="*", num_bits=16, algorithm_key="float_casting")
             res = q.quantize(enable_progress_report=False)
@@ -161,26 +161,6 @@ def quantize_tflite(fp32: Path, out: Path, precision: str, calib_x: np.ndarray |
         else:
             raise EdgeconvError(f"unknown TFLite precision {precision!r}")
     res.export_model(str(out), overwrite=True)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import logging
-    import warnings
-
-    import io
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        # The converters print progress and tqdm bars; the command shows its own progress.
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
-                contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) -> list[dict]:

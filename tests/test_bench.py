@@ -231,3 +231,17 @@ def test_one_table_over_checkpoint_onnx_int8_and_tflite(ckpt, onnx_fp32, quantiz
         assert t1["status"] == "ok" and t1["backend"] == "tflite" and t1["agree"] >= 99.0
         (t2,) = by(rows, model=quantized["tflite"].name, batch=2)
         assert t2["status"] == "unavailable" and "fixed batch of 1" in t2["reason"]
+
+
+def test_folder_with_some_classes_is_scored_in_the_models_class_order(ckpt, tmp_path):
+    """A folder holding only classes 3 and 7: labels must index the model's ten classes, not the folder's two."""
+    import shutil
+
+    from edgeconv.data import default_calib_dir
+
+    for c in ("3", "7"):
+        shutil.copytree(default_calib_dir() / c, tmp_path / c)
+    res = run_bench([ckpt], BenchConfig(batches=[1], devices=["cpu"], data=f"imagefolder:{tmp_path}", split="all",
+                                        **{**FAST, "limit": None}))
+    # Read as classes 0 and 1 the trained model would score near 0%; in its own order it recognises them.
+    assert res["reference"]["top1"] >= 80.0

@@ -130,8 +130,8 @@ def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dc
     check_compatible(t_ck, s_ck, teacher_path, student_path)
     pre, classes = s_ck["preprocessing"], s_ck["classes"]
     eval_split = "test" if data == "digits" else "all"
-    train = load_samples(data, pre, "train" if data == "digits" else "all")
-    test = load_samples(data, pre, eval_split)
+    train = load_samples(data, pre, "train" if data == "digits" else "all", classes=classes)
+    test = load_samples(data, pre, eval_split, classes=classes)
     if len(train) == 0:
         raise EdgeconvError(f"{data}: no training samples")
 

@@ -340,8 +340,8 @@ def run_prune(ckpt_path: str, data: str, req: PruneRequest, out: str | None, *, 
     model, ck = artifacts.load_model(ckpt_path)
     pre = ck["preprocessing"]
     ensure_prunable(model)
-    calib = load_samples(data, pre, "train" if data == "digits" else "all")
-    test = load_samples(data, pre, "test" if data == "digits" else "all")
+    calib = load_samples(data, pre, "train" if data == "digits" else "all", classes=ck["classes"])
+    test = load_samples(data, pre, "test" if data == "digits" else "all", classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)
     before, after = evaluate(model, test)["top1"], evaluate(pruned, test)["top1"]
     summary = {"params": (plan.params_before, plan.params_after), "MACs": (plan.macs_before, plan.macs_after),

@@ -134,18 +134,20 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     source, source_note = _resolve_source(against, meta)
     report.source = str(source) if source else None
     pre = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else None
+    classes = meta.get("classes") if isinstance(meta.get("classes"), list) else None
     ref_model = None
     if source is not None:
         from edgeconv.artifacts import load_model
 
         ref_model, ckpt = load_model(source)
         pre = pre or ckpt["preprocessing"]
+        classes = classes or ckpt.get("classes")
     if pre is None:
         raise EdgeconvError(f"{path}: no preprocessing recorded in the ONNX metadata; pass --against CKPT "
                             "(an edgeconv checkpoint) so validate knows how to prepare the data")
     from edgeconv.data import load_samples
 
-    samples = load_samples(data, pre, split, limit)
+    samples = load_samples(data, pre, split, limit, classes=classes)
     report.data = samples.source
     x = samples.x.numpy().astype(np.float32)
     _check_input_shape(inp.shape, x.shape, path)

@@ -131,7 +131,7 @@ def _eval_rows(path: Path, label: str, data: str, split: str) -> tuple[dict, dic
     from edgeconv.training import evaluate
 
     model, ck = artifacts.load_model(path)
-    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all")
+    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", classes=ck["classes"])
     res = evaluate(model, samples)
     params = sum(p.numel() for p in model.parameters())
     row = {"model": label, "format": "PyTorch", "top1 %": res["top1"], "params": params,
@@ -571,7 +571,8 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
     from edgeconv.runtime.backends import load_runner, targets_for
 
     ref, ck = artifacts.load_model(reference)
-    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", limit=limit or None)
+    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", limit=limit or None,
+                           classes=ck["classes"])
     with torch.no_grad():
         ref_pred = torch.cat([ref(xb) for xb, _ in samples.batches(256)]).argmax(1).numpy()
     runner = load_runner(model, targets_for(model)[0], threads=torch.get_num_threads())

@@ -97,13 +97,14 @@ def load_calibration(pre: dict, calib: str | Path | None = None, data: str | Non
     return CalibrationSet(samples, source)
 
 
-def load_evaluation(pre: dict, spec: str | None, split: str = "test") -> Samples | None:
+def load_evaluation(pre: dict, spec: str | None, split: str = "test",
+                    classes: list[str] | None = None) -> Samples | None:
     """Labelled samples for measuring top-1 of the float and quantized models (None when none apply)."""
     if spec is None:
         if pre.get("dataset") != "digits" or pre.get("channels") != 1:
             return None
         spec = "digits"
-    s = load_samples(spec, pre, split if spec == "digits" else "test")
+    s = load_samples(spec, pre, split if spec == "digits" else "test", classes=classes)
     if len(s) == 0 or bool((s.y < 0).all()):
         raise EdgeconvError(f"evaluation data {spec!r} has no labels; accuracy needs labelled samples")
     return s

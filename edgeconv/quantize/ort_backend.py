@@ -42,7 +42,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
 
     meta = peek_meta(req.model)
     pre = meta["preprocessing"]
-    calib, ev = inputs_for(req, pre)
+    calib, ev = inputs_for(req, pre, meta.get("classes"))
     options = Int8Options(req.method, req.per_channel, symmetric=False, ops=req.ops) if req.precision == "int8" else None
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
         if Path(req.model).suffix.lower() != ".onnx":

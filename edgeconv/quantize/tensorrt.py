@@ -268,7 +268,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     if req.max_drop is not None:
         raise EdgeconvError("--max-drop is implemented for --backend ort; TensorRT INT8 quantizes every op it can")
     meta = peek_meta(req.model)
-    calib, ev = inputs_for(req, meta["preprocessing"])
+    calib, ev = inputs_for(req, meta["preprocessing"], meta.get("classes"))
     batches = req.extra.get("batch_profile", (1, 8, 32))
     with tempfile.TemporaryDirectory(prefix="edgeconv-trt-") as tmp:
         src = resolve_onnx(req.model, Path(tmp), routing=req.routing)

@@ -198,7 +198,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
                                 "names none that exists here; pass the checkpoint")
         ckpt = Path(src)
     pre = meta["preprocessing"]
-    calib, ev = inputs_for(req, pre)
+    calib, ev = inputs_for(req, pre, meta.get("classes"))
     if req.max_drop is not None:
         raise EdgeconvError("--max-drop is implemented for --backend ort (mixed precision by layer); TFLite INT8 is "
                             "full-integer")

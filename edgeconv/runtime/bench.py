@@ -308,7 +308,10 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
                 (pre.get("size"), pre.get("channels")):
             raise EdgeconvError(f"{a.path}: expects {a.preprocessing.get('channels')}x{a.preprocessing.get('size')} "
                                 f"inputs, the reference {pre.get('channels')}x{pre.get('size')}; bench them apart")
-    samples = load_samples(cfg.data, pre, cfg.split, limit=cfg.limit)
+    # Labels index the model's own class list: a folder holding only some classes is still scored correctly.
+    classes = ref_ck["classes"] if ref_ck else next((a.metadata.get("classes") for a in arts
+                                                      if isinstance(a.metadata.get("classes"), list)), None)
+    samples = load_samples(cfg.data, pre, cfg.split, limit=cfg.limit, classes=classes)
     if len(samples) == 0:
         raise EdgeconvError(f"{cfg.data}: no samples")
     x = samples.x.numpy().astype(np.float32)

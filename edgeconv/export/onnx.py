@@ -4,8 +4,9 @@ Routing modes for models with routers (`edgeconv.models.routed`):
 
 - `gated` (default): every router's hard decision becomes an ONNX `If`. Batch semantics (the same in PyTorch and
   ONNX): an `If` takes one decision per batch, so each routed block holds nested `If`s - the whole batch routes to
-  attention -> only the attention subgraph runs; the whole batch routes to conv -> only the conv subgraph runs;
-  the batch is mixed -> both run and each sample keeps its own branch (a per-sample select). Every sample
+  conv -> only the conv subgraph runs (the outer `If`: the cheap path pays one dispatch); the whole batch routes to
+  attention -> only the attention subgraph runs (the inner `If`); the batch is mixed -> both run and each sample
+  keeps its own branch (a per-sample select). Every sample
   therefore gets the answer it gets at batch 1, and a batch of one (the edge case) only pays for its branch.
 - `soft`: the training-time graph, both branches weighted by the router probabilities (no `If`).
 - `static:conv` / `static:attn`: one branch, no router, no `If` (backends without control flow, comparisons).

@@ -243,25 +243,26 @@ class HybridNet(nn.Module):
         return torch.stack(losses).sum() if losses else None
 
 
-def _stem_convs(img_size: int) -> int:
-    """How many stride-2 convs the stem uses: /4 up to 64 px inputs, /8 up to 128, /16 beyond."""
+def _stem_convs(img_size: int, max_grid: int = 16) -> int:
+    """How many stride-2 convs the stem uses: /4 at least, then halving until the grid is at most `max_grid`
+    (16 by default: /4 up to 64 px inputs, /8 up to 128, /16 beyond)."""
     n, size = 2, img_size // 4
-    while size > 16:
+    while size > max_grid:
         n, size = n + 1, size // 2
     return n
 
 
-def make_stem(in_chans: int, dim: int, img_size: int) -> nn.Sequential:
+def make_stem(in_chans: int, dim: int, img_size: int, max_grid: int = 16) -> nn.Sequential:
     """Downsample to a token grid that attention can afford (see `_stem_convs`)."""
     layers = [ConvBNAct(in_chans, dim // 2, 3, 2), ConvBNAct(dim // 2, dim, 3, 2)]
-    layers += [ConvBNAct(dim, dim, 3, 2) for _ in range(_stem_convs(img_size) - 2)]
+    layers += [ConvBNAct(dim, dim, 3, 2) for _ in range(_stem_convs(img_size, max_grid) - 2)]
     return nn.Sequential(*layers)
 
 
-def stem_grid(img_size: int) -> int:
+def stem_grid(img_size: int, max_grid: int = 16) -> int:
     """The stem's output grid: each 3x3 stride-2 conv (padding 1) maps s to ceil(s / 2)."""
     size = img_size
-    for _ in range(_stem_convs(img_size)):
+    for _ in range(_stem_convs(img_size, max_grid)):
         size = (size + 1) // 2
     return size
 

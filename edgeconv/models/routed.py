@@ -86,17 +86,19 @@ class RoutedBlock(nn.Module):
         use_attn = (p > self.threshold).view(-1, 1, 1, 1)
         return torch.where(use_attn, self._attn_only(x, p), self._conv_only(x, p))
 
-    def _not_all_attn(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return torch.cond((p <= self.threshold).all(), self._conv_only, self._per_sample, (x, p))
+    def _not_all_conv(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return torch.cond((p > self.threshold).all(), self._attn_only, self._per_sample, (x, p))
 
     def hard(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if _is_exporting():
-            return torch.cond((p > self.threshold).all(), self._attn_only, self._not_all_attn, (x, p))
+            # The cheap conv path is tested first: a batch routed to conv pays one `If` dispatch, the attention
+            # path (far costlier itself) a second one.
+            return torch.cond((p <= self.threshold).all(), self._conv_only, self._not_all_conv, (x, p))
         use_attn = p > self.threshold
-        if bool(use_attn.all()):
-            return self._attn_only(x, p)
         if not bool(use_attn.any()):
             return self._conv_only(x, p)
+        if bool(use_attn.all()):
+            return self._attn_only(x, p)
         return self._per_sample(x, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,10 @@ VARIANTS = {
                  description="router picks depthwise-conv or self-attention per input (shared 1x1 kernel)")
 def build(cfg: dict) -> nn.Module:
     d = cfg["dim"]
-    stem = nn.Sequential(make_stem(cfg["in_chans"], d, cfg["img_size"]), InvertedResidual(d, d, 2 * d))
+    # token_grid: the largest token grid the stem may leave (16 by default); larger grids make attention - and so
+    # the routing decision - a larger share of the cost.
+    stem = nn.Sequential(make_stem(cfg["in_chans"], d, cfg["img_size"], cfg.get("token_grid", 16)),
+                         InvertedResidual(d, d, 2 * d))
     blocks = nn.Sequential(*[RoutedBlock(d, cfg["heads"], int(d * cfg["mlp_ratio"]), cfg.get("threshold", 0.5))
                              for _ in range(cfg["depth"])])
     return HybridNet(cfg, stem, blocks, d)

@@ -174,6 +174,21 @@ def test_weights_policy_leaves_activation_matmuls_and_softmax_float(routed_int8)
     assert violations(res.model.graph) == []
 
 
+def test_auto_groups_the_image_conv_apart_from_dense_and_depthwise_convs():
+    """`--ops auto` times kinds apart: the conv reading the image (3 channels, largest output) is its own kind."""
+    from onnx import helper
+
+    from edgeconv.quantize.ort import node_kind
+
+    image = frozenset({"input"})
+    stem = helper.make_node("Conv", ["input", "w0"], ["a"], group=1)
+    dense = helper.make_node("Conv", ["a", "w1"], ["b"])
+    dw = helper.make_node("Conv", ["b", "w2"], ["c"], group=48)
+    mm = helper.make_node("MatMul", ["c", "w3"], ["d"])
+    assert [node_kind(n, image) for n in (stem, dense, dw, mm)] == ["input Conv", "Conv", "depthwise Conv", "MatMul"]
+    assert node_kind(stem) == "Conv"  # inside an If branch nothing reads the image directly
+
+
 # ----------------------------------------------------------------------------------------------- --max-drop
 @pytest.mark.slow
 def test_max_drop_keeps_sensitive_layers_float_until_within_budget(exported, calib, digits_eval):

@@ -9,10 +9,13 @@ samples that took it. Each unit is calibrated once (onnxruntime's calibration ca
 different set of layers is only a graph rewrite. Quantized branches are grafted back into their `If`s, duplicate
 weight copies are shared, and the result passes the full ONNX check with every `If` still in place.
 
-Op selection (`ops`): `weights` (the default) quantizes layers with a weight - Conv, Gemm and MatMul with a
-constant operand. Activation x activation MatMuls (q.k, attn.v), softmax, layer norm and GELU stay float: on CPUs
-without fast INT8 dot products they are slower in INT8 and lose the most accuracy (platform-facts.md; measured again
-in benchmarks/quantize.py). `all` quantizes every operator onnxruntime can; TensorRT uses it with symmetric INT8.
+Op selection (`ops`): `weights` quantizes layers with a weight - Conv, Gemm and MatMul with a constant operand.
+Activation x activation MatMuls (q.k, attn.v), softmax, layer norm and GELU stay float: on CPUs without fast INT8
+dot products they are slower in INT8 and lose the most accuracy (platform-facts.md; measured again in
+benchmarks/quantize.py). `auto` (the default) starts from `weights` and keeps a kind of weight layer (dense Conv,
+depthwise Conv, the Conv that reads the image, MatMul, Gemm) INT8 only where the model measured on this CPU is no
+slower with it, heaviest kinds first; the report says which kinds stayed float and the timings that decided it.
+`all` quantizes every operator onnxruntime can; TensorRT uses it with symmetric INT8.
 """
 
 from __future__ import annotations
@@ -145,9 +148,16 @@ def select_candidates(model: onnx.ModelProto, policy: str) -> tuple[list[str], d
     return chosen, left
 
 
-def node_kind(node) -> str:
-    """Latency groups for `--ops auto`: depthwise convs behave differently from dense ones in INT8."""
+def node_kind(node, image_inputs: frozenset[str] = frozenset()) -> str:
+    """Latency groups for `--ops auto`: layers that behave alike in INT8 on a CPU.
+
+    The conv that reads the image is its own group: with 1-3 input channels its INT8 kernel has almost nothing to
+    accumulate per output (k*k*C_in <= 27 products), and its output - the largest activation in the network - would
+    be dequantized right after. It holds a tiny share of the weights, so keeping it float costs no size.
+    """
     if node.op_type == "Conv":
+        if node.input[0] in image_inputs:
+            return "input Conv"
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         return "depthwise Conv" if group > 1 else "Conv"
     return node.op_type
@@ -276,13 +286,25 @@ class QuantTree:
     def kinds(self) -> dict[str, list[str]]:
         """Candidate ids grouped by `node_kind`."""
         out: dict[str, list[str]] = {}
+        image = frozenset(i.name for i in self.root.model.graph.input)
         for u in self.root.walk():
             if not u.cache:
                 continue
             nodes = {n.name: n for n in u.model.graph.node}
             for c in u.candidates:
-                out.setdefault(node_kind(nodes[c]), []).append(u.node_id(c))
+                out.setdefault(node_kind(nodes[c], image if u is self.root else frozenset()), []).append(u.node_id(c))
         return out
+
+    def weight_count(self, ids: set[str]) -> int:
+        """Number of weight values in the layers `ids` (what INT8 shrinks by 4x)."""
+        total = 0
+        for u in self.root.walk():
+            inits = {t.name: t for t in u.model.graph.initializer}
+            nodes = {n.name: n for n in u.model.graph.node}
+            for c in u.candidates:
+                if u.node_id(c) in ids:
+                    total += sum(int(np.prod(inits[i].dims)) for i in nodes[c].input[:2] if i in inits)
+        return total
 
     def float_ops(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -450,7 +472,9 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
 def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
     """Greedy over op kinds: add a kind's layers when the model is no slower with them (interleaved timing)."""
     kinds = tree.kinds()
-    order = sorted(kinds, key=lambda k: -len(kinds[k]))
+    # Heaviest kinds first: they carry the size win, and an early accepted kind is never dropped for a later one.
+    weights = {k: tree.weight_count(set(v)) for k, v in kinds.items()}
+    order = sorted(kinds, key=lambda k: -weights[k])
     x = _timing_input(calib, batch)
     # One thread per session: on a shared machine that keeps timings comparable; the decision is a ratio.
     float_sess = ort_session(tree.float_model, threads=1)

@@ -5,12 +5,20 @@ Graphs of one routed model (random weights; the routers' last layer is set so ev
   (b) gated, routed to attention - `If` nodes, only the attention branch runs
   (c) soft                       - both branches, weighted (the training graph)
   (d) static:conv                - the conv branch only, no router, no `If`
+  (e) router, no If              - graph (a) with every top-level `If` replaced by its conv branch: the router still
+                                   runs, nothing is dispatched. (a)/(e) is the cost of the `If` itself, (e)/(d) the
+                                   cost of the router and of scaling by its probability.
 Repetitions are interleaved (a, b, c, d, a, b, ...) so machine noise hits every graph alike; medians and ratios are
 printed for each onnxruntime optimisation level asked for.
 
 Targets: gated-conv <= 0.6x soft; the `If` costs <= 5% over static:conv (gated-conv / static-conv <= 1.05).
 
-Run: .venv/bin/python benchmarks/routing.py [--model routed-small] [--img-size 224] [--levels all,extended]
+The default model is routed-small at 224x224 with a 28x28 token grid (`--token-grid 28`, a stride-8 stem), a size
+where the routed blocks dominate; `--token-grid 16` measures the zoo default (14x14, where the stem is a large
+fixed cost).
+
+Run: .venv/bin/python benchmarks/routing.py [--model routed-small] [--img-size 224] [--token-grid 28]
+     [--levels all,extended]
 """
 
 from __future__ import annotations
@@ -57,6 +65,39 @@ def swap_route_bias(onnx_path: Path, out: Path) -> int:
         if arr.shape == (2,) and np.array_equal(arr, want):
             init.CopyFrom(onnx.numpy_helper.from_array(-arr, init.name))
             n += 1
+    onnx.save_model(proto, str(out))
+    return n
+
+
+def inline_conv_branches(onnx_path: Path, out: Path) -> int:
+    """Copy of a gated graph with each top-level `If` replaced by the nodes of its conv branch (then_branch).
+
+    The router and the predicate stay (their outputs are still computed), so timing this graph against the gated
+    one isolates what dispatching the `If` costs. Returns how many `If` nodes were inlined."""
+    import copy
+
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(onnx_path))
+    g = proto.graph
+    have = {t.name for t in g.initializer}
+    nodes, n = [], 0
+    for node in g.node:
+        if node.op_type != "If":
+            nodes.append(node)
+            continue
+        branch = next(a.g for a in node.attribute if a.name == "then_branch")
+        for t in branch.initializer:  # branches of different blocks may hold same-named copies of one weight
+            if t.name not in have:
+                g.initializer.append(copy.deepcopy(t))
+                have.add(t.name)
+        nodes.extend(copy.deepcopy(b) for b in branch.node)
+        nodes.extend(helper.make_node("Identity", [b.name], [o]) for b, o in zip(branch.output, node.output))
+        n += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(out))
     return n
 
@@ -124,6 +165,7 @@ def time_interleaved(graphs: dict[str, Path], x: np.ndarray, level: str, reps: i
         for k, v in rep.items():
             ratios.setdefault(f"{k} / soft", []).append(v / rep["soft"])
             ratios.setdefault(f"{k} / static:conv", []).append(v / rep["static:conv"])
+            ratios.setdefault(f"{k} / router, no If", []).append(v / rep["router, no If"])
     return times, ratios
 
 
@@ -133,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--in-chans", type=int, default=3)
     ap.add_argument("--depth", type=int, default=None, help="override the number of routed blocks")
+    ap.add_argument("--dim", type=int, default=None, help="override the block width (routed family)")
+    ap.add_argument("--token-grid", type=int, default=28,
+                    help="largest token grid the stem may leave (routed family; 28: 28x28 at 224; the zoo's 16: 14x14)")
     ap.add_argument("--levels", default="all,all-nonchwc,extended",
                     help=f"onnxruntime optimisation settings to measure ({', '.join(LEVELS)})")
     ap.add_argument("--reps", type=int, default=25, help="interleaved repetitions (median reported)")
@@ -142,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    overrides = {"depth": args.depth} if args.depth else {}
+    overrides = {k: v for k, v in (("depth", args.depth), ("token_grid", args.token_grid), ("dim", args.dim)) if v}
     model = create_model(args.model, num_classes=1000, in_chans=args.in_chans, img_size=args.img_size, **overrides)
     if not routers(model):
         raise SystemExit(f"{args.model} has no routers")
@@ -152,20 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="edgeconv_routing_"))
     work.mkdir(parents=True, exist_ok=True)
     graphs = {"gated->conv": work / "gated_conv.onnx", "gated->attn": work / "gated_attn.onnx",
-              "soft": work / "soft.onnx", "static:conv": work / "static_conv.onnx"}
+              "soft": work / "soft.onnx", "static:conv": work / "static_conv.onnx",
+              "router, no If": work / "router_no_if.onnx"}
     for key, routing in (("gated->conv", "gated"), ("soft", "soft"), ("static:conv", "static:conv")):
         if not graphs[key].exists():
             t0 = time.perf_counter()
             res = export_onnx(model, graphs[key], routing=routing, preprocessing=pre)
             console.print(f"exported {key}: {res.if_nodes} If nodes, {time.perf_counter() - t0:.0f} s")
     flipped = swap_route_bias(graphs["gated->conv"], graphs["gated->attn"])
+    if not inline_conv_branches(graphs["gated->conv"], graphs["router, no If"]):
+        raise SystemExit("the gated graph has no top-level If to inline")
     if flipped == 0:
         raise SystemExit("no router bias found in the gated graph; cannot make a routed-to-attention copy")
 
     x = np.random.default_rng(0).standard_normal((1, args.in_chans, args.img_size, args.img_size)).astype(np.float32)
     errs = {"gated->conv": check_graph(graphs["gated->conv"], model, x, "hard"),
             "soft": check_graph(graphs["soft"], model, x, "soft"),
-            "static:conv": check_graph(graphs["static:conv"], model, x, "static:conv")}
+            "static:conv": check_graph(graphs["static:conv"], model, x, "static:conv"),
+            "router, no If": check_graph(graphs["router, no If"], model, x, "hard")}
     force_route(model, "attn")
     errs["gated->attn"] = check_graph(graphs["gated->attn"], model, x, "hard")
     bad = {k: v for k, v in errs.items() if not v <= 1e-3}
@@ -173,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"graphs disagree with PyTorch, not timing them: {bad}")
 
     params = sum(p.numel() for p in model.parameters())
-    console.print(f"model {args.model} depth {len(routers(model))} at {args.in_chans}x{args.img_size}x"
+    grid = f", token grid {args.token_grid} max" if args.token_grid else ""
+    console.print(f"model {args.model} depth {len(routers(model))}{grid} at {args.in_chans}x{args.img_size}x"
                   f"{args.img_size}, {params / 1e6:.2f} M params, batch 1; onnxruntime "
                   f"{__import__('onnxruntime').__version__}, {args.reps} interleaved reps x {args.runs} runs; "
                   f"max |ORT - PyTorch| {max(errs.values()):.1e}")
@@ -191,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({"level": level, "gated->conv ms": round(med["gated->conv"], 2),
                         "gated-conv / soft": round(conv_soft, 3),
                         "If overhead vs static:conv %": round(100 * overhead, 1),
+                        "of which If dispatch %": round(100 * (rmed["gated->conv / router, no If"] - 1), 1),
+                        "router + scale %": round(100 * (rmed["router, no If / static:conv"] - 1), 1),
                         "targets (<= 0.6, <= 5%)": "met" if ok else "NOT met"})
     console.print(rows_table(summary, title="routing targets"))
     return 0

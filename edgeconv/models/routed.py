@@ -87,13 +87,14 @@ class RoutedBlock(nn.Module):
         return torch.where(use_attn, self._attn_only(x, p), self._conv_only(x, p))
 
     def _not_all_conv(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return torch.cond((p > self.threshold).all(), self._attn_only, self._per_sample, (x, p))
+        return torch.cond(p.min() > self.threshold, self._attn_only, self._per_sample, (x, p))
 
     def hard(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if _is_exporting():
             # The cheap conv path is tested first: a batch routed to conv pays one `If` dispatch, the attention
             # path (far costlier itself) a second one.
-            return torch.cond((p <= self.threshold).all(), self._conv_only, self._not_all_conv, (x, p))
+            # max/min instead of (p <= t).all(): the same test in two ONNX nodes instead of four.
+            return torch.cond(p.max() <= self.threshold, self._conv_only, self._not_all_conv, (x, p))
         use_attn = p > self.threshold
         if not bool(use_attn.any()):
             return self._conv_only(x, p)

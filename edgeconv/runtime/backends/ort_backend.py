@@ -20,6 +20,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 _COMPARE_OPS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 _PASS_THROUGH = {"ReduceMin", "ReduceMax", "ReduceProd", "Cast", "Not", "Squeeze", "Reshape", "Identity",
                  "Unsqueeze", "Flatten"}
+_BATCH_REDUCTIONS = {"ReduceMin", "ReduceMax"}
 
 
 def load_onnx(path: Path):
@@ -93,21 +94,38 @@ def onnx_params(model) -> int:
 
 
 def _route_probes(model) -> list[tuple[str, str]]:
-    """(router name, per-sample decision tensor) for each top-level `If` whose condition comes from a comparison."""
+    """(router name, per-sample "took attention" tensor) for each top-level `If` whose condition is a comparison
+    of the router probability with the threshold.
+
+    The condition is one value per batch (e.g. `max(p) <= t`: the whole batch goes to conv). The per-sample decision
+    is rebuilt next to it as `p > t` (the routed blocks' definition: attention when p_attn > threshold): a Greater
+    node on the comparison's own operands, with any reduction over the batch stripped off, is added to `model`."""
+    import onnx
+
     producer = {o: n for n in model.graph.node for o in n.output}
     probes = []
     for i, node in enumerate(n for n in model.graph.node if n.op_type == "If"):
-        name = node.input[0]
+        name, compare = node.input[0], None
         for _ in range(6):
             p = producer.get(name)
             if p is None:
                 break
             if p.op_type in _COMPARE_OPS:
-                probes.append((node.name or f"if_{i}", p.output[0]))
+                compare = p
                 break
             if p.op_type not in _PASS_THROUGH:
                 break
             name = p.input[0]
+        if compare is None:
+            continue
+        per_sample = compare.input[0]
+        while producer.get(per_sample) is not None and producer[per_sample].op_type in _BATCH_REDUCTIONS:
+            per_sample = producer[per_sample].input[0]
+        router = node.name or f"if_{i}"
+        out = f"edgeconv_probe_{i}_attn"
+        model.graph.node.append(onnx.helper.make_node("Greater", [per_sample, compare.input[1]], [out],
+                                                      name=f"edgeconv_probe_{i}"))
+        probes.append((router, out))
     return probes
 
 

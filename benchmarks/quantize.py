@@ -1,8 +1,10 @@
 """Quantization side by side, in one run on this CPU.
 
-Part 1 - a 224x224 hybrid (default hvt-small, 3 channels) at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and
-TFLite FP32 / FP16 / INT8 latency and file size. Latency is the minimum over interleaved runs with one thread (on a
-shared machine the minimum is the least disturbed number; each ratio compares runs taken side by side). The 224
+Part 1 - 224x224 hybrids (default hvt-small, serial conv-then-attention, and acmix-small, parallel conv and
+attention branches; 3 channels) at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and
+TFLite FP32 / FP16 / INT8 latency and file size. onnxruntime sessions run with one thread, interleaved in a shuffled
+order per repetition; each ratio is the median over repetitions of the ratio taken within that repetition (load
+changes on a shared machine hit both sides of a ratio alike), and "ms" is the median latency. The 224
 model is freshly initialised - no 224x224 training data here - and calibrated on real digits upsampled to
 224x224 RGB; its accuracy is not meaningful and not reported.
 
@@ -91,8 +93,21 @@ def tflite_variants(ckpt: Path, npz: Path, work: Path) -> dict[str, Path]:
     return out
 
 
-def part1(name: str, work: Path, seconds: float) -> list[dict]:
-    from edgeconv.quantize.ort import compare_latency, ort_session
+def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> tuple[dict, dict]:
+    """Median ms of each session, and the median over repetitions of its ratio to `reference` within a repetition."""
+    import statistics
+
+    from edgeconv.quantize.ort import interleaved_times
+
+    names = list(sessions)
+    times = dict(zip(names, interleaved_times(list(sessions.values()), x, seconds=0, min_runs=reps)))
+    ratios = {k: [t / r for t, r in zip(v, times[reference])] for k, v in times.items()}
+    return ({k: statistics.median(v) for k, v in times.items()},
+            {k: statistics.median(v) for k, v in ratios.items()})
+
+
+def part1(name: str, work: Path, reps_b1: int, reps_b16: int) -> list[dict]:
+    from edgeconv.quantize.ort import ort_session
     from edgeconv.quantize.tflite import TFLiteRunner
 
     ckpt, onx, npz = make_224(name, work)
@@ -102,11 +117,12 @@ def part1(name: str, work: Path, seconds: float) -> list[dict]:
     x16 = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
     sessions = {k: ort_session(p, threads=1, level="extended" if "FP16" in k else "all") for k, p in ort_paths.items()}
     lat: dict[str, dict[int, float]] = {k: {} for k in sessions}
-    for b in (1, 16):
-        _log(f"timing onnxruntime at batch {b}")
-        ms = compare_latency(list(sessions.values()), x16[:b], seconds=seconds * (1 if b == 1 else 3), min_runs=3)
-        for k, v in zip(sessions, ms):
-            lat[k][b] = v
+    ort_ratio: dict[str, dict[int, float]] = {k: {} for k in sessions}
+    for b, reps in ((1, reps_b1), (16, reps_b16)):
+        _log(f"timing onnxruntime at batch {b} ({reps} interleaved repetitions)")
+        ms, ratios = paired_timing(sessions, x16[:b], reps, reference="ORT FP32")
+        for k in sessions:
+            lat[k][b], ort_ratio[k][b] = ms[k], ratios[k]
     runners = {k: TFLiteRunner(p, threads=1) for k, p in tfl_paths.items()}
     for k, r in runners.items():
         _log(f"timing {k}")
@@ -117,10 +133,11 @@ def part1(name: str, work: Path, seconds: float) -> list[dict]:
     for k, p in {**ort_paths, **tfl_paths}.items():
         rt = k.split()[0]
         size = p.stat().st_size
+        ratio = ort_ratio.get(k) or {b: lat[k][b] / fp32_lat[rt][b] for b in (1, 16)}
         rows.append({"model": f"{name} 224x224", "artifact": k, "size KiB": round(size / 1024, 1),
                      "size vs FP32": round(size / fp32_size[rt], 2),
-                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(lat[k][1] / fp32_lat[rt][1], 2),
-                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32": round(lat[k][16] / fp32_lat[rt][16], 2)})
+                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(ratio[1], 2),
+                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32": round(ratio[16], 2)})
     return rows
 
 
@@ -171,10 +188,12 @@ def main() -> None:
     from edgeconv.console import console, rows_table
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="hvt-small", help="zoo model for the 224x224 latency part")
+    ap.add_argument("--model", action="append", default=None,
+                    help="zoo model for the 224x224 latency part (repeatable; default hvt-small and acmix-small)")
     ap.add_argument("--ckpt", action="append", type=Path, default=[], help="digits checkpoint for the top-1 part")
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept; reruns reuse its artifacts)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per comparison at batch 1")
+    ap.add_argument("--reps", type=int, default=200, help="interleaved onnxruntime repetitions at batch 1")
+    ap.add_argument("--reps16", type=int, default=40, help="interleaved onnxruntime repetitions at batch 16")
     ap.add_argument("--skip-224", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -182,8 +201,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result = {}
     if not args.skip_224:
-        result["latency_224"] = part1(args.model, work, args.seconds)
-        console.print(rows_table(result["latency_224"], title="224x224 hybrid on this CPU (1 thread, min of runs)"))
+        result["latency_224"] = [row for name in args.model or ["hvt-small", "acmix-small"]
+                                 for row in part1(name, work, args.reps, args.reps16)]
+        console.print(rows_table(result["latency_224"],
+                                 title="224x224 hybrid on this CPU (1 thread; ORT: medians of interleaved repetitions)"))
     if args.ckpt:
         result["top1_digits"] = part2(args.ckpt, work)
         console.print(rows_table(result["top1_digits"], title="top-1 on the digits test split (359 images)"))

@@ -12,9 +12,9 @@ weight copies are shared, and the result passes the full ONNX check with every `
 Op selection (`ops`): `weights` quantizes layers with a weight - Conv, Gemm and MatMul with a constant operand.
 Activation x activation MatMuls (q.k, attn.v), softmax, layer norm and GELU stay float: on CPUs without fast INT8
 dot products they are slower in INT8 and lose the most accuracy (platform-facts.md; measured again in
-benchmarks/quantize.py). `auto` (the default) starts from `weights` and keeps a kind of weight layer (dense Conv,
-depthwise Conv, the Conv that reads the image, MatMul, Gemm) INT8 only where the model measured on this CPU is no
-slower with it, heaviest kinds first; the report says which kinds stayed float and the timings that decided it.
+benchmarks/quantize.py). `auto` (the default) starts from `weights` and, while that model measured on this CPU is slower
+than float, puts kinds of weight layer (dense Conv, depthwise Conv, the Conv that reads the image, MatMul, Gemm)
+back in float, the one that costs most first; the report says which kinds stayed float and the timings that decided.
 `all` quantizes every operator onnxruntime can; TensorRT uses it with symmetric INT8.
 """
 
@@ -295,17 +295,6 @@ class QuantTree:
                 out.setdefault(node_kind(nodes[c], image if u is self.root else frozenset()), []).append(u.node_id(c))
         return out
 
-    def weight_count(self, ids: set[str]) -> int:
-        """Number of weight values in the layers `ids` (what INT8 shrinks by 4x)."""
-        total = 0
-        for u in self.root.walk():
-            inits = {t.name: t for t in u.model.graph.initializer}
-            nodes = {n.name: n for n in u.model.graph.node}
-            for c in u.candidates:
-                if u.node_id(c) in ids:
-                    total += sum(int(np.prod(inits[i].dims)) for i in nodes[c].input[:2] if i in inits)
-        return total
-
     def float_ops(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for u in self.root.walk():
@@ -414,8 +403,9 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
                   on_step: Callable[[str], None] | None = None) -> Int8Result:
     """Static Q/DQ INT8 of an ONNX model (`If` branches included).
 
-    `options.ops == "auto"`: weight layers are quantized kind by kind (Conv, depthwise Conv, Gemm, MatMul) and a
-    kind is kept only if the model measured at batch `latency_batch` is no slower with it. With `max_drop`, the
+    `options.ops == "auto"`: every weight layer is INT8 unless the model measured at batch `latency_batch` is
+    slower than float; then whole kinds (Conv, depthwise Conv, image Conv, Gemm, MatMul) go back to float, the
+    costliest first, until it is not (`_select_by_latency`). With `max_drop`, the
     most sensitive layers are kept float until top-1 is within `max_drop` points of the float model, or this fails
     saying the budget cannot be met (at most `max_float` layers may go back to float; default all but one).
     """
@@ -470,47 +460,42 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
 
 
 def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
-    """Greedy over op kinds: add a kind's layers when the model is no slower with them (interleaved timing)."""
+    """Every weight layer INT8 (the smallest file) unless that model is slower than float at `batch`; then kinds go
+    back to float one at a time, each time the kind whose removal helps most (interleaved timing), until it is not.
+
+    Top-down rather than adding kinds one by one: the size win needs nearly every weight in INT8, and on a CPU where
+    INT8 is about break-even, single steps of a bottom-up search sit inside the timing noise and can stop it early.
+    """
     kinds = tree.kinds()
-    # Heaviest kinds first: they carry the size win, and an early accepted kind is never dropped for a later one.
-    weights = {k: tree.weight_count(set(v)) for k, v in kinds.items()}
-    order = sorted(kinds, key=lambda k: -weights[k])
     x = _timing_input(calib, batch)
     # One thread per session: on a shared machine that keeps timings comparable; the decision is a ratio.
     float_sess = ort_session(tree.float_model, threads=1)
-    chosen: list[str] = []
-    current = float_sess
+
+    def session(ks: list[str]):
+        return ort_session(tree.assemble({c for k in ks for c in kinds[k]}, check=False), threads=1)
+
+    kept = list(kinds)
+    step(f"timing INT8 (all weight layers) against float at batch {batch}")
+    f_ms, q_ms = compare_latency([float_sess, session(kept)], x)
     left: dict[str, str] = {}
-    latency: dict[str, float] = {}
-    accepted: list[str] = []
-    for kind in order:
-        step(f"timing INT8 {kind} layers at batch {batch}")
-        trial_ids = chosen + kinds[kind]
-        trial = ort_session(tree.assemble(set(trial_ids), check=False), threads=1)
-        cur_ms, trial_ms = compare_latency([current, trial], x)
-        if trial_ms <= cur_ms * 1.02:  # 2%: below what this timing resolves
-            chosen, current = trial_ids, trial
-            accepted.append(kind)
-        else:
-            left[kind] = f"INT8 slower here: {trial_ms:.2f} ms vs {cur_ms:.2f} ms at batch {batch}"
-    f_ms, q_ms = compare_latency([float_sess, current], x) if chosen else (0.0, 0.0)
-    # Small gains can add up to a loss against float: drop the last accepted kinds until it is not slower.
-    while accepted and q_ms > f_ms * 1.02:
-        kind = accepted.pop()
-        left[kind] = f"INT8 with it: {q_ms:.2f} ms vs float {f_ms:.2f} ms at batch {batch}"
-        chosen = [c for k in accepted for c in kinds[k]]
-        if chosen:
-            current = ort_session(tree.assemble(set(chosen), check=False), threads=1)
-            f_ms, q_ms = compare_latency([float_sess, current], x)
-    if not chosen:
-        # Nothing pays on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
-        chosen = [c for k in order for c in kinds[k]]
-        left = {}
-        current = ort_session(tree.assemble(set(chosen), check=False), threads=1)
-        step("no INT8 layer kind is faster than float here; quantizing all weight layers for size")
-        f_ms, q_ms = compare_latency([float_sess, current], x)
-    latency.update({"batch": batch, "float_ms": f_ms, "int8_ms": q_ms})
-    return chosen, left, latency
+    while q_ms > f_ms * 1.02 and len(kept) > 1:  # 2%: below what this timing resolves
+        step(f"INT8 slower ({q_ms:.1f} vs {f_ms:.1f} ms): timing each of {len(kept)} kinds back in float")
+        trials = {k: session([j for j in kept if j != k]) for k in kept}
+        ms = compare_latency([float_sess, *trials.values()], x, seconds=1.0 + 0.5 * len(trials))
+        f_ms, trial_ms = ms[0], dict(zip(trials, ms[1:]))
+        best = min(trial_ms, key=trial_ms.get)
+        if trial_ms[best] >= q_ms:
+            break  # no single kind back in float helps
+        left[best] = (f"INT8 slower with it: {q_ms:.2f} ms, {trial_ms[best]:.2f} ms with it in float "
+                      f"(float model {f_ms:.2f} ms) at batch {batch}")
+        kept.remove(best)
+        q_ms = trial_ms[best]
+    if q_ms > f_ms * 1.02:
+        # Nothing makes INT8 pay on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
+        step("INT8 is slower than float here whatever stays float; quantizing all weight layers for size")
+        kept, left = list(kinds), {}
+        f_ms, q_ms = compare_latency([float_sess, session(kept)], x)
+    return [c for k in kept for c in kinds[k]], left, {"batch": batch, "float_ms": f_ms, "int8_ms": q_ms}
 
 
 def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
@@ -519,22 +504,34 @@ def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
     return np.concatenate([x] * reps)[:batch]
 
 
-def compare_latency(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 5,
-                    max_runs: int = 200) -> list[float]:
-    """Minimum ms per run of each session on `x`, runs interleaved so load changes hit all alike."""
+def interleaved_times(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7,
+                      max_runs: int = 200) -> list[list[float]]:
+    """ms per run of each session on `x`: repetitions run every session once, in a shuffled order, so load changes
+    on a shared machine hit all alike (entry r of every list comes from the same repetition)."""
+    import random
+
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for s, f in zip(sessions, feeds):
+    for s, f in zip(sessions, feeds):  # warm-up: first runs allocate and pick kernels
         s.run(None, f)
     times: list[list[float]] = [[] for _ in sessions]
+    order, rng = list(range(len(sessions))), random.Random(0)
     t_end = time.perf_counter() + seconds
     runs = 0
     while runs < min_runs or (time.perf_counter() < t_end and runs < max_runs):
-        for i, (s, f) in enumerate(zip(sessions, feeds)):
+        rng.shuffle(order)
+        for i in order:
             t = time.perf_counter()
-            s.run(None, f)
-            times[i].append(time.perf_counter() - t)
+            sessions[i].run(None, feeds[i])
+            times[i].append((time.perf_counter() - t) * 1e3)
         runs += 1
-    return [float(np.min(t) * 1e3) for t in times]
+    return times
+
+
+def compare_latency(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7,
+                    max_runs: int = 200) -> list[float]:
+    """Median ms per run of each session on `x` (interleaved runs; the median, not the minimum: differences of a
+    few percent between INT8 and float were inside the spread of minima here)."""
+    return [float(np.median(t)) for t in interleaved_times(sessions, x, seconds, min_runs, max_runs)]
 
 
 def _rank_sensitivity(tree: QuantTree, cands: list[str], ev: Evaluator, step) -> list[str]:

@@ -115,7 +115,7 @@ def check_graph(path: Path, model: torch.nn.Module, x: np.ndarray, mode: str) ->
 
 LEVELS = {  # name -> (onnxruntime level, optimisers to disable)
     "all": ("all", []),
-    "all-nonchwc": ("all", ["NchwcTransformer"]),  # ENABLE_ALL without the NCHWc layout (not applied inside If)
+    "all-nonchwc": ("all", ["NchwcTransformer"]),  # ENABLE_ALL without the NCHWc blocked layout
     "extended": ("extended", []),
 }
 

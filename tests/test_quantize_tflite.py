@@ -132,3 +132,15 @@ def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
     with pytest.raises(EdgeconvError, match="starts from the PyTorch checkpoint"):
         quantize(QuantizeRequest(p, tmp_path / "b.tflite", "int8", backend="tflite"))
     assert not list(tmp_path.glob("*.tflite*"))
+
+
+@pytest.mark.slow
+def test_saliency_top_k_token_selection_converts_and_runs_in_int8(trained, tmp_path):
+    """The saliency family keeps its top-k tokens in TFLite INT8: no sort kernel is needed, and it is scored."""
+    from edgeconv.quantize import QuantizeRequest, quantize
+
+    out = tmp_path / "saliency.int8.tflite"
+    rep = quantize(QuantizeRequest(trained("saliency-tiny", 6), out, "int8", backend="tflite"))
+    acc = rep.record["accuracy"]
+    assert acc["float_top1"] > 80 and acc["drop"] <= 2.0
+    assert out.exists()

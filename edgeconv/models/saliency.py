@@ -78,7 +78,15 @@ class SaliencyLayer(nn.Module):
             # Background patches often score exactly alike, and runtimes break top-k ties differently: a tiny
             # position-dependent offset makes every runtime keep the same tokens.
             rank = saliency - torch.arange(t.shape[1], dtype=saliency.dtype, device=saliency.device) * 1e-6
-            idx = rank.topk(k, dim=1).indices.sort(dim=1).values            # keep spatial order
+            # The k most salient tokens, in spatial order. Written with top-k indices, a gather and a comparison,
+            # no sort: TFLite has no sort kernel (a sort, or a top-k whose indices go unused, becomes
+            # STABLEHLO_SORT in litert-torch, which its interpreter cannot run). Ranks are distinct (offset
+            # above), so `rank >= k-th value` selects exactly the top-k tokens, and a key that falls with the
+            # position lists them first to last.
+            kth = rank.gather(1, rank.topk(k, dim=1).indices[:, -1:])
+            n = t.shape[1]
+            key = (rank >= kth).to(rank.dtype) * (n - torch.arange(n, dtype=rank.dtype, device=rank.device))
+            idx = key.topk(k, dim=1).indices
             self.last_keep = idx.detach()
             t = t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
             saliency, attn = saliency.gather(1, idx), None

@@ -86,8 +86,12 @@ class TFLiteRunner:
     def __init__(self, path: str | Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interp = Interpreter(model_path=str(path), num_threads=threads)
-        self.interp.allocate_tensors()
+        try:
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:  # e.g. an op the interpreter has no kernel for
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise EdgeconvError(f"{path}: the TFLite interpreter cannot run this model: {first[:200]}") from None
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
 

@@ -61,3 +61,23 @@ def digits_pre():
     from edgeconv.data import digits_preprocessing
 
     return digits_preprocessing(32)
+
+
+@pytest.fixture(scope="session")
+def exported(trained, cache_dir):
+    """exported(name) -> ONNX of the 12-epoch fixture checkpoint (default export: gated routing for routed models).
+
+    One cached file per model, shared by every test module (a gated export is slow); re-exported when the cached
+    file came from another version of the checkpoint (EDGECONV_TEST_CACHE keeps files between runs)."""
+    from edgeconv.artifacts import file_sha256
+    from edgeconv.export.onnx import export_onnx, read_metadata
+
+    def get(name: str) -> Path:
+        ckpt = trained(name)
+        out = cache_dir / f"{name}-e12.onnx"
+        if not out.exists() or read_metadata(out).get("source_sha256") != file_sha256(ckpt):
+            export_onnx(ckpt, out)
+        return out
+
+    return get
+

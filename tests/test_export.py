@@ -24,13 +24,9 @@ def routed_ckpt(trained):
 
 
 @pytest.fixture(scope="module")
-def gated(routed_ckpt, cache_dir):
-    """The gated export of the routed fixture (the same cached file other tests export: a gated export is slow)."""
-    path = cache_dir / "routed-tiny-e12.onnx"
-    meta = read_metadata(path) if path.exists() else {}
-    if meta.get("source_sha256") != file_sha256(routed_ckpt) or meta.get("routing") != "gated":
-        export_onnx(routed_ckpt, path, routing="gated")
-    return path
+def gated(exported):
+    """The gated export of the routed fixture (the cached file other tests share: a gated export is slow)."""
+    return exported("routed-tiny")
 
 
 @pytest.mark.slow

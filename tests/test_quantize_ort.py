@@ -4,28 +4,12 @@ and bad input that fails with one line and leaves nothing behind."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from edgeconv.errors import EdgeconvError
-
-
-@pytest.fixture(scope="session")
-def exported(trained, cache_dir):
-    """exported(name) -> ONNX (gated routing for routed models) of the 12-epoch fixture checkpoint, cached."""
-    from edgeconv.export.onnx import export_onnx
-
-    def get(name: str) -> Path:
-        out = cache_dir / f"{name}-e12.onnx"
-        if not out.exists():
-            export_onnx(trained(name), out)
-        return out
-
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,8 @@ def gpu():
 
 
 @pytest.fixture(scope="module")
-def routed_onnx(trained, cache_dir):
-    from edgeconv.export.onnx import export_onnx
-
-    out = cache_dir / "routed-tiny-e12.onnx"
-    if not out.exists():
-        export_onnx(trained("routed-tiny"), out)
-    return out
+def routed_onnx(exported):
+    return exported("routed-tiny")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

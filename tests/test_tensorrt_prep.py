@@ -17,13 +17,8 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.fixture(scope="module")
-def routed_onnx(trained, cache_dir):
-    from edgeconv.export.onnx import export_onnx
-
-    out = cache_dir / "routed-tiny-e12.onnx"
-    if not out.exists():
-        export_onnx(trained("routed-tiny"), out)
-    return out
+def routed_onnx(exported):
+    return exported("routed-tiny")
 
 
 @pytest.fixture(scope="module")

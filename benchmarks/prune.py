@@ -14,7 +14,6 @@ Writes results.json, curves.png and the checkpoints/ONNX files under --out; prin
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from edgeconv import __version__
 from edgeconv.console import console, err_console, rows_table, sections_table
@@ -431,8 +432,6 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         console.print(rows_table(rows, title=f"compared with {compare}"))
     failed = [r for r in result["rows"] if r.get("status") == "failed"]
     if failed:
-        from rich.markup import escape
-
         err_console.print(f"[bold red]{len(failed)} row(s) failed[/]: " + escape(
                           "; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed)),
                           highlight=False, soft_wrap=True)
@@ -541,8 +540,6 @@ def main() -> None:
     try:
         app()
     except EdgeconvError as e:
-        from rich.markup import escape
-
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

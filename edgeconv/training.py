@@ -194,6 +194,7 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
         opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"], "rng": state.get("rng")}
         data = state.get("data", data)
         train = load_samples(data, pre, "train" if data == "digits" else "all", classes=classes)
+        _check_trainable(data, train)
     else:
         parse_name(model_name)  # an unknown name fails before any data is loaded
         if data != "digits" and img_size is None:
@@ -213,7 +214,6 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
             from edgeconv.models.timm_adapter import load_timm_weights
 
             load_timm_weights(model, weights)
-    _check_trainable(data, train)
     seed_everything(cfg.seed)
     prov = artifacts.provenance(command, resume, parent_info)  # hashed once: `out` may be the resumed file itself
     t0 = time.perf_counter()

@@ -6,10 +6,8 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Iterator
-
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError

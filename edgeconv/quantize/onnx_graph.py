@@ -270,7 +270,6 @@ def max_opset(models: list[onnx.ModelProto]) -> dict[str, int]:
     return out
 
 
-
 def uniquify_initializer_names(model: onnx.ModelProto) -> int:
     """Give subgraph-local initializers that repeat a name used elsewhere a unique one; returns how many.
 

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from edgeconv.artifacts import atomic_path

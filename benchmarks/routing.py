@@ -7,7 +7,7 @@ Graphs of one routed model (random weights; the routers' last layer is set so ev
   (d) static:conv                - the conv branch only, no router, no `If`
   (e) router, no If              - graph (a) with every top-level `If` replaced by its conv branch: the router still
                                    runs, nothing is dispatched. (a)/(e) is the cost of the `If` itself, (e)/(d) the
-                                   cost of the router.
+                                   cost of the router and of scaling by its probability.
 Repetitions are interleaved (a, b, c, d, a, b, ...) so machine noise hits every graph alike; medians and ratios are
 printed for each onnxruntime optimisation level asked for. Every graph runs in several sessions (`--sessions`, their
 times averaged), and graph (d) is timed a second time in sessions of its own: that copy's ratio to (d) is the
@@ -54,18 +54,18 @@ def force_route(model: torch.nn.Module, route: str) -> None:
 
 
 def swap_route_bias(onnx_path: Path, out: Path) -> int:
-    """Copy of a gated graph forced to conv, with the router margins' bias negated so it routes to attention.
+    """Copy of a gated graph forced to conv, with the router biases flipped so it routes to attention.
 
-    The exported router computes one margin, l_attn - l_conv, whose bias (b_attn - b_conv = -2 * ROUTE_LOGIT when
-    forced to conv) is a folded constant. Returns how many such initialisers were negated (identical routers may
-    share one after simplification; the caller checks the result against PyTorch routed to attention)."""
+    Returns how many bias initialisers were flipped (identical router biases may share one initialiser after
+    simplification; the caller checks the result against PyTorch routed to attention)."""
     import onnx
 
     proto = onnx.load(str(onnx_path))
     n = 0
+    want = np.array([ROUTE_LOGIT, -ROUTE_LOGIT], np.float32)
     for init in proto.graph.initializer:
         arr = onnx.numpy_helper.to_array(init)
-        if arr.size == 1 and arr.dtype == np.float32 and float(arr.reshape(())) == -2 * ROUTE_LOGIT:
+        if arr.shape == (2,) and np.array_equal(arr, want):
             init.CopyFrom(onnx.numpy_helper.from_array(-arr, init.name))
             n += 1
     onnx.save_model(proto, str(out))
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                         "gated-conv / soft": round(conv_soft, 3),
                         "If overhead vs static:conv %": round(100 * overhead, 1),
                         "of which If dispatch %": round(100 * (rmed["gated->conv / router, no If"] - 1), 1),
-                        "router %": round(100 * (rmed["router, no If / static:conv"] - 1), 1),
+                        "router + scale %": round(100 * (rmed["router, no If / static:conv"] - 1), 1),
                         "copy of static:conv %": round(100 * (rmed[f"{COPY} / static:conv"] - 1), 1),
                         "targets (<= 0.6, <= 5%)": "met" if ok else "NOT met"})
     console.print(rows_table(summary, title="routing targets"))

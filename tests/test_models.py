@@ -180,18 +180,6 @@ def test_hard_block_output_is_the_chosen_branch_scaled_by_its_probability():
         assert torch.allclose(soft, out, atol=1e-4)
 
 
-def test_router_margin_is_the_logit_of_p_attn_and_decides_at_the_threshold():
-    from edgeconv.models.routed import logit
-
-    model, blocks, x = _decisive()
-    h = model.stem(x)
-    with torch.no_grad():
-        r = blocks[0].router
-        assert torch.allclose(torch.sigmoid(r.margin(h)), r(h)[:, 1], atol=1e-6)
-    assert logit(0.5) == 0.0 and logit(0.0) == float("-inf") and logit(1.0) == float("inf")
-    assert abs(torch.sigmoid(torch.tensor(logit(0.8))).item() - 0.8) < 1e-6
-
-
 @pytest.mark.parametrize("mode,branch", [("static:conv", "conv_branch"), ("static:attn", "attn_branch")])
 def test_static_modes_run_one_branch_without_the_router(mode, branch):
     model, blocks, _ = _decisive()

@@ -5,20 +5,14 @@ Linear(d, 128) -> ReLU -> Linear(128, 2) -> softmax, giving p = (p_conv, p_attn)
 
 - Training (`soft`): y = p_conv * conv(x) + p_attn * attn(x); an auxiliary loss makes each decision confident
   (low entropy) while keeping both paths in use over a batch (balance), so the hard decision matches the soft mix.
-- Inference (`hard`, the default): per sample, attention when p_attn > threshold (0.5), else conv; the chosen path
-  is scaled by its probability (the soft mix without the path not taken: dropping the scale measured 1.4 points
-  below soft routing on a briefly trained routed-tiny). Router and decision work on the logit margin
-  m = l_attn - l_conv: p_attn = sigmoid(m), p_conv = sigmoid(-m), and p_attn > threshold is m > logit(threshold),
-  so the deployed router has one output column and no softmax. Under export this is written with `torch.cond`, so ONNX
-  gets `If` nodes: when the whole batch agrees (always at batch 1) only the chosen path runs; a batch whose samples
-  disagree computes both paths and selects per sample. PyTorch and ONNX therefore give every sample the same answer
-  at any batch size.
+- Inference (`hard`, the default): per sample, attention when p_attn > 0.5, else conv; the chosen path is scaled by
+  its probability. Under export this is written with `torch.cond`, so ONNX gets `If` nodes: when the whole batch
+  agrees (always at batch 1) only the chosen path runs; a batch whose samples disagree computes both paths and
+  selects per sample. PyTorch and ONNX therefore give every sample the same answer at any batch size.
 - `static:conv` / `static:attn`: one path, no router (for comparisons and backends without control flow).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -45,26 +39,7 @@ class Router(nn.Module):
         self.fc2 = nn.Linear(hidden, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(p_conv, p_attn) per sample [B, 2]."""
         return self.fc2(self.act(self.fc1(x.mean(dim=(2, 3))))).softmax(dim=-1)
-
-    def margin(self, x: torch.Tensor) -> torch.Tensor:
-        """l_attn - l_conv per sample [B]; sigmoid(margin) = p_attn.
-
-        fc2's two rows are subtracted first, so the deployed router is one output column and no softmax (the weight
-        difference is a constant the exporter folds)."""
-        w = self.fc2.weight[1] - self.fc2.weight[0]
-        b = self.fc2.bias[1] - self.fc2.bias[0]
-        return self.act(self.fc1(x.mean(dim=(2, 3)))) @ w + b
-
-
-def logit(p: float) -> float:
-    """log(p / (1 - p)), with the ends mapped to -inf / inf (threshold 0: always attention, 1: never)."""
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return math.log(p / (1.0 - p))
 
 
 class RoutedBlock(nn.Module):
@@ -100,33 +75,32 @@ class RoutedBlock(nn.Module):
         # contiguous: torch.cond needs both branches to return the same memory layout
         return to_map(self.attn(self.attn_norm(to_tokens(s))), H, W).contiguous()
 
-    # The ways a hard-routed batch can go; each takes (x, margin) so torch.cond can hold them.
-    def _conv_only(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.conv_branch(x) * torch.sigmoid(-m).view(-1, 1, 1, 1)
+    # The three ways a hard-routed batch can go; each takes (x, p_attn) so torch.cond can hold them.
+    def _attn_only(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return self.attn_branch(x) * p.view(-1, 1, 1, 1)
 
-    def _attn_only(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.attn_branch(x) * torch.sigmoid(m).view(-1, 1, 1, 1)
+    def _conv_only(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return self.conv_branch(x) * (1 - p).view(-1, 1, 1, 1)
 
-    def _per_sample(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        use_attn = (m > logit(self.threshold)).view(-1, 1, 1, 1)
-        return torch.where(use_attn, self._attn_only(x, m), self._conv_only(x, m))
+    def _per_sample(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        use_attn = (p > self.threshold).view(-1, 1, 1, 1)
+        return torch.where(use_attn, self._attn_only(x, p), self._conv_only(x, p))
 
-    def _not_all_conv(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return torch.cond(m.min() > logit(self.threshold), self._attn_only, self._per_sample, (x, m))
+    def _not_all_conv(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return torch.cond(p.min() > self.threshold, self._attn_only, self._per_sample, (x, p))
 
-    def hard(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Hard routing on the router margin `m` (attention where m > logit(threshold)), chosen path scaled."""
+    def hard(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if _is_exporting():
             # The cheap conv path is tested first: a batch routed to conv pays one `If` dispatch, the attention
             # path (far costlier itself) a second one.
-            # max/min instead of (m <= t).all(): the same test in two ONNX nodes instead of four.
-            return torch.cond(m.max() <= logit(self.threshold), self._conv_only, self._not_all_conv, (x, m))
-        use_attn = m > logit(self.threshold)
+            # max/min instead of (p <= t).all(): the same test in two ONNX nodes instead of four.
+            return torch.cond(p.max() <= self.threshold, self._conv_only, self._not_all_conv, (x, p))
+        use_attn = p > self.threshold
         if not bool(use_attn.any()):
-            return self._conv_only(x, m)
+            return self._conv_only(x, p)
         if bool(use_attn.all()):
-            return self._attn_only(x, m)
-        return self._per_sample(x, m)
+            return self._attn_only(x, p)
+        return self._per_sample(x, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.aux = None
@@ -135,23 +109,20 @@ class RoutedBlock(nn.Module):
             y = self.conv_branch(x)
         elif mode == "static:attn":
             y = self.attn_branch(x)
-        elif mode == "soft":
+        else:
             probs = self.router(x)
             p = probs[:, 1]
             if not _is_exporting():
                 self.last_p_attn = p.detach()
                 self.last_route = (p > self.threshold).detach()
-            y = self.conv_branch(x) * (1 - p).view(-1, 1, 1, 1) + self.attn_branch(x) * p.view(-1, 1, 1, 1)
-            if self.training:
-                entropy = -(probs * probs.clamp_min(1e-8).log()).sum(-1).mean()
-                balance = (p.mean() - 0.5) ** 2
-                self.aux = 0.05 * entropy + 0.5 * balance
-        else:
-            m = self.router.margin(x)
-            if not _is_exporting():
-                self.last_p_attn = torch.sigmoid(m).detach()
-                self.last_route = (m > logit(self.threshold)).detach()
-            y = self.hard(x, m)
+            if mode == "soft":
+                y = self._conv_only(x, p) + self._attn_only(x, p)
+                if self.training:
+                    entropy = -(probs * probs.clamp_min(1e-8).log()).sum(-1).mean()
+                    balance = (p.mean() - 0.5) ** 2
+                    self.aux = 0.05 * entropy + 0.5 * balance
+            else:
+                y = self.hard(x, p)
         x = x + y
         return residual_mlp_on_map(x, self.norm2, self.mlp)
 

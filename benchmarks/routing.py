@@ -40,8 +40,8 @@ from edgeconv.export.onnx import export_onnx
 from edgeconv.export.validate import ort_session
 from edgeconv.models import create_model, routers
 
-ROUTE_LOGIT = 8.0
-COPY = "static:conv, 2nd copy"  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
+ROUTE_LOGIT = 8.0  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
+COPY = "static:conv, 2nd copy"  # graph (d) timed again in sessions of its own
 
 
 def force_route(model: torch.nn.Module, route: str) -> None:
@@ -86,11 +86,12 @@ def inline_conv_branches(onnx_path: Path, out: Path) -> int:
     proto = onnx.load(str(onnx_path))
     g = proto.graph
     have = {t.name for t in g.initializer}
-    nodes, n = [], 0
+    nodes, conds = [], []
     for node in g.node:
         if node.op_type != "If":
             nodes.append(node)
             continue
+        conds.append(node.input[0])
         branch = next(a.g for a in node.attribute if a.name == "then_branch")
         for t in branch.initializer:  # branches of different blocks may hold same-named copies of one weight
             if t.name not in have:
@@ -98,16 +99,14 @@ def inline_conv_branches(onnx_path: Path, out: Path) -> int:
                 have.add(t.name)
         nodes.extend(copy.deepcopy(b) for b in branch.node)
         nodes.extend(helper.make_node("Identity", [b.name], [o]) for b, o in zip(branch.output, node.output))
-        n += 1
     del g.node[:]
     g.node.extend(nodes)
     # each inlined `If`'s condition becomes a graph output: otherwise the router is dead code that onnxruntime
     # runs after everything else, keeping every block input alive to the end
-    conds = [n.input[0] for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "If"]
     g.output.extend(helper.make_tensor_value_info(c, onnx.TensorProto.BOOL, []) for c in conds)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(out))
-    return n
+    return len(conds)
 
 
 def check_graph(path: Path, model: torch.nn.Module, x: np.ndarray, mode: str) -> float:

@@ -309,18 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         conv_soft = rmed["gated->conv / soft"]
         _, ov_hi = median_ci(ratios["gated->conv / static:conv"])
         overhead = rmed["gated->conv / static:conv"] - 1
-        # the verdict needs the whole confidence interval under the target, not only the median
-        if conv_soft > 0.6 or overhead > 0.05:
-            verdict = "NOT met"
-        else:
-            verdict = "met" if ov_hi - 1 <= 0.05 else "median met, CI above 5%"
+        # the If target needs the whole confidence interval under 5%, not only the median
+        if_verdict = "met" if ov_hi - 1 <= 0.05 else ("median only" if overhead <= 0.05 else "NOT met")
         summary[level] = {"gated->conv ms": f"{med['gated->conv']:.2f}",
                           "gated->conv / soft": f"{conv_soft:.3f}",
                           "If overhead vs static:conv %": pct("gated->conv / static:conv"),
                           "  of which If dispatch %": pct("gated->conv / router, no If"),
                           "  of which router + scale %": pct("router, no If / static:conv"),
                           "copy of static:conv % (resolution)": pct(f"{COPY} / static:conv"),
-                          "targets (<= 0.6x, <= 5%)": verdict}
+                          "target gated->conv <= 0.6x soft": "met" if conv_soft <= 0.6 else "NOT met",
+                          "target If overhead <= 5% (CI)": if_verdict}
     if summary:
         console.print(_summary_table(summary))
     return 0

@@ -10,8 +10,8 @@ Graphs of one routed model (random weights; the routers' last layer is set so ev
                                    cost of the router and of scaling by its probability.
 Repetitions are interleaved (a, b, c, d, a, b, ...) so machine noise hits every graph alike; medians and ratios are
 printed for each onnxruntime optimisation level asked for. Every graph runs in several sessions (`--sessions`, their
-times averaged), and graph (d) is timed a second time in sessions of its own: that copy's ratio to (d) is the
-resolution of the measurement. The summary gives each overhead as the median with a 95% bootstrap confidence
+times averaged, all rebuilt every `--fresh-every` repetitions), and graph (d) is timed a second time in sessions of
+its own: that copy's ratio to (d) is the resolution of the measurement. The summary gives each overhead as the median with a 95% bootstrap confidence
 interval, and calls the `If` target met only when the whole interval is under 5%. The process is pinned to one core
 (`--cpu`), since onnxruntime's single intra-op thread is the calling thread.
 
@@ -22,7 +22,7 @@ where the routed blocks dominate; `--token-grid 16` measures the zoo default (14
 fixed cost).
 
 Run: .venv/bin/python benchmarks/routing.py [--model routed-small] [--img-size 224] [--token-grid 28]
-     [--levels all,extended]
+     [--levels all,extended] [--reps 80] [--sessions 3] [--fresh-every 10] [--work DIR]
 """
 
 from __future__ import annotations

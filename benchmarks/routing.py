@@ -11,9 +11,9 @@ Graphs of one routed model (random weights; the routers' last layer is set so ev
 Repetitions are interleaved (a, b, c, d, a, b, ...) so machine noise hits every graph alike; medians and ratios are
 printed for each onnxruntime optimisation level asked for. Every graph runs in several sessions (`--sessions`, their
 times averaged, all rebuilt every `--fresh-every` repetitions), and graph (d) is timed a second time in sessions of
-its own: that copy's ratio to (d) is the resolution of the measurement. The summary gives each overhead as the median with a 95% bootstrap confidence
-interval, and calls the `If` target met only when the whole interval is under 5%. The process is pinned to one core
-(`--cpu`), since onnxruntime's single intra-op thread is the calling thread.
+its own: that copy's ratio to (d) is the resolution of the measurement. The summary gives each overhead as the
+median with a 95% bootstrap confidence interval, and calls the `If` target met only when the whole interval is under
+5%. The process is pinned to one core (`--cpu`), since onnxruntime's single intra-op thread is the calling thread.
 
 Targets: gated-conv <= 0.6x soft; the `If` costs <= 5% over static:conv (gated-conv / static-conv <= 1.05).
 
@@ -194,7 +194,7 @@ def time_interleaved(graphs: dict[str, Path], x: np.ndarray, level: str, reps: i
     rng = random.Random(0)
     for r in range(reps):
         if fresh_every and r and r % fresh_every == 0:
-            sess = None  # let the old sessions go first: the new ones then land where the old ones were, or not
+            sess = None  # free the old sessions before building new ones: memory stays that of one set
             sess = build()
         rng.shuffle(order)
         rep: dict[str, float] = dict.fromkeys(graphs, 0.0)
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"model {args.model} depth {len(routers(model))}{grid} at {args.in_chans}x{args.img_size}x"
                   f"{args.img_size}, {params / 1e6:.2f} M params, batch 1; onnxruntime "
                   f"{__import__('onnxruntime').__version__}, {args.reps} interleaved reps x {args.runs} runs x "
-                  f"{args.sessions} sessions (rebuilt every {args.fresh_every} reps), {args.threads} thread(s), {pinned}; "
+                  f"{args.sessions} sessions (rebuilt every {args.fresh_every} reps), {args.threads} thread(s), "
+                  f"{pinned}; "
                   f"max |ORT - PyTorch| {max(errs.values()):.1e}")
     summary: dict[str, dict[str, str]] = {}
     for level in [s.strip() for s in args.levels.split(",") if s.strip()]:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # timm-based checks therefore live in their own venv so they never swap the CPU torch of the main one.
 TIMM_VENV ?= .venv-timm
 
-.PHONY: setup setup-timm demo test test-main test-timm clean
+.PHONY: setup setup-timm demo test test-fast test-main test-timm lint clean
 
 setup: $(VENV)/.installed
 
@@ -29,10 +29,16 @@ $(TIMM_VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/edgeconv demo
 
-test: test-main test-timm
+test: lint test-main test-timm
 
 test-main: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check edgeconv tests benchmarks
 
 test-timm: setup-timm
 	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m timm tests/test_timm.py

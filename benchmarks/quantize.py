@@ -1,15 +1,16 @@
-"""Quantization side by side, in one run on this CPU.
+"""Quantization side by side, in one run on this CPU (its INT8 class is printed with every table).
 
 Part 1 - 224x224 hybrids (default hvt-small, serial conv-then-attention, and acmix-small, parallel conv and
-attention branches; 3 channels) at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and
-TFLite FP32 / FP16 / INT8 latency and file size. onnxruntime sessions run with one thread, interleaved in a shuffled
-order per repetition; each ratio is the median over repetitions of the ratio taken within that repetition (load
-changes on a shared machine hit both sides of a ratio alike), and "ms" is the median latency. The 224
-model is freshly initialised - no 224x224 training data here - and calibrated on real digits upsampled to
-224x224 RGB; its accuracy is not meaningful and not reported.
+attention branches) trained briefly on real digits upsampled to 224x224 (`--train-epochs`, default 2; 0 = freshly
+initialised, accuracy not meaningful), at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and TFLite FP32 / FP16 /
+INT8 top-1 on the digits test split, file size and latency, each accuracy next to its size and latency ratio.
+onnxruntime sessions run with one thread, interleaved in a shuffled order per repetition; each ratio is the
+median over repetitions of the ratio taken within that repetition (load changes on a shared machine hit both sides
+of a ratio alike) with its 95% bootstrap interval at batch 16, and "ms" is the median latency.
 
 Part 2 - top-1 on the digits test split for digits-sized trained checkpoints (pass them with --ckpt): float vs
-onnxruntime INT8 (default op selection) and FP16, and TFLite INT8 and FP16, each in the runtime that runs it.
+onnxruntime INT8 (default target and op selection) and FP16, and TFLite INT8 and FP16, each in the runtime that
+runs it.
 
     python benchmarks/quantize.py --ckpt routed.pt --ckpt acmix.pt --ckpt hvt.pt --out /tmp/qbench
 """
@@ -32,46 +33,59 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def make_224(name: str, work: Path) -> tuple[Path, Path, Path]:
-    """A 224x224 RGB checkpoint of `name`, its ONNX, and an npz of real digits at 224x224 RGB for calibration."""
+def make_224(name: str, work: Path, epochs: int) -> tuple[Path, Path, str]:
+    """A 224x224 checkpoint of `name` (trained `epochs` on digits, 1 channel; 0: fresh RGB), its ONNX, and the
+    data spec it is calibrated and scored on."""
     from edgeconv.artifacts import provenance, save_checkpoint
     from edgeconv.data import digits_images01
     from edgeconv.export.onnx import export_onnx
     from edgeconv.models import create_model
+    from edgeconv.training import TrainConfig, run_train
 
-    ckpt, onx, npz = work / f"{name}-224.pt", work / f"{name}-224.onnx", work / "digits224.npz"
-    if not npz.exists():
-        x01, y = digits_images01("train", 224)
-        x = (x01.repeat(1, 3, 1, 1)[:64].numpy() * 255).round().astype(np.uint8)
-        np.savez(npz, x=x, y=y[:64].numpy())
+    ckpt, onx = work / f"{name}-224-e{epochs}.pt", work / f"{name}-224-e{epochs}.onnx"
+    data = "digits"
+    if epochs == 0:
+        npz = work / "digits224.npz"
+        data = f"npz:{npz}"
+        if not npz.exists():
+            x01, y = digits_images01("train", 224)
+            x = (x01.repeat(1, 3, 1, 1)[:64].numpy() * 255).round().astype(np.uint8)
+            np.savez(npz, x=x, y=y[:64].numpy())
     if not ckpt.exists():
-        torch.manual_seed(0)
-        pre = {"size": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "layout": "NCHW",
-               "dataset": "digits-rgb224"}
-        save_checkpoint(ckpt, create_model(name, in_chans=3, img_size=224), preprocessing=pre,
-                        classes=[str(i) for i in range(10)], provenance_rec=provenance("benchmarks/quantize.py"))
+        if epochs:
+            _log(f"training {name} at 224x224 on digits for {epochs} epoch(s)")
+            run_train(name, "digits", str(ckpt), cfg=TrainConfig(epochs=epochs, batch_size=32), img_size=224,
+                      show_progress=False, command="benchmarks/quantize.py")
+        else:
+            torch.manual_seed(0)
+            pre = {"size": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "layout": "NCHW",
+                   "dataset": "digits-rgb224"}
+            save_checkpoint(ckpt, create_model(name, in_chans=3, img_size=224), preprocessing=pre,
+                            classes=[str(i) for i in range(10)], provenance_rec=provenance("benchmarks/quantize.py"))
     if not onx.exists():
         export_onnx(ckpt, onx)
-    return ckpt, onx, npz
+    return ckpt, onx, data
 
 
-def ort_variants(onx: Path, npz: Path, work: Path) -> dict[str, Path]:
+def ort_variants(onx: Path, data: str, work: Path, scored: bool) -> tuple[dict[str, Path], dict[str, dict]]:
     from edgeconv.quantize import QuantizeRequest, quantize
 
-    out = {"ORT FP32": onx}
-    for label, prec, ops in (("ORT FP16", "fp16", "auto"), ("ORT INT8 (default: auto)", "int8", "auto"),
+    out, records = {"ORT FP32": onx}, {}
+    for label, prec, ops in (("ORT FP16", "fp16", "auto"), ("ORT INT8 (default: portable, auto)", "int8", "auto"),
                              ("ORT INT8 (all weight layers)", "int8", "weights")):
         p = work / f"{onx.stem}.{prec}.{ops}.onnx"
         if not p.exists():
             _log(f"quantizing {label}")
-            rep = quantize(QuantizeRequest(onx, p, prec, "ort", data=f"npz:{npz}" if prec == "int8" else None,
-                                           per_channel=True, ops=ops, command="benchmarks/quantize.py"))
+            rep = quantize(QuantizeRequest(onx, p, prec, "ort", data=data if prec == "int8" else None,
+                                           calib_limit=100 if prec == "int8" else None, ops=ops,
+                                           eval_data=data if scored else None, command="benchmarks/quantize.py"))
             (p.with_suffix(".notes.json")).write_text(json.dumps({"notes": rep.notes, "details": rep.details}))
         out[label] = p
-    return out
+        records[label] = _record_of(p)
+    return out, records
 
 
-def tflite_variants(ckpt: Path, npz: Path, work: Path) -> dict[str, Path]:
+def tflite_variants(ckpt: Path, data: str, work: Path) -> dict[str, Path]:
     from edgeconv.artifacts import load_model
     from edgeconv.data import load_samples
     from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
@@ -83,7 +97,7 @@ def tflite_variants(ckpt: Path, npz: Path, work: Path) -> dict[str, Path]:
         _log("converting TFLite FP32 (litert-torch)")
         convert_fp32(model, pre, fp32)
     out = {"TFLite FP32": fp32}
-    calib = load_samples(f"npz:{npz}", pre).x.numpy()
+    calib = load_samples(data, pre, "train" if data == "digits" else "all", limit=100).x.numpy()
     for prec in ("fp16", "int8"):
         p = work / f"{ckpt.stem}.{prec}.tflite"
         if not p.exists():
@@ -94,30 +108,42 @@ def tflite_variants(ckpt: Path, npz: Path, work: Path) -> dict[str, Path]:
 
 
 def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> tuple[dict, dict]:
-    """Median ms of each session, and the median over repetitions of its ratio to `reference` within a repetition."""
-    import statistics
-
+    """Median ms of each session, and the median over repetitions of its ratio to `reference` within a repetition
+    with the ratio's 95% bootstrap interval."""
     from edgeconv.quantize.ort import interleaved_times
+    from edgeconv.stats import paired_ratio
 
     names = list(sessions)
     times = dict(zip(names, interleaved_times(list(sessions.values()), x, seconds=0, min_runs=reps)))
-    ratios = {k: [t / r for t, r in zip(v, times[reference])] for k, v in times.items()}
-    return ({k: statistics.median(v) for k, v in times.items()},
-            {k: statistics.median(v) for k, v in ratios.items()})
+    return ({k: float(np.median(v)) for k, v in times.items()},
+            {k: paired_ratio(v, times[reference]) for k, v in times.items()})
 
 
-def part1(name: str, work: Path, reps_b1: int, reps_b16: int) -> list[dict]:
-    from edgeconv.quantize.ort import ort_session
+def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> list[dict]:
+    from edgeconv.artifacts import load_model
+    from edgeconv.data import load_samples
+    from edgeconv.quantize.ort import ort_logits, ort_session, top1
     from edgeconv.quantize.tflite import TFLiteRunner
 
-    ckpt, onx, npz = make_224(name, work)
-    ort_paths = ort_variants(onx, npz, work)
-    tfl_paths = tflite_variants(ckpt, npz, work)
+    ckpt, onx, data = make_224(name, work, epochs)
+    ort_paths, records = ort_variants(onx, data, work, scored=epochs > 0)
+    tfl_paths = tflite_variants(ckpt, data, work)
+    model, ck = load_model(ckpt)
+    pre = ck["preprocessing"]
+    acc: dict[str, float | None] = {k: None for k in (*ort_paths, *tfl_paths)}
+    if epochs:
+        test = load_samples("digits", pre, "test")
+        xt, yt = test.x.numpy().astype(np.float32), test.y.numpy()
+        _log("scoring every artifact on the digits test split")
+        for k, p in ort_paths.items():
+            acc[k] = top1(ort_logits(ort_session(p, level="extended" if "FP16" in k else "all"), xt, batch=16), yt)
+        for k, p in tfl_paths.items():
+            acc[k] = top1(TFLiteRunner(p, threads=1)(xt), yt)
     rows = []
-    x16 = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
+    x16 = np.random.default_rng(0).standard_normal((16, pre["channels"], 224, 224)).astype(np.float32)
     sessions = {k: ort_session(p, threads=1, level="extended" if "FP16" in k else "all") for k, p in ort_paths.items()}
     lat: dict[str, dict[int, float]] = {k: {} for k in sessions}
-    ort_ratio: dict[str, dict[int, float]] = {k: {} for k in sessions}
+    ort_ratio: dict[str, dict[int, dict]] = {k: {} for k in sessions}
     for b, reps in ((1, reps_b1), (16, reps_b16)):
         _log(f"timing onnxruntime at batch {b} ({reps} interleaved repetitions)")
         ms, ratios = paired_timing(sessions, x16[:b], reps, reference="ORT FP32")
@@ -130,14 +156,21 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int) -> list[dict]:
         lat[k] = {1: one, 16: _tflite_batch_ms(r, x16)}
     fp32_size = {"ORT": onx.stat().st_size, "TFLite": tfl_paths["TFLite FP32"].stat().st_size}
     fp32_lat = {"ORT": lat["ORT FP32"], "TFLite": lat["TFLite FP32"]}
+    fp32_acc = {"ORT": acc["ORT FP32"], "TFLite": acc["TFLite FP32"]}
     for k, p in {**ort_paths, **tfl_paths}.items():
         rt = k.split()[0]
         size = p.stat().st_size
-        ratio = ort_ratio.get(k) or {b: lat[k][b] / fp32_lat[rt][b] for b in (1, 16)}
-        rows.append({"model": f"{name} 224x224", "artifact": k, "size KiB": round(size / 1024, 1),
-                     "size vs FP32": round(size / fp32_size[rt], 2),
-                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(ratio[1], 2),
-                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32": round(ratio[16], 2)})
+        r = ort_ratio.get(k)
+        b1 = r[1]["ratio"] if r else lat[k][1] / fp32_lat[rt][1]
+        b16 = (f"{r[16]['ratio']:.2f} [{r[16]['ci'][0]:.2f}, {r[16]['ci'][1]:.2f}]" if r
+               else f"{lat[k][16] / fp32_lat[rt][16]:.2f}")
+        rows.append({"model": f"{name} 224", "artifact": k,
+                     "top-1 %": round(acc[k], 2) if acc[k] is not None else "-",
+                     "drop": round(fp32_acc[rt] - acc[k], 2) if acc[k] is not None else "-",
+                     "size KiB": round(size / 1024, 1), "size vs FP32": round(size / fp32_size[rt], 2),
+                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(b1, 2),
+                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32 [95% CI]": b16})
+    del model
     return rows
 
 
@@ -166,12 +199,12 @@ def part2(ckpts: list[Path], work: Path) -> list[dict]:
                 record = _record_of(out)
             else:
                 _log(f"{ck.name}: {backend} {prec}")
-                record = quantize(QuantizeRequest(ck, out, prec, backend, per_channel=True,
-                                                  command="benchmarks/quantize.py")).record
+                record = quantize(QuantizeRequest(ck, out, prec, backend, command="benchmarks/quantize.py")).record
             acc = record["accuracy"]
             rows.append({"model": f"{fam} ({ck.name})", "artifact": f"{backend} {prec.upper()}",
                          "float top-1 %": acc["float_top1"], "quantized top-1 %": acc["quantized_top1"],
-                         "drop (points)": acc["drop"], "size vs float": record["size_bytes"]["ratio"],
+                         "drop (points)": acc["drop"], "target": record.get("target") or "-",
+                         "size vs float": record["size_bytes"]["ratio"],
                          "If nodes": record.get("if_nodes", "-"), "routing": record.get("routing"),
                          "seconds": round(time.perf_counter() - t, 1)})
     return rows
@@ -186,6 +219,7 @@ def _record_of(path: Path) -> dict:
 
 def main() -> None:
     from edgeconv.console import console, rows_table
+    from edgeconv.hostcpu import cpu_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None,
@@ -195,19 +229,26 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200, help="interleaved onnxruntime repetitions at batch 1")
     ap.add_argument("--reps16", type=int, default=40, help="interleaved onnxruntime repetitions at batch 16")
     ap.add_argument("--skip-224", action="store_true")
+    ap.add_argument("--train-epochs", type=int, default=2,
+                    help="epochs of digits training for the 224x224 models (0: freshly initialised, RGB)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = args.out or Path(tempfile.mkdtemp(prefix="edgeconv-qbench-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = {}
+    cpu = cpu_record()
+    where = f"{cpu['model']}, INT8 class {cpu['int8']}"
+    result = {"cpu": cpu}
+    _log(f"CPU: {where}")
     if not args.skip_224:
         result["latency_224"] = [row for name in args.model or ["hvt-small", "acmix-small"]
-                                 for row in part1(name, work, args.reps, args.reps16)]
+                                 for row in part1(name, work, args.reps, args.reps16, args.train_epochs)]
         console.print(rows_table(result["latency_224"],
-                                 title="224x224 hybrid on this CPU (1 thread; ORT: medians of interleaved repetitions)"))
+                                 title=f"224x224 hybrids on {where} (1 thread; ORT: medians of interleaved "
+                                       "repetitions)"))
     if args.ckpt:
         result["top1_digits"] = part2(args.ckpt, work)
-        console.print(rows_table(result["top1_digits"], title="top-1 on the digits test split (359 images)"))
+        console.print(rows_table(result["top1_digits"], title=f"top-1 on the digits test split (359 images) on "
+                                                              f"{where}"))
     (work / "quantize_bench.json").write_text(json.dumps(result, indent=2))
     _log(f"results in {work / 'quantize_bench.json'}")
 

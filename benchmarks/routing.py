@@ -42,6 +42,7 @@ from edgeconv.console import console, rows_table
 from edgeconv.export.onnx import export_onnx
 from edgeconv.export.validate import ort_session
 from edgeconv.models import create_model, routers
+from edgeconv.stats import median_ci
 
 ROUTE_LOGIT = 8.0  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
 COPY = "static:conv, 2nd copy"  # graph (d) timed again in sessions of its own
@@ -128,15 +129,6 @@ LEVELS = {  # name -> (onnxruntime level, optimisers to disable)
     "all-nonchwc": ("all", ["NchwcTransformer"]),  # ENABLE_ALL without the NCHWc blocked layout
     "extended": ("extended", []),
 }
-
-
-def median_ci(values: list[float], level: float = 0.95, n_boot: int = 4000) -> tuple[float, float]:
-    """Bootstrap confidence interval of the median of `values` (per-repetition ratios)."""
-    rng = np.random.default_rng(0)
-    v = np.asarray(values)
-    meds = np.median(v[rng.integers(0, len(v), (n_boot, len(v)))], axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def pin_to_one_cpu(cpu: int | None) -> str:

@@ -260,7 +260,12 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
                  calib_limit: Optional[int] = typer.Option(None, "--calib-limit", min=1,
                                                            help="Use at most this many calibration samples."),
                  method: str = typer.Option("minmax", help="Calibration: minmax | entropy | percentile."),
-                 per_channel: bool = typer.Option(False, "--per-channel", help="Per-output-channel weight scales."),
+                 per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor",
+                                                            help="Weight scales per output channel (default) or "
+                                                                 "one per tensor."),
+                 target: Optional[str] = typer.Option(None, "--target", help="INT8 target: portable (default, "
+                                                      "the same answer on every CPU) | x86-vnni | arm64 (full "
+                                                      "8-bit weights, exact only there) | tensorrt."),
                  max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 budget in points: keep "
                                                           "the most sensitive layers float until within it (ort)."),
                  eval_data: Optional[str] = typer.Option(None, "--eval", help="Labelled data for accuracy "
@@ -272,7 +277,7 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
                  ) -> None:
     """Quantize a model to INT8 or FP16 for onnxruntime, TFLite or TensorRT and report what it cost in accuracy.
 
-    Example: edgeconv quantize model.pt --int8 --backend ort --per-channel -o model.int8.onnx
+    Example: edgeconv quantize model.pt --int8 --backend ort -o model.int8.onnx
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -283,6 +288,7 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
         raise EdgeconvError("choose exactly one of --int8 or --fp16")
     req = QuantizeRequest(model=model, out=out, precision="int8" if int8 else "fp16", backend=backend, calib=calib,
                           data=data, calib_limit=calib_limit, method=method, per_channel=per_channel,
+                          target=target,
                           max_drop=max_drop, eval_data=eval_data, ops=ops, routing=routing, command=_command())
     with Progress(SpinnerColumn(), TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -417,6 +423,8 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
 
             result = run_bench(models, cfg, progress=progress)
     report.print_table(result, title=f"bench on {host}" if host else None)
+    for warning in result.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if json_out:
         report.write_json(result, json_out)
     if csv_out:

@@ -119,8 +119,8 @@ def test_routed_int8_accuracy_within_one_point(routed_int8):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["acmix-tiny", "hvt-tiny"])
-def test_int8_within_one_point_for_acmix_and_hvt(name, exported, calib, digits_eval):
+@pytest.mark.parametrize("name", ["acmix-tiny", "hvt-tiny", "can-tiny", "resformer-tiny"])
+def test_int8_within_one_point_for_every_family(name, exported, calib, digits_eval):
     from edgeconv.quantize.ort import Int8Options, quantize_int8
 
     res = quantize_int8(onnx.load(str(exported(name))), calib, Int8Options(per_channel=True, ops="weights"),

@@ -69,12 +69,14 @@ def test_check_symmetric_rejects_the_cpu_uint8_graph(routed_onnx, digits_pre):
 
 
 def test_qdq_onnx_runs_in_onnxruntime_within_a_point(qdq, routed_onnx, digits_pre):
+    """Measured the way the CPU stand-in is recorded: Q/DQ in float (ORT_ENABLE_BASIC), which cannot saturate;
+    a default session would run x86 U8S8 kernels, whose answer depends on the CPU, not on the engine."""
     from edgeconv.data import load_samples
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
 
     s = load_samples("digits", digits_pre, "test")
     a = top1(ort_logits(ort_session(str(routed_onnx)), s.x.numpy()), s.y.numpy())
-    b = top1(ort_logits(ort_session(qdq), s.x.numpy()), s.y.numpy())
+    b = top1(ort_logits(ort_session(qdq, level="basic"), s.x.numpy()), s.y.numpy())
     assert a - b <= 1.5
 
 
@@ -133,4 +135,5 @@ def test_tensorrt_ready_onnx_is_written_without_tensorrt(routed_onnx, tmp_path):
     assert rec["tensorrt"]["profile"] == {"input": "input", "min": 1, "opt": 8, "max": 32}
     assert rec["tensorrt"]["verified_on_gpu"] is False
     assert rec["accuracy"]["drop"] <= 1.5 and rec["calibration"]["size"] == 100
+    assert rec["target"] == "tensorrt" and "cannot saturate" in rec["accuracy"]["runtime"]
     assert "trtexec" in r.output

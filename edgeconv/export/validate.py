@@ -29,7 +29,7 @@ import numpy as np
 
 from edgeconv.errors import EdgeconvError
 
-PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
+PASSED, FAILED, SKIPPED, WARNING = "PASSED", "FAILED", "SKIPPED", "WARNING"  # WARNING passes, with a reason
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -62,7 +62,8 @@ class ValidationReport:
     def summary(self) -> str:
         n_fail = sum(c.status == FAILED for c in self.checks)
         n_skip = sum(c.status == SKIPPED for c in self.checks)
-        extra = f" ({n_skip} skipped)" if n_skip else ""
+        n_warn = sum(c.status == WARNING for c in self.checks)
+        extra = "".join(f" ({n} {what})" for n, what in ((n_skip, "skipped"), (n_warn, "with a warning")) if n)
         if self.passed:
             return f"PASSED: {self.model}: {len(self.checks) - n_skip} checks passed{extra}"
         failed = ", ".join(c.name for c in self.checks if c.status == FAILED)
@@ -111,6 +112,9 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     add(_timed(lambda: _check_checker(proto)))
     add(_timed(lambda: _check_shapes(proto)))
     add(_timed(lambda: _check_opset(proto, meta)))
+    qrec = _quantization_record(meta)
+    if qrec is not None:
+        add(_timed(lambda: _check_int8_target(proto, qrec)))
     if any(c.status == FAILED for c in report.checks):
         for name in ("onnxruntime session", "parity", "branch coverage", "dynamic batch"):
             add(Check(name, SKIPPED, "not run: the graph failed a structural check above"))
@@ -240,6 +244,39 @@ def _check_opset(proto, meta: dict) -> Check:
         return Check("opset", FAILED, "; ".join(problems), data)
     note = f" ({'; '.join(data['notes'])})" if data.get("notes") else ""
     return Check("opset", PASSED, f"ai.onnx opset {declared}{note}; {len(inventory)} operator types: {ops}", data)
+
+
+def _quantization_record(meta: dict) -> dict | None:
+    import json
+
+    rec = meta.get("edgeconv.quantization")
+    if isinstance(rec, str):
+        try:
+            rec = json.loads(rec)
+        except ValueError:
+            return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _check_int8_target(proto, rec: dict) -> Check:
+    """A quantized file: the INT8 target it was made for against this CPU, and the int16 pair-sum property of its
+    weights (a WARNING, not a failure: the file is valid, its numbers on this CPU may not be its numbers)."""
+    from edgeconv.hostcpu import this_int8_class
+    from edgeconv.quantize.saturation import check_model
+    from edgeconv.quantize.targets import target_warning
+
+    if rec.get("precision") != "int8":
+        return Check("INT8 target", SKIPPED, f"not an INT8 file ({rec.get('precision')})")
+    cpu = this_int8_class()
+    sat = check_model(proto)
+    data = {"target": rec.get("target"), "cpu_int8": cpu["name"], **sat.record()}
+    warning = target_warning(rec, cpu)
+    if warning is None and not rec.get("target") and not sat.safe and cpu.get("u8s8_saturates"):
+        warning = f"no INT8 target recorded and this CPU ({cpu['name']}) saturates: {sat.summary()}"
+    if warning:
+        return Check("INT8 target", WARNING, warning, data)
+    return Check("INT8 target", PASSED, f"target {rec.get('target') or 'not recorded'} on {cpu['name']}: "
+                                       f"{sat.summary()}", data)
 
 
 def _check_input_shape(graph_shape: list, data_shape: tuple, path: Path) -> None:

@@ -400,6 +400,8 @@ class QuantizeOptions:
     calib_limit: int = option(0, min=0, help="Use at most this many calibration images (0 = all).")
     method: str = option("minmax", choices=("minmax", "entropy", "percentile"))
     per_channel: bool = option(True, help="Per-channel weight scales.")
+    int8_target: str = option("portable", choices=("portable", "x86-vnni", "arm64"),
+                              help="INT8 target of the onnxruntime files (TensorRT targets are always tensorrt).")
     max_drop: float = option(-1.0, help="Keep the most sensitive layers float until the top-1 drop is at most this "
                                         "(points); negative = off.")
 
@@ -479,6 +481,7 @@ class Quantize(Step):
                                   data=data if precision == "int8" else None,
                                   calib_limit=opts.calib_limit or None, method=opts.method,
                                   per_channel=opts.per_channel,
+                                  target=(opts.int8_target if backend == "ort" and precision == "int8" else None),
                                   max_drop=opts.max_drop if opts.max_drop >= 0 else None,
                                   eval_data=ctx.data, command=ctx.command)
             rep = quantize(req)

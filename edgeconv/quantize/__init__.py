@@ -48,7 +48,8 @@ class QuantizeRequest:
     data: str | None = None             # or a data spec (train split) for calibration
     calib_limit: int | None = None
     method: str = "minmax"
-    per_channel: bool = False
+    per_channel: bool | None = None     # None: per-channel (what every INT8 target wants)
+    target: str | None = None           # INT8 target (quantize/targets.py); None: the backend's default
     max_drop: float | None = None
     eval_data: str | None = None        # labelled data for accuracy (digits models: digits test split)
     ops: str = "auto"
@@ -85,6 +86,12 @@ def check_request(req: QuantizeRequest) -> Backend:
         raise EdgeconvError("--max-drop must be >= 0 (points of top-1)")
     if req.precision != "int8" and (req.max_drop is not None or req.calib or req.data):
         raise EdgeconvError(f"--max-drop/--calib/--data apply to --int8 only (this is {req.precision})")
+    if req.target is not None and req.precision != "int8":
+        raise EdgeconvError(f"--target applies to --int8 only (this is {req.precision})")
+    if req.precision == "int8":
+        from edgeconv.quantize.targets import resolve_target
+
+        resolve_target(req.target, b.name)
     if Path(req.model).resolve() == Path(req.out).resolve():
         raise EdgeconvError("-o must differ from the input model")
     return b

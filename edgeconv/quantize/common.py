@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError
+from edgeconv.hostcpu import cpu_record
 from edgeconv.quantize import METADATA_FORMAT, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet, load_calibration, load_evaluation
 from edgeconv.quantize.source import is_checkpoint
@@ -63,14 +64,23 @@ def base_record(req: QuantizeRequest, meta: dict, calib: CalibrationSet | None, 
                    "family": meta.get("family"), "variant": meta.get("variant")},
         "calibration": calib.record() if calib else None,
         "method": req.method if req.precision == "int8" else None,
-        "per_channel": bool(req.per_channel) if req.precision == "int8" else None,
+        "per_channel": (req.per_channel is not False) if req.precision == "int8" else None,
+        "target": None,
         "accuracy": None,
+        "cpu": cpu_record(),
         "command": req.command,
         "edgeconv_version": __version__,
     }
     if ev is not None:
         rec["accuracy"] = {"data": ev.source, "n": len(ev)}
     return rec
+
+
+def accuracy_runtime(rec: dict, runtime: str) -> None:
+    """Say in the record where the accuracy was measured: which runtime and session, on which CPU class."""
+    if rec.get("accuracy") is not None:
+        cpu = rec["cpu"]
+        rec["accuracy"]["runtime"] = f"{runtime} on {cpu['model']} ({cpu['int8']})"
 
 
 def accuracy_record(rec: dict, float_top1: float | None, q_top1: float | None) -> None:

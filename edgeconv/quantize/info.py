@@ -24,6 +24,21 @@ def quantization_section(rec: dict) -> dict:
         "method": rec.get("method") or "-",
         "per-channel": "-" if rec.get("per_channel") is None else ("yes" if rec["per_channel"] else "no"),
     }
+    if rec.get("target"):
+        from edgeconv.quantize.targets import TARGETS, target_warning
+
+        t = TARGETS.get(rec["target"])
+        out["INT8 target"] = f"{rec['target']}: {t.description}" if t else rec["target"]
+        warning = target_warning(rec)
+        out["on this CPU"] = f"WARNING: {warning}" if warning else "fits this CPU"
+    if rec.get("weights"):
+        out["weights"] = rec["weights"]
+    sat = rec.get("saturation")
+    if sat:
+        out["int16 pair sums"] = (f"worst {sat['worst_pair_sum']} of {sat['int16_limit']} over "
+                                  f"{sat['integer_layers']} integer layers (max |w| {sat['max_abs_weight']}): "
+                                  + ("cannot saturate on any CPU" if sat["safe_without_vnni"] else
+                                     f"{sat['unsafe_layers']} layers can saturate on x86 without VNNI"))
     if rec.get("ops"):
         out["op selection"] = rec["ops"]
     if rec.get("routing"):
@@ -31,8 +46,15 @@ def quantization_section(rec: dict) -> dict:
     if acc.get("float_top1") is not None:
         out["accuracy"] = (f"{acc['quantized_top1']:.2f}% vs float {acc['float_top1']:.2f}% "
                            f"(drop {acc['drop']:+.2f} points, {acc.get('n')} samples of {acc.get('data')})")
+        if acc.get("runtime"):
+            out["accuracy measured with"] = acc["runtime"]
     else:
         out["accuracy"] = "not measured (no labelled evaluation data)"
+    lat = rec.get("latency_check_ms") or {}
+    if lat.get("ratio_ci"):
+        out["INT8 / float latency"] = (f"{lat['ratio']:.3f}x [95% CI {lat['ratio_ci'][0]:.3f}, "
+                                       f"{lat['ratio_ci'][1]:.3f}] at batch {lat['batch']}, {lat['repetitions']} "
+                                       "paired repetitions")
     if rec.get("kept_float_for_accuracy"):
         out["kept float (--max-drop)"] = ", ".join(rec["kept_float_for_accuracy"])
     if rec.get("ops_left_float"):

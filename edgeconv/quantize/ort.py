@@ -48,10 +48,11 @@ class Int8Options:
     """How to quantize: calibration method, per-channel weights, symmetric activations, which ops."""
 
     method: str = "minmax"
-    per_channel: bool = False
+    per_channel: bool = True
     symmetric: bool = False      # symmetric INT8 activations (zero point 0), as TensorRT requires
     ops: str = "auto"
     percentile: float = 99.999
+    reduce_range: bool = True    # 7-bit weights (|w| <= 64): exact on every CPU (quantize/targets.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,14 +70,23 @@ class Int8Options:
                  # TensorRT's explicit quantization takes float biases (it fuses the scales itself); INT32 bias
                  # Q/DQ is for onnxruntime's integer kernels.
                  "QuantizeBias": not self.symmetric}
-        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel,
+        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
                 "activation_type": QuantType.QInt8 if self.symmetric else QuantType.QUInt8,
                 "weight_type": QuantType.QInt8, "calibrate_method": method, "extra_options": extra}
 
     def record(self) -> dict:
         return {"method": self.method, "per_channel": self.per_channel,
                 "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
-                "weights": "int8 symmetric", "ops": self.ops}
+                "weights": "int8 symmetric, 7-bit (|w| <= 64)" if self.reduce_range else "int8 symmetric",
+                "ops": self.ops}
+
+    @classmethod
+    def for_target(cls, target, method: str = "minmax", per_channel: bool | None = None,
+                   ops: str = "auto") -> "Int8Options":
+        """Options that write an INT8 file for `target` (quantize/targets.py); `per_channel` None = on."""
+        return cls(method=method, per_channel=True if target.per_channel or per_channel is None else per_channel,
+                   symmetric=target.symmetric_activations, ops="all" if target.symmetric_activations else ops,
+                   reduce_range=target.reduce_range)
 
 
 # ----------------------------------------------------------------------------------------------- sessions
@@ -460,12 +470,17 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
 
 
 def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
-    """Every weight layer INT8 (the smallest file) unless that model is slower than float at `batch`; then kinds go
-    back to float one at a time, each time the kind whose removal helps most (interleaved timing), until it is not.
+    """Every weight layer INT8 (the smallest file) unless that model is *clearly* slower than float at `batch`; then
+    kinds go back to float one at a time, each time the kind whose removal clearly helps most, until it is not.
 
-    Top-down rather than adding kinds one by one: the size win needs nearly every weight in INT8, and on a CPU where
-    INT8 is about break-even, single steps of a bottom-up search sit inside the timing noise and can stop it early.
+    "Clearly" means outside the measurement's own noise: every comparison is the median of paired ratios (both
+    sessions timed in the same interleaved repetition) with its 95% bootstrap interval, and a difference counts
+    only when the whole interval is on one side of 1.0. Inside the noise the default stands (all weight layers
+    INT8), so the same model on the same machine class gives the same file. Top-down rather than adding kinds one
+    by one: the size win needs nearly every weight in INT8.
     """
+    from edgeconv.stats import paired_ratio
+
     kinds = tree.kinds()
     x = _timing_input(calib, batch)
     # One thread per session: on a shared machine that keeps timings comparable; the decision is a ratio.
@@ -476,26 +491,51 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
 
     kept = list(kinds)
     step(f"timing INT8 (all weight layers) against float at batch {batch}")
-    f_ms, q_ms = compare_latency([float_sess, session(kept)], x)
+    f_t, q_t = interleaved_times([float_sess, session(kept)], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+    vs_float = paired_ratio(q_t, f_t)
+    decisions = [{"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)}]
     left: dict[str, str] = {}
-    while q_ms > f_ms * 1.02 and len(kept) > 1:  # 2%: below what this timing resolves
-        step(f"INT8 slower ({q_ms:.1f} vs {f_ms:.1f} ms): timing each of {len(kept)} kinds back in float")
+    while vs_float["ci"][0] > 1.0 and len(kept) > 1:
+        step(f"INT8 slower ({_fmt_ratio(vs_float)} of float): timing each of {len(kept)} kinds back in float")
         trials = {k: session([j for j in kept if j != k]) for k in kept}
-        ms = compare_latency([float_sess, *trials.values()], x, seconds=1.0 + 0.5 * len(trials))
-        f_ms, trial_ms = ms[0], dict(zip(trials, ms[1:]))
-        best = min(trial_ms, key=trial_ms.get)
-        if trial_ms[best] >= q_ms:
-            break  # no single kind back in float helps
-        left[best] = (f"INT8 slower with it: {q_ms:.2f} ms, {trial_ms[best]:.2f} ms with it in float "
-                      f"(float model {f_ms:.2f} ms) at batch {batch}")
+        current = session(kept)
+        times = interleaved_times([float_sess, current, *trials.values()], x, seconds=1.0 + 0.5 * len(trials),
+                                  min_runs=MIN_TIMING_RUNS)
+        f_t, q_t, trial_t = times[0], times[1], dict(zip(trials, times[2:]))
+        gains = {k: paired_ratio(t, q_t) for k, t in trial_t.items()}
+        clear = {k: g for k, g in gains.items() if g["ci"][1] < 1.0}
+        if not clear:
+            decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(paired_ratio(q_t, f_t)),
+                              "stop": "no kind back in float is clearly faster"})
+            break
+        best = min(clear, key=lambda k: clear[k]["ratio"])
+        vs_float = paired_ratio(trial_t[best], f_t)
+        left[best] = (f"INT8 clearly slower with it: {float(np.median(q_t)):.2f} ms, "
+                      f"{float(np.median(trial_t[best])):.2f} ms with it in float ({_fmt_ratio(clear[best])}; "
+                      f"float model {float(np.median(f_t)):.2f} ms) at batch {batch}")
         kept.remove(best)
-        q_ms = trial_ms[best]
-    if q_ms > f_ms * 1.02:
+        q_t = trial_t[best]
+        decisions.append({"float kind": best, "gain": _fmt_ratio(clear[best]), "vs float": _fmt_ratio(vs_float)})
+    if vs_float["ci"][0] > 1.0 and left:
         # Nothing makes INT8 pay on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
         step("INT8 is slower than float here whatever stays float; quantizing all weight layers for size")
         kept, left = list(kinds), {}
-        f_ms, q_ms = compare_latency([float_sess, session(kept)], x)
-    return [c for k in kept for c in kinds[k]], left, {"batch": batch, "float_ms": f_ms, "int8_ms": q_ms}
+        f_t, q_t = interleaved_times([float_sess, session(kept)], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+        vs_float = paired_ratio(q_t, f_t)
+        decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float),
+                          "stop": "slower whatever stays float: all weight layers INT8 for size"})
+    latency = {"batch": batch, "float_ms": float(np.median(f_t)), "int8_ms": float(np.median(q_t)),
+               "ratio": round(vs_float["ratio"], 4), "ratio_ci": [round(v, 4) for v in vs_float["ci"]],
+               "repetitions": vs_float["n"], "rule": "a kind stays float only when the 95% CI of its paired ratio "
+                                                      "is entirely below 1.0", "decisions": decisions}
+    return [c for k in kept for c in kinds[k]], left, latency
+
+
+MIN_TIMING_RUNS = 15
+
+
+def _fmt_ratio(r: dict) -> str:
+    return f"{r['ratio']:.3f}x [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
 
 
 def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
@@ -525,13 +565,6 @@ def interleaved_times(sessions: list, x: np.ndarray, seconds: float = 2.0, min_r
             times[i].append((time.perf_counter() - t) * 1e3)
         runs += 1
     return times
-
-
-def compare_latency(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7,
-                    max_runs: int = 200) -> list[float]:
-    """Median ms per run of each session on `x` (interleaved runs; the median, not the minimum: differences of a
-    few percent between INT8 and float were inside the spread of minima here)."""
-    return [float(np.median(t)) for t in interleaved_times(sessions, x, seconds, min_runs, max_runs)]
 
 
 def _rank_sensitivity(tree: QuantTree, cands: list[str], ev: Evaluator, step) -> list[str]:

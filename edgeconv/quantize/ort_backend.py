@@ -12,10 +12,14 @@ import onnx
 from edgeconv.artifacts import atomic_path
 from edgeconv.errors import EdgeconvError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, size_record
+from edgeconv.hostcpu import this_int8_class
+from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
+                                      size_record)
 from edgeconv.quantize.ort import (METADATA_KEY, Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8,
                                    top1)
+from edgeconv.quantize.saturation import check_model
 from edgeconv.quantize.source import resolve_onnx
+from edgeconv.quantize.targets import resolve_target
 
 WHY_FLOAT = {
     "MatMul (activation x activation)": "q.k and attn.v: both operands change per input, INT8 needs two activation "
@@ -24,6 +28,16 @@ WHY_FLOAT = {
     "LayerNormalization": "statistics over tokens: kept float (no INT8 kernel in onnxruntime CPU)",
     "Gelu": "nonlinearity between quantized layers: no INT8 kernel in onnxruntime CPU",
 }
+
+
+def latency_note(lat: dict) -> str:
+    """One line on what `--ops auto` measured: both medians, their ratio and its interval."""
+    ci = lat.get("ratio_ci")
+    ratio = lat.get("ratio", lat["int8_ms"] / lat["float_ms"])
+    interval = f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    verdict = "SLOWER" if ci and ci[0] > 1.0 else "not slower"
+    return (f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
+            f"({verdict}, ratio {ratio:.2f}{interval})")
 
 
 def write_onnx(model: onnx.ModelProto, out: Path, record: dict) -> None:
@@ -42,7 +56,8 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     meta = peek_meta(req.model)
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
-    options = Int8Options(req.method, req.per_channel, symmetric=False, ops=req.ops) if req.precision == "int8" else None
+    target = resolve_target(req.target, "ort") if req.precision == "int8" else None
+    options = (Int8Options.for_target(target, req.method, req.per_channel, req.ops) if target is not None else None)
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
         if Path(req.model).suffix.lower() != ".onnx":
             step("exporting the checkpoint to ONNX")
@@ -59,7 +74,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         res = quantize_int8(float_model, calib, options, eval_x=ex, eval_y=ey, max_drop=req.max_drop, on_step=step)
         model = res.model
         accuracy_record(rec, res.float_top1, res.int8_top1)
-        rec.update({"ops": options.ops, "activations": options.record()["activations"],
+        accuracy_runtime(rec, "onnxruntime default session (ORT_ENABLE_ALL)")
+        sat = check_model(model)
+        if target.reduce_range and not sat.safe:
+            raise EdgeconvError(f"internal error: a {target.name} INT8 graph can saturate: {sat.summary()}")
+        rec.update({"target": target.name, "per_channel": options.per_channel,
+                    "weights": options.record()["weights"], "saturation": sat.record(),
+                    "ops": options.ops, "activations": options.record()["activations"],
                     "quantized_layers": len(res.quantized), "kept_float_for_accuracy": res.kept_float,
                     "ops_left_float": res.float_ops, "kinds_left_float_for_latency": res.kinds_left_float,
                     "latency_check_ms": res.latency, "branches_without_calibration_data": res.unreached})
@@ -75,10 +96,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         for path in res.unreached:
             notes.append(f"{path}: no calibration sample took this branch; it stays float")
         if res.latency:
-            lat = res.latency
-            verdict = "not slower" if lat["int8_ms"] <= lat["float_ms"] * 1.02 else "SLOWER"
-            notes.append(f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
-                         f"({verdict}, ratio {lat['int8_ms'] / lat['float_ms']:.2f})")
+            notes.append(latency_note(res.latency))
+        if target.per_channel and req.per_channel is False:
+            notes.append(f"--target {target.name} uses per-channel weight scales (they win back the 7th bit)")
+        notes.append(f"target {target.name}: {sat.summary()}")
+        warning = target.mismatch(this_int8_class())
+        if warning:
+            notes.append(warning)
     else:
         step("converting to FP16")
         model = convert_fp16(float_model)
@@ -86,6 +110,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             f_top1 = top1(ort_logits(ort_session(float_model), ex), ey)
             h_top1 = top1(ort_logits(ort_session(model, level="extended"), ex), ey)
             accuracy_record(rec, f_top1, h_top1)
+            accuracy_runtime(rec, "onnxruntime session at ORT_ENABLE_EXTENDED")
         notes.append("FP16 runs at ORT_ENABLE_EXTENDED (ORT_ENABLE_ALL crashed on FP16 graphs on this CPU); "
                      "on CPU it is usually slower than FP32 - it is meant for GPUs")
     ifs_after = count_if_nodes(model)

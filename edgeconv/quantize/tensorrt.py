@@ -27,7 +27,9 @@ from edgeconv.artifacts import atomic_path, atomic_write_bytes, atomic_write_jso
 from edgeconv.errors import EdgeconvError, MissingDependencyError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
-from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
+                                      size_record)
+from edgeconv.quantize.saturation import check_model
 
 INSTALL_HINT = ("TensorRT comes from NVIDIA's package index, not PyPI alone: on a machine with an NVIDIA GPU and "
                 "driver run pip install tensorrt-cu12 cuda-python --extra-index-url https://pypi.nvidia.com "
@@ -79,8 +81,9 @@ def prepare_int8_onnx(float_model: onnx.ModelProto, calib: CalibrationSet, metho
                       on_step: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """Symmetric INT8 Q/DQ ONNX for TensorRT explicit quantization (every op onnxruntime can quantize)."""
     from edgeconv.quantize.ort import Int8Options, quantize_int8
+    from edgeconv.quantize.targets import TARGETS
 
-    opts = Int8Options(method=method, per_channel=True, symmetric=True, ops="all")
+    opts = Int8Options.for_target(TARGETS["tensorrt"], method=method)
     res = quantize_int8(float_model, calib, opts, on_step=on_step)
     check_symmetric(res.model)
     return res.model
@@ -256,6 +259,11 @@ class TensorRTRunner:
 
 
 # ----------------------------------------------------------------------------------------------- command
+STAND_IN = {"int8": "onnxruntime CPU stand-in at ORT_ENABLE_BASIC (Q/DQ computed in float, no integer kernels: "
+                    "cannot saturate); the engine is built on the device",
+            "fp16": "onnxruntime CPU stand-in at ORT_ENABLE_EXTENDED; the engine is built on the device"}
+
+
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     from edgeconv.export.onnx import count_if_nodes, write_metadata
     from edgeconv.quantize.ort import METADATA_KEY, convert_fp16, ort_logits, ort_session, top1
@@ -282,8 +290,10 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             step("TensorRT INT8 always uses per-channel weights")
         rec["per_channel"] = True
         rec["activations"] = "int8 symmetric"
+        rec["target"] = "tensorrt"
         model = prepare_int8_onnx(float_model, calib, req.method, on_step=step)
         rec["qdq_nodes"] = check_symmetric(model)
+        rec["saturation"] = check_model(model).record()
     else:
         model = convert_fp16(float_model)
     rec["if_nodes"] = count_if_nodes(model)
@@ -296,9 +306,12 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     if not engine_wanted:
         # The ONNX alone: accuracy measured in onnxruntime (CPU), which runs the same Q/DQ arithmetic.
         if ev is not None:
-            level = "extended" if req.precision == "fp16" else "all"
+            # INT8: at ORT_ENABLE_BASIC onnxruntime runs each Q/DQ pair in float (no integer kernels), the
+            # arithmetic TensorRT's explicit quantization specifies; the default session would use x86 U8S8
+            # kernels, which saturate on CPUs without VNNI and say nothing about the engine.
+            level = {"fp16": "extended", "int8": "basic"}[req.precision]
             accuracy_record(rec, f_top1, top1(ort_logits(ort_session(model, level=level), ex), ey))
-            rec["accuracy"]["runtime"] = "onnxruntime CPU (the engine is built on the device)"
+            accuracy_runtime(rec, STAND_IN[req.precision])
         write_metadata(model, {METADATA_KEY: json.dumps(rec, default=str)})
         with atomic_path(req.out) as t:
             onnx.save_model(model, str(t), save_as_external_data=False)

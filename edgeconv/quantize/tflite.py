@@ -27,7 +27,8 @@ import torch
 from edgeconv.artifacts import atomic_path, atomic_write_json, load_model
 from edgeconv.errors import EdgeconvError, MissingDependencyError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.quantize.common import accuracy_record, base_record, inputs_for, peek_meta, quiet, size_record
+from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, quiet,
+                                      size_record)
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
 FP32_TOLERANCE = 1e-3   # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
@@ -211,7 +212,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     rec["method"] = "minmax (ai-edge-quantizer static a8w8)" if req.precision == "int8" else None
     rec["per_channel"] = True if req.precision == "int8" else None
     notes: list[str] = []
-    if req.precision == "int8" and (req.method != "minmax" or not req.per_channel):
+    if req.precision == "int8" and (req.method != "minmax" or req.per_channel is False):
         notes.append("TFLite INT8 uses ai-edge-quantizer's static a8w8 recipe: min/max activations, per-channel "
                      "symmetric weights (--method/--per-channel apply to onnxruntime)")
     rows_routing: list[dict] = []
@@ -251,6 +252,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         import ai_edge_litert
 
         rec["interpreter"] = f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+        accuracy_runtime(rec, f"{rec['interpreter']} interpreter (default delegates)")
         rec["io"] = f"input {runner.input_dtype}, batch 1"
         size = result.stat().st_size
         size_record(rec, float_bytes, size)

@@ -373,6 +373,7 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
 
     return {
         "rows": rows,
+        "warnings": int8_warnings(arts),
         "reference": {"path": str(ref_path) if ref_path else None, "top1": ref_top1},
         "data": {"source": samples.source, "n": len(samples), "sha256": samples.fingerprint()},
         "settings": {"threads": threads, "warmup": cfg.warmup, "iters": cfg.iters, "batches": cfg.batches,
@@ -380,6 +381,24 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "device": describe_device(),
     }
+
+
+def quantization_record(a: Artifact) -> dict | None:
+    """The artifact's quantization record (ONNX metadata, or the sidecar a .tflite/.engine carries)."""
+    rec = a.metadata.get("edgeconv.quantization") if a.kind == "ort" else a.metadata
+    return rec if isinstance(rec, dict) and rec.get("precision") else None
+
+
+def int8_warnings(arts: list[Artifact]) -> list[str]:
+    """One line per INT8 file made for another CPU than this one (its numbers here may not be its numbers)."""
+    from edgeconv.quantize.targets import artifact_warning
+
+    out = []
+    for a in arts:
+        w = artifact_warning(a.path, quantization_record(a))
+        if w:
+            out.append(f"{a.label}: {w}")
+    return out
 
 
 def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int, x, y, ref_pred, ref_top1,

@@ -6,7 +6,6 @@ File readers take a `root` so the Jetson parsers are tested on recorded device f
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import shutil
@@ -14,11 +13,7 @@ import subprocess
 from pathlib import Path
 
 from edgeconv.errors import EdgeconvError
-
-# ISA extensions that change what an inference runtime can do (VNNI/AMX for INT8, F16C/FP16 for half, SVE, dotprod)
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                     "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp", "fphp", "sve", "sve2",
-                     "i8mm", "bf16")
+from edgeconv.hostcpu import cpu_info, parse_cpuinfo  # noqa: F401 - the CPU part of a device description
 
 # L4T major.minor -> JetPack release line (NVIDIA's release notes; the exact JetPack point release varies)
 _JETPACK = {(32, 7): "4.6.x", (32, 6): "4.6", (32, 5): "4.5", (32, 4): "4.4", (34, 1): "5.0 DP",
@@ -31,38 +26,6 @@ def _read(path: Path) -> str | None:
         return path.read_bytes().decode("utf-8", "replace")
     except OSError:
         return None
-
-
-# ----------------------------------------------------------------------------------------------- CPU
-def parse_cpuinfo(text: str) -> dict:
-    """Model name, physical cores and ISA flags from /proc/cpuinfo (x86 `flags`, ARM `Features`)."""
-    model, flags, cores = None, set(), set()
-    phys = core = None
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        key, val = key.strip().lower(), val.strip()
-        if key in ("model name", "hardware", "cpu model") and not model:
-            model = val
-        elif key in ("flags", "features"):
-            flags.update(val.split())
-        elif key == "physical id":
-            phys = val
-        elif key == "core id":
-            core = val
-            cores.add((phys, core))
-    return {"model": model, "physical_cores": len(cores) or None,
-            "isa": [f for f in INTERESTING_FLAGS if f in flags]}
-
-
-def cpu_info(root: Path = Path("/")) -> dict:
-    info = parse_cpuinfo(_read(root / "proc/cpuinfo") or "")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"model": info["model"] or platform.processor() or platform.machine(), "arch": platform.machine(),
-            "logical_cores": os.cpu_count(), "usable_cores": usable, "physical_cores": info["physical_cores"],
-            "isa": " ".join(info["isa"]) or "-"}
 
 
 # ----------------------------------------------------------------------------------------------- CUDA

@@ -59,12 +59,10 @@ def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: in
 
 def ort_latency_ms(paths: dict[str, Path], pre: dict, rounds: int, runs: int, threads: int) -> dict[str, float]:
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    from edgeconv.onnxrt import session
+
+    sessions = {k: session(p, threads=threads) for k, p in paths.items()}
     x = load_samples("digits", pre, "test").x[:1].numpy().astype(np.float32)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}

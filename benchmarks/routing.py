@@ -143,18 +143,15 @@ def pin_to_one_cpu(cpu: int | None) -> str:
 
 
 def make_session(path: Path, level: str, threads: int | None):
-    import onnxruntime as ort
+    from edgeconv.onnxrt import session, session_options
 
     if level not in LEVELS:
         raise SystemExit(f"unknown level {level!r} ({', '.join(LEVELS)})")
     ort_level, disabled = LEVELS[level]
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[ort_level]
-    so.log_severity_level = 3
+    so = session_options(ort_level)
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return session(path, options=so, disabled_optimizers=disabled)
 
 
 def time_interleaved(graphs: dict[str, Path], x: np.ndarray, level: str, reps: int, runs: int,

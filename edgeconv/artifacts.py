@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 import warnings
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +24,7 @@ import torch
 
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import FORMATS
 
 FORMAT = "edgeconv.checkpoint/1"
 
@@ -40,7 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise EdgeconvError(f"{dest} is a directory, expected a file path to write")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        _remove_orphans(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     except OSError as e:
         raise EdgeconvError(f"cannot write {dest}: {e.strerror or e}") from None
     os.close(fd)
@@ -51,6 +54,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _remove_orphans(dest: Path) -> None:
+    """Temp files of `dest` left by a writer that was killed (its pid, in the name, no longer runs)."""
+    for tmp in dest.parent.glob(f".{glob_escape(dest.name)}.*.tmp"):
+        pid = tmp.name[len(dest.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True   # exists, owned by someone else
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -179,6 +200,22 @@ def _unpickling_error(p: Path, text: str) -> str:
     return f"{p}: corrupt or truncated checkpoint ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
 
 
+# Bounds on what a recorded config may ask the builder for: a file must not make `info` build a model for hours.
+CONFIG_BOUNDS = {"depth": 64, "dim": 8192, "heads": 256, "img_size": 2048, "in_chans": 16, "num_classes": 100_000,
+                 "mlp_ratio": 64, "token_grid": 2048, "window": 2048, "topk": 1_000_000}
+
+
+def config_problem(cfg: dict) -> str | None:
+    """A recorded number outside what any model needs (None when every bounded key is sane)."""
+    for key, top in CONFIG_BOUNDS.items():
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not 0 < v <= top:
+            return f"config {key!r} = {v!r} is outside 1..{top}"
+    return None
+
+
 def _checkpoint_problem(ckpt: dict) -> str | None:
     """What is missing or mistyped in a checkpoint dict (None when its shape is right)."""
     need = {"family": str, "config": dict, "state_dict": dict, "preprocessing": dict, "classes": list}
@@ -188,9 +225,14 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     if ckpt["config"].get("family") != ckpt["family"]:
         return f"config family {ckpt['config'].get('family')!r} differs from family {ckpt['family']!r}"
     pre = ckpt["preprocessing"]
-    for key in ("size", "channels"):
-        if not isinstance(pre.get(key), int) or pre[key] < 1:
-            return f"preprocessing {key!r} is missing or not a positive integer"
+    from edgeconv.checks import MAX_IMG_SIZE, MAX_IN_CHANS
+
+    for key, top in (("size", MAX_IMG_SIZE), ("channels", MAX_IN_CHANS)):
+        if not isinstance(pre.get(key), int) or isinstance(pre.get(key), bool) or not 1 <= pre[key] <= top:
+            return f"preprocessing {key!r} is missing or not an integer in 1..{top}"
+    bounded = config_problem(ckpt["config"])
+    if bounded:
+        return bounded
     for key in ("mean", "std"):
         if not isinstance(pre.get(key), list) or len(pre[key]) != pre["channels"]:
             return f"preprocessing {key!r} must list one value per channel"
@@ -264,7 +306,7 @@ def _load_describer_modules() -> None:
                 raise
 
 
-@register_describer(".pt", ".pth", ".ckpt")
+@register_describer(*FORMATS["checkpoint"].suffixes)
 def describe_checkpoint(path: Path) -> dict:
     from edgeconv.models import count_params_macs
 

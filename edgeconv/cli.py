@@ -16,6 +16,14 @@ from rich.markup import escape
 from edgeconv import __version__
 from edgeconv.console import console, err_console, rows_table, sections_table
 from edgeconv.errors import EdgeconvError
+from edgeconv.options import cli_options
+from edgeconv.checks import check_input_shape, check_inputs, check_number, check_outputs, check_training
+from edgeconv.quantize import BACKENDS as QBACKENDS
+from edgeconv.quantize import QuantizeSettings
+
+ROUTING_HELP = "gated (default) | soft | select | static:conv | static:attn"
+EVAL_DATA_HELP = "Held-out labelled data for the before/after top-1 (default: --data's test split; digits only)."
+EVAL_ON_TRAIN_HELP = "Accept evaluating on --data itself when it has no held-out split (scores its training data)."
 
 app = typer.Typer(
     name="edgeconv",
@@ -48,6 +56,7 @@ def models_cmd(img_size: int = typer.Option(32, help="Input size used to count M
 
     Example: edgeconv models --img-size 224 --in-chans 3
     """
+    check_input_shape(img_size, in_chans)
     from edgeconv.models import count_params_macs, create_model, families
 
     rows = []
@@ -78,6 +87,11 @@ def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zo
 
     Example: edgeconv train --model routed-tiny --data digits -o model.pt
     """
+    check_input_shape(img_size, in_chans)
+    check_training(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                   label_smoothing=label_smoothing)
+    check_inputs({"--weights": weights, "--resume": resume})
+    check_outputs({"-o": out}, {"--weights": weights})
     from edgeconv.training import TrainConfig, run_train
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -92,20 +106,20 @@ def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zo
 def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
              data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
              split: str = typer.Option("test", help="train | val | test | all (digits)"),
-             routing: Optional[str] = typer.Option(None, help="hard | soft | static:conv | static:attn"),
+             routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")) -> None:
     """Evaluate a checkpoint: top-1, loss, per-class accuracy, routing mix.
 
     Example: edgeconv eval model.pt --data digits --split test
     """
+    check_inputs({"CKPT": ckpt})
+    check_outputs({"--json": json_out}, {"CKPT": ckpt})
     from edgeconv import artifacts
     from edgeconv.data import load_samples
     from edgeconv.models import set_routing
-    from edgeconv.models.routed import ROUTING_MODES
     from edgeconv.training import evaluate
 
-    if routing and routing not in ROUTING_MODES:
-        raise EdgeconvError(f"unknown routing mode {routing!r} (choose {', '.join(ROUTING_MODES)})")
+    routing = _routing(routing)
     model, ck = artifacts.load_model(ckpt)
     if routing:
         if not set_routing(model, routing):
@@ -143,11 +157,15 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
               dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="Pruned checkpoint to write (.pt)."),
               json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default: OUT.prune.json)."),
-              heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png).")) -> None:
+              heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png)."),
+              eval_data: Optional[str] = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
+              eval_on_train: bool = typer.Option(False, "--eval-on-train", help=EVAL_ON_TRAIN_HELP)) -> None:
     """Remove whole attention heads and hidden channels ranked by sensitivity; the result is a smaller dense model.
 
     Example: edgeconv prune model.pt --data digits --target-macs 0.5 -o pruned.pt
     """
+    check_inputs({"CKPT": ckpt})
+    check_outputs({"-o": out, "--json": json_out, "--heatmap": heatmap}, {"CKPT": ckpt})
     from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
 
     req = PruneRequest(heads=heads, channels=channels, target_macs=target_macs, criterion=criterion,
@@ -158,7 +176,8 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
     with console.status(f"scoring units ({criterion}) and planning"):
         res = run_prune(str(ckpt), data, req, str(out) if out else None, dry_run=dry_run,
                         report_path=str(json_out) if json_out else None,
-                        heatmap_path=str(heatmap) if heatmap else None, command=_command())
+                        heatmap_path=str(heatmap) if heatmap else None, command=_command(),
+                        eval_data=eval_data, allow_train_eval=eval_on_train)
     plan = res["plan"]
     console.print(rows_table(layer_rows(plan), title=f"per-layer plan ({criterion}; sensitivity normalised per layer)"))
     console.print(rows_table([{"": k, "before": v[0], "after": v[1],
@@ -187,11 +206,16 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
                 resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run writing to -o."),
                 no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the fine-tune-without-KD row."),
                 out: Path = typer.Option(..., "-o", "--out", help="Distilled student checkpoint (.pt)."),
-                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON.")) -> None:
+                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON."),
+                eval_data: Optional[str] = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
+                eval_on_train: bool = typer.Option(False, "--eval-on-train", help=EVAL_ON_TRAIN_HELP)) -> None:
     """Distil a teacher into a (pruned) student: Hinton KD, optional feature matching, per-epoch checkpoints.
 
     Example: edgeconv distill --teacher model.pt --student pruned.pt --data digits --epochs 10 -o student.pt
     """
+    check_training(epochs=epochs, batch_size=batch_size, lr=lr)
+    check_inputs({"--teacher": teacher, "--student": student})
+    check_outputs({"-o": out, "--json": json_out}, {"--teacher": teacher, "--student": student})
     from edgeconv import artifacts
     from edgeconv.compress.distill import DistillConfig, run_distill
     from edgeconv.training import TrainConfig
@@ -199,7 +223,8 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
     res = run_distill(str(teacher), str(student), data, str(out),
                       dcfg=DistillConfig(alpha=alpha, temperature=temperature, feature=feature),
                       tcfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                      resume=resume, baseline=not no_baseline, command=_command())
+                      resume=resume, baseline=not no_baseline, command=_command(), eval_data=eval_data,
+                      allow_train_eval=eval_on_train)
     console.print(rows_table(res["rows"], title=f"distillation (alpha {alpha}, T {temperature}"
                                                 f"{', feature' if feature else ''}, {epochs} epochs)"))
     console.print(f"wrote {out}")
@@ -225,6 +250,8 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
 
     Example: edgeconv export model.pt -o model.onnx --routing gated
     """
+    check_inputs({"CKPT": ckpt})
+    check_outputs({"-o": out, "--json": json_out}, {"CKPT": ckpt})
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgeconv import artifacts
@@ -247,49 +274,35 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
 
 # ------------------------------------------------------------------------------------------------ quantize
 @app.command("quantize")
+@cli_options(QuantizeSettings, name="settings")
 def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, exported first) or ONNX from `export`."),
                  out: Path = typer.Option(..., "-o", "--out", help="Artifact: .onnx (ort), .tflite, .engine or "
                                                                   ".onnx (tensorrt: the TensorRT-ready ONNX only)."),
                  int8: bool = typer.Option(False, "--int8", help="INT8, calibrated on real samples."),
                  fp16: bool = typer.Option(False, "--fp16", help="FP16."),
-                 backend: str = typer.Option("ort", "--backend", "-b", help="ort | tflite | tensorrt"),
-                 calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real calibration images "
-                                                      "(default for digits models: calib_data/digits)."),
+                 backend: str = typer.Option("ort", "--backend", "-b", help=" | ".join(QBACKENDS)),
                  data: Optional[str] = typer.Option(None, "--data", help="Calibration from a data spec instead "
                                                     "(digits | imagefolder:PATH | npz:PATH; train split)."),
-                 calib_limit: Optional[int] = typer.Option(None, "--calib-limit", min=1,
-                                                           help="Use at most this many calibration samples."),
-                 method: str = typer.Option("minmax", help="Calibration: minmax | entropy | percentile."),
-                 per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor",
-                                                            help="Weight scales per output channel (default) or "
-                                                                 "one per tensor."),
-                 target: Optional[str] = typer.Option(None, "--target", help="INT8 target: portable (default, "
-                                                      "the same answer on every CPU) | x86-vnni | arm64 (full "
-                                                      "8-bit weights, exact only there) | tensorrt."),
-                 max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 budget in points: keep "
-                                                          "the most sensitive layers float until within it (ort)."),
                  eval_data: Optional[str] = typer.Option(None, "--eval", help="Labelled data for accuracy "
                                                          "(default for digits models: digits test split)."),
-                 ops: str = typer.Option("auto", help="ort op selection: auto (weight layers, kept only where INT8 "
-                                                      "is not slower, measured) | weights | all."),
                  routing: Optional[str] = typer.Option(None, help="Export routing when MODEL is a checkpoint."),
-                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the quantization record as JSON.")
-                 ) -> None:
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the quantization record as JSON."),
+                 settings: QuantizeSettings = None) -> None:
     """Quantize a model to INT8 or FP16 for onnxruntime, TFLite or TensorRT and report what it cost in accuracy.
 
     Example: edgeconv quantize model.pt --int8 --backend ort -o model.int8.onnx
     """
+    check_inputs({"MODEL": model})
+    check_outputs({"-o": out, "--json": json_out}, {"MODEL": model})
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgeconv import artifacts
-    from edgeconv.quantize import QuantizeRequest, quantize
+    from edgeconv.quantize import quantize, request_from
 
     if int8 == fp16:
         raise EdgeconvError("choose exactly one of --int8 or --fp16")
-    req = QuantizeRequest(model=model, out=out, precision="int8" if int8 else "fp16", backend=backend, calib=calib,
-                          data=data, calib_limit=calib_limit, method=method, per_channel=per_channel,
-                          target=target,
-                          max_drop=max_drop, eval_data=eval_data, ops=ops, routing=routing, command=_command())
+    req = request_from(settings, model=model, out=out, precision="int8" if int8 else "fp16", backend=backend,
+                       data=data, eval_data=eval_data, routing=routing, command=_command())
     with Progress(SpinnerColumn(), TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("checking inputs", total=None)
@@ -323,6 +336,10 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
     Exit code 0 only when every check passes (1 when one fails, 2 for unusable input).
     Example: edgeconv validate model.onnx --against model.pt --junit validate.xml
     """
+    check_inputs({"MODEL": model, "--against": against})
+    check_number("--tolerance", tolerance, min=0)
+    check_number("--min-agreement", min_agreement, min=0, max=100)
+    check_outputs({"--junit": junit, "--json": json_out}, {"MODEL": model, "--against": against})
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeconv import artifacts
@@ -383,6 +400,9 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
 
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
     """
+    check_inputs({"MODELS": models, "--reference": reference, "--compare": compare})
+    check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot},
+                  {"MODELS": models, "--reference": reference, "--compare": compare})
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeconv.runtime import report
@@ -451,14 +471,14 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
 def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
                 images: list[str] = typer.Argument(..., help="PNG paths (model's size/channels) or digits:N."),
                 out: Path = typer.Option(Path("inspect"), "-o", "--out", help="Folder for the PNGs and inspect.json."),
-                routing: Optional[str] = typer.Option(None, help="hard | soft | static:conv | static:attn")) -> None:
+                routing: Optional[str] = typer.Option(None, help=ROUTING_HELP)) -> None:
     """Show what a model attends to: attention per head, router decisions, saliency and kept tokens (PNGs).
 
     Example: edgeconv inspect model.pt digits:0 digits:7 -o inspect/
     """
     from edgeconv.inspection import inspect_checkpoint
 
-    rep = inspect_checkpoint(ckpt, images, out, routing)
+    rep = inspect_checkpoint(ckpt, images, out, _routing(routing))
     rows = []
     for im in rep["images"]:
         rows.append({"image": im["image"], "label": im["label"] or "-", "predicted": str(im["pred"]),
@@ -521,6 +541,7 @@ def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, O
 
     Example: edgeconv info model.pt   |   edgeconv info --device
     """
+    check_outputs({"--json": json_out}, {"ARTIFACT": artifact})
     from edgeconv import artifacts
 
     if device:
@@ -539,19 +560,47 @@ def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, O
         artifacts.atomic_write_json(json_out, desc)
 
 
+def _routing(name: str | None) -> str | None:
+    """A --routing value in the one routing vocabulary (models/routed.py), or one line naming the choices."""
+    from edgeconv.models.routed import ROUTING_MODES, routing_mode
+
+    if name is None:
+        return None
+    try:
+        return routing_mode(name)
+    except ValueError:
+        raise EdgeconvError(f"--routing {name!r}: unknown; choose one of: {', '.join(ROUTING_MODES)}") from None
+
+
 def _command() -> str:
     return " ".join(["edgeconv", *sys.argv[1:]])
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler: not a KeyboardInterrupt, which Typer turns into a silent exit 130, and
+    not an Exception, which library code may catch."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise Interrupted()
+
+
+INTERRUPTED = ("[bold red]interrupted[/]: no partial file was written (every write is atomic); outputs finished "
+               "before the interrupt are kept")
+
+
 def main() -> None:
     """Console entry point: one readable line and exit code 2 for user errors, 130 when interrupted."""
+    import signal
+
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except EdgeconvError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]: no partial artifact was written")
+    except (Interrupted, KeyboardInterrupt):
+        err_console.print(INTERRUPTED)
         sys.exit(130)
 
 

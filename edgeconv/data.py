@@ -87,6 +87,37 @@ def digits_images01(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(labels[idx])
 
 
+SPLIT_ROLES = ("train", "calibrate", "evaluate")
+
+
+def split_for(data: str, role: str, split: str | None = None) -> str:
+    """The one rule for which split of `data` a step reads for `role` (train | calibrate | evaluate).
+
+    `digits` has fixed train/val/test splits: training and calibration read `train`, evaluation reads `split`
+    (default `test`). Any other source is one unsplit set and every role reads all of it (`all`), so a step that
+    trains or calibrates and also evaluates on it would score its own training data: `check_held_out` refuses that
+    unless asked for.
+    """
+    if role not in SPLIT_ROLES:
+        raise ValueError(f"unknown split role {role!r}")
+    if data != "digits":
+        return "all"
+    if role == "evaluate":
+        return split or "test"
+    return "train"
+
+
+def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, what: str) -> str:
+    """The data a step evaluates on: `eval_data` when given, else `data` - refused for an unsplit source (its
+    evaluation would reuse the step's own training data) unless `allow_train_eval`."""
+    if eval_data:
+        return eval_data
+    if data != "digits" and not allow_train_eval:
+        raise EdgeconvError(f"{what}: --data {data} has no held-out split, so evaluating on it would score the "
+                            "step's own training data; give --eval-data SPEC, or --eval-on-train to accept that")
+    return data
+
+
 def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = None,
                  classes: list[str] | None = None) -> Samples:
     """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec.

@@ -31,6 +31,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check(self) -> None:
+        """Ranges, before any data is loaded (each error names the CLI option)."""
+        from edgeconv.checks import check_training
+
+        check_training(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                       label_smoothing=self.label_smoothing, clip_grad=self.clip_grad)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -137,7 +144,7 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 256) -> tuple[
     for x, _ in samples.batches(batch_size):
         outs.append(model(x))
         for name, m in routers(model):
-            if m.last_route is not None and m.mode in ("hard", "soft"):
+            if m.last_route is not None and m.mode in ("gated", "soft", "select"):
                 routes[name][1] += int(m.last_route.sum())
                 routes[name][0] += int((~m.last_route).sum())
     return torch.cat(outs), routes
@@ -178,10 +185,14 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
     from pathlib import Path
 
     from edgeconv import artifacts
-    from edgeconv.data import digits_preprocessing, load_samples
+    from edgeconv.data import digits_preprocessing, load_samples, split_for
     from edgeconv.errors import EdgeconvError
     from edgeconv.models import create_model, parse_name
 
+    from edgeconv.checks import check_input_shape
+
+    cfg.check()
+    check_input_shape(img_size, in_chans)
     start_epoch, opt_state, seconds_before, parent_info = 0, None, 0.0, None
     if resume:
         model, ckpt = artifacts.load_model(resume)
@@ -193,7 +204,7 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
         cfg = TrainConfig(**{**state["config"], "epochs": max(cfg.epochs, start_epoch)})
         opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"], "rng": state.get("rng")}
         data = state.get("data", data)
-        train = load_samples(data, pre, "train" if data == "digits" else "all", classes=classes)
+        train = load_samples(data, pre, split_for(data, "train"), classes=classes)
         _check_trainable(data, train)
     else:
         parse_name(model_name)  # an unknown name fails before any data is loaded

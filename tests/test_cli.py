@@ -198,7 +198,7 @@ def test_unknown_model_name_and_routing_mode(trained, monkeypatch, capsys, tmp_p
     code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "routed-huge", "-o", tmp_path / "o.pt")
     assert_one_line_error(code, err, "unknown model 'routed-huge'", "routed-tiny")
     code, _, err = run_cli(monkeypatch, capsys, "eval", trained(), "--routing", "sometimes")
-    assert_one_line_error(code, err, "unknown routing mode 'sometimes'")
+    assert_one_line_error(code, err, "--routing 'sometimes': unknown", "gated, soft, select")
 
 
 def test_routing_flag_on_a_model_without_a_router(monkeypatch, capsys, tmp_path):

@@ -170,3 +170,32 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path, digits_p
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(EdgeconvError, match="unreadable npz"):
         load_samples(f"npz:{tmp_path / 'obj.npz'}", digits_pre)
+
+
+# ----------------------------------------------------------------------------------------------- splits
+def test_one_rule_decides_the_split_of_every_role():
+    from edgeconv.data import split_for
+
+    assert [split_for("digits", r) for r in ("train", "calibrate", "evaluate")] == ["train", "train", "test"]
+    assert split_for("digits", "evaluate", "val") == "val"
+    for spec in ("imagefolder:x", "npz:y.npz"):
+        assert {split_for(spec, r) for r in ("train", "calibrate", "evaluate")} == {"all"}
+
+
+def test_evaluating_on_training_data_is_refused_unless_asked_for():
+    from edgeconv.data import check_held_out
+
+    assert check_held_out("digits", None, False, "prune") == "digits"
+    assert check_held_out("npz:a.npz", "npz:b.npz", False, "prune") == "npz:b.npz"
+    with pytest.raises(EdgeconvError, match="prune: --data npz:a.npz has no held-out split.*--eval-on-train"):
+        check_held_out("npz:a.npz", None, False, "prune")
+    assert check_held_out("npz:a.npz", None, True, "prune") == "npz:a.npz"
+
+
+def test_prune_on_an_unsplit_folder_refuses_before_any_work(trained, tmp_path):
+    from edgeconv.compress.prune import PruneRequest, run_prune
+
+    with pytest.raises(EdgeconvError, match="no held-out split"):
+        run_prune(str(trained("routed-tiny")), f"imagefolder:{tmp_path}", PruneRequest(heads=0.25),
+                  str(tmp_path / "p.pt"))
+    assert not (tmp_path / "p.pt").exists()

@@ -67,7 +67,7 @@ def test_gated_graph_runs_only_the_routed_branch_per_sample(gated, routed_ckpt, 
     from edgeconv.export.branches import instrument
 
     model, _ = load_model(routed_ckpt)
-    set_routing(model, "hard")
+    set_routing(model, "gated")
     x = load_samples("digits", digits_pre, "test", limit=40).x
     with torch.no_grad():
         ref = model(x).numpy()

@@ -146,7 +146,7 @@ def test_hard_routing_decides_per_sample_at_threshold_half():
     with torch.no_grad():
         model(x)
     for b in blocks:
-        assert b.mode == "hard"
+        assert b.mode == "gated"
         assert b.last_route.dtype == torch.bool and b.last_route.shape == (len(x),)
         assert torch.equal(b.last_route, b.last_p_attn > 0.5)
 
@@ -195,7 +195,7 @@ def test_static_modes_run_one_branch_without_the_router(mode, branch):
 
 def test_training_mixes_softly_and_adds_a_router_loss_whatever_the_inference_mode():
     model, blocks, _ = _decisive()
-    set_routing(model, "hard")
+    set_routing(model, "gated")
     model.train()
     model(torch.randn(4, 1, 32, 32))
     aux = model.aux_loss()

@@ -26,7 +26,7 @@ def test_select_routing_matches_hard_routing_and_restores_the_model(trained, dig
 
     model, _ = load_model(trained("routed-tiny"))
     x = load_samples("digits", digits_pre, "test").x[:96]
-    set_routing(model, "hard")
+    set_routing(model, "gated")
     with torch.no_grad():
         ref = model(x)
     patterns = routing_patterns(model, x)
@@ -34,11 +34,11 @@ def test_select_routing_matches_hard_routing_and_restores_the_model(trained, dig
     set_routing(model, "soft")
     with select_routing(model) as n:
         assert n == 2
-        assert all(m.mode == "hard" and "hard" in vars(m) for _, m in routers(model))
+        assert all(m.mode == "select" for _, m in routers(model))
         with torch.no_grad():
             got = model(x)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    assert all(m.mode == "soft" and "hard" not in vars(m) for _, m in routers(model))
+    assert all(m.mode == "soft" for _, m in routers(model))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def routed_tflite_int8(trained, tmp_path_factory):
 
 @pytest.mark.slow
 def test_routed_tflite_int8_is_full_integer_verified_and_within_one_point(routed_tflite_int8):
-    from edgeconv.quantize.tflite import TFLiteRunner, sidecar_path
+    from edgeconv.formats import sidecar_path
+    from edgeconv.quantize.tflite import TFLiteRunner
 
     out, rep = routed_tflite_int8
     rec = json.loads(sidecar_path(out).read_text())

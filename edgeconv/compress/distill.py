@@ -114,14 +114,14 @@ def state_path(out) -> Path:
 
 def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dcfg: DistillConfig, tcfg: TrainConfig,
                 resume: bool = False, baseline: bool = True, command: str = "edgeconv distill",
-                show_progress: bool = True) -> dict:
+                show_progress: bool = True, eval_data: str | None = None, allow_train_eval: bool = False) -> dict:
     """`edgeconv distill`: KD into the student, per-epoch checkpoint and resume; returns the comparison rows.
 
     With `baseline`, the same student is also fine-tuned without KD for the same epochs (same seed and schedule),
     so the table shows what distillation itself adds.
     """
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.data import check_held_out, load_samples, split_for
     from edgeconv.training import evaluate, fit
 
     dcfg.check()
@@ -129,9 +129,9 @@ def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dc
     student0, s_ck = artifacts.load_model(student_path)
     check_compatible(t_ck, s_ck, teacher_path, student_path)
     pre, classes = s_ck["preprocessing"], s_ck["classes"]
-    eval_split = "test" if data == "digits" else "all"
-    train = load_samples(data, pre, "train" if data == "digits" else "all", classes=classes)
-    test = load_samples(data, pre, eval_split, classes=classes)
+    eval_data = check_held_out(data, eval_data, allow_train_eval, "distill")
+    train = load_samples(data, pre, split_for(data, "train"), classes=classes)
+    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=classes)
     if len(train) == 0:
         raise EdgeconvError(f"{data}: no training samples")
 
@@ -188,7 +188,8 @@ def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dc
             show_progress=show_progress)
         rows.append({"model": f"student fine-tuned without KD ({tcfg.epochs} ep)", "path": "-",
                      "top1 %": evaluate(plain, test)["top1"]})
-    metrics = {f"{eval_split}_top1": rows[2]["top1 %"], "teacher_top1": rows[0]["top1 %"],
+    metrics = {f"{split_for(eval_data, 'evaluate')}_top1": rows[2]["top1 %"], "evaluated_on": test.source,
+               "teacher_top1": rows[0]["top1 %"],
                "student_before_top1": rows[1]["top1 %"], "epochs": tcfg.epochs}
     if baseline:
         metrics["finetune_no_kd_top1"] = rows[3]["top1 %"]

@@ -328,20 +328,21 @@ def head_heatmap(plan: PrunePlan, path, title: str = "") -> bool:
 # ----------------------------------------------------------------------------------------------- the `prune` command
 def run_prune(ckpt_path: str, data: str, req: PruneRequest, out: str | None, *, dry_run: bool = False,
               report_path: str | None = None, heatmap_path: str | None = None,
-              command: str = "edgeconv prune") -> dict:
+              command: str = "edgeconv prune", eval_data: str | None = None, allow_train_eval: bool = False) -> dict:
     """Load, plan, apply, measure before/after, then write the pruned checkpoint, JSON report and heatmap."""
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.data import check_held_out, load_samples, split_for
     from edgeconv.training import evaluate
 
     req.check()
+    eval_data = check_held_out(data, eval_data, allow_train_eval, "prune")
     if not dry_run and not out:
         raise EdgeconvError("give -o/--out for the pruned checkpoint (or --dry-run to only print the plan)")
     model, ck = artifacts.load_model(ckpt_path)
     pre = ck["preprocessing"]
     ensure_prunable(model)
-    calib = load_samples(data, pre, "train" if data == "digits" else "all", classes=ck["classes"])
-    test = load_samples(data, pre, "test" if data == "digits" else "all", classes=ck["classes"])
+    calib = load_samples(data, pre, split_for(data, "calibrate"), classes=ck["classes"])
+    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)
     before, after = evaluate(model, test)["top1"], evaluate(pruned, test)["top1"]
     summary = {"params": (plan.params_before, plan.params_after), "MACs": (plan.macs_before, plan.macs_after),

@@ -37,8 +37,8 @@ import torch.nn as nn
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError
 
+# the routing modes of models/routed.py that make sense in ONNX (`select` is the no-control-flow form for TFLite)
 ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
-MODEL_MODE = {"gated": "hard", "soft": "soft", "static:conv": "static:conv", "static:attn": "static:attn"}
 METADATA_FORMAT = "edgeconv.onnx/1"
 JSON_KEYS = ("config", "classes", "preprocessing", "provenance")  # metadata values stored as JSON text
 MIN_OPSET = 18  # the dynamo exporter cannot down-convert below this (it silently keeps 18)
@@ -119,7 +119,7 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
         routing = "none"
     model.eval()
     if has_routers:
-        set_routing(model, MODEL_MODE[routing])
+        set_routing(model, routing)
 
     example = torch.randn(EXAMPLE_BATCH, int(pre["channels"]), int(pre["size"]), int(pre["size"]))
     step("tracing (torch.export)")
@@ -218,17 +218,9 @@ def write_metadata(proto, meta: dict[str, Any]) -> None:
 
 def count_if_nodes(proto_or_graph) -> int:
     """`If` nodes anywhere in the graph, nested branches included."""
-    graph = getattr(proto_or_graph, "graph", proto_or_graph)
-    n = 0
-    for node in graph.node:
-        if node.op_type == "If":
-            n += 1
-        for attr in node.attribute:
-            if attr.g is not None and attr.HasField("g"):
-                n += count_if_nodes(attr.g)
-            for g in attr.graphs:
-                n += count_if_nodes(g)
-    return n
+    from edgeconv.graphwalk import count_op
+
+    return count_op(proto_or_graph, "If")
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -334,11 +326,9 @@ def _input_shape(proto, batch: int) -> list[int]:
 
 
 def _ort_run(proto, x):
-    import onnxruntime as ort
+    from edgeconv.onnxrt import session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(proto)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from edgeconv.artifacts import file_sha256, register_describer, short_hash
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import FORMATS
+from edgeconv.graphwalk import nodes
 
 
 def load_onnx(path: Path):
@@ -35,13 +37,8 @@ def value_shape(vi) -> str:
 def operator_inventory(graph, counter: Counter | None = None) -> Counter:
     """Operator counts over the graph and every subgraph (`If` branches, loops)."""
     counter = Counter() if counter is None else counter
-    for node in graph.node:
+    for node in nodes(graph):
         counter[f"{node.domain + '.' if node.domain and node.domain != 'ai.onnx' else ''}{node.op_type}"] += 1
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                operator_inventory(attr.g, counter)
-            for g in attr.graphs:
-                operator_inventory(g, counter)
     return counter
 
 
@@ -58,7 +55,7 @@ def _typed_len(t) -> int:
     return 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
 
 
-@register_describer(".onnx")
+@register_describer(*FORMATS["onnx"].suffixes)
 def describe_onnx(path: Path) -> dict:
     from edgeconv.export.onnx import count_if_nodes, read_metadata_proto
 

@@ -28,9 +28,9 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.onnxrt import LEVELS as ORT_LEVELS  # noqa: F401 - the CLI's --ort-level choices
 
 PASSED, FAILED, SKIPPED, WARNING = "PASSED", "FAILED", "SKIPPED", "WARNING"  # WARNING passes, with a reason
-ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 @dataclass
@@ -76,20 +76,9 @@ class ValidationReport:
 
 def ort_session(model: str | Path | bytes, level: str = "all", threads: int | None = None):
     """An onnxruntime CPU session at the given graph-optimisation level (disable | basic | extended | all)."""
-    import onnxruntime as ort
+    from edgeconv.onnxrt import session
 
-    if level not in ORT_LEVELS:
-        raise EdgeconvError(f"unknown onnxruntime optimisation level {level!r} ({', '.join(ORT_LEVELS)})")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return session(model, level=level, threads=threads)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -249,7 +238,9 @@ def _check_opset(proto, meta: dict) -> Check:
 def _quantization_record(meta: dict) -> dict | None:
     import json
 
-    rec = meta.get("edgeconv.quantization")
+    from edgeconv.formats import QUANTIZATION_KEY
+
+    rec = meta.get(QUANTIZATION_KEY)
     if isinstance(rec, str):
         try:
             rec = json.loads(rec)
@@ -327,12 +318,12 @@ def _check_parity(model, meta: dict, samples, outs: np.ndarray, tol: float, min_
                   seconds: float) -> Check:
     import torch
 
-    from edgeconv.export.onnx import MODEL_MODE
     from edgeconv.models import set_routing
+    from edgeconv.models.routed import ROUTING_MODES
 
     routing = meta.get("routing", "none")
-    if routing in MODEL_MODE:
-        set_routing(model, MODEL_MODE[routing])
+    if routing in ROUTING_MODES:
+        set_routing(model, routing)
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():

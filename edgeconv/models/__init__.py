@@ -95,7 +95,7 @@ def create_model_from_config(cfg: dict) -> nn.Module:
 
 
 def set_routing(model: nn.Module, mode: str) -> int:
-    """Set every router's inference mode (hard | soft | static:conv | static:attn); returns how many were set."""
+    """Set every router's inference mode (models/routed.py ROUTING_MODES); returns how many were set."""
     n = 0
     for m in model.modules():
         if hasattr(m, "set_routing_mode"):

@@ -5,11 +5,16 @@ Linear(d, 128) -> ReLU -> Linear(128, 2) -> softmax, giving p = (p_conv, p_attn)
 
 - Training (`soft`): y = p_conv * conv(x) + p_attn * attn(x); an auxiliary loss makes each decision confident
   (low entropy) while keeping both paths in use over a batch (balance), so the hard decision matches the soft mix.
-- Inference (`hard`, the default): per sample, attention when p_attn > 0.5, else conv; the chosen path is scaled by
+- Inference (`gated`, the default): per sample, attention when p_attn > 0.5, else conv; the chosen path is scaled by
   its probability. Under export this is written with `torch.cond`, so ONNX gets `If` nodes: when the whole batch
   agrees (always at batch 1) only the chosen path runs; a batch whose samples disagree computes both paths and
   selects per sample. PyTorch and ONNX therefore give every sample the same answer at any batch size.
+- `select`: the same answers as `gated` without `torch.cond`: both paths computed, each sample keeps its own (for
+  converters without control flow, e.g. TFLite; saves no compute).
 - `static:conv` / `static:attn`: one path, no router (for comparisons and backends without control flow).
+
+One vocabulary: these names are what export, eval, inspect, quantize and every record use (`hard`, the old name of
+`gated`, is still accepted on input).
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ from edgeconv.models import register_family
 from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
                                     residual_mlp_on_map, to_map, to_tokens)
 
-ROUTING_MODES = ("hard", "soft", "static:conv", "static:attn")
+ROUTING_MODES = ("gated", "soft", "select", "static:conv", "static:attn")
+ROUTING_ALIASES = {"hard": "gated"}
+ROUTED_MODES = ("gated", "soft", "select")   # modes in which the router runs and records its decisions
+
+
+def routing_mode(name: str) -> str:
+    """The canonical name of a routing mode, or a ValueError naming the choices."""
+    mode = ROUTING_ALIASES.get(name, name)
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"routing mode {name!r} not in {ROUTING_MODES}")
+    return mode
 
 
 def _is_exporting() -> bool:
@@ -56,15 +71,13 @@ class RoutedBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_hidden)
         self.threshold = threshold
-        self.mode = "hard"
+        self.mode = "gated"
         self.aux: torch.Tensor | None = None
         self.last_route: torch.Tensor | None = None   # bool [B]: True = attention, for eval/bench reports
         self.last_p_attn: torch.Tensor | None = None
 
     def set_routing_mode(self, mode: str) -> None:
-        if mode not in ROUTING_MODES:
-            raise ValueError(f"routing mode {mode!r} not in {ROUTING_MODES}")
-        self.mode = mode
+        self.mode = routing_mode(mode)
 
     def conv_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_path(self.shared(x))
@@ -89,7 +102,7 @@ class RoutedBlock(nn.Module):
     def _not_all_conv(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return torch.cond(p.min() > self.threshold, self._attn_only, self._per_sample, (x, p))
 
-    def hard(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def gated(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if _is_exporting():
             # The cheap conv path is tested first: a batch routed to conv pays one `If` dispatch, the attention
             # path (far costlier itself) a second one.
@@ -121,8 +134,10 @@ class RoutedBlock(nn.Module):
                     entropy = -(probs * probs.clamp_min(1e-8).log()).sum(-1).mean()
                     balance = (p.mean() - 0.5) ** 2
                     self.aux = 0.05 * entropy + 0.5 * balance
+            elif mode == "select":
+                y = self._per_sample(x, p)
             else:
-                y = self.hard(x, p)
+                y = self.gated(x, p)
         x = x + y
         return residual_mlp_on_map(x, self.norm2, self.mlp)
 

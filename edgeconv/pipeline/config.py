@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.options import option  # noqa: F401 - steps declare their options with it
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,17 +38,11 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class PipelineConfigError(EdgeconvError):
     """The pipeline file is wrong; raised before any step runs."""
-
-
-def option(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
-           min: float | None = None, max: float | None = None, path: bool = False, default_factory=None):
-    """A typed step option; `path=True` marks a file/folder that must exist (relative to the pipeline file)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "path": path}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -181,6 +177,9 @@ def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> 
     else:
         pipe = PipelineOptions()
     pipe.name = pipe.name or Path(source).stem or "pipeline"
+    if not RUN_NAME.fullmatch(pipe.name) or pipe.name in (".", ".."):
+        raise PipelineConfigError(f"{source}: pipeline.name = {pipe.name!r}: use letters, digits, '.', '_' and '-' "
+                                  "(at most 100; it names the folder runs/NAME, so no '/' or '..')")
     pipe.data = resolve_data_spec(pipe.data, "pipeline.data", source, base_dir)
     specs = []
     for section, table in doc.items():

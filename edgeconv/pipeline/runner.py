@@ -122,7 +122,13 @@ def _read_record(path: Path) -> dict | None:
 
 
 def _intact(rec: dict, run_dir: Path, hasher: _Hasher) -> bool:
-    """Every output the record lists still exists with the recorded content."""
+    """Every output the record lists lies inside the run folder and still exists with the recorded content (a
+    record naming a file elsewhere - an absolute path, `..` - is not trusted: the step runs again)."""
+    root = run_dir.resolve()
+    for rel in [o.get("path", "") for o in rec.get("outputs", [])] + list(rec.get("figures", [])):
+        p = (run_dir / str(rel)).resolve()
+        if not str(rel) or Path(str(rel)).is_absolute() or not p.is_relative_to(root):
+            return False
     for out in rec.get("outputs", []):
         p = run_dir / out["path"]
         if not p.is_file() or hasher(p) != out["sha256"]:
@@ -226,6 +232,11 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
                 kept = f"; artifacts of {', '.join(done)} are kept in {run_dir}" if done else ""
                 raise PipelineStepError(f"step '{spec.name}' failed: {msg} (details: {sdir / 'error.log'}){kept}",
                                         outcomes) from e
+            except BaseException:  # Ctrl-C: the run record says where it stopped, then the interrupt goes on
+                outcomes[i] = StepOutcome(spec.name, "interrupted", key, time.perf_counter() - t0,
+                                          "interrupted; no step.json, so the step runs again next time")
+                _write_run(run_dir, cfg, outcomes)
+                raise
             seconds = time.perf_counter() - t0
             rec = _record(key, res, run_dir, seconds, hasher)
             rec["cpu_seconds"] = round(time.process_time() - c0, 2)   # all threads of this process

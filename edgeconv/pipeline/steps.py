@@ -12,6 +12,7 @@ returns what it produced. Artifact kinds:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Optional
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
+from edgeconv.quantize import QuantizeSettings
 
 
 @dataclass
@@ -127,11 +129,11 @@ def model_label(ckpt: dict) -> str:
 def _eval_rows(path: Path, label: str, data: str, split: str) -> tuple[dict, dict]:
     """Evaluate a checkpoint: (row for the final table, metrics with the per-router routing mix)."""
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.data import load_samples, split_for
     from edgeconv.training import evaluate
 
     model, ck = artifacts.load_model(path)
-    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", classes=ck["classes"])
+    samples = load_samples(data, ck["preprocessing"], split_for(data, "evaluate", split), classes=ck["classes"])
     res = evaluate(model, samples)
     params = sum(p.numel() for p in model.parameters())
     row = {"model": label, "format": "PyTorch", "top1 %": res["top1"], "params": params,
@@ -234,6 +236,9 @@ class PruneOptions:
     batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
     batch_size: int = option(8, min=1)
     steps: int = option(1, min=1, help="Prune in this many steps, re-scoring between them.")
+    eval_data: str = option("", help="Held-out labelled data for the before/after top-1 (default: the pipeline data's "
+                                     "test split; required for data without one unless eval_on_train).")
+    eval_on_train: bool = option(False, help="Accept evaluating on the training data when it has no held-out split.")
 
 
 @register_step
@@ -270,7 +275,7 @@ class Prune(Step):
         out, heatmap = ctx.out_dir / "model.pt", ctx.out_dir / "head_sensitivity.png"
         res = run_prune(str(src.path), ctx.data, cls.request(opts, ctx.cfg.pipeline.seed), str(out),
                         report_path=str(ctx.out_dir / "prune.json"), heatmap_path=str(heatmap),
-                        command=ctx.command)
+                        command=ctx.command, eval_data=opts.eval_data or None, allow_train_eval=opts.eval_on_train)
         stage = stage_of(src.label)
         label = "pruned (PyTorch)" if stage == "float" else f"{stage}+pruned (PyTorch)"
         rep = res["report"]
@@ -294,6 +299,9 @@ class DistillOptions:
     batch_size: int = option(64, min=1)
     lr: float = option(1e-3, min=0.0)
     baseline: bool = option(False, help="Also fine-tune without KD for the same epochs (doubles the time).")
+    eval_data: str = option("", help="Held-out labelled data for the distilled top-1 (default: the pipeline data's "
+                                     "test split; required for data without one unless eval_on_train).")
+    eval_on_train: bool = option(False, help="Accept evaluating on the training data when it has no held-out split.")
 
 
 @register_step
@@ -316,7 +324,8 @@ class Distill(Step):
                           dcfg=DistillConfig(alpha=opts.alpha, temperature=opts.temperature, feature=opts.feature),
                           tcfg=TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
                                            seed=ctx.cfg.pipeline.seed),
-                          baseline=opts.baseline, command=ctx.command, show_progress=ctx.show_progress)
+                          baseline=opts.baseline, command=ctx.command, show_progress=ctx.show_progress,
+                          eval_data=opts.eval_data or None, allow_train_eval=opts.eval_on_train)
         stage = stage_of(student.label)
         label = f"{'' if stage == 'float' else stage + '+'}distilled (PyTorch)"
         row, metrics = _eval_rows(out, label, ctx.data, "test")
@@ -392,18 +401,11 @@ BACKEND_NEEDS = {"tflite": (("litert_torch", "ai_edge_litert"), ".venv/bin/pip i
 
 
 @dataclass
-class QuantizeOptions:
+class QuantizeOptions(QuantizeSettings):
+    """The shared quantize settings (edgeconv.quantize.QuantizeSettings, also the CLI's options) plus the targets."""
+
     targets: list[str] = option(default_factory=lambda: ["ort:int8"],
                                 help="backend:precision, e.g. ort:int8, ort:fp16, tflite:int8, tflite:fp16.")
-    calib: str = option("", path=True, help="Folder of calibration images (default: the bundled digits set for "
-                                            "digits, else the data's train split).")
-    calib_limit: int = option(0, min=0, help="Use at most this many calibration images (0 = all).")
-    method: str = option("minmax", choices=("minmax", "entropy", "percentile"))
-    per_channel: bool = option(True, help="Per-channel weight scales.")
-    int8_target: str = option("portable", choices=("portable", "x86-vnni", "arm64"),
-                              help="INT8 target of the onnxruntime files (TensorRT targets are always tensorrt).")
-    max_drop: float = option(-1.0, help="Keep the most sensitive layers float until the top-1 drop is at most this "
-                                        "(points); negative = off.")
 
 
 def _parse_target(t: str) -> tuple[str, str]:
@@ -445,6 +447,13 @@ class Quantize(Step):
                                           f"installed ({hint})")
         if len(set(opts.targets)) != len(opts.targets):
             raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")
+        if opts.int8_target is not None and "ort:int8" in opts.targets:
+            from edgeconv.quantize.targets import resolve_target
+
+            try:
+                resolve_target(opts.int8_target, "ort")
+            except EdgeconvError as e:
+                raise PipelineConfigError(f"{cfg.source}: quantize.int8_target: {e}") from None
 
     @classmethod
     def gives_for(cls, opts: QuantizeOptions) -> tuple[str, ...]:
@@ -460,15 +469,15 @@ class Quantize(Step):
     @classmethod
     def run(cls, opts: QuantizeOptions, ctx: StepContext) -> StepResult:
         from edgeconv.data import default_calib_dir
-        from edgeconv.quantize import BACKENDS, QuantizeRequest, quantize
+        from edgeconv.quantize import BACKENDS, quantize, request_from
 
-        calib, data = None, None
-        if opts.calib:
-            calib = Path(opts.calib)
-        elif ctx.data == "digits" and default_calib_dir().is_dir():
-            calib = default_calib_dir()
-        else:
-            data = ctx.data
+        data = None
+        settings = opts
+        if not opts.calib:
+            if ctx.data == "digits" and default_calib_dir().is_dir():
+                settings = dataclasses.replace(opts, calib=str(default_calib_dir()))
+            else:
+                data = ctx.data
         outputs, rows, metrics = [], [], {}
         runtime = {"ort": "onnxruntime", "tflite": "TFLite", "tensorrt": "TensorRT"}
         for t in opts.targets:
@@ -476,14 +485,12 @@ class Quantize(Step):
             # onnxruntime and TensorRT start from the exported graph; TFLite converts from PyTorch directly
             src = ctx.inputs.get("onnx") if backend != "tflite" and "onnx" in ctx.inputs else ctx.inputs["checkpoint"]
             out = ctx.out_dir / f"{backend}-{precision}{BACKENDS[backend].suffixes[0]}"
-            req = QuantizeRequest(model=src.path, out=out, precision=precision, backend=backend,
-                                  calib=calib if precision == "int8" else None,
-                                  data=data if precision == "int8" else None,
-                                  calib_limit=opts.calib_limit or None, method=opts.method,
-                                  per_channel=opts.per_channel,
-                                  target=(opts.int8_target if backend == "ort" and precision == "int8" else None),
-                                  max_drop=opts.max_drop if opts.max_drop >= 0 else None,
-                                  eval_data=ctx.data, command=ctx.command)
+            own = settings if backend == "ort" and precision == "int8" else dataclasses.replace(settings,
+                                                                                                 int8_target=None)
+            if precision != "int8":
+                own = dataclasses.replace(own, calib=None, calib_limit=None, max_drop=None)
+            req = request_from(own, model=src.path, out=out, precision=precision, backend=backend,
+                               data=data if precision == "int8" else None, eval_data=ctx.data, command=ctx.command)
             rep = quantize(req)
             label = f"{precision.upper()} ({runtime.get(backend, backend)})"
             outputs.append(Artifact(f"model:{backend}-{precision}", rep.out, label))
@@ -570,11 +577,11 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
     import torch
 
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.data import load_samples, split_for
     from edgeconv.runtime.backends import load_runner, targets_for
 
     ref, ck = artifacts.load_model(reference)
-    samples = load_samples(data, ck["preprocessing"], split if data == "digits" else "all", limit=limit or None,
+    samples = load_samples(data, ck["preprocessing"], split_for(data, "evaluate", split), limit=limit or None,
                            classes=ck["classes"])
     with torch.no_grad():
         ref_pred = torch.cat([ref(xb) for xb, _ in samples.batches(256)]).argmax(1).numpy()

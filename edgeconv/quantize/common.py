@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import QUANTIZATION_KEY, is_format
 from edgeconv.hostcpu import cpu_record
 from edgeconv.quantize import METADATA_FORMAT, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet, load_calibration, load_evaluation
@@ -28,11 +29,11 @@ def peek_meta(model: Path) -> dict[str, Any]:
         from edgeconv.quantize.source import checkpoint_source
 
         return checkpoint_source(p).meta
-    if p.suffix.lower() == ".onnx":
+    if is_format(p, "onnx"):
         from edgeconv.export.onnx import read_metadata
 
         meta = read_metadata(p)
-        if "edgeconv.quantization" in meta:
+        if QUANTIZATION_KEY in meta:
             raise EdgeconvError(f"{p} is already quantized; quantize the float model instead")
         if not meta.get("preprocessing"):
             raise EdgeconvError(f"{p}: no edgeconv metadata (preprocessing); export it with `edgeconv export` "

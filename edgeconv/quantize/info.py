@@ -9,6 +9,7 @@ from pathlib import Path
 from edgeconv import artifacts
 from edgeconv.artifacts import file_sha256, register_describer, short_hash
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import FORMATS, sidecar_path
 from edgeconv.quantize.ort import METADATA_KEY
 
 
@@ -96,7 +97,7 @@ _wrap_onnx_describer()
 
 
 def read_sidecar(path: Path) -> dict | None:
-    side = path.with_name(path.name + ".json")
+    side = sidecar_path(path)
     if not side.is_file():
         return None
     try:
@@ -105,7 +106,7 @@ def read_sidecar(path: Path) -> dict | None:
         raise EdgeconvError(f"{side}: unreadable quantization record ({e})")
 
 
-@register_describer(".tflite")
+@register_describer(*FORMATS["tflite"].suffixes)
 def describe_tflite(path: Path) -> dict:
     desc: dict = {"artifact": {"path": str(path), "type": "TFLite flatbuffer", "sha256": short_hash(file_sha256(path)),
                                "size": f"{path.stat().st_size / 1024:.1f} KiB"}}
@@ -130,7 +131,7 @@ def describe_tflite(path: Path) -> dict:
     return desc
 
 
-@register_describer(".engine", ".plan")
+@register_describer(*FORMATS["engine"].suffixes)
 def describe_engine(path: Path) -> dict:
     desc: dict = {"artifact": {"path": str(path), "type": "TensorRT engine", "sha256": short_hash(file_sha256(path)),
                                "size": f"{path.stat().st_size / 1024:.1f} KiB"}}

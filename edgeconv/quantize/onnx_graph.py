@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Iterator
 
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeconv.graphwalk import initializers, subgraph_attrs  # noqa: F401 - subgraph_attrs is used here and re-exported
+
 SUBGRAPH_OPS = {"If", "Loop", "Scan"}
-
-
-def subgraph_attrs(node) -> Iterator[tuple[str, onnx.GraphProto]]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        for g in attr.graphs:
-            yield attr.name, g
 
 
 def defined_names(graph, recursive: bool = True) -> set[str]:
@@ -189,11 +182,7 @@ def undefined_references(graph, outer: set[str] | None = None) -> set[str]:
 
 
 def all_initializers(graph) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        for _, sub in subgraph_attrs(node):
-            out.update(all_initializers(sub))
-    return out
+    return {t.name: t for t in initializers(graph)}
 
 
 def _tensor_key(t: onnx.TensorProto) -> str:

@@ -31,15 +31,15 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
+from edgeconv.formats import QUANTIZATION_KEY
 from edgeconv.errors import EdgeconvError
+from edgeconv.quantize import METHODS, OP_POLICIES
 from edgeconv.quantize import onnx_graph as og
 from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
 from edgeconv.quantize.common import quiet
 
-METHODS = ("minmax", "entropy", "percentile")
-OP_POLICIES = ("auto", "weights", "all")
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METADATA_KEY = "edgeconv.quantization"
+METADATA_KEY = QUANTIZATION_KEY
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -92,18 +92,9 @@ class Int8Options:
 # ----------------------------------------------------------------------------------------------- sessions
 def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, level: str = "all"):
     """An onnxruntime CPU session (level `all`, or `extended` where ORT_ENABLE_ALL is unsafe: FP16)."""
-    import onnxruntime as ort
+    from edgeconv.onnxrt import session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return session(model, level=level, threads=threads or None)
 
 
 def ort_logits(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:

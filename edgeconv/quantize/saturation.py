@@ -17,13 +17,11 @@ so a test can show what saturation does to one real layer without an AVX2 machin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeconv.quantize.onnx_graph import subgraph_attrs
+from edgeconv.graphwalk import graphs
 
 INT16_MAX = 32767
 U8_MAX = 255
@@ -87,14 +85,6 @@ class SaturationReport:
                 "int16_limit": INT16_MAX, "safe_without_vnni": self.safe}
 
 
-def _graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
-    yield path, graph
-    for node in graph.node:
-        for attr, sub in subgraph_attrs(node):
-            name = f"{node.name or node.op_type}.{attr}"
-            yield from _graphs(sub, f"{path}/{name}" if path else name)
-
-
 def _as_rows(op: str, w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """The weight as [outputs, reduction] (the dot products the kernel computes)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -110,15 +100,15 @@ def _as_rows(op: str, w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
 def integer_layers(model: onnx.ModelProto) -> list[IntegerLayer]:
     """Every weight layer of `model` whose weight and data input are both quantized (`If` branches included)."""
     inits: dict[str, onnx.TensorProto] = {}
-    for _, g in _graphs(model.graph):
+    for _, g in graphs(model.graph):
         inits.update({t.name: t for t in g.initializer})
     producers: dict[str, onnx.NodeProto] = {}
-    for _, g in _graphs(model.graph):
+    for _, g in graphs(model.graph):
         for node in g.node:
             for out in node.output:
                 producers[out] = node
     out = []
-    for path, g in _graphs(model.graph):
+    for path, g in graphs(model.graph):
         for node in g.node:
             if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
                 continue

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import QUANTIZATION_KEY, is_format
 
-CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ModelSource:
 
 
 def is_checkpoint(path: Path) -> bool:
-    return path.suffix.lower() in CHECKPOINT_SUFFIXES
+    return is_format(path, "checkpoint")
 
 
 def checkpoint_source(path: Path) -> ModelSource:
@@ -60,12 +60,12 @@ def resolve_onnx(model: str | Path, workdir: Path, routing: str | None = None) -
         res = export_onnx(p, out, routing=routing)
         return ModelSource(out, dict(res.metadata), checkpoint=p,
                            notes=[f"exported {p.name} to ONNX (routing {res.routing})", *res.notes])
-    if p.suffix.lower() != ".onnx":
+    if not is_format(p, "onnx"):
         raise EdgeconvError(f"{p}: expected a checkpoint (.pt) or an ONNX model (.onnx), got {p.suffix or 'no suffix'}")
     if routing is not None:
         raise EdgeconvError("--routing applies when quantizing from a checkpoint; this ONNX was exported already")
     meta = read_metadata(p)
-    if "edgeconv.quantization" in meta:
+    if QUANTIZATION_KEY in meta:
         raise EdgeconvError(f"{p} is already quantized ({meta['edgeconv.quantization'][:60]}...); "
                             "quantize the float model instead")
     src = meta.get("source_path")

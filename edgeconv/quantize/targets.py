@@ -97,7 +97,9 @@ def artifact_warning(path, record: dict | None) -> str | None:
     warning = target_warning(record)
     if warning or (record and record.get("target")):
         return warning
-    if not record or record.get("precision") != "int8" or Path(path).suffix.lower() != ".onnx":
+    from edgeconv.formats import is_format
+
+    if not record or record.get("precision") != "int8" or not is_format(path, "onnx"):
         return None
     from edgeconv.hostcpu import this_int8_class
 

@@ -25,6 +25,7 @@ import onnx
 
 from edgeconv.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
 from edgeconv.errors import EdgeconvError, MissingDependencyError
+from edgeconv.formats import is_format, sidecar_path
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
 from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
@@ -269,7 +270,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     from edgeconv.quantize.ort import METADATA_KEY, convert_fp16, ort_logits, ort_session, top1
     from edgeconv.quantize.source import resolve_onnx
 
-    engine_wanted = req.out.suffix.lower() in (".engine", ".plan")
+    engine_wanted = is_format(req.out, "engine")
     if engine_wanted:  # fail before any work when the engine cannot be built here
         require_tensorrt()
         require_gpu()
@@ -334,7 +335,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         rec["tensorrt"].update({"version": trt.__version__, "timing_cache": str(cache), "verified_on_gpu": True})
         size = len(engine)
         size_record(rec, float_bytes, size)
-        atomic_write_json(req.out.with_name(req.out.name + ".json"), rec)
+        atomic_write_json(sidecar_path(req.out), rec)
         atomic_write_bytes(req.out, engine)
     size_record(rec, float_bytes, size)
     acc = rec.get("accuracy") or {}

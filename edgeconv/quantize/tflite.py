@@ -24,8 +24,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from edgeconv.artifacts import atomic_path, atomic_write_json, load_model
+from edgeconv.artifacts import atomic_path, atomic_write_json, file_sha256, load_model
 from edgeconv.errors import EdgeconvError, MissingDependencyError
+from edgeconv.formats import is_format, sidecar_path
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, quiet,
                                       size_record)
@@ -46,26 +47,19 @@ def require_tflite() -> None:
         raise MissingDependencyError(f"TFLite conversion ({', '.join(missing)})", INSTALL_HINT)
 
 
-def sidecar_path(tflite: Path) -> Path:
-    return tflite.with_name(tflite.name + ".json")
-
-
 # ----------------------------------------------------------------------------------------------- routing fallback
 @contextlib.contextmanager
 def select_routing(model: torch.nn.Module) -> Iterator[int]:
-    """Hard routing written as a per-sample select (no `torch.cond`) for converters without control flow."""
+    """The model in routing mode `select` (gated answers, no `torch.cond`) for converters without control flow;
+    every router's mode is restored afterwards."""
     from edgeconv.models import routers, set_routing
 
-    blocks = [m for _, m in routers(model)]
-    saved = [(b, b.mode) for b in blocks]
-    set_routing(model, "hard")
-    for b in blocks:
-        b.hard = b._per_sample  # instance attribute shadows the method: forward() calls the select version
+    saved = [(b, b.mode) for _, b in routers(model)]
+    n = set_routing(model, "select")
     try:
-        yield len(blocks)
+        yield n
     finally:
         for b, mode in saved:
-            del b.hard
             b.set_routing_mode(mode)
 
 
@@ -172,7 +166,7 @@ def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) 
     """FP32 .tflite vs PyTorch hard routing, grouped by routing pattern; raises when any group differs."""
     from edgeconv.models import set_routing
 
-    set_routing(model, "hard")
+    set_routing(model, "gated")
     xt = torch.from_numpy(x)
     patterns = routing_patterns(model, xt)
     with torch.no_grad():
@@ -196,12 +190,18 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     require_tflite()
     meta = peek_meta(req.model)
     ckpt = Path(req.model)
-    if ckpt.suffix.lower() == ".onnx":
+    if is_format(ckpt, "onnx"):
         src = meta.get("source_path")
         if not src or not Path(src).is_file():
             raise EdgeconvError(f"{req.model}: TFLite conversion starts from the PyTorch checkpoint and this ONNX "
                                 "names none that exists here; pass the checkpoint")
         ckpt = Path(src)
+        recorded = meta.get("source_sha256")
+        if not recorded or file_sha256(ckpt) != recorded:
+            raise EdgeconvError(f"{req.model}: the checkpoint it was exported from ({ckpt}) "
+                                + ("is not recorded with a sha256" if not recorded else
+                                   "has changed since the export (sha256 differs)")
+                                + "; TFLite converts from PyTorch, so pass the checkpoint itself")
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
     if req.max_drop is not None:
@@ -209,6 +209,8 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
                             "full-integer")
     model, ck = load_model(ckpt)
     rec = base_record(req, meta, calib, ev)
+    if ckpt != Path(req.model):
+        rec["source"]["converted_from"] = {"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt)}
     rec["method"] = "minmax (ai-edge-quantizer static a8w8)" if req.precision == "int8" else None
     rec["per_channel"] = True if req.precision == "int8" else None
     notes: list[str] = []

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import QUANTIZATION_KEY, is_format, sidecar_paths
 from edgeconv.runtime.backends import (BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner,
                                        targets_for)
 
@@ -109,7 +110,7 @@ def inspect_artifact(path: Path) -> Artifact:
         md = metadata(model)
         art.precision = onnx_precision(model, path)
         del model
-    for side in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
+    for side in sidecar_paths(path):
         if side.exists():
             try:
                 extra = json.loads(side.read_text())
@@ -134,7 +135,7 @@ def inspect_artifact(path: Path) -> Artifact:
             pre = None
     art.preprocessing = pre if isinstance(pre, dict) and pre else None
     art.source_sha256s = [v for k, v in flat.items() if "sha256" in k.lower() and isinstance(v, str) and v]
-    art.source_paths = [v for k, v in flat.items() if isinstance(v, str) and v.endswith((".pt", ".pth", ".ckpt"))]
+    art.source_paths = [v for k, v in flat.items() if isinstance(v, str) and is_format(v, "checkpoint")]
     return art
 
 
@@ -158,8 +159,9 @@ def find_reference(arts: list[Artifact], explicit: Path | None) -> Path | None:
     if len(ckpts) == 1:
         return ckpts[0]
     for a in arts:
+        # a recorded path is trusted only when the file there is still the one recorded (same sha256)
         for p in a.source_paths:
-            if Path(p).is_file():
+            if Path(p).is_file() and file_sha256(p) in a.source_sha256s:
                 return Path(p)
     return None
 
@@ -385,7 +387,7 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
 
 def quantization_record(a: Artifact) -> dict | None:
     """The artifact's quantization record (ONNX metadata, or the sidecar a .tflite/.engine carries)."""
-    rec = a.metadata.get("edgeconv.quantization") if a.kind == "ort" else a.metadata
+    rec = a.metadata.get(QUANTIZATION_KEY) if a.kind == "ort" else a.metadata
     return rec if isinstance(rec, dict) and rec.get("precision") else None
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeconv.errors import EdgeconvError, MissingDependencyError
+from edgeconv.formats import sidecar_paths
 
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?(?P<addr>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
 _REMOTE_TMP = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -133,8 +134,7 @@ def run_remote_bench(target: SshTarget, models: list[Path], bench_args: list[str
                 name = safe_name(i, f)
                 rem.scp(str(f), f"{target.host}:{tmp}/{name}")
                 # sidecar descriptions travel with their artifact, renamed the same way
-                for side, remote_side in ((f.with_suffix(f.suffix + ".json"), f"{name}.json"),
-                                          (f.with_suffix(".json"), Path(name).with_suffix(".json").name)):
+                for side, remote_side in zip(sidecar_paths(f), (p.name for p in sidecar_paths(name))):
                     if side.is_file() and side != f:
                         rem.scp(str(side), f"{target.host}:{tmp}/{remote_side}")
                 names[name] = f

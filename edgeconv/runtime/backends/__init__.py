@@ -9,6 +9,7 @@ import importlib
 from pathlib import Path
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import format_of
 from edgeconv.runtime.backends.base import (Backend, BackendUnavailable, RouteCounts, RunOptions, Runner,
                                             Target)
 
@@ -24,18 +25,11 @@ BACKENDS = {
 }
 DEVICES = ("cpu", "cuda", "jetson")
 
-# artifact suffix -> the backend that runs it natively
-_KINDS = {".pt": "torch", ".pth": "torch", ".ckpt": "torch", ".onnx": "ort", ".tflite": "tflite",
-          ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 def artifact_kind(path: Path) -> str:
-    """The native backend for an artifact file, or an EdgeconvError naming the known types."""
-    kind = _KINDS.get(Path(path).suffix.lower())
-    if kind is None:
-        raise EdgeconvError(f"{path}: unknown artifact type {Path(path).suffix!r} "
-                            f"(bench runs {', '.join(sorted(_KINDS))})")
-    return kind
+    """The native backend for an artifact file (edgeconv/formats.py), or an EdgeconvError naming the known types."""
+    return format_of(path).runtime
 
 
 def get_backend(name: str) -> Backend:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.graphwalk import initializers, nodes
+from edgeconv.onnxrt import session, session_options
 from edgeconv.errors import EdgeconvError
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions, artifact_precision_from_name
 
@@ -44,26 +46,6 @@ def metadata(model) -> dict:
     return out
 
 
-def _all_nodes(graph):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.g is not None and a.g.node:
-                yield from _all_nodes(a.g)
-            for g in a.graphs:
-                yield from _all_nodes(g)
-
-
-def _all_initializers(graph):
-    yield from graph.initializer
-    for n in graph.node:
-        for a in n.attribute:
-            if a.g is not None and a.g.node:
-                yield from _all_initializers(a.g)
-            for g in a.graphs:
-                yield from _all_initializers(g)
-
-
 def onnx_precision(model, path: Path) -> str:
     """int8 when the graph (branches included) holds quantize/dequantize or QLinear ops, fp16 when weights are
     half precision, else fp32; a `precision` metadata entry wins."""
@@ -73,11 +55,11 @@ def onnx_precision(model, path: Path) -> str:
     for key in ("precision", "edgeconv.precision"):
         if isinstance(md.get(key), str):
             return md[key]
-    ops = {n.op_type for n in _all_nodes(model.graph)}
+    ops = {n.op_type for n in nodes(model.graph)}
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
               "ConvInteger", "DynamicQuantizeLinear"}:
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in _all_initializers(model.graph)):
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in initializers(model.graph)):
         return "fp16"
     return artifact_precision_from_name(path) or "fp32"
 
@@ -85,7 +67,7 @@ def onnx_precision(model, path: Path) -> str:
 def onnx_params(model) -> int:
     """Weight elements stored in the file (initializers, branches included)."""
     total = 0
-    for t in _all_initializers(model.graph):
+    for t in initializers(model.graph):
         n = 1
         for d in t.dims:
             n *= d
@@ -153,14 +135,8 @@ class OrtRunner:
         if self.probes:
             for _, tensor in self.probes:
                 model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.BOOL, None))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = options.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # FP16 graphs crashed session creation at ORT_ENABLE_ALL on CPU; EXTENDED loads them (platform notes)
-        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if self.precision == "fp16"
-                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        so.log_severity_level = 3
+        so = session_options("extended" if self.precision == "fp16" else "all", options.threads, sequential=True)
         prov_opts: dict = {}
         if variant == "tensorrt":
             # TensorRT is given FP16 kernels as an option for float graphs; a Q/DQ graph runs as explicit INT8
@@ -169,7 +145,7 @@ class OrtRunner:
                 self.precision = "fp16"
         providers = [(provider, prov_opts)] if prov_opts else [provider]
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            self.session = session(model, providers=providers, options=so)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise EdgeconvError(f"{path}: onnxruntime could not load the model ({first[:200]})")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.formats import is_format
 from edgeconv.errors import EdgeconvError
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
@@ -46,7 +47,7 @@ class TensorrtRunner:
         except EdgeconvError as e:  # not installed / no GPU: this row cannot run here
             raise BackendUnavailable(str(e).split("; or write")[0]) from None  # the rest is quantize's advice
         self.trt = trt
-        if path.suffix.lower() == ".onnx":
+        if is_format(path, "onnx"):
             from edgeconv.runtime.backends.ort_backend import load_onnx, onnx_precision
 
             model = load_onnx(path)

@@ -395,14 +395,21 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
               ssh_port: int = typer.Option(22, min=1, max=65535, help="SSH port of --host."),
               identity: Optional[Path] = typer.Option(None, help="SSH private key for --host."),
               known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file holding --host's key."),
-              remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take.")) -> None:
+              remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take."),
+              profile: bool = typer.Option(False, "--profile", help="Also profile each onnxruntime/TFLite file per "
+                                                                   "operator type (at the first --batch)."),
+              profile_plot: Optional[Path] = typer.Option(None, "--profile-plot", help="Write the per-operator "
+                                                          "profile as a PNG bar chart (implies --profile).")) -> None:
     """Accuracy and latency of every model x backend x precision x batch, measured on the same data.
 
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
     """
     check_inputs({"MODELS": models, "--reference": reference, "--compare": compare})
-    check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot},
+    check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot,
+                   "--profile-plot": profile_plot},
                   {"MODELS": models, "--reference": reference, "--compare": compare})
+    if (profile or profile_plot) and host:
+        raise EdgeconvError("--profile runs locally; profile on the device itself (edgeconv bench --profile there)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeconv.runtime import report
@@ -443,6 +450,18 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
 
             result = run_bench(models, cfg, progress=progress)
     report.print_table(result, title=f"bench on {host}" if host else None)
+    if profile or profile_plot:
+        from edgeconv.runtime.profile import profile_rows, run_profiles, write_profile_png
+
+        with console.status("profiling per operator"):
+            profiles = run_profiles(models, data, split, batches[0], threads or 1, iters=min(iters, 50))
+        console.print(rows_table(profile_rows(profiles), title=f"per-operator profile, batch {batches[0]}, ms per run"))
+        for p in profiles:
+            for note in p.notes:
+                err_console.print(f"[yellow]note:[/] {Path(p.artifact).name}: {escape(note)}", highlight=False)
+        result["profile"] = [p.to_dict() for p in profiles]
+        if profile_plot:
+            write_profile_png(profiles, profile_plot)
     for warning in result.get("warnings", []):
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if json_out:

@@ -1,0 +1,229 @@
+"""Per-operator profiles for `bench --profile`: where an artifact's time goes, per operator type and per node, side
+by side for every file given (typically FP32 and INT8 of one model).
+
+- onnxruntime: its own profiler (`SessionOptions.enable_profiling`); every kernel event, `If` branches included,
+  summed per operator type and per node over the timed runs, in ms per run.
+- TFLite: the Python interpreter exposes no per-operator timer, so the profile says what it can measure - the wall
+  time per invoke, the operator counts, and how many XNNPACK delegate partitions the graph was split into (each
+  boundary hands tensors between the delegate and the built-in kernels).
+- TensorRT: engines report layer times through `trt.IProfiler` (`TensorRTRunner` with a profiler); not runnable
+  here (no TensorRT), so a TensorRT row says so.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.errors import EdgeconvError
+from edgeconv.formats import format_of
+
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+ORT_NOTE = ("kernel time per run from onnxruntime's profiler, nodes inside If branches included (the If itself is not "
+            "counted again); profiling adds overhead, so the sum can exceed the wall time")
+
+
+@dataclass
+class OpProfile:
+    artifact: str
+    runtime: str
+    precision: str
+    batch: int
+    runs: int
+    wall_ms: float                                     # median wall time of one run
+    by_type: dict[str, dict] = field(default_factory=dict)   # op type -> {"ms": per run or None, "count": nodes}
+    top: list[dict] = field(default_factory=list)             # slowest nodes: {"node", "op", "ms"}
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _median_wall(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, warmup: int = 3) -> OpProfile:
+    from edgeconv.onnxrt import session, session_options
+    from edgeconv.runtime.backends.ort_backend import load_onnx, onnx_precision
+
+    precision = onnx_precision(load_onnx(path), path)
+    level = "extended" if precision == "fp16" else "all"
+    with tempfile.TemporaryDirectory(prefix="edgeconv-profile-") as tmp:
+        sess = session(path, options=session_options(level, threads, sequential=True))
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        wall = _median_wall(lambda: sess.run(None, feed), runs)
+        so = session_options(level, threads, sequential=True)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        prof = session(path, options=so)
+        for _ in range(warmup + runs):
+            prof.run(None, feed)
+        events = _events(Path(prof.end_profiling()), runs)
+    by_type: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "count": 0})
+    per_node: dict[tuple[str, str], float] = defaultdict(float)
+    for e in events:
+        op = e["args"]["op_name"]
+        per_node[(e["name"].removesuffix("_kernel_time"), op)] += e["dur"] / 1e3 / runs
+    # A control-flow node's time is the time of the branch it ran, whose nodes are events of their own: counting
+    # both would count the branch twice.
+    per_node = {k: v for k, v in per_node.items() if k[1] not in CONTROL_FLOW}
+    for (node, op), ms in per_node.items():
+        by_type[op]["ms"] += ms
+        by_type[op]["count"] += 1
+    top = [{"node": n, "op": op, "ms": round(ms, 4)} for (n, op), ms in
+           sorted(per_node.items(), key=lambda kv: -kv[1])[:10]]
+    import onnxruntime as ort
+
+    return OpProfile(str(path), f"onnxruntime {ort.__version__}", precision, len(x), runs, wall,
+                     {k: {"ms": round(v["ms"], 4), "count": v["count"]} for k, v in by_type.items()}, top,
+                     [ORT_NOTE])
+
+
+def _events(trace: Path, runs: int) -> list[dict]:
+    """Kernel events of the last `runs` runs of an onnxruntime trace (the warm-up runs before them are dropped)."""
+    try:
+        data = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in data if e.get("name") == "model_run")[-runs:]
+    if not windows:
+        raise EdgeconvError(f"{trace.name}: the onnxruntime trace has no runs")
+    start = windows[0][0]
+    return [e for e in data if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+            and "op_name" in e.get("args", {}) and e["ts"] >= start]
+
+
+def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
+    from edgeconv.quantize.tflite import TFLiteRunner
+
+    runner = TFLiteRunner(path, threads=threads)
+    one = x[:1]
+    runner(one)
+    wall = _median_wall(lambda: runner(one), runs)
+    ops = runner.interp._get_ops_details()    # noqa: SLF001 - the only view the interpreter gives of its graph
+    counts: dict[str, int] = defaultdict(int)
+    for o in ops:
+        counts[o["op_name"]] += 1
+    partitions = counts.pop("DELEGATE", 0)
+    by_type = {k: {"ms": None, "count": v} for k, v in counts.items()}
+    notes = [f"{sum(counts.values())} operators, {partitions} XNNPACK delegate partition(s) (each boundary hands "
+             "tensors between the delegate and the built-in kernels)",
+             "the TFLite Python interpreter has no per-operator timer: wall time per invoke only (batch 1)"]
+    import ai_edge_litert
+
+    precision = "int8" if runner.input_dtype == "int8" else "fp32/fp16"
+    return OpProfile(str(path), f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}", precision, 1, runs,
+                     wall, by_type, [], notes)
+
+
+def profile_artifact(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
+    kind = format_of(path).runtime
+    if kind == "ort":
+        return profile_ort(path, x, runs, threads)
+    if kind == "tflite":
+        return profile_tflite(path, x, runs, threads)
+    if kind == "tensorrt":
+        raise EdgeconvError(f"{path}: TensorRT layer profiles need TensorRT and a GPU (IProfiler); not available here")
+    raise EdgeconvError(f"{path}: --profile covers onnxruntime and TFLite files (PyTorch eager has torch.profiler)")
+
+
+def run_profiles(models: list[Path], data: str, split: str, batch: int, threads: int = 1,
+                 iters: int = 20) -> list[OpProfile]:
+    """Profile every onnxruntime and TFLite file among `models` on `batch` samples of `data` (each file's own
+    preprocessing); other files are skipped (a checkpoint is the reference, not a deployable)."""
+    from edgeconv.data import load_samples, split_for
+    from edgeconv.runtime.bench import inspect_artifact
+
+    arts = [inspect_artifact(Path(m)) for m in models]
+    shared = next((a.preprocessing for a in arts if a.preprocessing), None)   # bench requires one input shape
+    out = []
+    for m, art in zip(models, arts):
+        if format_of(m).runtime not in ("ort", "tflite"):
+            continue
+        pre = art.preprocessing or shared
+        if not pre:
+            raise EdgeconvError(f"{m}: no preprocessing recorded; give its checkpoint too so inputs can be prepared")
+        x = load_samples(data, pre, split_for(data, "evaluate", split), limit=batch).x.numpy()
+        out.append(profile_artifact(Path(m), x.astype(np.float32)[:batch], runs=iters, threads=threads))
+    if not out:
+        raise EdgeconvError("--profile: give at least one .onnx or .tflite file")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reports
+def profile_rows(profiles: list[OpProfile], top: int = 12) -> list[dict]:
+    """A wall-time row, then one row per operator type (the costliest over the timed profiles first; untimed
+    profiles show operator counts), one ms and one % column per profile."""
+    names = [Path(p.artifact).name for p in profiles]
+    rows: list[dict] = [{"op type": "(wall time per run)",
+                         **{k: v for n, p in zip(names, profiles) for k, v in
+                            ((f"{n} ms", f"{p.wall_ms:.3f}"), (f"{n} %", ""))}}]
+    cost: dict[str, float] = defaultdict(float)
+    for p in profiles:
+        for op, v in p.by_type.items():
+            cost[op] += v["ms"] or 0.0
+    timed_ops = sorted((op for op in cost if cost[op] > 0), key=lambda op: -cost[op])[:top]
+    untimed_ops = sorted({op for p in profiles for op, v in p.by_type.items() if v["ms"] is None},
+                         key=lambda op: -max(p.by_type.get(op, {}).get("count", 0) for p in profiles))[:top]
+    for op in timed_ops + untimed_ops:
+        row: dict = {"op type": op}
+        for name, p in zip(names, profiles):
+            v = p.by_type.get(op)
+            total = sum(t["ms"] for t in p.by_type.values() if t["ms"] is not None) or 1.0
+            if v is None:
+                row[f"{name} ms"], row[f"{name} %"] = "-", "-"
+            elif v["ms"] is None:
+                row[f"{name} ms"], row[f"{name} %"] = f"x{v['count']}", "-"
+            else:
+                row[f"{name} ms"], row[f"{name} %"] = f"{v['ms']:.3f}", f"{100 * v['ms'] / total:.1f}"
+        rows.append(row)
+    return rows
+
+
+def write_profile_png(profiles: list[OpProfile], path: Path, top: int = 12) -> Path:
+    """Horizontal bars: ms per run of the costliest operator types, one bar per profile (timed profiles only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeconv.artifacts import atomic_path
+
+    timed = [p for p in profiles if any(v["ms"] is not None for v in p.by_type.values())]
+    if not timed:
+        raise EdgeconvError("nothing to plot: no profile has per-operator times (onnxruntime files have)")
+    cost: dict[str, float] = defaultdict(float)
+    for p in timed:
+        for op, v in p.by_type.items():
+            cost[op] += v["ms"] or 0.0
+    ops = sorted(cost, key=lambda op: -cost[op])[:top][::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(ops) + 1.6), dpi=120)
+    h = 0.8 / len(timed)
+    for i, p in enumerate(timed):
+        vals = [(p.by_type.get(op) or {}).get("ms") or 0.0 for op in ops]
+        ax.barh([k + i * h for k in range(len(ops))], vals, height=h,
+                label=f"{Path(p.artifact).name} ({p.precision}, {p.wall_ms:.2f} ms/run)")
+    ax.set_yticks([k + h * (len(timed) - 1) / 2 for k in range(len(ops))], ops)
+    ax.set_xlabel(f"ms per run (batch {timed[0].batch}, kernel time from the runtime's profiler)")
+    ax.set_title("where the time goes, per operator type")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,101 @@
+"""`bench --profile`: per-operator time from onnxruntime's profiler (If branches included, the If not counted
+twice), FP32 and INT8 side by side, a PNG, and TFLite's delegate partitions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+
+@pytest.fixture(scope="module")
+def routed_pair(exported, tmp_path_factory, digits_pre):
+    from edgeconv.quantize.calibration import load_calibration
+    from edgeconv.quantize.ort import Int8Options, quantize_int8
+
+    fp32 = exported("routed-tiny")
+    q = tmp_path_factory.mktemp("prof") / "routed.int8.onnx"
+    onnx.save_model(quantize_int8(onnx.load(str(fp32)), load_calibration(digits_pre),
+                                  Int8Options(ops="weights")).model, str(q))
+    return fp32, q
+
+
+def _x(digits_pre, n=4):
+    from edgeconv.data import load_samples
+
+    return load_samples("digits", digits_pre, "test", limit=n).x.numpy().astype(np.float32)
+
+
+def test_ort_profile_counts_branch_nodes_once(routed_pair, digits_pre):
+    from edgeconv.graphwalk import nodes
+    from edgeconv.runtime.profile import CONTROL_FLOW, profile_ort
+
+    fp32, _ = routed_pair
+    p = profile_ort(fp32, _x(digits_pre, 1), runs=5)
+    assert p.precision == "fp32" and p.wall_ms > 0 and p.batch == 1
+    assert not set(p.by_type) & set(CONTROL_FLOW)
+    assert {"Conv", "MatMul", "Softmax"} <= set(p.by_type)
+    assert all(v["ms"] > 0 and v["count"] >= 1 for v in p.by_type.values())
+    graph = onnx.load(str(fp32)).graph
+    branch_only = {n.op_type for n in nodes(graph)} - {n.op_type for n in graph.node}
+    assert branch_only & set(p.by_type), branch_only   # kernels inside the taken If branches are counted
+    assert p.top and p.top[0]["ms"] >= p.top[-1]["ms"]
+
+
+def test_int8_profile_shows_the_integer_kernels_and_their_qdq(routed_pair, digits_pre):
+    from edgeconv.runtime.profile import profile_ort, profile_rows
+
+    fp32, q = routed_pair
+    x = _x(digits_pre)
+    a, b = profile_ort(fp32, x, runs=5), profile_ort(q, x, runs=5)
+    assert b.precision == "int8" and b.batch == 4
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(b.by_type)
+    assert any(op.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger")) for op in b.by_type)
+    rows = profile_rows([a, b])
+    assert rows[0]["op type"] == "(wall time per run)"
+    assert {f"{fp32.name} ms", f"{q.name} ms", f"{q.name} %"} <= set(rows[1])
+    pct = [float(r[f"{q.name} %"]) for r in rows[1:] if r[f"{q.name} %"] not in ("-", "")]
+    assert 0 < sum(pct) <= 100.01
+
+
+def test_cli_bench_profile_writes_table_json_and_png(routed_pair, trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeconv.cli import app
+
+    fp32, q = routed_pair
+    res = CliRunner().invoke(app, ["bench", str(trained("routed-tiny")), str(fp32), str(q), "--iters", "5",
+                                   "--warmup", "1", "--limit", "32", "--profile-plot", str(tmp_path / "p.png"),
+                                   "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    assert "per-operator profile" in res.output
+    prof = json.loads((tmp_path / "b.json").read_text())["profile"]
+    assert [p["precision"] for p in prof] == ["fp32", "int8"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_refuses_what_it_cannot_profile(trained, tmp_path):
+    from edgeconv.errors import EdgeconvError
+    from edgeconv.runtime.profile import profile_artifact, run_profiles
+
+    with pytest.raises(EdgeconvError, match="give at least one .onnx or .tflite"):
+        run_profiles([trained("routed-tiny")], "digits", "test", 1)
+    with pytest.raises(EdgeconvError, match="TensorRT layer profiles need TensorRT"):
+        profile_artifact(tmp_path / "m.engine", np.zeros((1, 1, 32, 32), np.float32))
+
+
+@pytest.mark.slow
+def test_tflite_profile_reports_delegate_partitions(trained, digits_pre, tmp_path):
+    pytest.importorskip("litert_torch")
+    from edgeconv.artifacts import load_model
+    from edgeconv.quantize.tflite import convert_fp32
+    from edgeconv.runtime.profile import profile_tflite
+
+    model, ck = load_model(trained("hvt-tiny"))
+    out = tmp_path / "hvt.tflite"
+    convert_fp32(model, ck["preprocessing"], out)
+    p = profile_tflite(out, _x(digits_pre, 1), runs=5)
+    assert p.wall_ms > 0 and p.by_type and all(v["ms"] is None for v in p.by_type.values())
+    assert "XNNPACK delegate partition" in p.notes[0]

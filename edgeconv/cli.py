@@ -405,11 +405,15 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
     """
     check_inputs({"MODELS": models, "--reference": reference, "--compare": compare})
+    # --compare is read completely before anything is written: refreshing a baseline in place is allowed
     check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot,
-                   "--profile-plot": profile_plot},
-                  {"MODELS": models, "--reference": reference, "--compare": compare})
+                   "--profile-plot": profile_plot}, {"MODELS": models, "--reference": reference})
     if (profile or profile_plot) and host:
         raise EdgeconvError("--profile runs locally; profile on the device itself (edgeconv bench --profile there)")
+    if profile or profile_plot:
+        from edgeconv.runtime.profile import check_profilable
+
+        check_profilable(models, plot=profile_plot is not None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeconv.runtime import report
@@ -450,6 +454,16 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
 
             result = run_bench(models, cfg, progress=progress)
     report.print_table(result, title=f"bench on {host}" if host else None)
+    for warning in result.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if json_out:
+        report.write_json(result, json_out)
+    if csv_out:
+        report.write_csv(result, csv_out)
+    if md_out:
+        report.write_md(result, md_out)
+    if plot:
+        report.write_plot(result, plot)
     if profile or profile_plot:
         from edgeconv.runtime.profile import profile_rows, run_profiles, write_profile_png
 
@@ -462,16 +476,8 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         result["profile"] = [p.to_dict() for p in profiles]
         if profile_plot:
             write_profile_png(profiles, profile_plot)
-    for warning in result.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-    if json_out:
-        report.write_json(result, json_out)
-    if csv_out:
-        report.write_csv(result, csv_out)
-    if md_out:
-        report.write_md(result, md_out)
-    if plot:
-        report.write_plot(result, plot)
+        if json_out:   # written before profiling too, so a failed profile never loses the bench results
+            report.write_json(result, json_out)
     if baseline is not None:
         rows = report.compare(result, baseline)
         if not rows:

@@ -31,7 +31,7 @@ INT8_CLASSES = (
 
 
 INT8_NOTE = {True: "uint8 x int8 pair sums saturate int16 (no VNNI): only --target portable files are exact here",
-             False: "int32 accumulation: every INT8 target is exact here (portable files give the same answers)",
+             False: "int32 accumulation: every INT8 file computes what it recorded here (portable files everywhere)",
              None: "unknown INT8 kernels: validate each file here"}
 
 
@@ -65,6 +65,8 @@ def int8_class(isa: list[str] | str, arch: str | None = None) -> dict:
             return {"name": name, "family": family, "u8s8_saturates": saturates}
     arch = (arch or platform.machine()).lower()
     if arch in ("x86_64", "amd64", "i686", "x86"):
+        if not flags:  # no flag list to read (not Linux, or /proc hidden): the kernels are not known
+            return {"name": "x86 (flags unknown)", "family": "x86", "u8s8_saturates": None}
         return {"name": "SSE (no VNNI)", "family": "x86", "u8s8_saturates": True}
     if arch in ("aarch64", "arm64"):
         return {"name": "NEON", "family": "arm", "u8s8_saturates": False}
@@ -86,10 +88,10 @@ def cpu_info(root: Path = Path("/")) -> dict:
     except AttributeError:
         usable = os.cpu_count()
     arch = platform.machine()
+    cls = int8_class(info["isa"], arch)
     return {"model": info["model"] or platform.processor() or arch, "arch": arch,
             "logical_cores": os.cpu_count(), "usable_cores": usable, "physical_cores": info["physical_cores"],
-            "isa": " ".join(info["isa"]) or "-", "int8": int8_class(info["isa"], arch)["name"],
-            "int8 kernels": INT8_NOTE[int8_class(info["isa"], arch)["u8s8_saturates"]]}
+            "isa": " ".join(info["isa"]) or "-", "int8": cls["name"], "int8 kernels": INT8_NOTE[cls["u8s8_saturates"]]}
 
 
 def cpu_record() -> dict:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgeconv.models.routed import ROUTED_MODES
 from edgeconv.data import Samples
 from edgeconv.models import routers
 
@@ -144,7 +145,7 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 256) -> tuple[
     for x, _ in samples.batches(batch_size):
         outs.append(model(x))
         for name, m in routers(model):
-            if m.last_route is not None and m.mode in ("gated", "soft", "select"):
+            if m.last_route is not None and m.mode in ROUTED_MODES:
                 routes[name][1] += int(m.last_route.sum())
                 routes[name][0] += int((~m.last_route).sum())
     return torch.cat(outs), routes

@@ -95,6 +95,9 @@ def test_one_routing_vocabulary(trained, monkeypatch, capsys):
     assert {m.mode for _, m in routers(model)} == {"gated"}
     set_routing(model, "select")
     assert {m.mode for _, m in routers(model)} == {"select"}
+    from edgeconv.models.routed import routing_mode
+
+    assert routing_mode("hard") == "gated"
 
 
 @pytest.mark.parametrize("command", ["eval", "inspect"])

@@ -244,3 +244,9 @@ def test_files_on_an_emulated_avx2_cpu_without_vnni(routed_files, digits_pre, tm
     assert abs(emulated["portable"] - exact["portable"]) <= 0.5, (emulated, exact)
     assert abs(native["portable"] - exact["portable"]) <= 0.5, (native, exact)
     assert exact["x86-vnni"] - emulated["x86-vnni"] > 2.0, (emulated, exact)
+
+
+def test_unknown_cpu_flags_are_not_called_saturating():
+    assert int8_class([], "x86_64")["u8s8_saturates"] is None
+    unknown = int8_class([], "x86_64")
+    assert "saturate" not in (target_warning({"precision": "int8", "target": "x86-vnni"}, unknown) or "")

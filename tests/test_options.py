@@ -84,3 +84,27 @@ def test_pipeline_int8_target_is_checked_with_its_key(tmp_path):
     p.write_text("[train]\n[export]\n[quantize]\nint8_target = 'avx2'\n")
     with pytest.raises(PipelineConfigError, match="quantize.int8_target = 'avx2' is not one of portable"):
         load_pipeline(p)
+
+
+def test_pipeline_int8_target_without_an_ort_int8_target_is_refused(tmp_path):
+    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+
+    p = tmp_path / "p.toml"
+    p.write_text("[train]\n[export]\n[quantize]\ntargets = ['ort:fp16']\nint8_target = 'arm64'\n")
+    with pytest.raises(PipelineConfigError, match="int8_target applies to the ort:int8 target"):
+        load_pipeline(p)
+
+
+def test_pipeline_prune_on_unsplit_data_needs_eval_data_before_any_step(tmp_path):
+    import numpy as np
+
+    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 32, 32), np.float32), y=np.zeros(4, np.int64))
+    p = tmp_path / "p.toml"
+    p.write_text("[pipeline]\ndata = 'npz:d.npz'\n[train]\nimg_size = 32\n[prune]\nheads = 0.25\n")
+    with pytest.raises(PipelineConfigError, match="no held-out split.*prune.eval_data.*prune.eval_on_train"):
+        load_pipeline(p)
+    p.write_text("[pipeline]\ndata = 'npz:d.npz'\n[train]\nimg_size = 32\n[prune]\nheads = 0.25\neval_data = 'npz:d.npz'\n")
+    cfg = load_pipeline(p)
+    assert cfg.step("prune").options.eval_data == f"npz:{tmp_path / 'd.npz'}"   # relative to the pipeline file

@@ -111,6 +111,9 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
     has_routers = bool(routers(model))
     if routing is None:
         routing = "gated" if has_routers else "none"
+    from edgeconv.models.routed import ROUTING_ALIASES
+
+    routing = ROUTING_ALIASES.get(routing, routing)
     if routing not in ROUTINGS and not (routing == "none" and not has_routers):
         raise EdgeconvError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTINGS)}")
     if not has_routers and routing != "none":

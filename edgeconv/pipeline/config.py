@@ -189,8 +189,9 @@ def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> 
             raise _unknown_key(section, list(STEPS), source, what="step")
         step = STEPS[section]
         opts = build_options(step.Options, table, section, source, base_dir)
-        if hasattr(opts, "data") and opts.data:
-            opts.data = resolve_data_spec(opts.data, f"{section}.data", source, base_dir)
+        for key in ("data", "eval_data"):
+            if getattr(opts, key, None):
+                setattr(opts, key, resolve_data_spec(getattr(opts, key), f"{section}.{key}", source, base_dir))
         specs.append(StepSpec(section, opts))
     if not specs:
         raise PipelineConfigError(f"{source}: no steps (add tables such as 'train' and 'export'; known: "

@@ -122,6 +122,18 @@ def check_order(cfg: PipelineConfig) -> None:
         available |= set(step.gives_for(spec.options))
 
 
+def _check_held_out(step: str, opts: Any, cfg: PipelineConfig) -> None:
+    """Before any step runs: a step that trains and evaluates needs held-out data (data.check_held_out)."""
+    from edgeconv.data import check_held_out
+
+    try:
+        check_held_out(cfg.pipeline.data, opts.eval_data or None, opts.eval_on_train, step)
+    except EdgeconvError as e:
+        msg = str(e).replace("--eval-data SPEC", f"{step}.eval_data").replace("--eval-on-train",
+                                                                              f"{step}.eval_on_train = true")
+        raise PipelineConfigError(f"{cfg.source}: {msg}") from None
+
+
 def model_label(ckpt: dict) -> str:
     return f"{ckpt['family']}-{ckpt['config'].get('variant')}"
 
@@ -260,6 +272,7 @@ class Prune(Step):
 
     @classmethod
     def check(cls, opts: PruneOptions, cfg: PipelineConfig) -> None:
+        _check_held_out(cls.name, opts, cfg)
         try:
             cls.request(opts, cfg.pipeline.seed).check()
         except EdgeconvError as e:
@@ -279,7 +292,7 @@ class Prune(Step):
         stage = stage_of(src.label)
         label = "pruned (PyTorch)" if stage == "float" else f"{stage}+pruned (PyTorch)"
         rep = res["report"]
-        row, metrics = _eval_rows(out, label, ctx.data, "test")
+        row, metrics = _eval_rows(out, label, opts.eval_data or ctx.data, "test")
         row["note"] = "no fine-tuning"
         metrics.update({"params_before": rep["params_before"], "params_after": rep["params_after"],
                         "macs_before": rep["macs_before"], "macs_after": rep["macs_after"],
@@ -314,6 +327,10 @@ class Distill(Step):
     makes_checkpoint = True
 
     @classmethod
+    def check(cls, opts: DistillOptions, cfg: PipelineConfig) -> None:
+        _check_held_out(cls.name, opts, cfg)
+
+    @classmethod
     def run(cls, opts: DistillOptions, ctx: StepContext) -> StepResult:
         from edgeconv.compress.distill import DistillConfig, run_distill
         from edgeconv.training import TrainConfig
@@ -328,7 +345,7 @@ class Distill(Step):
                           eval_data=opts.eval_data or None, allow_train_eval=opts.eval_on_train)
         stage = stage_of(student.label)
         label = f"{'' if stage == 'float' else stage + '+'}distilled (PyTorch)"
-        row, metrics = _eval_rows(out, label, ctx.data, "test")
+        row, metrics = _eval_rows(out, label, opts.eval_data or ctx.data, "test")
         metrics["distill"] = res["rows"]
         return StepResult([Artifact("checkpoint", out, label)], metrics, [row])
 
@@ -447,7 +464,10 @@ class Quantize(Step):
                                           f"installed ({hint})")
         if len(set(opts.targets)) != len(opts.targets):
             raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")
-        if opts.int8_target is not None and "ort:int8" in opts.targets:
+        if opts.int8_target is not None and "ort:int8" not in opts.targets:
+            raise PipelineConfigError(f"{cfg.source}: quantize.int8_target applies to the ort:int8 target, which "
+                                      "quantize.targets does not list")
+        if opts.int8_target is not None:
             from edgeconv.quantize.targets import resolve_target
 
             try:

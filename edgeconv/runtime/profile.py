@@ -6,8 +6,8 @@ by side for every file given (typically FP32 and INT8 of one model).
 - TFLite: the Python interpreter exposes no per-operator timer, so the profile says what it can measure - the wall
   time per invoke, the operator counts, and how many XNNPACK delegate partitions the graph was split into (each
   boundary hands tensors between the delegate and the built-in kernels).
-- TensorRT: engines report layer times through `trt.IProfiler` (`TensorRTRunner` with a profiler); not runnable
-  here (no TensorRT), so a TensorRT row says so.
+- TensorRT: engines report layer times through `trt.IProfiler`, which needs TensorRT and a GPU; `run_profiles`
+  skips engines (as it skips checkpoints, the reference) and `profile_artifact` refuses one with that reason.
 """
 
 from __future__ import annotations
@@ -62,17 +62,23 @@ def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, war
     precision = onnx_precision(load_onnx(path), path)
     level = "extended" if precision == "fp16" else "all"
     with tempfile.TemporaryDirectory(prefix="edgeconv-profile-") as tmp:
-        sess = session(path, options=session_options(level, threads, sequential=True))
-        feed = {sess.get_inputs()[0].name: x}
-        for _ in range(warmup):
-            sess.run(None, feed)
-        wall = _median_wall(lambda: sess.run(None, feed), runs)
-        so = session_options(level, threads, sequential=True)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        prof = session(path, options=so)
-        for _ in range(warmup + runs):
-            prof.run(None, feed)
+        try:
+            sess = session(path, options=session_options(level, threads, sequential=True))
+            feed = {sess.get_inputs()[0].name: x}
+            for _ in range(warmup):
+                sess.run(None, feed)
+            wall = _median_wall(lambda: sess.run(None, feed), runs)
+            so = session_options(level, threads, sequential=True)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "ort")
+            prof = session(path, options=so)
+            for _ in range(warmup + runs):
+                prof.run(None, feed)
+        except EdgeconvError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types; one line names the file
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise EdgeconvError(f"{path}: onnxruntime could not run it for the profile ({first})") from None
         events = _events(Path(prof.end_profiling()), runs)
     by_type: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "count": 0})
     per_node: dict[tuple[str, str], float] = defaultdict(float)
@@ -142,6 +148,15 @@ def profile_artifact(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1
     raise EdgeconvError(f"{path}: --profile covers onnxruntime and TFLite files (PyTorch eager has torch.profiler)")
 
 
+def check_profilable(models: list[Path], plot: bool = False) -> None:
+    """Before the bench runs: something to profile, and per-operator times to plot when a PNG is asked for."""
+    kinds = [format_of(m).runtime for m in models]
+    if not any(k in ("ort", "tflite") for k in kinds):
+        raise EdgeconvError("--profile: give at least one .onnx or .tflite file")
+    if plot and "ort" not in kinds:
+        raise EdgeconvError("--profile-plot: per-operator times come from onnxruntime; give an .onnx file")
+
+
 def run_profiles(models: list[Path], data: str, split: str, batch: int, threads: int = 1,
                  iters: int = 20) -> list[OpProfile]:
     """Profile every onnxruntime and TFLite file among `models` on `batch` samples of `data` (each file's own
@@ -151,17 +166,16 @@ def run_profiles(models: list[Path], data: str, split: str, batch: int, threads:
 
     arts = [inspect_artifact(Path(m)) for m in models]
     shared = next((a.preprocessing for a in arts if a.preprocessing), None)   # bench requires one input shape
+    check_profilable(models)
     out = []
     for m, art in zip(models, arts):
         if format_of(m).runtime not in ("ort", "tflite"):
-            continue
+            continue   # checkpoints are references; TensorRT engines need a GPU for IProfiler
         pre = art.preprocessing or shared
         if not pre:
             raise EdgeconvError(f"{m}: no preprocessing recorded; give its checkpoint too so inputs can be prepared")
         x = load_samples(data, pre, split_for(data, "evaluate", split), limit=batch).x.numpy()
         out.append(profile_artifact(Path(m), x.astype(np.float32)[:batch], runs=iters, threads=threads))
-    if not out:
-        raise EdgeconvError("--profile: give at least one .onnx or .tflite file")
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeconv.models.routed import ROUTED_MODES
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 
@@ -33,7 +34,7 @@ class TorchRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         y = self.model(torch.from_numpy(x).to(self.device))
         self.last_routes = {name: m.last_route.cpu().numpy() for name, m in self.routers
-                            if m.last_route is not None and m.mode in ("gated", "soft", "select")}
+                            if m.last_route is not None and m.mode in ROUTED_MODES}
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the timer must see the work finish, not just its launch
         return y.float().cpu().numpy()

@@ -408,6 +408,9 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
     # --compare is read completely before anything is written: refreshing a baseline in place is allowed
     check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot,
                    "--profile-plot": profile_plot}, {"MODELS": models, "--reference": reference})
+    if host is not None and not host.strip():
+        raise EdgeconvError("--host is empty: give USER@ADDR, or leave --host out to bench on this machine")
+    check_number("--remote-timeout", remote_timeout, min=0, min_open=True)
     if (profile or profile_plot) and host:
         raise EdgeconvError("--profile runs locally; profile on the device itself (edgeconv bench --profile there)")
     if profile or profile_plot:

@@ -159,3 +159,28 @@ def test_cli_host_writes_json_and_reports_remote_errors(sshd, trained, tmp_path)
     assert isinstance(r.exception, EdgeconvError) and "not a Jetson" in str(r.exception)
     r = CliRunner().invoke(app, ["bench", str(src), *common[:-1], "/nonexistent/edgeconv", *FAST])
     assert isinstance(r.exception, EdgeconvError) and "--remote-edgeconv" in str(r.exception)
+
+
+@pytest.mark.slow
+def test_colon_in_a_local_name_and_a_space_in_known_hosts(sshd, trained, tmp_path, monkeypatch):
+    """scp must not read "a:b.pt" as HOST:PATH, and ssh must not split a known_hosts path at its space."""
+    src = trained("routed-tiny", 12)
+    monkeypatch.chdir(tmp_path)
+    colon = Path("model:v2.pt")
+    shutil.copy(src, colon)
+    spaced = tmp_path / "my hosts"
+    spaced.write_text(Path(sshd["known_hosts"]).read_text())
+    result = run_remote_bench(_target(sshd, spaced), [colon], ["--batch", "1", *FAST])
+    assert [r["status"] for r in result["rows"]] == ["ok"] and result["rows"][0]["model"] == colon.name
+
+
+def test_cli_refuses_an_empty_host_and_a_negative_timeout(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeconv.cli import app
+
+    src = str(trained("routed-tiny", 12))
+    r = CliRunner().invoke(app, ["bench", src, "--host", ""])
+    assert isinstance(r.exception, EdgeconvError) and "--host is empty" in str(r.exception)
+    r = CliRunner().invoke(app, ["bench", src, "--host", "u@h", "--remote-timeout", "-5"])
+    assert isinstance(r.exception, EdgeconvError) and "--remote-timeout must be in (0, inf]" in str(r.exception)

@@ -66,7 +66,11 @@ class Remote:
         if target.identity is not None:
             self._opts += ["-i", str(target.identity), "-o", "IdentitiesOnly=yes"]
         if target.known_hosts is not None:
-            self._opts += ["-o", f"UserKnownHostsFile={target.known_hosts}"]
+            # ssh splits option values on whitespace unless they are quoted
+            kh = str(Path(target.known_hosts).resolve())
+            if '"' in kh:
+                raise EdgeconvError(f"--known-hosts {kh}: a path with a double quote cannot be passed to ssh")
+            self._opts += ["-o", f'UserKnownHostsFile="{kh}"']
         for o in target.options:
             self._opts += ["-o", o]
 
@@ -132,11 +136,12 @@ def run_remote_bench(target: SshTarget, models: list[Path], bench_args: list[str
             remote_paths = []
             for i, f in enumerate(sources):
                 name = safe_name(i, f)
-                rem.scp(str(f), f"{target.host}:{tmp}/{name}")
+                # an absolute local path: scp reads "a:b" as HOST:PATH, never "/x/a:b"
+                rem.scp(str(f.resolve()), f"{target.host}:{tmp}/{name}")
                 # sidecar descriptions travel with their artifact, renamed the same way
                 for side, remote_side in zip(sidecar_paths(f), (p.name for p in sidecar_paths(name))):
                     if side.is_file() and side != f:
-                        rem.scp(str(side), f"{target.host}:{tmp}/{remote_side}")
+                        rem.scp(str(side.resolve()), f"{target.host}:{tmp}/{remote_side}")
                 names[name] = f
                 remote_paths.append(f"{tmp}/{name}")
             cmd = [target.remote_edgeconv, "bench", *remote_paths[:len(files)], "--json", f"{tmp}/result.json"]
@@ -151,7 +156,7 @@ def run_remote_bench(target: SshTarget, models: list[Path], bench_args: list[str
                     raise EdgeconvError(f"{e} (is edgeconv installed there? pass --remote-edgeconv PATH)")
                 raise
             with tempfile.TemporaryDirectory(prefix="edgeconv-remote-") as local:
-                rem.scp(f"{target.host}:{tmp}/result.json", f"{local}/result.json")
+                rem.scp(f"{target.host}:{tmp}/result.json", str(Path(local, "result.json").resolve()))
                 result = json.loads(Path(local, "result.json").read_text())
         finally:
             try:

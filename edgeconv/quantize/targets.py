@@ -3,8 +3,8 @@
 The default, `portable`, gives the same answer on every CPU class: weights are quantized to 7 bits (|w| <= 64,
 onnxruntime's `reduce_range`) with one scale per output channel, so no pair of uint8 x int8 products can leave
 int16 (255 * 64 * 2 = 32640 <= 32767) on the AVX2 / AVX-512 CPUs without VNNI whose kernels saturate, and the
-per-channel scales win back most of the lost bit. The fast U8S8 kernels stay in use everywhere (U8U8 - uint8
-weights - would also be exact, but runs slower kernels on every CPU). `x86-vnni` and `arm64` keep full 8-bit
+per-channel scales win back most of the lost bit. The U8S8 kernels stay in use everywhere (U8U8 - uint8 weights -
+would also be exact, but gives up the U8S8 kernels VNNI accelerates). `x86-vnni` and `arm64` keep full 8-bit
 weights: exact on those CPUs, wrong on the others. `tensorrt` is the symmetric Q/DQ graph TensorRT builds engines
 from. One row per target; a new target is one row here.
 """

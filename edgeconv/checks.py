@@ -45,20 +45,14 @@ def check_inputs(inputs: Mapping[str, PathArg | Iterable[PathArg]]) -> None:
             raise EdgeconvError(f"{name}: no such file: {p}")
 
 
-def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg | Iterable[PathArg]] = {},
-                  *, folders: frozenset[str] = frozenset()) -> None:
-    """Every given output can be written and is none of the inputs, nor another output.
-
-    `folders` names outputs that are directories (created when missing); the others must not be directories."""
+def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg | Iterable[PathArg]] = {}) -> None:
+    """Every given output is a file path that can be written and is none of the inputs, nor another output."""
     outs = _items(outputs)
     ins = _items(inputs)
     for name, p in outs:
-        if name not in folders and p.is_dir():
+        if p.is_dir():
             raise EdgeconvError(f"{name} {p} is a directory, expected a file path to write")
-        if name in folders and p.exists() and not p.is_dir():
-            raise EdgeconvError(f"{name} {p} is a file, expected a folder")
-        parent = p if name in folders else p.parent
-        existing = next((q for q in [parent, *parent.parents] if q.exists()), None)
+        existing = next((q for q in [p.parent, *p.parent.parents] if q.exists()), None)
         if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
             raise EdgeconvError(f"{name} {p}: cannot write there ({existing} is "
                                 f"{'not a folder' if not existing.is_dir() else 'not writable'})")

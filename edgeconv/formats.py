@@ -1,8 +1,8 @@
 """Artifact formats: one frozen row per file format edgeconv reads or writes, and the only place that knows suffixes.
 
-A row says which suffixes a format has, which runtime backend runs it natively (`runtime/backends`), which quantize
-backends write it, where its record lives (inside the file, or a `<file>.json` sidecar written atomically before
-the file), and which optional extra it needs. Adding a format is one row here.
+A row says which suffixes a format has, which runtime backend runs it natively (`runtime/backends`), where its
+record lives (inside the file, or a `<file>.json` sidecar written atomically before the file), and which optional
+extra it needs; the quantize backends take their suffixes from these rows. Adding a format is one row here.
 """
 
 from __future__ import annotations

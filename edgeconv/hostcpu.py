@@ -9,6 +9,7 @@ recorded files.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -100,6 +101,12 @@ def cpu_record() -> dict:
     return {"model": info["model"], "arch": info["arch"], "int8": info["int8"]}
 
 
-def this_int8_class() -> dict:
+@functools.lru_cache(maxsize=1)
+def _this_int8_class() -> tuple:
     info = parse_cpuinfo(_read(Path("/proc/cpuinfo")) or "")
-    return int8_class(info["isa"], platform.machine())
+    return tuple(int8_class(info["isa"], platform.machine()).items())
+
+
+def this_int8_class() -> dict:
+    """This machine's INT8 class (read once per process: the CPU does not change under it)."""
+    return dict(_this_int8_class())

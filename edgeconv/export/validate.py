@@ -103,7 +103,7 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     add(_timed(lambda: _check_opset(proto, meta)))
     qrec = _quantization_record(meta)
     if qrec is not None:
-        add(_timed(lambda: _check_int8_target(proto, qrec)))
+        add(_timed(lambda: _check_int8_target(path, proto, qrec)))
     if any(c.status == FAILED for c in report.checks):
         for name in ("onnxruntime session", "parity", "branch coverage", "dynamic batch"):
             add(Check(name, SKIPPED, "not run: the graph failed a structural check above"))
@@ -249,21 +249,19 @@ def _quantization_record(meta: dict) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
-def _check_int8_target(proto, rec: dict) -> Check:
+def _check_int8_target(path: Path, proto, rec: dict) -> Check:
     """A quantized file: the INT8 target it was made for against this CPU, and the int16 pair-sum property of its
     weights (a WARNING, not a failure: the file is valid, its numbers on this CPU may not be its numbers)."""
     from edgeconv.hostcpu import this_int8_class
     from edgeconv.quantize.saturation import check_model
-    from edgeconv.quantize.targets import target_warning
+    from edgeconv.quantize.targets import artifact_warning
 
     if rec.get("precision") != "int8":
         return Check("INT8 target", SKIPPED, f"not an INT8 file ({rec.get('precision')})")
     cpu = this_int8_class()
     sat = check_model(proto)
     data = {"target": rec.get("target"), "cpu_int8": cpu["name"], **sat.record()}
-    warning = target_warning(rec, cpu)
-    if warning is None and not rec.get("target") and not sat.safe and cpu.get("u8s8_saturates"):
-        warning = f"no INT8 target recorded and this CPU ({cpu['name']}) saturates: {sat.summary()}"
+    warning = artifact_warning(path, rec, model=proto, cpu=cpu)
     if warning:
         return Check("INT8 target", WARNING, warning, data)
     return Check("INT8 target", PASSED, f"target {rec.get('target') or 'not recorded'} on {cpu['name']}: "

@@ -177,7 +177,7 @@ def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> 
     else:
         pipe = PipelineOptions()
     pipe.name = pipe.name or Path(source).stem or "pipeline"
-    if not RUN_NAME.fullmatch(pipe.name) or pipe.name in (".", ".."):
+    if not RUN_NAME.fullmatch(pipe.name):  # starts with a letter or digit: never "." or ".."
         raise PipelineConfigError(f"{source}: pipeline.name = {pipe.name!r}: use letters, digits, '.', '_' and '-' "
                                   "(at most 100; it names the folder runs/NAME, so no '/' or '..')")
     pipe.data = resolve_data_spec(pipe.data, "pipeline.data", source, base_dir)

@@ -113,9 +113,7 @@ def integer_layers(model: onnx.ModelProto) -> list[IntegerLayer]:
             if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
                 continue
             data, weight = (producers.get(node.input[0]), producers.get(node.input[1]))
-            if data is None or weight is None or "DequantizeLinear" not in (data.op_type, weight.op_type):
-                continue
-            if data.op_type != "DequantizeLinear" or weight.op_type != "DequantizeLinear":
+            if data is None or weight is None or {data.op_type, weight.op_type} != {"DequantizeLinear"}:
                 continue
             w = inits.get(weight.input[0])
             if w is None:

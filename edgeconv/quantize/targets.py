@@ -90,28 +90,29 @@ def target_warning(record: dict | None, cpu: dict | None = None) -> str | None:
     return t.mismatch(cpu)
 
 
-def artifact_warning(path, record: dict | None) -> str | None:
+def artifact_warning(path, record: dict | None, model=None, cpu: dict | None = None) -> str | None:
     """`target_warning` for a file, and for an INT8 ONNX that records no target (written before targets existed):
-    its weights are checked directly - a file that can saturate, on a CPU whose kernels do, gets a warning."""
+    its weights are checked directly - a file that can saturate, on a CPU whose kernels do, gets a warning.
+    `model`: the file's ModelProto when the caller has it loaded already."""
     from pathlib import Path
 
-    warning = target_warning(record)
+    from edgeconv.hostcpu import this_int8_class
+
+    cpu = cpu or this_int8_class()
+    warning = target_warning(record, cpu)
     if warning or (record and record.get("target")):
         return warning
     from edgeconv.formats import is_format
 
     if not record or record.get("precision") != "int8" or not is_format(path, "onnx"):
         return None
-    from edgeconv.hostcpu import this_int8_class
-
-    cpu = this_int8_class()
     if not cpu.get("u8s8_saturates"):
         return None
     import onnx
 
     from edgeconv.quantize.saturation import check_model
 
-    report = check_model(onnx.load(str(path)))
+    report = check_model(model if model is not None else onnx.load(str(path)))
     if report.safe:
         return None
     return (f"{Path(path).name} records no INT8 target and {report.summary()}; this CPU ({cpu['name']}) has no "

@@ -483,15 +483,15 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
 
     kept = list(kinds)
     step(f"timing INT8 (all weight layers) against float at batch {batch}")
-    f_t, q_t = interleaved_times([float_sess, session(kept)], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+    all_sess = q_sess = session(kept)   # the session of the current selection is carried, never rebuilt
+    f_t, q_t = interleaved_times([float_sess, q_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
     vs_float = paired_ratio(q_t, f_t)
     decisions = [{"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)}]
     left: dict[str, str] = {}
     while vs_float["ci"][0] > 1.0 and len(kept) > 1:
         step(f"INT8 slower ({_fmt_ratio(vs_float)} of float): timing each of {len(kept)} kinds back in float")
         trials = {k: session([j for j in kept if j != k]) for k in kept}
-        current = session(kept)
-        times = interleaved_times([float_sess, current, *trials.values()], x, seconds=1.0 + 0.5 * len(trials),
+        times = interleaved_times([float_sess, q_sess, *trials.values()], x, seconds=1.0 + 0.5 * len(trials),
                                   min_runs=MIN_TIMING_RUNS)
         f_t, q_t, trial_t = times[0], times[1], dict(zip(trials, times[2:]))
         gains = {k: paired_ratio(t, q_t) for k, t in trial_t.items()}
@@ -507,13 +507,13 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
                       f"{float(np.median(trial_t[best])):.2f} ms with it in float ({_fmt_ratio(clear[best])}; "
                       f"float model {float(np.median(f_t)):.2f} ms) at batch {batch}")
         kept.remove(best)
-        q_t = trial_t[best]
+        q_t, q_sess = trial_t[best], trials[best]
         decisions.append({"float kind": best, "gain": _fmt_ratio(clear[best]), "vs float": _fmt_ratio(vs_float)})
     if vs_float["ci"][0] > 1.0 and left:
         # Nothing makes INT8 pay on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
         step("INT8 is slower than float here whatever stays float; quantizing all weight layers for size")
         kept, left = list(kinds), {}
-        f_t, q_t = interleaved_times([float_sess, session(kept)], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+        f_t, q_t = interleaved_times([float_sess, all_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
         vs_float = paired_ratio(q_t, f_t)
         decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float),
                           "stop": "slower whatever stays float: all weight layers INT8 for size"})

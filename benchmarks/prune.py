@@ -27,6 +27,7 @@ from edgeconv.compress.prune import PruneRequest, prune_model
 from edgeconv.console import console, rows_table
 from edgeconv.data import load_samples
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import FORMATS
 from edgeconv.training import TrainConfig, evaluate
 
 CRITERIA = ("gradient", "taylor", "l1", "random")
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"+FT no KD {args.kd_epochs} ep": rec["finetune_no_kd"],
                             "KD - teacher (pt)": f"{rec['after_kd'] - rec['teacher']:+.2f}"})
             for key, path in ((f"pruned {100 * r:.0f}%", pruned_ck), (f"pruned {100 * r:.0f}% + KD", kd_ck)):
-                onnx_paths[key] = args.out / (path.stem + ".onnx")
+                onnx_paths[key] = args.out / (path.stem + FORMATS["onnx"].suffix)
                 status[key] = export_and_validate(path, onnx_paths[key])
         lat = ort_latency_ms(onnx_paths, ck["preprocessing"], args.rounds, args.runs, args.ort_threads)
         res["latency_ms"], res["validate"] = lat, status

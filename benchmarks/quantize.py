@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 
@@ -186,14 +185,13 @@ def _tflite_batch_ms(r, x16: np.ndarray, rounds: int = 3) -> float:
 
 def part2(ckpts: list[Path], work: Path) -> list[dict]:
     from edgeconv.artifacts import read_checkpoint
-    from edgeconv.quantize import QuantizeRequest, quantize
+    from edgeconv.quantize import BACKENDS, QuantizeRequest, quantize
 
     rows = []
     for ck in ckpts:
         fam = read_checkpoint(ck)["family"]
-        for backend, prec, suffix in (("ort", "int8", ".onnx"), ("ort", "fp16", ".onnx"),
-                                      ("tflite", "int8", ".tflite"), ("tflite", "fp16", ".tflite")):
-            out = work / f"{ck.stem}.{backend}.{prec}{suffix}"
+        for backend, prec in (("ort", "int8"), ("ort", "fp16"), ("tflite", "int8"), ("tflite", "fp16")):
+            out = work / f"{ck.stem}.{backend}.{prec}{BACKENDS[backend].suffixes[0]}"
             t = time.perf_counter()
             if out.exists():  # a rerun reuses finished artifacts: their records hold the measurements
                 record = _record_of(out)
@@ -211,10 +209,9 @@ def part2(ckpts: list[Path], work: Path) -> list[dict]:
 
 
 def _record_of(path: Path) -> dict:
-    if path.suffix == ".onnx":
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(meta["edgeconv.quantization"])
-    return json.loads(path.with_name(path.name + ".json").read_text())
+    from edgeconv.card import read_card
+
+    return read_card(path).quantization or {}
 
 
 def main() -> None:

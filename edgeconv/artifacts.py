@@ -281,6 +281,23 @@ def register_describer(*suffixes: str) -> Callable[[Describer], Describer]:
     return deco
 
 
+Section = Callable[[Path, dict], None]
+_SECTIONS: dict[str, list[Section]] = {}
+
+
+def register_section(*suffixes: str) -> Callable[[Section], Section]:
+    """Register a function that adds sections to the description of these suffixes (a later stage's view of an
+    earlier stage's format, e.g. the quantization record of a quantized `.onnx`); it edits the dict in place."""
+
+    def deco(fn: Section) -> Section:
+        for s in suffixes:
+            if fn not in _SECTIONS.setdefault(s.lower(), []):
+                _SECTIONS[s.lower()].append(fn)
+        return fn
+
+    return deco
+
+
 def describe(path: str | os.PathLike) -> dict:
     """A dict of sections -> {key: value} describing any artifact edgeconv knows."""
     p = Path(path)
@@ -291,7 +308,10 @@ def describe(path: str | os.PathLike) -> dict:
     if fn is None:
         known = ", ".join(sorted(_DESCRIBERS))
         raise EdgeconvError(f"{p}: unknown artifact type {p.suffix!r} (known: {known})")
-    return fn(p)
+    desc = fn(p)
+    for extra in _SECTIONS.get(p.suffix.lower(), []):
+        extra(p, desc)
+    return desc
 
 
 def _load_describer_modules() -> None:

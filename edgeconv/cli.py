@@ -16,6 +16,7 @@ from rich.markup import escape
 from edgeconv import __version__
 from edgeconv.console import console, err_console, rows_table, sections_table
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import is_format
 from edgeconv.options import cli_options
 from edgeconv.checks import check_input_shape, check_inputs, check_number, check_outputs, check_training
 from edgeconv.quantize import BACKENDS as QBACKENDS
@@ -257,7 +258,7 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
     from edgeconv import artifacts
     from edgeconv.export.onnx import export_onnx
 
-    if out.suffix.lower() != ".onnx":
+    if not is_format(out, "onnx"):
         raise EdgeconvError(f"-o {out}: the output file must end in .onnx")
     with Progress(SpinnerColumn(), TextColumn("[bold]export[/] {task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

@@ -38,7 +38,6 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 
 SIDECAR_SUFFIX = ".json"
-QUANTIZATION_KEY = "edgeconv.quantization"   # the quantization record: an ONNX metadata key, or the sidecar itself
 
 
 def _by_suffix() -> dict[str, Format]:

@@ -71,7 +71,8 @@ def exported(trained, cache_dir):
     file is not the default export of this checkpoint (another checkpoint version, routing or batch setting; the
     cache outlives a run when EDGECONV_TEST_CACHE is set)."""
     from edgeconv.artifacts import file_sha256
-    from edgeconv.export.onnx import export_onnx, read_metadata
+    from edgeconv.card import read_metadata
+    from edgeconv.export.onnx import export_onnx
 
     def is_default_export(onnx_path: Path, ckpt: Path) -> bool:
         meta = read_metadata(onnx_path)

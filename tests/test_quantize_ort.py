@@ -285,7 +285,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(exported, trained, tmp_path)
 
 
 def test_quantizing_a_quantized_model_is_refused(routed_int8, tmp_path):
-    from edgeconv.export.onnx import write_metadata
+    from edgeconv.card import encode_props as write_metadata
 
     _, res = routed_int8
     m = onnx.ModelProto()

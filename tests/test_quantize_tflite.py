@@ -117,7 +117,7 @@ def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
     from onnx import TensorProto, helper
 
     from edgeconv.data import digits_preprocessing
-    from edgeconv.export.onnx import write_metadata
+    from edgeconv.card import encode_props as write_metadata
     from edgeconv.quantize import QuantizeRequest, quantize
 
     with pytest.raises(EdgeconvError, match="--max-drop is implemented for --backend ort"):

@@ -29,7 +29,8 @@ def test_timm_hybrid_exports_with_dynamic_batch_and_matches_pytorch(name, tmp_pa
     import onnxruntime as ort
 
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.export.onnx import export_onnx, read_metadata
+    from edgeconv.card import read_metadata
+    from edgeconv.export.onnx import export_onnx
 
     model = _model(name)
     ckpt = save_checkpoint(tmp_path / f"{name}.pt", model, preprocessing=PRE, classes=[str(i) for i in range(10)],

@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeconv.export.branches import instrument, record
-from edgeconv.export.onnx import read_metadata, write_metadata
+from edgeconv.card import encode_props as write_metadata
+from edgeconv.card import read_metadata
 from edgeconv.export.validate import FAILED, PASSED, SKIPPED, ort_session, validate_onnx
 
 

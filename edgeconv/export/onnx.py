@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import re
 import time
@@ -35,12 +34,11 @@ import torch
 import torch.nn as nn
 
 from edgeconv import __version__
+from edgeconv.card import FORMAT_KEY, METADATA_FORMAT, decode_props, encode_props
 from edgeconv.errors import EdgeconvError
 
 # the routing modes of models/routed.py that make sense in ONNX (`select` is the no-control-flow form for TFLite)
 ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
-METADATA_FORMAT = "edgeconv.onnx/1"
-JSON_KEYS = ("config", "classes", "preprocessing", "provenance")  # metadata values stored as JSON text
 MIN_OPSET = 18  # the dynamo exporter cannot down-convert below this (it silently keeps 18)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 EXAMPLE_BATCH = 2
@@ -147,7 +145,7 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
         _fix_batch(proto, 1)
 
     meta = {
-        "edgeconv.format": METADATA_FORMAT,
+        FORMAT_KEY: METADATA_FORMAT,
         "family": cfg["family"],
         "variant": str(cfg.get("variant", "")),
         "config": cfg,
@@ -165,7 +163,7 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
     if ckpt.get("provenance"):
         meta["provenance"] = ckpt["provenance"]
     meta.update(metadata or {})
-    write_metadata(proto, meta)
+    encode_props(proto, meta)
 
     step("checking and writing")
     _check(proto)
@@ -177,46 +175,7 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
     return ExportResult(path=out, family=cfg["family"], routing=routing, opset=_opset(proto),
                         if_nodes=count_if_nodes(proto), dynamic_batch=dynamic_batch, simplified=simplified,
                         simplify_note=note, size_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
-                        metadata=read_metadata_proto(proto), notes=notes)
-
-
-def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
-    """The edgeconv metadata of an ONNX file (JSON values decoded); {} for an ONNX file edgeconv did not write."""
-    import onnx
-
-    p = Path(onnx_path)
-    if not p.is_file():
-        raise EdgeconvError(f"no such file: {p}")
-    try:
-        proto = onnx.load_model(str(p), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - every way a file can fail to parse is the same user error
-        raise EdgeconvError(f"{p}: not a readable ONNX model ({_first_line(e)})")
-    return read_metadata_proto(proto)
-
-
-def read_metadata_proto(proto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        val: Any = prop.value
-        if prop.key in JSON_KEYS:
-            try:
-                val = json.loads(prop.value)
-            except json.JSONDecodeError:
-                pass
-        out[prop.key] = val
-    return out
-
-
-def write_metadata(proto, meta: dict[str, Any]) -> None:
-    """Set metadata props (replacing keys already present); non-string values are stored as JSON."""
-    existing = {p.key: p for p in proto.metadata_props}
-    for k, v in meta.items():
-        text = v if isinstance(v, str) else json.dumps(v, default=str)
-        if k in existing:
-            existing[k].value = text
-        else:
-            prop = proto.metadata_props.add()
-            prop.key, prop.value = k, text
+                        metadata=decode_props(proto), notes=notes)
 
 
 def count_if_nodes(proto_or_graph) -> int:

@@ -7,22 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 from edgeconv.artifacts import file_sha256, register_describer, short_hash
-from edgeconv.errors import EdgeconvError
+from edgeconv.card import decode_props, load_onnx_proto
 from edgeconv.formats import FORMATS
 from edgeconv.graphwalk import nodes
-
-
-def load_onnx(path: Path):
-    """Load an ONNX file (with external data when present) or raise one readable error."""
-    import onnx
-
-    if not path.is_file():
-        raise EdgeconvError(f"no such file: {path}")
-    try:
-        return onnx.load_model(str(path))
-    except Exception as e:  # noqa: BLE001 - truncated, not protobuf, missing external data: one user error
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgeconvError(f"{path}: not a readable ONNX model ({first[:200]})")
 
 
 def value_shape(vi) -> str:
@@ -57,10 +44,10 @@ def _typed_len(t) -> int:
 
 @register_describer(*FORMATS["onnx"].suffixes)
 def describe_onnx(path: Path) -> dict:
-    from edgeconv.export.onnx import count_if_nodes, read_metadata_proto
+    from edgeconv.export.onnx import count_if_nodes
 
-    proto = load_onnx(path)
-    meta = read_metadata_proto(proto)
+    proto = load_onnx_proto(path)
+    meta = decode_props(proto)
     ops = operator_inventory(proto.graph)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in proto.opset_import)
     desc = {

@@ -88,12 +88,11 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
                   on_progress: Callable[[str, int, int], None] | None = None) -> ValidationReport:
     """Run every check on `model_path`; see the module docstring. Raises EdgeconvError only for unusable input
     (missing file, unreadable data); a broken graph is a FAILED check, not an exception."""
-    from edgeconv.export.onnx import read_metadata_proto
-    from edgeconv.export.onnx_info import load_onnx
+    from edgeconv.card import decode_props, load_onnx_proto, quantization_of
 
     path = Path(model_path)
-    proto = load_onnx(path)
-    meta = read_metadata_proto(proto)
+    proto = load_onnx_proto(path)
+    meta = decode_props(proto)
     progress = on_progress or (lambda what, done, total: None)
     report = ValidationReport(model=str(path), source=None, data=data)
     add = report.checks.append
@@ -101,7 +100,7 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     add(_timed(lambda: _check_checker(proto)))
     add(_timed(lambda: _check_shapes(proto)))
     add(_timed(lambda: _check_opset(proto, meta)))
-    qrec = _quantization_record(meta)
+    qrec = quantization_of(meta)
     if qrec is not None:
         add(_timed(lambda: _check_int8_target(path, proto, qrec)))
     if any(c.status == FAILED for c in report.checks):
@@ -233,20 +232,6 @@ def _check_opset(proto, meta: dict) -> Check:
         return Check("opset", FAILED, "; ".join(problems), data)
     note = f" ({'; '.join(data['notes'])})" if data.get("notes") else ""
     return Check("opset", PASSED, f"ai.onnx opset {declared}{note}; {len(inventory)} operator types: {ops}", data)
-
-
-def _quantization_record(meta: dict) -> dict | None:
-    import json
-
-    from edgeconv.formats import QUANTIZATION_KEY
-
-    rec = meta.get(QUANTIZATION_KEY)
-    if isinstance(rec, str):
-        try:
-            rec = json.loads(rec)
-        except ValueError:
-            return None
-    return rec if isinstance(rec, dict) else None
 
 
 def _check_int8_target(path: Path, proto, rec: dict) -> Check:

@@ -17,7 +17,6 @@ from edgeconv.formats import FORMATS
 from edgeconv.options import option
 from edgeconv.quantize.targets import TARGETS
 
-METADATA_FORMAT = "edgeconv.quantization/1"
 METHODS = ("minmax", "entropy", "percentile")   # calibration methods (onnxruntime's)
 OP_POLICIES = ("auto", "weights", "all")         # which ops an onnxruntime INT8 file quantizes (quantize/ort.py)
 

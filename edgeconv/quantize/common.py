@@ -11,9 +11,10 @@ from typing import Any, Iterator
 
 from edgeconv import __version__
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import QUANTIZATION_KEY, is_format
+from edgeconv.card import QUANTIZATION_KEY, RECORD_FORMAT, read_metadata
+from edgeconv.formats import is_format
 from edgeconv.hostcpu import cpu_record
-from edgeconv.quantize import METADATA_FORMAT, QuantizeRequest
+from edgeconv.quantize import QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet, load_calibration, load_evaluation
 from edgeconv.quantize.source import is_checkpoint
 
@@ -30,8 +31,6 @@ def peek_meta(model: Path) -> dict[str, Any]:
 
         return checkpoint_source(p).meta
     if is_format(p, "onnx"):
-        from edgeconv.export.onnx import read_metadata
-
         meta = read_metadata(p)
         if QUANTIZATION_KEY in meta:
             raise EdgeconvError(f"{p} is already quantized; quantize the float model instead")
@@ -58,7 +57,7 @@ def base_record(req: QuantizeRequest, meta: dict, calib: CalibrationSet | None, 
     from edgeconv.artifacts import file_sha256
 
     rec: dict[str, Any] = {
-        "format": METADATA_FORMAT,
+        "format": RECORD_FORMAT,
         "backend": req.backend,
         "precision": req.precision,
         "source": {"path": str(Path(req.model).resolve()), "sha256": file_sha256(req.model),

@@ -19,11 +19,11 @@ import numpy as np
 from edgeconv.errors import EdgeconvError
 
 SCORE = """
-import sys, numpy as np, onnxruntime as ort
+import sys, numpy as np
+from edgeconv.onnxrt import session
 d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
 for path in sys.argv[2:]:
-    so = ort.SessionOptions(); so.log_severity_level = 3
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    s = session(path)
     n = s.get_inputs()[0].name
     p = np.concatenate([s.run(None, {n: x[i:i + 64]})[0] for i in range(0, len(x), 64)]).argmax(1)
     print(float((p == y).mean() * 100))

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeconv import artifacts
-from edgeconv.artifacts import file_sha256, register_describer, short_hash
+from edgeconv.artifacts import file_sha256, register_describer, register_section, short_hash
+from edgeconv.card import QUANTIZATION_KEY, read_card, read_sidecar
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS, sidecar_path
-from edgeconv.quantize.ort import METADATA_KEY
+from edgeconv.formats import FORMATS
 
 
 def quantization_section(rec: dict) -> dict:
@@ -69,41 +68,14 @@ def quantization_section(rec: dict) -> dict:
     return out
 
 
-def _wrap_onnx_describer() -> None:
-    import edgeconv.export.onnx_info  # noqa: F401 - registers the plain .onnx describer we extend
-
-    base = artifacts._DESCRIBERS.get(".onnx")
-    if base is None or getattr(base, "_with_quantization", False):
-        return
-
-    def describe(path: Path) -> dict:
-        desc = base(path)
-        meta = desc.get("edgeconv metadata", {})
-        raw = meta.pop(METADATA_KEY, None) if isinstance(meta, dict) else None
-        if raw:
-            try:
-                rec = json.loads(raw) if isinstance(raw, str) else raw
-            except json.JSONDecodeError:
-                rec = None
-            if rec:
-                desc["quantization"] = quantization_section(rec)
-        return desc
-
-    describe._with_quantization = True  # type: ignore[attr-defined]
-    artifacts._DESCRIBERS[".onnx"] = describe
-
-
-_wrap_onnx_describer()
-
-
-def read_sidecar(path: Path) -> dict | None:
-    side = sidecar_path(path)
-    if not side.is_file():
-        return None
-    try:
-        return json.loads(side.read_text())
-    except (json.JSONDecodeError, OSError) as e:
-        raise EdgeconvError(f"{side}: unreadable quantization record ({e})")
+@register_section(*FORMATS["onnx"].suffixes)
+def onnx_quantization(path: Path, desc: dict) -> None:
+    """A quantized `.onnx`: its record as a `quantization` section instead of one long metadata line."""
+    meta = desc.get("edgeconv metadata")
+    if isinstance(meta, dict) and meta.pop(QUANTIZATION_KEY, None) is not None:
+        rec = read_card(path).quantization
+        if rec:
+            desc["quantization"] = quantization_section(rec)
 
 
 @register_describer(*FORMATS["tflite"].suffixes)

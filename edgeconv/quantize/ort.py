@@ -21,7 +21,6 @@ back in float, the one that costs most first; the report says which kinds stayed
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from edgeconv.formats import QUANTIZATION_KEY
+from edgeconv.card import copy_props, decode_props, quantization_of
 from edgeconv.errors import EdgeconvError
 from edgeconv.quantize import METHODS, OP_POLICIES
 from edgeconv.quantize import onnx_graph as og
@@ -39,7 +38,6 @@ from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform
 from edgeconv.quantize.common import quiet
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METADATA_KEY = QUANTIZATION_KEY
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -319,8 +317,7 @@ class QuantTree:
         missing = og.undefined_references(model.graph)
         if missing:
             raise EdgeconvError(f"internal error: quantized graph reads undefined values {sorted(missing)[:5]}")
-        del model.metadata_props[:]
-        model.metadata_props.extend(copy.deepcopy(self.float_model.metadata_props))
+        copy_props(self.float_model, model)
         if check:
             try:
                 onnx.checker.check_model(model, full_check=True)
@@ -604,7 +601,4 @@ def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], level: str
 
 
 def quantization_metadata(model: onnx.ModelProto) -> dict | None:
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            return json.loads(p.value)
-    return None
+    return quantization_of(decode_props(model))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -10,12 +9,14 @@ from typing import Callable
 import onnx
 
 from edgeconv.artifacts import atomic_path
+from edgeconv.card import set_quantization
 from edgeconv.errors import EdgeconvError
+from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.hostcpu import this_int8_class
 from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
                                       size_record)
-from edgeconv.quantize.ort import (METADATA_KEY, Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8,
+from edgeconv.quantize.ort import (Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8,
                                    top1)
 from edgeconv.quantize.saturation import check_model
 from edgeconv.quantize.source import resolve_onnx
@@ -42,9 +43,7 @@ def latency_note(lat: dict) -> str:
 
 def write_onnx(model: onnx.ModelProto, out: Path, record: dict) -> None:
     """Record the quantization metadata and write the model atomically (one file, no external data)."""
-    from edgeconv.export.onnx import write_metadata
-
-    write_metadata(model, {METADATA_KEY: json.dumps(record, default=str)})
+    set_quantization(model, record)
     with atomic_path(out) as tmp:
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         ort_session(str(tmp), level="extended")  # the artifact must load in the runtime it is for
@@ -59,7 +58,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     target = resolve_target(req.target, "ort") if req.precision == "int8" else None
     options = (Int8Options.for_target(target, req.method, req.per_channel, req.ops) if target is not None else None)
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
-        if Path(req.model).suffix.lower() != ".onnx":
+        if not is_format(req.model, "onnx"):
             step("exporting the checkpoint to ONNX")
         src = resolve_onnx(req.model, Path(tmp), routing=req.routing)
         float_model = onnx.load(str(src.onnx_path))

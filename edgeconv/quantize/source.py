@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import QUANTIZATION_KEY, is_format
+from edgeconv.card import QUANTIZATION_KEY, quantization_of, read_metadata
+from edgeconv.formats import is_format
 
 
 
@@ -50,7 +51,7 @@ def checkpoint_source(path: Path) -> ModelSource:
 
 def resolve_onnx(model: str | Path, workdir: Path, routing: str | None = None) -> ModelSource:
     """An ONNX for `model`: exported into `workdir` when it is a checkpoint, read as it is when it is an ONNX."""
-    from edgeconv.export.onnx import export_onnx, read_metadata
+    from edgeconv.export.onnx import export_onnx
 
     p = Path(model)
     if not p.exists():
@@ -66,8 +67,8 @@ def resolve_onnx(model: str | Path, workdir: Path, routing: str | None = None) -
         raise EdgeconvError("--routing applies when quantizing from a checkpoint; this ONNX was exported already")
     meta = read_metadata(p)
     if QUANTIZATION_KEY in meta:
-        raise EdgeconvError(f"{p} is already quantized ({meta['edgeconv.quantization'][:60]}...); "
-                            "quantize the float model instead")
+        precision = (quantization_of(meta) or {}).get("precision") or "?"
+        raise EdgeconvError(f"{p} is already quantized ({precision}); quantize the float model instead")
     src = meta.get("source_path")
     ckpt = Path(src) if src and Path(src).is_file() else None
     return ModelSource(p, meta, checkpoint=ckpt)

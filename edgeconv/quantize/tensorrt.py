@@ -14,7 +14,6 @@ fast, device buffers through cuda-python, and top-1 measured on the GPU. `tensor
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from edgeconv.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
+from edgeconv.artifacts import atomic_path, atomic_write_bytes
 from edgeconv.errors import EdgeconvError, MissingDependencyError
-from edgeconv.formats import is_format, sidecar_path
+from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
 from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
@@ -266,8 +265,9 @@ STAND_IN = {"int8": "onnxruntime CPU stand-in at ORT_ENABLE_BASIC (Q/DQ computed
 
 
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
-    from edgeconv.export.onnx import count_if_nodes, write_metadata
-    from edgeconv.quantize.ort import METADATA_KEY, convert_fp16, ort_logits, ort_session, top1
+    from edgeconv.card import model_fields, set_quantization, write_sidecar
+    from edgeconv.export.onnx import count_if_nodes
+    from edgeconv.quantize.ort import convert_fp16, ort_logits, ort_session, top1
     from edgeconv.quantize.source import resolve_onnx
 
     engine_wanted = is_format(req.out, "engine")
@@ -313,7 +313,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             level = {"fp16": "extended", "int8": "basic"}[req.precision]
             accuracy_record(rec, f_top1, top1(ort_logits(ort_session(model, level=level), ex), ey))
             accuracy_runtime(rec, STAND_IN[req.precision])
-        write_metadata(model, {METADATA_KEY: json.dumps(rec, default=str)})
+        set_quantization(model, rec)
         with atomic_path(req.out) as t:
             onnx.save_model(model, str(t), save_as_external_data=False)
         size = req.out.stat().st_size
@@ -335,7 +335,8 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         rec["tensorrt"].update({"version": trt.__version__, "timing_cache": str(cache), "verified_on_gpu": True})
         size = len(engine)
         size_record(rec, float_bytes, size)
-        atomic_write_json(sidecar_path(req.out), rec)
+        rec.update(model_fields(src.meta))
+        write_sidecar(req.out, rec)
         atomic_write_bytes(req.out, engine)
     size_record(rec, float_bytes, size)
     acc = rec.get("accuracy") or {}

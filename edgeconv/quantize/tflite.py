@@ -24,9 +24,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from edgeconv.artifacts import atomic_path, atomic_write_json, file_sha256, load_model
+from edgeconv.artifacts import atomic_path, file_sha256, load_model
 from edgeconv.errors import EdgeconvError, MissingDependencyError
-from edgeconv.formats import is_format, sidecar_path
+from edgeconv.card import model_fields, write_sidecar
+from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, quiet,
                                       size_record)
@@ -261,12 +262,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         rec["notes"] = notes
         step("writing")
         # The sidecar goes first: a .tflite without its record would look like an unverified artifact.
-        atomic_write_json(sidecar_path(req.out), rec)
+        rec.update(model_fields(meta))
+        side = write_sidecar(req.out, rec)
         try:
             with atomic_path(req.out) as dst:
                 dst.write_bytes(result.read_bytes())
         except BaseException:
-            sidecar_path(req.out).unlink(missing_ok=True)
+            side.unlink(missing_ok=True)
             raise
     acc = rec.get("accuracy") or {}
     row = {"artifact": str(req.out), "backend": "tflite", "precision": req.precision.upper(),
@@ -274,4 +276,4 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
            "size vs FP32": f"{size / float_bytes:.2f}x", "float top-1 %": acc.get("float_top1"),
            "quantized top-1 %": acc.get("quantized_top1"), "drop": acc.get("drop")}
     details = [{**r, "max abs diff": f"{r['max abs diff']:.2e}"} for r in rows_routing]
-    return QuantizeReport(req.out, rec, [row], details, notes + [f"record: {sidecar_path(req.out)}"])
+    return QuantizeReport(req.out, rec, [row], details, notes + [f"record: {side}"])

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import QUANTIZATION_KEY, is_format, sidecar_paths
+from edgeconv.card import ModelCard
+from edgeconv.formats import is_format
 from edgeconv.runtime.backends import (BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner,
                                        targets_for)
 
@@ -55,87 +56,31 @@ class Artifact:
     kind: str                      # native backend: torch | ort | tflite | tensorrt
     label: str
     preprocessing: dict | None = None
-    source_sha256s: list[str] = field(default_factory=list)   # every hash the artifact records (its sources)
+    source_sha256s: list[str] = field(default_factory=list)   # the sha256 of every source its card records
     source_paths: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     precision: str = "?"
-
-
-def flatten(md: dict, prefix: str = "") -> dict:
-    """Nested metadata as dotted keys ({"q": {"source": {"sha256": h}}} -> {"q.source.sha256": h})."""
-    out = {}
-    for k, v in md.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _find_nested(md: dict, key: str):
-    """The value of `key` at the top level of `md` or inside any nested dict (first found)."""
-    if key in md:
-        return md[key]
-    for v in md.values():
-        if isinstance(v, dict):
-            found = _find_nested(v, key)
-            if found is not None:
-                return found
-    return None
+    card: ModelCard | None = None
 
 
 def inspect_artifact(path: Path) -> Artifact:
-    """Kind, precision, preprocessing and recorded sources of one file (ONNX metadata_props, or the sidecar
-    `<file>.json` record that TFLite and engine files carry). Metadata keys are matched loosely: any recorded
-    sha256 or .pt path is a candidate source checkpoint."""
-    import json
+    """Kind, precision, preprocessing and recorded sources of one file, from its model card (`edgeconv.card`):
+    the sources are the files its records name (quantization source, export source), each with its sha256."""
+    from edgeconv.card import read_card
 
     if not path.exists():
         raise EdgeconvError(f"no such file: {path}")
     kind = artifact_kind(path)
-    art = Artifact(path, kind, path.name)
+    card = read_card(path)
+    art = Artifact(path, kind, path.name, card=card, precision=card.precision, preprocessing=card.preprocessing)
     if kind == "torch":
-        from edgeconv.artifacts import read_checkpoint
-
-        ck = read_checkpoint(path)
-        art.preprocessing = ck["preprocessing"]
-        art.precision = "fp32"
         return art
-    md: dict = {}
-    if kind == "ort":
-        from edgeconv.runtime.backends.ort_backend import load_onnx, metadata, onnx_precision
-
-        model = load_onnx(path)
-        md = metadata(model)
-        art.precision = onnx_precision(model, path)
-        del model
-    for side in sidecar_paths(path):
-        if side.exists():
-            try:
-                extra = json.loads(side.read_text())
-            except ValueError:
-                continue
-            if isinstance(extra, dict):
-                md = {**extra, **md}
-                if kind != "ort" and isinstance(extra.get("precision"), str):
-                    art.precision = extra["precision"]
-            break
-    if art.precision == "?":
-        from edgeconv.runtime.backends.base import artifact_precision_from_name
-
-        art.precision = artifact_precision_from_name(path) or "?"
-    art.metadata = md
-    flat = flatten(md)
-    pre = _find_nested(md, "preprocessing")
-    if isinstance(pre, str):
-        try:
-            pre = json.loads(pre)
-        except ValueError:
-            pre = None
-    art.preprocessing = pre if isinstance(pre, dict) and pre else None
-    art.source_sha256s = [v for k, v in flat.items() if "sha256" in k.lower() and isinstance(v, str) and v]
-    art.source_paths = [v for k, v in flat.items() if isinstance(v, str) and is_format(v, "checkpoint")]
+    art.metadata = {**card.props, "classes": card.classes or None, "config": card.config or None}
+    for src_path, sha in card.sources():
+        if sha:
+            art.source_sha256s.append(sha)
+        if src_path and is_format(src_path, "checkpoint"):
+            art.source_paths.append(src_path)
     return art
 
 
@@ -387,7 +332,7 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
 
 def quantization_record(a: Artifact) -> dict | None:
     """The artifact's quantization record (ONNX metadata, or the sidecar a .tflite/.engine carries)."""
-    rec = a.metadata.get(QUANTIZATION_KEY) if a.kind == "ort" else a.metadata
+    rec = a.card.quantization if a.card is not None else None
     return rec if isinstance(rec, dict) and rec.get("precision") else None
 
 

@@ -57,9 +57,9 @@ def _median_wall(fn, runs: int) -> float:
 
 def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, warmup: int = 3) -> OpProfile:
     from edgeconv.onnxrt import session, session_options
-    from edgeconv.runtime.backends.ort_backend import load_onnx, onnx_precision
+    from edgeconv.card import load_onnx_proto, onnx_precision
 
-    precision = onnx_precision(load_onnx(path), path)
+    precision = onnx_precision(load_onnx_proto(path))
     level = "extended" if precision == "fp16" else "all"
     with tempfile.TemporaryDirectory(prefix="edgeconv-profile-") as tmp:
         try:

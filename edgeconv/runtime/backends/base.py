@@ -81,12 +81,3 @@ class Backend(Protocol):
 
     def load(self, path: Path, options: RunOptions) -> Runner:
         """Load the artifact or raise BackendUnavailable / EdgeconvError."""
-
-
-def artifact_precision_from_name(path: Path) -> str | None:
-    """A precision written in the file name (model.int8.onnx, model_fp16.tflite), used when the graph is ambiguous."""
-    low = path.name.lower()
-    for p in ("int8", "fp16", "fp32", "int4"):
-        if p in low:
-            return p
-    return None

@@ -7,15 +7,15 @@ is read from the graph that runs rather than re-computed in PyTorch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from edgeconv.graphwalk import initializers, nodes
+from edgeconv.card import load_onnx_proto, onnx_precision
+from edgeconv.graphwalk import initializers
 from edgeconv.onnxrt import session, session_options
 from edgeconv.errors import EdgeconvError
-from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions, artifact_precision_from_name
+from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -23,45 +23,6 @@ _COMPARE_OPS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 _PASS_THROUGH = {"ReduceMin", "ReduceMax", "ReduceProd", "Cast", "Not", "Squeeze", "Reshape", "Identity",
                  "Unsqueeze", "Flatten"}
 _BATCH_REDUCTIONS = {"ReduceMin", "ReduceMax"}
-
-
-def load_onnx(path: Path):
-    import onnx
-
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # onnx raises DecodeError, ValueError, OSError... for a bad file
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EdgeconvError(f"{path}: not a readable ONNX model ({first[:160]})")
-
-
-def metadata(model) -> dict:
-    """metadata_props as a dict; JSON values are decoded."""
-    out = {}
-    for p in model.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except (ValueError, TypeError):
-            out[p.key] = p.value
-    return out
-
-
-def onnx_precision(model, path: Path) -> str:
-    """int8 when the graph (branches included) holds quantize/dequantize or QLinear ops, fp16 when weights are
-    half precision, else fp32; a `precision` metadata entry wins."""
-    import onnx
-
-    md = metadata(model)
-    for key in ("precision", "edgeconv.precision"):
-        if isinstance(md.get(key), str):
-            return md[key]
-    ops = {n.op_type for n in nodes(model.graph)}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
-              "ConvInteger", "DynamicQuantizeLinear"}:
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in initializers(model.graph)):
-        return "fp16"
-    return artifact_precision_from_name(path) or "fp32"
 
 
 def onnx_params(model) -> int:
@@ -126,9 +87,8 @@ class OrtRunner:
                     "needs onnxruntime-gpu built with TensorRT and the TensorRT libraries")
             raise BackendUnavailable(f"onnxruntime {ort.__version__} here has no {provider} "
                                      f"(available: {', '.join(available)}); {hint}")
-        model = load_onnx(path)
-        self.precision = onnx_precision(model, path)
-        self.metadata = metadata(model)
+        model = load_onnx_proto(path)
+        self.precision = onnx_precision(model)
         self.params = onnx_params(model)
         self.probes = _route_probes(model)
         self.out_name = model.graph.output[0].name

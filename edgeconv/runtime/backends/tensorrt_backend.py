@@ -48,10 +48,10 @@ class TensorrtRunner:
             raise BackendUnavailable(str(e).split("; or write")[0]) from None  # the rest is quantize's advice
         self.trt = trt
         if is_format(path, "onnx"):
-            from edgeconv.runtime.backends.ort_backend import load_onnx, onnx_precision
+            from edgeconv.card import load_onnx_proto, onnx_precision
 
-            model = load_onnx(path)
-            self.precision = onnx_precision(model, path)
+            model = load_onnx_proto(path)
+            self.precision = onnx_precision(model)
             self.profile = qt.profile_for(model, 1, OPT_BATCH, MAX_BATCH)
             blob = qt.build_engine(model.SerializeToString(), self.profile, self.precision)
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions, artifact_precision_from_name
+from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 
 def _interpreter_class():
@@ -23,7 +23,7 @@ def _interpreter_class():
     return Interpreter
 
 
-def tflite_precision(details: list[dict], path: Path) -> str:
+def tflite_precision(details: list[dict]) -> str:
     """int8 when integer tensors carry quantisation parameters, fp16 when half-precision tensors exist."""
     dtypes = {np.dtype(d["dtype"]) for d in details}
     quantised = any(np.dtype(d["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8))
@@ -32,7 +32,7 @@ def tflite_precision(details: list[dict], path: Path) -> str:
         return "int8"
     if np.dtype(np.float16) in dtypes:
         return "fp16"
-    return artifact_precision_from_name(path) or "fp32"
+    return "fp32"
 
 
 class TfliteRunner:
@@ -46,7 +46,7 @@ class TfliteRunner:
         self.threads = options.threads
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
-        self.precision = tflite_precision(self.interp.get_tensor_details(), path)
+        self.precision = tflite_precision(self.interp.get_tensor_details())
         self.batch = int(self.inp["shape"][0])
 
     def _layout(self, x: np.ndarray) -> np.ndarray:

@@ -21,10 +21,10 @@ from edgeconv.options import cli_options
 from edgeconv.checks import check_input_shape, check_inputs, check_number, check_outputs, check_training
 from edgeconv.quantize import BACKENDS as QBACKENDS
 from edgeconv.quantize import QuantizeSettings
+from edgeconv.settings import (DATA_HELP, BenchSettings, DistillSettings, ExportSettings, PruneSettings,
+                               TrainSettings, ValidateSettings)
 
 ROUTING_HELP = "gated (default) | soft | select | static:conv | static:attn"
-EVAL_DATA_HELP = "Held-out labelled data for the before/after top-1 (default: --data's test split; digits only)."
-EVAL_ON_TRAIN_HELP = "Accept evaluating on --data itself when it has no held-out split (scores its training data)."
 
 app = typer.Typer(
     name="edgeconv",
@@ -73,31 +73,29 @@ def models_cmd(img_size: int = typer.Option(32, help="Input size used to count M
 
 
 @app.command("train")
+@cli_options(TrainSettings, name="s")
 def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zoo name (family-size) or timm:NAME."),
-              data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+              data: str = typer.Option("digits", help=DATA_HELP),
               out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.pt)."),
-              epochs: int = typer.Option(30, min=1), batch_size: int = typer.Option(64, min=1),
-              lr: float = typer.Option(3e-3), weight_decay: float = typer.Option(0.05),
-              label_smoothing: float = typer.Option(0.1), seed: int = typer.Option(0),
-              img_size: Optional[int] = typer.Option(None, help="Input size (digits default 32)."),
+              seed: int = typer.Option(0),
               in_chans: int = typer.Option(1, min=1, help="Input channels for imagefolder/npz data (3 for RGB)."),
               weights: Optional[Path] = typer.Option(None, help="Initial weights for a timm model (state dict)."),
               resume: Optional[Path] = typer.Option(None, help="Continue training from this checkpoint."),
-              no_augment: bool = typer.Option(False, help="Disable random affine jitter.")) -> None:
+              s: TrainSettings = None) -> None:
     """Train a model on real data and write a self-describing checkpoint.
 
     Example: edgeconv train --model routed-tiny --data digits -o model.pt
     """
-    check_input_shape(img_size, in_chans)
-    check_training(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                   label_smoothing=label_smoothing)
+    check_input_shape(s.img_size, in_chans)
+    check_training(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                   label_smoothing=s.label_smoothing)
     check_inputs({"--weights": weights, "--resume": resume})
     check_outputs({"-o": out}, {"--weights": weights})
     from edgeconv.training import TrainConfig, run_train
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, seed=seed, augment=not no_augment)
-    res = run_train(model, data, str(out), cfg=cfg, img_size=img_size, in_chans=in_chans,
+    cfg = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                      label_smoothing=s.label_smoothing, seed=seed, augment=s.augment)
+    res = run_train(model, data, str(out), cfg=cfg, img_size=s.img_size, in_chans=in_chans,
                     resume=str(resume) if resume else None,
                     weights=str(weights) if weights else None, command=_command())
     console.print(rows_table([res], title="trained"))
@@ -144,23 +142,15 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 
 # ------------------------------------------------------------------------------------------------ compress (prune, distill)
 @app.command("prune")
+@cli_options(PruneSettings, name="s")
 def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
-              data: str = typer.Option("digits", help="Calibration/evaluation data: digits | imagefolder:PATH | npz:PATH"),
-              heads: Optional[float] = typer.Option(None, help="Fraction of all attention heads to remove (0..1)."),
-              channels: Optional[float] = typer.Option(None, help="Fraction of all hidden channels to remove (0..1)."),
-              target_macs: Optional[float] = typer.Option(None, help="Keep at most this fraction of the MACs (0..1)."),
-              criterion: str = typer.Option("gradient", help="gradient | taylor | l1 | random"),
-              batches: int = typer.Option(64, help="Calibration batches for gradient/taylor."),
-              batch_size: int = typer.Option(8, help="Calibration batch size (small batches: less gradient "
-                                                     "cancellation between samples)."),
-              steps: int = typer.Option(1, help="Prune in this many steps, re-scoring between them."),
+              data: str = typer.Option("digits", help=f"Calibration/evaluation data: {DATA_HELP}"),
               seed: int = typer.Option(0, help="Seed for batch order and the random criterion."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="Pruned checkpoint to write (.pt)."),
               json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default: OUT.prune.json)."),
               heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png)."),
-              eval_data: Optional[str] = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
-              eval_on_train: bool = typer.Option(False, "--eval-on-train", help=EVAL_ON_TRAIN_HELP)) -> None:
+              s: PruneSettings = None) -> None:
     """Remove whole attention heads and hidden channels ranked by sensitivity; the result is a smaller dense model.
 
     Example: edgeconv prune model.pt --data digits --target-macs 0.5 -o pruned.pt
@@ -169,8 +159,9 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
     check_outputs({"-o": out, "--json": json_out, "--heatmap": heatmap}, {"CKPT": ckpt})
     from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
 
-    req = PruneRequest(heads=heads, channels=channels, target_macs=target_macs, criterion=criterion,
-                       batches=batches, batch_size=batch_size, steps=steps, seed=seed)
+    criterion = s.criterion
+    req = PruneRequest(heads=s.heads, channels=s.channels, target_macs=s.target_macs, criterion=criterion,
+                       batches=s.batches, batch_size=s.batch_size, steps=s.steps, seed=seed)
     if out is not None and not dry_run:
         json_out = json_out or out.with_suffix(".prune.json")
         heatmap = heatmap or out.with_suffix(".heads.png")
@@ -178,7 +169,7 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
         res = run_prune(str(ckpt), data, req, str(out) if out else None, dry_run=dry_run,
                         report_path=str(json_out) if json_out else None,
                         heatmap_path=str(heatmap) if heatmap else None, command=_command(),
-                        eval_data=eval_data, allow_train_eval=eval_on_train)
+                        eval_data=s.eval_data, allow_train_eval=s.eval_on_train)
     plan = res["plan"]
     console.print(rows_table(layer_rows(plan), title=f"per-layer plan ({criterion}; sensitivity normalised per layer)"))
     console.print(rows_table([{"": k, "before": v[0], "after": v[1],
@@ -195,26 +186,20 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
 
 
 @app.command("distill")
+@cli_options(DistillSettings, name="s")
 def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)."),
                 student: Path = typer.Option(..., help="Student checkpoint (.pt), e.g. a pruned model."),
-                data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
-                alpha: float = typer.Option(0.7, help="Weight of the soft-target (KD) term; 1-alpha on hard labels."),
-                temperature: float = typer.Option(4.0, help="Softmax temperature of the soft targets."),
-                feature: bool = typer.Option(False, "--feature", help="Also match pooled features (learned "
-                                                                      "projection when widths differ)."),
-                epochs: int = typer.Option(10, min=1), batch_size: int = typer.Option(64, min=1),
-                lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
+                data: str = typer.Option("digits", help=DATA_HELP),
+                seed: int = typer.Option(0),
                 resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run writing to -o."),
-                no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the fine-tune-without-KD row."),
                 out: Path = typer.Option(..., "-o", "--out", help="Distilled student checkpoint (.pt)."),
                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON."),
-                eval_data: Optional[str] = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
-                eval_on_train: bool = typer.Option(False, "--eval-on-train", help=EVAL_ON_TRAIN_HELP)) -> None:
+                s: DistillSettings = None) -> None:
     """Distil a teacher into a (pruned) student: Hinton KD, optional feature matching, per-epoch checkpoints.
 
     Example: edgeconv distill --teacher model.pt --student pruned.pt --data digits --epochs 10 -o student.pt
     """
-    check_training(epochs=epochs, batch_size=batch_size, lr=lr)
+    check_training(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     check_inputs({"--teacher": teacher, "--student": student})
     check_outputs({"-o": out, "--json": json_out}, {"--teacher": teacher, "--student": student})
     from edgeconv import artifacts
@@ -222,12 +207,12 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
     from edgeconv.training import TrainConfig
 
     res = run_distill(str(teacher), str(student), data, str(out),
-                      dcfg=DistillConfig(alpha=alpha, temperature=temperature, feature=feature),
-                      tcfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                      resume=resume, baseline=not no_baseline, command=_command(), eval_data=eval_data,
-                      allow_train_eval=eval_on_train)
-    console.print(rows_table(res["rows"], title=f"distillation (alpha {alpha}, T {temperature}"
-                                                f"{', feature' if feature else ''}, {epochs} epochs)"))
+                      dcfg=DistillConfig(alpha=s.alpha, temperature=s.temperature, feature=s.feature),
+                      tcfg=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
+                      resume=resume, baseline=s.baseline, command=_command(), eval_data=s.eval_data,
+                      allow_train_eval=s.eval_on_train)
+    console.print(rows_table(res["rows"], title=f"distillation (alpha {s.alpha}, T {s.temperature}"
+                                                f"{', feature' if s.feature else ''}, {s.epochs} epochs)"))
     console.print(f"wrote {out}")
     if json_out:
         artifacts.atomic_write_json(json_out, res)
@@ -235,18 +220,11 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
 
 # ------------------------------------------------------------------------------------------------ export
 @app.command("export")
+@cli_options(ExportSettings, name="s")
 def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),
                out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write (.onnx)."),
-               routing: Optional[str] = typer.Option(
-                   None, help="gated (routers become ONNX If; default for routed models) | soft | static:conv | "
-                              "static:attn"),
-               opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or newer (default: the exporter's)."),
-               dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
-                                                  help="Symbolic batch dimension, or batch fixed to 1."),
-               simplify: bool = typer.Option(True, "--simplify/--no-simplify",
-                                             help="Simplify with onnxslim (kept only if it checks and matches)."),
-               json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON.")
-               ) -> None:
+               json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON."),
+               s: ExportSettings = None) -> None:
     """Export a checkpoint to ONNX; a routed model's routers become If nodes (gated subgraphs).
 
     Example: edgeconv export model.pt -o model.onnx --routing gated
@@ -263,7 +241,8 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
     with Progress(SpinnerColumn(), TextColumn("[bold]export[/] {task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("loading", total=None)
-        res = export_onnx(ckpt, out, routing=routing, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
+        res = export_onnx(ckpt, out, routing=s.routing, opset=s.opset, dynamic_batch=s.dynamic_batch,
+                          simplify=s.simplify,
                           metadata={"command": _command()},
                           on_step=lambda what: bar.update(task, description=what))
     console.print(sections_table({"exported": res.row()}, title=str(out)))
@@ -319,27 +298,24 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
 
 # ------------------------------------------------------------------------------------------------ validate
 @app.command("validate")
+@cli_options(ValidateSettings, name="s")
 def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate."),
                  against: Optional[Path] = typer.Option(
                      None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."),
-                 data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
-                 split: str = typer.Option("test", help="train | val | test | all (digits)"),
-                 tolerance: float = typer.Option(1e-4, help="Max abs output difference allowed."),
-                 min_agreement: float = typer.Option(100.0, help="Top-1 agreement with PyTorch required, %."),
-                 limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N samples."),
+                 data: str = typer.Option("digits", help=DATA_HELP),
                  batch: int = typer.Option(16, min=2, help="Batch size of the dynamic-batch check."),
                  ort_level: str = typer.Option("all", help="onnxruntime optimisation: disable|basic|extended|all"),
-                 allow_uncovered: bool = typer.Option(False, help="Do not fail when an If branch was never taken."),
                  junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one test case per check)."),
-                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")) -> None:
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+                 s: ValidateSettings = None) -> None:
     """Check an ONNX file: checker, shapes, opset, onnxruntime, parity with PyTorch, If branch coverage, batch.
 
     Exit code 0 only when every check passes (1 when one fails, 2 for unusable input).
     Example: edgeconv validate model.onnx --against model.pt --junit validate.xml
     """
     check_inputs({"MODEL": model, "--against": against})
-    check_number("--tolerance", tolerance, min=0)
-    check_number("--min-agreement", min_agreement, min=0, max=100)
+    check_number("--tolerance", s.tolerance, min=0)
+    check_number("--min-agreement", s.min_agreement, min=0, max=100)
     check_outputs({"--junit": junit, "--json": json_out}, {"MODEL": model, "--against": against})
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -356,9 +332,9 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done)
 
-        report = validate_onnx(model, against=against, data=data, split=split, tolerance=tolerance,
-                               min_agreement=min_agreement, limit=limit, batch=batch, ort_level=ort_level,
-                               allow_uncovered=allow_uncovered, on_progress=progress)
+        report = validate_onnx(model, against=against, data=data, split=s.split, tolerance=s.tolerance,
+                               min_agreement=s.min_agreement, limit=s.limit, batch=batch, ort_level=ort_level,
+                               allow_uncovered=s.allow_uncovered, on_progress=progress)
     table = rows_table(report.rows(), title=f"validate {model}")
     console.print(table)
     if junit:
@@ -373,20 +349,17 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
 
 # ------------------------------------------------------------------------------------------------ bench
 @app.command("bench")
+@cli_options(BenchSettings, name="s")
 def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),
               device: str = typer.Option("cpu", help="cpu | cuda | jetson, or a comma list (cpu,cuda)."),
               host: Optional[str] = typer.Option(None, "--host", help="Run on USER@ADDR over SSH and bring the JSON back."),
               backend: str = typer.Option("auto", help="auto (by artifact type) | torch | ort | tflite | tensorrt"),
               batch: str = typer.Option("1", help="Batch sizes, comma separated (1,8)."),
-              data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH (same data for every row)."),
-              split: str = typer.Option("test", help="Split of the data (digits: train | val | test | all)."),
-              warmup: int = typer.Option(10, min=0, help="Untimed calls before timing each row."),
-              iters: int = typer.Option(100, min=1, help="Timed calls per row."),
+              data: str = typer.Option("digits", help=f"{DATA_HELP} (same data for every row)."),
               threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for every backend (default: all "
                                                                       "usable cores)."),
               reference: Optional[Path] = typer.Option(None, help="Float checkpoint to compare against (default: "
                                                                   "found from the artifacts)."),
-              limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N samples."),
               json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
               csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
               md_out: Optional[Path] = typer.Option(None, "--md", help="Write the table as Markdown."),
@@ -400,7 +373,8 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
               profile: bool = typer.Option(False, "--profile", help="Also profile each onnxruntime/TFLite file per "
                                                                    "operator type (at the first --batch)."),
               profile_plot: Optional[Path] = typer.Option(None, "--profile-plot", help="Write the per-operator "
-                                                          "profile as a PNG bar chart (implies --profile).")) -> None:
+                                                          "profile as a PNG bar chart (implies --profile)."),
+              s: BenchSettings = None) -> None:
     """Accuracy and latency of every model x backend x precision x batch, measured on the same data.
 
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
@@ -438,17 +412,17 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
     if host:
         from edgeconv.runtime.remote import SshTarget, run_remote_bench
 
-        args = ["--device", device, "--backend", backend, "--batch", batch, "--data", data, "--split", split,
-                "--warmup", str(warmup), "--iters", str(iters)]
+        args = ["--device", device, "--backend", backend, "--batch", batch, "--data", data, "--split", s.split,
+                "--warmup", str(s.warmup), "--iters", str(s.iters)]
         args += ["--threads", str(threads)] if threads else []
-        args += ["--limit", str(limit)] if limit else []
+        args += ["--limit", str(s.limit)] if s.limit else []
         target = SshTarget(host, port=ssh_port, identity=identity, known_hosts=known_hosts,
                            remote_edgeconv=remote_edgeconv)
         with console.status(f"running edgeconv bench on {host}"):
             result = run_remote_bench(target, models, args, reference=reference, timeout=remote_timeout)
     else:
-        cfg = BenchConfig(batches=batches, devices=devices, backend=backend, data=data, split=split, warmup=warmup,
-                          iters=iters, threads=threads, reference=reference, limit=limit)
+        cfg = BenchConfig(batches=batches, devices=devices, backend=backend, data=data, split=s.split,
+                          warmup=s.warmup, iters=s.iters, threads=threads, reference=reference, limit=s.limit)
         with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                       TimeElapsedColumn(), console=err_console, transient=True) as prog:
             task = prog.add_task("", total=None)
@@ -472,7 +446,7 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         from edgeconv.runtime.profile import profile_rows, run_profiles, write_profile_png
 
         with console.status("profiling per operator"):
-            profiles = run_profiles(models, data, split, batches[0], threads or 1, iters=min(iters, 50))
+            profiles = run_profiles(models, data, s.split, batches[0], threads or 1, iters=min(s.iters, 50))
         console.print(rows_table(profile_rows(profiles), title=f"per-operator profile, batch {batches[0]}, ms per run"))
         for p in profiles:
             for note in p.notes:

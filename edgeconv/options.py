@@ -19,11 +19,13 @@ from typing import Any, Callable
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
-           min: float | None = None, max: float | None = None, path: bool = False, default_factory=None,
-           cli: str | None = None):
-    """A typed option. `path=True` marks a file/folder that must exist (pipeline: relative to the pipeline file);
-    `cli` overrides the flag (e.g. "--per-channel/--per-tensor", "--target"); the default flag is --field-name."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "path": path, "cli": cli}
+           min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,
+           path: bool = False, default_factory=None, cli: str | None = None):
+    """A typed option. `min`/`max` bound a number (`min_open`/`max_open`: the bound itself is refused); `path=True`
+    marks a file/folder that must exist (pipeline: relative to the pipeline file); `cli` overrides the flag (e.g.
+    "--per-channel/--per-tensor", "--target"); the default flag is --field-name."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open, "max_open": max_open,
+            "path": path, "cli": cli}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,11 +55,9 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
             # listed in the help; the value itself is checked by the library, which names the option in one line
             choices = " | ".join(map(str, meta["choices"]))
             kwargs["help"] = f"{kwargs['help'] or ''} Choices: {choices}.".strip()
-        elif tp in (int, float):
-            if meta.get("min") is not None:
-                kwargs["min"] = meta["min"]
-            if meta.get("max") is not None:
-                kwargs["max"] = meta["max"]
+        elif tp in (int, float) and (meta.get("min") is not None or meta.get("max") is not None):
+            # checked by the command wrapper (one line naming the flag), not by click (a usage box)
+            kwargs["help"] = f"{kwargs['help'] or ''} Range: {range_text(meta)}.".strip()
         annotation = typing.Optional[tp] if nullable else tp
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=typer.Option(default, *flags, **kwargs), annotation=annotation))
@@ -81,6 +81,7 @@ def cli_options(cls: type, name: str = "options") -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             values = {k: kwargs.pop(k) for k in fields if k in kwargs}
+            check_ranges(cls, values)
             return fn(*args, **kwargs, **{name: cls(**values)})
 
         wrapper.__signature__ = sig.replace(parameters=own + typer_parameters(cls))  # type: ignore[attr-defined]
@@ -88,6 +89,29 @@ def cli_options(cls: type, name: str = "options") -> Callable:
         return wrapper
 
     return deco
+
+
+def flag(f: dataclasses.Field) -> str:
+    """The CLI flag of a field (the first spelling of a --on/--off pair)."""
+    return (f.metadata.get("cli") or "--" + f.name.replace("_", "-")).split("/")[0]
+
+
+def range_text(meta) -> str:
+    lo, hi = meta.get("min"), meta.get("max")
+    return (f"{'(' if meta.get('min_open') else '['}{'-inf' if lo is None else lo}, "
+            f"{'inf' if hi is None else hi}{')' if meta.get('max_open') else ']'}")
+
+
+def check_ranges(cls: type, values: dict[str, Any]) -> None:
+    """Every numeric value given for `cls` within its field's range, else one line naming the flag."""
+    from edgeconv.checks import check_number
+
+    for f in dataclasses.fields(cls):
+        meta, v = f.metadata, values.get(f.name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                meta.get("min") is not None or meta.get("max") is not None):
+            check_number(flag(f), v, min=meta.get("min"), max=meta.get("max"), min_open=meta.get("min_open", False),
+                         max_open=meta.get("max_open", False))
 
 
 def cli_defaults(cls: type) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Options declared once: the CLI's quantize options and the pipeline's [quantize] keys come from one dataclass."""
+"""Options declared once: each command's options and its pipeline table come from one dataclass."""
 
 from __future__ import annotations
 
@@ -31,6 +31,34 @@ def test_every_pipeline_quantize_default_is_the_cli_default():
         assert (params[f.name].help or "").startswith(f.metadata["help"][:30]), f.name
     assert cli_defaults(QuantizeSettings) == {f.name: getattr(pipeline, f.name)
                                              for f in dataclasses.fields(QuantizeSettings)}
+
+
+# pipeline keys whose default means "the pipeline's own value" (not a CLI default that could drift)
+INHERITED = {("eval", "data"), ("bench", "threads")}
+
+
+@pytest.mark.parametrize("step", ["train", "eval", "prune", "distill", "export", "quantize", "validate", "bench"])
+def test_every_pipeline_default_is_the_cli_default(step):
+    """A pipeline key that is also an option of the command of the same name has the same default and help."""
+    from edgeconv.pipeline.steps import STEPS
+
+    params = _click_params(step)
+    opts = STEPS[step].Options()
+    shared = [f for f in dataclasses.fields(opts) if f.name in params and (step, f.name) not in INHERITED]
+    assert shared or step == "eval", step
+    for f in shared:
+        assert params[f.name].default == getattr(opts, f.name), f"{step}.{f.name}"
+        if f.metadata.get("help"):
+            assert (params[f.name].help or "").startswith(f.metadata["help"][:30]), f"{step}.{f.name}"
+
+
+def test_settings_choices_match_the_torch_side_registries():
+    from edgeconv.compress.importance import CRITERIA
+    from edgeconv.export.onnx import ROUTINGS
+    from edgeconv.settings import CRITERIA as NAMES
+    from edgeconv.settings import EXPORT_ROUTINGS
+
+    assert tuple(CRITERIA) == NAMES and tuple(ROUTINGS) == EXPORT_ROUTINGS
 
 
 def test_choices_come_from_the_registries():

@@ -252,7 +252,7 @@ def test_full_chain_to_int8_on_two_runtimes(tmp_path, trained):
     text = (f"[pipeline]\nname = 'chain'\nthreads = 1\n[train]\ncheckpoint = '{own_copy(trained, tmp_path)}'\n"
             "[prune]\nheads = 0.25\ncriterion = 'l1'\n[distill]\nepochs = 1\n[export]\n"
             f"[quantize]\ntargets = {json.dumps(targets)}\ncalib_limit = 20\n"
-            "[validate]\nallow_uncovered = true\nmin_agreement = 80.0\n[bench]\niters = 5\nwarmup = 1\n")
+            "[validate]\nallow_uncovered = true\nquantized_agreement = 80.0\n[bench]\niters = 5\nwarmup = 1\n")
     run_dir = tmp_path / "run"
     res = run(write(tmp_path, text), run_dir)
     steps = ["train", "prune", "distill", "export", "quantize", "validate", "bench"]

@@ -20,6 +20,7 @@ are all reported with the offending key named (`train.epochs`, `[quantize]`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import re
 import sys
@@ -139,10 +140,16 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
             if meta.get("choices") and item not in meta["choices"]:
                 choices = ", ".join(map(str, meta["choices"]))
                 raise PipelineConfigError(f"{where}: {key} = {item!r} is not one of {choices}")
-            if meta.get("min") is not None and isinstance(item, (int, float)) and item < meta["min"]:
-                raise PipelineConfigError(f"{where}: {key} = {item!r} is below the minimum {meta['min']}")
-            if meta.get("max") is not None and isinstance(item, (int, float)) and item > meta["max"]:
-                raise PipelineConfigError(f"{where}: {key} = {item!r} is above the maximum {meta['max']}")
+            number = isinstance(item, (int, float)) and not isinstance(item, bool)
+            if number and not math.isfinite(item):
+                raise PipelineConfigError(f"{where}: {key} must be a finite number, got {item!r}")
+            lo, hi = meta.get("min"), meta.get("max")
+            if number and lo is not None and (item <= lo if meta.get("min_open") else item < lo):
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is below the minimum {lo}"
+                                          + (" (exclusive)" if meta.get("min_open") else ""))
+            if number and hi is not None and (item >= hi if meta.get("max_open") else item > hi):
+                raise PipelineConfigError(f"{where}: {key} = {item!r} is above the maximum {hi}"
+                                          + (" (exclusive)" if meta.get("max_open") else ""))
         if meta.get("path") and isinstance(v, str) and v:
             p = Path(v).expanduser()
             p = p if p.is_absolute() else base_dir / p

@@ -17,11 +17,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
 from edgeconv.quantize import QuantizeSettings
+from edgeconv.settings import (SPLITS, BenchSettings, DistillSettings, ExportSettings, PruneSettings, TrainSettings,
+                               ValidateSettings)
 
 
 @dataclass
@@ -155,17 +157,10 @@ def _eval_rows(path: Path, label: str, data: str, split: str) -> tuple[dict, dic
 
 # ------------------------------------------------------------------------------------------------ train
 @dataclass
-class TrainOptions:
-    model: str = option("routed-tiny", help="Zoo name (family-size).")
+class TrainOptions(TrainSettings):
+    model: str = option("routed-tiny", help="Zoo name (family-size) or timm:NAME.")
     checkpoint: str = option("", path=True, help="Use this trained checkpoint instead of training.")
-    epochs: int = option(20, min=1)
-    batch_size: int = option(64, min=1)
-    lr: float = option(3e-3, min=0.0)
-    weight_decay: float = option(0.05, min=0.0)
-    label_smoothing: float = option(0.1, min=0.0, max=1.0)
-    augment: bool = option(True, help="Random affine jitter while training.")
-    img_size: int = option(0, min=0, help="Input size; 0 = the data's default (digits: 32).")
-    split: str = option("test", choices=("train", "val", "test", "all"), help="Split the float row is measured on.")
+    split: str = option("test", choices=SPLITS, help="Split the float row is measured on.")
 
 
 @register_step
@@ -202,7 +197,7 @@ class Train(Step):
             tc = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
                              weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing,
                              seed=ctx.cfg.pipeline.seed, augment=opts.augment)
-            run_train(opts.model, ctx.data, str(out), cfg=tc, img_size=opts.img_size or None,
+            run_train(opts.model, ctx.data, str(out), cfg=tc, img_size=opts.img_size,
                       show_progress=ctx.show_progress, command=ctx.command)
         row, metrics = _eval_rows(out, "float (PyTorch)", ctx.data, opts.split)
         ck = artifacts.read_checkpoint(out)
@@ -216,7 +211,7 @@ class Train(Step):
 @dataclass
 class EvalOptions:
     data: str = option("", help="Data to evaluate on (default: the pipeline's data).")
-    split: str = option("test", choices=("train", "val", "test", "all"))
+    split: str = option("test", choices=SPLITS)
 
 
 @register_step
@@ -240,17 +235,8 @@ def stage_of(label: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ prune
 @dataclass
-class PruneOptions:
-    heads: Optional[float] = option(None, help="Fraction of all attention heads to remove (0..1).")
-    channels: Optional[float] = option(None, help="Fraction of all hidden channels to remove (0..1).")
-    target_macs: Optional[float] = option(None, help="Keep at most this fraction of the MACs (0..1).")
-    criterion: str = option("gradient", choices=("gradient", "taylor", "l1", "random"))
-    batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
-    batch_size: int = option(8, min=1)
-    steps: int = option(1, min=1, help="Prune in this many steps, re-scoring between them.")
-    eval_data: str = option("", help="Held-out labelled data for the before/after top-1 (default: the pipeline data's "
-                                     "test split; required for data without one unless eval_on_train).")
-    eval_on_train: bool = option(False, help="Accept evaluating on the training data when it has no held-out split.")
+class PruneOptions(PruneSettings):
+    pass
 
 
 @register_step
@@ -304,17 +290,8 @@ class Prune(Step):
 
 # ------------------------------------------------------------------------------------------------ distill
 @dataclass
-class DistillOptions:
-    epochs: int = option(5, min=1)
-    alpha: float = option(0.7, min=0.0, max=1.0, help="Weight of the soft-target term (1 - alpha on labels).")
-    temperature: float = option(4.0, min=0.01)
-    feature: bool = option(False, help="Also match pooled features.")
-    batch_size: int = option(64, min=1)
-    lr: float = option(1e-3, min=0.0)
-    baseline: bool = option(False, help="Also fine-tune without KD for the same epochs (doubles the time).")
-    eval_data: str = option("", help="Held-out labelled data for the distilled top-1 (default: the pipeline data's "
-                                     "test split; required for data without one unless eval_on_train).")
-    eval_on_train: bool = option(False, help="Accept evaluating on the training data when it has no held-out split.")
+class DistillOptions(DistillSettings):
+    pass
 
 
 @register_step
@@ -352,10 +329,7 @@ class Distill(Step):
 
 # ------------------------------------------------------------------------------------------------ export
 @dataclass
-class ExportOptions:
-    routing: str = option("gated", help="gated (ONNX If) | soft | static:conv | static:attn; ignored without routers.")
-    opset: int = option(0, min=0, help="0 = the exporter's default (>= 18).")
-    simplify: bool = option(True, help="Run onnxslim on the graph.")
+class ExportOptions(ExportSettings):
     baseline: bool = option(True, help="Also export the float model, so the table compares like with like.")
 
 
@@ -369,11 +343,8 @@ class Export(Step):
 
     @classmethod
     def check(cls, opts: ExportOptions, cfg: PipelineConfig) -> None:
-        from edgeconv.export.onnx import MIN_OPSET, ROUTINGS
+        from edgeconv.export.onnx import MIN_OPSET
 
-        if opts.routing not in ROUTINGS:
-            raise PipelineConfigError(f"{cfg.source}: export.routing = {opts.routing!r} is not one of "
-                                      f"{', '.join(ROUTINGS)}")
         if opts.opset and opts.opset < MIN_OPSET:
             raise PipelineConfigError(f"{cfg.source}: export.opset = {opts.opset}: the exporter writes opset "
                                       f"{MIN_OPSET} or newer")
@@ -402,8 +373,8 @@ class Export(Step):
         for kind, src, fname in jobs:
             model, _ = artifacts.load_model(src.path)
             routing = opts.routing if routers(model) else None
-            res = export_onnx(src.path, ctx.out_dir / fname, routing=routing, opset=opts.opset or None,
-                              simplify=opts.simplify)
+            res = export_onnx(src.path, ctx.out_dir / fname, routing=routing, opset=opts.opset,
+                              dynamic_batch=opts.dynamic_batch, simplify=opts.simplify)
             label = f"{stage_of(src.label)} (onnxruntime FP32)"
             outputs.append(Artifact(kind, res.path, label))
             metrics[label] = res.row()
@@ -537,13 +508,9 @@ def deployables(artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
 
 # ------------------------------------------------------------------------------------------------ validate
 @dataclass
-class ValidateOptions:
-    split: str = option("test", choices=("train", "val", "test", "all"))
-    limit: int = option(0, min=0, help="Validate on the first N samples only (0 = all).")
-    tolerance: float = option(1e-4, min=0.0, help="Max abs logit difference ONNX FP32 vs PyTorch.")
-    allow_uncovered: bool = option(False, help="Pass even when no sample took some If branch.")
-    min_agreement: float = option(95.0, min=0.0, max=100.0,
-                                  help="Quantized models: top-1 agreement with their float source, in percent.")
+class ValidateOptions(ValidateSettings):
+    quantized_agreement: float = option(95.0, min=0.0, max=100.0,
+                                        help="Quantized models: top-1 agreement with their float source, in percent.")
 
 
 @register_step
@@ -569,7 +536,7 @@ class Validate(Step):
         for kind, art in ctx.inputs.items():
             if kind in sources and kind.startswith("onnx"):
                 rep = validate_onnx(art.path, against=sources[kind].path, data=ctx.data, split=opts.split,
-                                    tolerance=opts.tolerance, limit=opts.limit or None,
+                                    tolerance=opts.tolerance, limit=opts.limit, min_agreement=opts.min_agreement,
                                     allow_uncovered=opts.allow_uncovered)
                 metrics[art.label] = rep.to_dict()
                 parity = rep.check("parity")
@@ -579,12 +546,12 @@ class Validate(Step):
                     failures.append(rep.summary())
             elif kind.startswith("model:"):
                 res = _agreement(art.path, ctx.inputs["checkpoint"].path, ctx.data, opts.split, opts.limit)
-                res["passed"] = res["agree"] >= opts.min_agreement
+                res["passed"] = res["agree"] >= opts.quantized_agreement
                 metrics[art.label] = res
                 rows.append({"model": art.label, "top1 %": res["top1"], "agree %": res["agree"]})
                 if not res["passed"]:
                     failures.append(f"{art.label}: top-1 agreement with the float model {res['agree']:.2f}% "
-                                    f"< {opts.min_agreement:g}%")
+                                    f"< {opts.quantized_agreement:g}%")
         artifacts.atomic_write_json(ctx.out_dir / "validation.json", metrics)
         if failures:
             raise EdgeconvError("; ".join(failures))
@@ -617,13 +584,9 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
 
 # ------------------------------------------------------------------------------------------------ bench
 @dataclass
-class BenchOptions:
+class BenchOptions(BenchSettings):
     batches: list[int] = option(default_factory=lambda: [1], min=1, help="Batch sizes to time.")
-    warmup: int = option(10, min=0)
-    iters: int = option(100, min=1)
     threads: int = option(0, min=0, help="Runtime threads (0 = the pipeline's threads).")
-    split: str = option("test", choices=("train", "val", "test", "all"))
-    limit: int = option(0, min=0, help="Accuracy on the first N samples only (0 = all).")
 
 
 @register_step
@@ -647,7 +610,7 @@ class Bench(Step):
         ref = ctx.inputs.get("float", ctx.inputs.get("checkpoint"))
         cfg = BenchConfig(batches=list(opts.batches), data=ctx.data, split=opts.split, warmup=opts.warmup,
                           iters=opts.iters, threads=opts.threads or ctx.cfg.pipeline.threads,
-                          reference=ref.path if ref else None, limit=opts.limit or None)
+                          reference=ref.path if ref else None, limit=opts.limit)
         result = run_bench([a.path for a in arts], cfg)
         artifacts.atomic_write_json(ctx.out_dir / "bench.json", result)
         rows, routing = [], {}

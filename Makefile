@@ -39,6 +39,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check edgeconv tests benchmarks
+	$(VENV)/bin/ruff format --check edgeconv tests benchmarks
 
 test-timm: setup-timm
 	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m timm tests/test_timm.py

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -39,8 +40,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", action="append", type=Path, required=True, help="digits checkpoint (repeatable)")
-    ap.add_argument("--emulate", action="append", default=None,
-                    help="qemu CPU model to score under (repeatable; default Haswell)")
+    ap.add_argument(
+        "--emulate", action="append", default=None, help="qemu CPU model to score under (repeatable; default Haswell)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept; reruns reuse its files)")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="edgeconv-int8cpus-"))
@@ -81,9 +83,12 @@ def main() -> None:
         for kind in ("float", "portable", "x86-vnni"):
             p = per[kind]
             sat = check_model(onnx.load(str(p))) if kind != "float" else None
-            row = {"model": name, "file": "float" if kind == "float" else f"INT8 --target {kind}",
-                   "max |w|": sat.record()["max_abs_weight"] if sat else "-",
-                   "pair sums fit int16": ("yes" if sat.safe else "no") if sat else "-"}
+            row = {
+                "model": name,
+                "file": "float" if kind == "float" else f"INT8 --target {kind}",
+                "max |w|": sat.record()["max_abs_weight"] if sat else "-",
+                "pair sums fit int16": ("yes" if sat.safe else "no") if sat else "-",
+            }
             for col in columns:
                 top = scores[col][str(p)]
                 drop = top - scores[col][str(per["float"])]

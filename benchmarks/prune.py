@@ -43,8 +43,9 @@ def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: in
         for crit in CRITERIA:
             accs = []
             for seed in range(seeds if crit == "random" else 1):
-                req = PruneRequest(target_macs=round(1 - r, 6), criterion=crit, seed=seed, batches=batches,
-                                   batch_size=batch_size)
+                req = PruneRequest(
+                    target_macs=round(1 - r, 6), criterion=crit, seed=seed, batches=batches, batch_size=batch_size
+                )
                 try:
                     pruned, plan = prune_model(model, pre, train, req)
                 except EdgeconvError as e:
@@ -52,9 +53,15 @@ def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: in
                     reason = str(e)
                     break
                 accs.append(evaluate(pruned, test)["top1"])
-            curves[crit].append({"reduction": r, "top1": None if accs is None else statistics.mean(accs),
-                                 "min": None if accs is None else min(accs), "max": None if accs is None else max(accs),
-                                 "note": reason if accs is None else ""})
+            curves[crit].append(
+                {
+                    "reduction": r,
+                    "top1": None if accs is None else statistics.mean(accs),
+                    "min": None if accs is None else min(accs),
+                    "max": None if accs is None else max(accs),
+                    "note": reason if accs is None else "",
+                }
+            )
     return {"base_top1": base, "curves": curves}
 
 
@@ -107,8 +114,15 @@ def plot(results: dict, path: Path) -> None:
                 hi = [p["max"] for p in pts if p["top1"] is not None]
                 ax.fill_between(xs, lo, hi, alpha=0.15, color=ax.lines[-1].get_color())
         for kd in res.get("kd", []):
-            ax.plot(100 * kd["mac_reduction"], kd["after_kd"], marker="*", markersize=14, color="black",
-                    linestyle="none", label=f"gradient + KD ({kd['epochs']} ep)")
+            ax.plot(
+                100 * kd["mac_reduction"],
+                kd["after_kd"],
+                marker="*",
+                markersize=14,
+                color="black",
+                linestyle="none",
+                label=f"gradient + KD ({kd['epochs']} ep)",
+            )
         ax.axhline(res["base_top1"], color="grey", linestyle="--", linewidth=1, label="original")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("MAC reduction %")
@@ -153,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": name, "MAC red. %": f"{100 * r:.0f}"}
             for crit in CRITERIA:
                 p = res["curves"][crit][i]
-                row[crit] = "unreachable" if p["top1"] is None else (
-                    f"{p['top1']:.1f} ({p['min']:.1f}..{p['max']:.1f})" if crit == "random" else f"{p['top1']:.1f}")
+                row[crit] = (
+                    "unreachable"
+                    if p["top1"] is None
+                    else (f"{p['top1']:.1f} ({p['min']:.1f}..{p['max']:.1f})" if crit == "random" else f"{p['top1']:.1f}")
+                )
             g, rnd = res["curves"]["gradient"][i]["top1"], res["curves"]["random"][i]["top1"]
             row["gradient - random"] = "-" if g is None or rnd is None else f"{g - rnd:+.1f}"
             curve_rows.append(row)
@@ -166,42 +183,76 @@ def main(argv: list[str] | None = None) -> int:
             pruned_ck = args.out / f"{stem}.p{int(100 * r)}.pt"
             from edgeconv.compress.prune import run_prune
 
-            pr = run_prune(str(ckpt), "digits", PruneRequest(target_macs=round(1 - r, 6), batches=args.batches,
-                                                            batch_size=args.batch_size), str(pruned_ck),
-                           command="benchmarks/prune.py")
+            pr = run_prune(
+                str(ckpt),
+                "digits",
+                PruneRequest(target_macs=round(1 - r, 6), batches=args.batches, batch_size=args.batch_size),
+                str(pruned_ck),
+                command="benchmarks/prune.py",
+            )
             kd_ck = args.out / f"{stem}.p{int(100 * r)}.kd.pt"
-            kd = run_distill(str(ckpt), str(pruned_ck), "digits", str(kd_ck), dcfg=DistillConfig(),
-                             tcfg=TrainConfig(epochs=args.kd_epochs, lr=1e-3), baseline=not args.no_baseline,
-                             command="benchmarks/prune.py")
+            kd = run_distill(
+                str(ckpt),
+                str(pruned_ck),
+                "digits",
+                str(kd_ck),
+                dcfg=DistillConfig(),
+                tcfg=TrainConfig(epochs=args.kd_epochs, lr=1e-3),
+                baseline=not args.no_baseline,
+                command="benchmarks/prune.py",
+            )
             by = {row["model"].split(" (")[0]: row["top1 %"] for row in kd["rows"]}
-            rec = {"mac_reduction": pr["report"]["mac_reduction"], "teacher": by["teacher"],
-                   "before_kd": by["student before KD"], "after_kd": by["student after KD"],
-                   "finetune_no_kd": by.get("student fine-tuned without KD"), "epochs": args.kd_epochs}
+            rec = {
+                "mac_reduction": pr["report"]["mac_reduction"],
+                "teacher": by["teacher"],
+                "before_kd": by["student before KD"],
+                "after_kd": by["student after KD"],
+                "finetune_no_kd": by.get("student fine-tuned without KD"),
+                "epochs": args.kd_epochs,
+            }
             res["kd"].append(rec)
-            kd_rows.append({"model": name, "MAC red. %": f"{100 * rec['mac_reduction']:.1f}",
-                            "teacher": rec["teacher"], "pruned (no FT)": rec["before_kd"],
-                            f"+KD {args.kd_epochs} ep": rec["after_kd"],
-                            f"+FT no KD {args.kd_epochs} ep": rec["finetune_no_kd"],
-                            "KD - teacher (pt)": f"{rec['after_kd'] - rec['teacher']:+.2f}"})
+            kd_rows.append(
+                {
+                    "model": name,
+                    "MAC red. %": f"{100 * rec['mac_reduction']:.1f}",
+                    "teacher": rec["teacher"],
+                    "pruned (no FT)": rec["before_kd"],
+                    f"+KD {args.kd_epochs} ep": rec["after_kd"],
+                    f"+FT no KD {args.kd_epochs} ep": rec["finetune_no_kd"],
+                    "KD - teacher (pt)": f"{rec['after_kd'] - rec['teacher']:+.2f}",
+                }
+            )
             for key, path in ((f"pruned {100 * r:.0f}%", pruned_ck), (f"pruned {100 * r:.0f}% + KD", kd_ck)):
                 onnx_paths[key] = args.out / (path.stem + FORMATS["onnx"].suffix)
                 status[key] = export_and_validate(path, onnx_paths[key])
         lat = ort_latency_ms(onnx_paths, ck["preprocessing"], args.rounds, args.runs, args.ort_threads)
         res["latency_ms"], res["validate"] = lat, status
         for k, v in lat.items():
-            lat_rows.append({"model": name, "ONNX": k, "ORT ms (b1)": round(v, 4),
-                             "vs original": f"{v / lat['original']:.2f}x", "validate": status[k]})
+            lat_rows.append(
+                {
+                    "model": name,
+                    "ONNX": k,
+                    "ORT ms (b1)": round(v, 4),
+                    "vs original": f"{v / lat['original']:.2f}x",
+                    "validate": status[k],
+                }
+            )
         results[name] = res
     plot(results, args.out / "curves.png")
-    artifacts.atomic_write_json(args.out / "results.json", {"args": {k: str(v) for k, v in vars(args).items()},
-                                                            "results": results})
+    artifacts.atomic_write_json(
+        args.out / "results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    )
     console.print(rows_table(curve_rows, title="digits test top-1 % before fine-tuning (random: mean (min..max))"))
     if kd_rows:
         console.print(rows_table(kd_rows, title="distillation of the gradient-pruned model (teacher = original)"))
-    console.print(rows_table(lat_rows, title=f"onnxruntime latency, batch 1, {args.ort_threads} thread(s), "
-                                             f"median of {args.rounds} interleaved rounds x {args.runs} runs"))
-    console.print(f"wrote {args.out / 'curves.png'}, {args.out / 'results.json'} "
-                  f"({time.perf_counter() - t_start:.0f} s)")
+    console.print(
+        rows_table(
+            lat_rows,
+            title=f"onnxruntime latency, batch 1, {args.ort_threads} thread(s), "
+            f"median of {args.rounds} interleaved rounds x {args.runs} runs",
+        )
+    )
+    console.print(f"wrote {args.out / 'curves.png'}, {args.out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
 

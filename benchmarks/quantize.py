@@ -53,14 +53,32 @@ def make_224(name: str, work: Path, epochs: int) -> tuple[Path, Path, str]:
     if not ckpt.exists():
         if epochs:
             _log(f"training {name} at 224x224 on digits for {epochs} epoch(s)")
-            run_train(name, "digits", str(ckpt), cfg=TrainConfig(epochs=epochs, batch_size=32), img_size=224,
-                      show_progress=False, command="benchmarks/quantize.py")
+            run_train(
+                name,
+                "digits",
+                str(ckpt),
+                cfg=TrainConfig(epochs=epochs, batch_size=32),
+                img_size=224,
+                show_progress=False,
+                command="benchmarks/quantize.py",
+            )
         else:
             torch.manual_seed(0)
-            pre = {"size": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "layout": "NCHW",
-                   "dataset": "digits-rgb224"}
-            save_checkpoint(ckpt, create_model(name, in_chans=3, img_size=224), preprocessing=pre,
-                            classes=[str(i) for i in range(10)], provenance_rec=provenance("benchmarks/quantize.py"))
+            pre = {
+                "size": 224,
+                "channels": 3,
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "layout": "NCHW",
+                "dataset": "digits-rgb224",
+            }
+            save_checkpoint(
+                ckpt,
+                create_model(name, in_chans=3, img_size=224),
+                preprocessing=pre,
+                classes=[str(i) for i in range(10)],
+                provenance_rec=provenance("benchmarks/quantize.py"),
+            )
     if not onx.exists():
         export_onnx(ckpt, onx)
     return ckpt, onx, data
@@ -70,14 +88,27 @@ def ort_variants(onx: Path, data: str, work: Path, scored: bool) -> tuple[dict[s
     from edgeconv.quantize import QuantizeRequest, quantize
 
     out, records = {"ORT FP32": onx}, {}
-    for label, prec, ops in (("ORT FP16", "fp16", "auto"), ("ORT INT8 (default: portable, auto)", "int8", "auto"),
-                             ("ORT INT8 (all weight layers)", "int8", "weights")):
+    for label, prec, ops in (
+        ("ORT FP16", "fp16", "auto"),
+        ("ORT INT8 (default: portable, auto)", "int8", "auto"),
+        ("ORT INT8 (all weight layers)", "int8", "weights"),
+    ):
         p = work / f"{onx.stem}.{prec}.{ops}.onnx"
         if not p.exists():
             _log(f"quantizing {label}")
-            rep = quantize(QuantizeRequest(onx, p, prec, "ort", data=data if prec == "int8" else None,
-                                           calib_limit=100 if prec == "int8" else None, ops=ops,
-                                           eval_data=data if scored else None, command="benchmarks/quantize.py"))
+            rep = quantize(
+                QuantizeRequest(
+                    onx,
+                    p,
+                    prec,
+                    "ort",
+                    data=data if prec == "int8" else None,
+                    calib_limit=100 if prec == "int8" else None,
+                    ops=ops,
+                    eval_data=data if scored else None,
+                    command="benchmarks/quantize.py",
+                )
+            )
             (p.with_suffix(".notes.json")).write_text(json.dumps({"notes": rep.notes, "details": rep.details}))
         out[label] = p
         records[label] = _record_of(p)
@@ -114,8 +145,10 @@ def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> t
 
     names = list(sessions)
     times = dict(zip(names, interleaved_times(list(sessions.values()), x, seconds=0, min_runs=reps)))
-    return ({k: float(np.median(v)) for k, v in times.items()},
-            {k: paired_ratio(v, times[reference]) for k, v in times.items()})
+    return (
+        {k: float(np.median(v)) for k, v in times.items()},
+        {k: paired_ratio(v, times[reference]) for k, v in times.items()},
+    )
 
 
 def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> list[dict]:
@@ -161,14 +194,25 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> li
         size = p.stat().st_size
         r = ort_ratio.get(k)
         b1 = r[1]["ratio"] if r else lat[k][1] / fp32_lat[rt][1]
-        b16 = (f"{r[16]['ratio']:.2f} [{r[16]['ci'][0]:.2f}, {r[16]['ci'][1]:.2f}]" if r
-               else f"{lat[k][16] / fp32_lat[rt][16]:.2f}")
-        rows.append({"model": f"{name} 224", "artifact": k,
-                     "top-1 %": round(acc[k], 2) if acc[k] is not None else "-",
-                     "drop": round(fp32_acc[rt] - acc[k], 2) if acc[k] is not None else "-",
-                     "size KiB": round(size / 1024, 1), "size vs FP32": round(size / fp32_size[rt], 2),
-                     "b1 ms": round(lat[k][1], 2), "b1 vs FP32": round(b1, 2),
-                     "b16 ms": round(lat[k][16], 1), "b16 vs FP32 [95% CI]": b16})
+        b16 = (
+            f"{r[16]['ratio']:.2f} [{r[16]['ci'][0]:.2f}, {r[16]['ci'][1]:.2f}]"
+            if r
+            else f"{lat[k][16] / fp32_lat[rt][16]:.2f}"
+        )
+        rows.append(
+            {
+                "model": f"{name} 224",
+                "artifact": k,
+                "top-1 %": round(acc[k], 2) if acc[k] is not None else "-",
+                "drop": round(fp32_acc[rt] - acc[k], 2) if acc[k] is not None else "-",
+                "size KiB": round(size / 1024, 1),
+                "size vs FP32": round(size / fp32_size[rt], 2),
+                "b1 ms": round(lat[k][1], 2),
+                "b1 vs FP32": round(b1, 2),
+                "b16 ms": round(lat[k][16], 1),
+                "b16 vs FP32 [95% CI]": b16,
+            }
+        )
     del model
     return rows
 
@@ -199,12 +243,20 @@ def part2(ckpts: list[Path], work: Path) -> list[dict]:
                 _log(f"{ck.name}: {backend} {prec}")
                 record = quantize(QuantizeRequest(ck, out, prec, backend, command="benchmarks/quantize.py")).record
             acc = record["accuracy"]
-            rows.append({"model": f"{fam} ({ck.name})", "artifact": f"{backend} {prec.upper()}",
-                         "float top-1 %": acc["float_top1"], "quantized top-1 %": acc["quantized_top1"],
-                         "drop (points)": acc["drop"], "target": record.get("target") or "-",
-                         "size vs float": record["size_bytes"]["ratio"],
-                         "If nodes": record.get("if_nodes", "-"), "routing": record.get("routing"),
-                         "seconds": round(time.perf_counter() - t, 1)})
+            rows.append(
+                {
+                    "model": f"{fam} ({ck.name})",
+                    "artifact": f"{backend} {prec.upper()}",
+                    "float top-1 %": acc["float_top1"],
+                    "quantized top-1 %": acc["quantized_top1"],
+                    "drop (points)": acc["drop"],
+                    "target": record.get("target") or "-",
+                    "size vs float": record["size_bytes"]["ratio"],
+                    "If nodes": record.get("if_nodes", "-"),
+                    "routing": record.get("routing"),
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
     return rows
 
 
@@ -219,15 +271,23 @@ def main() -> None:
     from edgeconv.hostcpu import cpu_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", default=None,
-                    help="zoo model for the 224x224 latency part (repeatable; default hvt-small and acmix-small)")
+    ap.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="zoo model for the 224x224 latency part (repeatable; default hvt-small and acmix-small)",
+    )
     ap.add_argument("--ckpt", action="append", type=Path, default=[], help="digits checkpoint for the top-1 part")
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept; reruns reuse its artifacts)")
     ap.add_argument("--reps", type=int, default=200, help="interleaved onnxruntime repetitions at batch 1")
     ap.add_argument("--reps16", type=int, default=40, help="interleaved onnxruntime repetitions at batch 16")
     ap.add_argument("--skip-224", action="store_true")
-    ap.add_argument("--train-epochs", type=int, default=2,
-                    help="epochs of digits training for the 224x224 models (0: freshly initialised, RGB)")
+    ap.add_argument(
+        "--train-epochs",
+        type=int,
+        default=2,
+        help="epochs of digits training for the 224x224 models (0: freshly initialised, RGB)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = args.out or Path(tempfile.mkdtemp(prefix="edgeconv-qbench-"))
@@ -237,15 +297,20 @@ def main() -> None:
     result = {"cpu": cpu}
     _log(f"CPU: {where}")
     if not args.skip_224:
-        result["latency_224"] = [row for name in args.model or ["hvt-small", "acmix-small"]
-                                 for row in part1(name, work, args.reps, args.reps16, args.train_epochs)]
-        console.print(rows_table(result["latency_224"],
-                                 title=f"224x224 hybrids on {where} (1 thread; ORT: medians of interleaved "
-                                       "repetitions)"))
+        result["latency_224"] = [
+            row
+            for name in args.model or ["hvt-small", "acmix-small"]
+            for row in part1(name, work, args.reps, args.reps16, args.train_epochs)
+        ]
+        console.print(
+            rows_table(
+                result["latency_224"],
+                title=f"224x224 hybrids on {where} (1 thread; ORT: medians of interleaved repetitions)",
+            )
+        )
     if args.ckpt:
         result["top1_digits"] = part2(args.ckpt, work)
-        console.print(rows_table(result["top1_digits"], title=f"top-1 on the digits test split (359 images) on "
-                                                              f"{where}"))
+        console.print(rows_table(result["top1_digits"], title=f"top-1 on the digits test split (359 images) on {where}"))
     (work / "quantize_bench.json").write_text(json.dumps(result, indent=2))
     _log(f"results in {work / 'quantize_bench.json'}")
 

@@ -154,9 +154,16 @@ def make_session(path: Path, level: str, threads: int | None):
     return session(path, options=so, disabled_optimizers=disabled)
 
 
-def time_interleaved(graphs: dict[str, Path], x: np.ndarray, level: str, reps: int, runs: int,
-                     threads: int | None, sessions: int = 3,
-                     fresh_every: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def time_interleaved(
+    graphs: dict[str, Path],
+    x: np.ndarray,
+    level: str,
+    reps: int,
+    runs: int,
+    threads: int | None,
+    sessions: int = 3,
+    fresh_every: int = 0,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per-repetition mean latency (ms) of every graph, and per-repetition ratios to soft and to static:conv.
 
     Ratios are taken within a repetition (graphs timed back to back, in a shuffled order) so that load changes on
@@ -220,18 +227,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-chans", type=int, default=3)
     ap.add_argument("--depth", type=int, default=None, help="override the number of routed blocks")
     ap.add_argument("--dim", type=int, default=None, help="override the block width (routed family)")
-    ap.add_argument("--token-grid", type=int, default=28,
-                    help="largest token grid the stem may leave (routed family; 28: 28x28 at 224; the zoo's 16: 14x14)")
-    ap.add_argument("--levels", default="all,all-nonchwc,extended",
-                    help=f"onnxruntime optimisation settings to measure ({', '.join(LEVELS)})")
+    ap.add_argument(
+        "--token-grid",
+        type=int,
+        default=28,
+        help="largest token grid the stem may leave (routed family; 28: 28x28 at 224; the zoo's 16: 14x14)",
+    )
+    ap.add_argument(
+        "--levels",
+        default="all,all-nonchwc,extended",
+        help=f"onnxruntime optimisation settings to measure ({', '.join(LEVELS)})",
+    )
     ap.add_argument("--reps", type=int, default=25, help="interleaved repetitions (median reported)")
     ap.add_argument("--runs", type=int, default=2, help="runs per repetition")
     ap.add_argument("--sessions", type=int, default=3, help="onnxruntime sessions per graph (their times averaged)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0: ORT's default)")
-    ap.add_argument("--fresh-every", type=int, default=10,
-                    help="rebuild every session after this many repetitions (0: one set of sessions for the run)")
-    ap.add_argument("--cpu", type=int, default=-1,
-                    help="pin the process to the Nth core it may run on (-1: the last one; with --threads 1 only)")
+    ap.add_argument(
+        "--fresh-every",
+        type=int,
+        default=10,
+        help="rebuild every session after this many repetitions (0: one set of sessions for the run)",
+    )
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=-1,
+        help="pin the process to the Nth core it may run on (-1: the last one; with --threads 1 only)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="keep the exported graphs here")
     args = ap.parse_args(argv)
 
@@ -241,13 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     if not routers(model):
         raise SystemExit(f"{args.model} has no routers")
     force_route(model, "conv")
-    pre = {"size": args.img_size, "channels": args.in_chans, "mean": [0.5] * args.in_chans,
-           "std": [0.25] * args.in_chans, "layout": "NCHW"}
+    pre = {
+        "size": args.img_size,
+        "channels": args.in_chans,
+        "mean": [0.5] * args.in_chans,
+        "std": [0.25] * args.in_chans,
+        "layout": "NCHW",
+    }
     work = args.work or Path(tempfile.mkdtemp(prefix="edgeconv_routing_"))
     work.mkdir(parents=True, exist_ok=True)
-    graphs = {"gated->conv": work / "gated_conv.onnx", "gated->attn": work / "gated_attn.onnx",
-              "soft": work / "soft.onnx", "static:conv": work / "static_conv.onnx",
-              "router, no If": work / "router_no_if.onnx"}
+    graphs = {
+        "gated->conv": work / "gated_conv.onnx",
+        "gated->attn": work / "gated_attn.onnx",
+        "soft": work / "soft.onnx",
+        "static:conv": work / "static_conv.onnx",
+        "router, no If": work / "router_no_if.onnx",
+    }
     for key, routing in (("gated->conv", "gated"), ("soft", "soft"), ("static:conv", "static:conv")):
         if not graphs[key].exists():
             t0 = time.perf_counter()
@@ -260,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no router bias found in the gated graph; cannot make a routed-to-attention copy")
 
     x = np.random.default_rng(0).standard_normal((1, args.in_chans, args.img_size, args.img_size)).astype(np.float32)
-    errs = {"gated->conv": check_graph(graphs["gated->conv"], model, x, "hard"),
-            "soft": check_graph(graphs["soft"], model, x, "soft"),
-            "static:conv": check_graph(graphs["static:conv"], model, x, "static:conv"),
-            "router, no If": check_graph(graphs["router, no If"], model, x, "hard")}
+    errs = {
+        "gated->conv": check_graph(graphs["gated->conv"], model, x, "hard"),
+        "soft": check_graph(graphs["soft"], model, x, "soft"),
+        "static:conv": check_graph(graphs["static:conv"], model, x, "static:conv"),
+        "router, no If": check_graph(graphs["router, no If"], model, x, "hard"),
+    }
     force_route(model, "attn")
     errs["gated->attn"] = check_graph(graphs["gated->attn"], model, x, "hard")
     bad = {k: v for k, v in errs.items() if not v <= 1e-3}
@@ -277,25 +310,37 @@ def main(argv: list[str] | None = None) -> int:
     pinned = pin_to_one_cpu(args.cpu if args.threads == 1 else None)
     rebuilt = f"rebuilt every {args.fresh_every} reps" if args.fresh_every > 0 else "never rebuilt"
     grid = f", token grid {args.token_grid} max" if args.token_grid else ""
-    console.print(f"model {args.model} depth {len(routers(model))}{grid} at {args.in_chans}x{args.img_size}x"
-                  f"{args.img_size}, {params / 1e6:.2f} M params, batch 1; onnxruntime "
-                  f"{__import__('onnxruntime').__version__}, {args.reps} interleaved reps x {args.runs} runs x "
-                  f"{args.sessions} sessions ({rebuilt}), {args.threads} thread(s), "
-                  f"{pinned}; "
-                  f"max |ORT - PyTorch| {max(errs.values()):.1e}")
+    console.print(
+        f"model {args.model} depth {len(routers(model))}{grid} at {args.in_chans}x{args.img_size}x"
+        f"{args.img_size}, {params / 1e6:.2f} M params, batch 1; onnxruntime "
+        f"{__import__('onnxruntime').__version__}, {args.reps} interleaved reps x {args.runs} runs x "
+        f"{args.sessions} sessions ({rebuilt}), {args.threads} thread(s), "
+        f"{pinned}; "
+        f"max |ORT - PyTorch| {max(errs.values()):.1e}"
+    )
     summary: dict[str, dict[str, str]] = {}
     for level in [s.strip() for s in args.levels.split(",") if s.strip()]:
-        times, ratios = time_interleaved(graphs, x, level, args.reps, args.runs, args.threads, args.sessions,
-                                         args.fresh_every)
+        times, ratios = time_interleaved(
+            graphs, x, level, args.reps, args.runs, args.threads, args.sessions, args.fresh_every
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
         rmed = {k: statistics.median(v) for k, v in ratios.items()}
-        rows = [{"graph": k, "median ms": round(v, 2), "vs soft": round(rmed[f"{k} / soft"], 3),
-                 "vs static:conv": round(rmed[f"{k} / static:conv"], 3)} for k, v in med.items()]
+        rows = [
+            {
+                "graph": k,
+                "median ms": round(v, 2),
+                "vs soft": round(rmed[f"{k} / soft"], 3),
+                "vs static:conv": round(rmed[f"{k} / static:conv"], 3),
+            }
+            for k, v in med.items()
+        ]
         console.print(rows_table(rows, title=f"onnxruntime CPU, level {level} (ratios: medians of per-rep ratios)"))
 
         overhead_key = "gated->conv / static:conv"
-        ci = {k: median_ci(ratios[k]) for k in (overhead_key, "gated->conv / router, no If",
-                                                 "router, no If / static:conv", f"{COPY} / static:conv")}
+        ci = {
+            k: median_ci(ratios[k])
+            for k in (overhead_key, "gated->conv / router, no If", "router, no If / static:conv", f"{COPY} / static:conv")
+        }
 
         def pct(key: str) -> str:
             lo, hi = ci[key]
@@ -305,14 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         overhead = rmed[overhead_key] - 1
         # the If target needs the whole confidence interval under 5%, not only the median
         if_verdict = "met" if ci[overhead_key][1] - 1 <= 0.05 else ("median only" if overhead <= 0.05 else "NOT met")
-        summary[level] = {"gated->conv ms": f"{med['gated->conv']:.2f}",
-                          "gated->conv / soft": f"{conv_soft:.3f}",
-                          "If overhead vs static:conv %": pct(overhead_key),
-                          "  of which If dispatch %": pct("gated->conv / router, no If"),
-                          "  of which router + scale %": pct("router, no If / static:conv"),
-                          "copy of static:conv % (resolution)": pct(f"{COPY} / static:conv"),
-                          "target gated->conv <= 0.6x soft": "met" if conv_soft <= 0.6 else "NOT met",
-                          "target If overhead <= 5% (CI)": if_verdict}
+        summary[level] = {
+            "gated->conv ms": f"{med['gated->conv']:.2f}",
+            "gated->conv / soft": f"{conv_soft:.3f}",
+            "If overhead vs static:conv %": pct(overhead_key),
+            "  of which If dispatch %": pct("gated->conv / router, no If"),
+            "  of which router + scale %": pct("router, no If / static:conv"),
+            "copy of static:conv % (resolution)": pct(f"{COPY} / static:conv"),
+            "target gated->conv <= 0.6x soft": "met" if conv_soft <= 0.6 else "NOT met",
+            "target If overhead <= 5% (CI)": if_verdict,
+        }
     if summary:
         console.print(_summary_table(summary))
     return 0

@@ -43,10 +43,20 @@ def measure_family(family: str, out_dir: Path, epochs: int, threads: int, reuse:
     params, macs = count_params_macs(model, ck["preprocessing"])
     test = load_samples("digits", ck["preprocessing"], "test")
     hard = evaluate(model, test)
-    row = {"family": family, "epochs": epochs, "params": params, "MACs (M)": round(macs / 1e6, 2),
-           "train s": ck["metrics"]["train_seconds"], "wall s": round(wall, 1), "CPU s": round(cpu, 1),
-           "load avg": round(load, 1),
-           "test top-1 %": round(hard["top1"], 2), "soft top-1 %": None, "hard-soft": None, "attn share %": None}
+    row = {
+        "family": family,
+        "epochs": epochs,
+        "params": params,
+        "MACs (M)": round(macs / 1e6, 2),
+        "train s": ck["metrics"]["train_seconds"],
+        "wall s": round(wall, 1),
+        "CPU s": round(cpu, 1),
+        "load avg": round(load, 1),
+        "test top-1 %": round(hard["top1"], 2),
+        "soft top-1 %": None,
+        "hard-soft": None,
+        "attn share %": None,
+    }
     if routers(model):
         n_attn = sum(v["attn"] for v in hard["routing"].values())
         n_all = sum(v["attn"] + v["conv"] for v in hard["routing"].values())
@@ -63,8 +73,9 @@ def to_markdown(rows: list[dict]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join("-" if r[c] is None else (f"{r[c]:,}" if c == "params" else str(r[c]))
-                                       for c in cols) + " |")
+        lines.append(
+            "| " + " | ".join("-" if r[c] is None else (f"{r[c]:,}" if c == "params" else str(r[c])) for c in cols) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -78,8 +89,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the acceptance budget is 2 cores)")
     ap.add_argument("--out", type=Path, default=Path("runs/zoo"))
-    ap.add_argument("--reuse", action="store_true",
-                    help="use a family's measured row from an earlier run in --out (same epochs) instead of training")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use a family's measured row from an earlier run in --out (same epochs) instead of training",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = [f for f in args.families.split(",") if f] or [f for f in families() if f != "timm"]
@@ -89,8 +103,9 @@ def main() -> int:
         console.print(f"[bold]{fam}-tiny[/]: training {args.epochs} epochs on digits")
         rows.append(measure_family(fam, args.out, args.epochs, args.threads, args.reuse))
         console.print(rows_table(rows[-1:]))
-    console.print(rows_table(rows, title=f"zoo: tiny variants, digits test split, {args.epochs} epochs, "
-                                         f"{args.threads} threads"))
+    console.print(
+        rows_table(rows, title=f"zoo: tiny variants, digits test split, {args.epochs} epochs, {args.threads} threads")
+    )
     artifacts.atomic_write_json(args.out / "zoo.json", rows)
     artifacts.atomic_write_text(args.out / "zoo.md", to_markdown(rows))
     below = [r["family"] for r in rows if r["test top-1 %"] < 95.0]

@@ -59,7 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def _remove_orphans(dest: Path) -> None:
     """Temp files of `dest` left by a writer that was killed (its pid, in the name, no longer runs)."""
     for tmp in dest.parent.glob(f".{glob_escape(dest.name)}.*.tmp"):
-        pid = tmp.name[len(dest.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(dest.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -70,7 +70,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:
-        return True   # exists, owned by someone else
+        return True  # exists, owned by someone else
     return True
 
 
@@ -116,9 +116,16 @@ def provenance(command: str, parent: str | os.PathLike | None = None, parent_inf
     return rec
 
 
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, preprocessing: dict, classes: list[str],
-                    metrics: dict | None = None, provenance_rec: dict | None = None,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    *,
+    preprocessing: dict,
+    classes: list[str],
+    metrics: dict | None = None,
+    provenance_rec: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write a self-describing checkpoint atomically. `model.cfg` must be the JSON-able config the registry reads."""
     cfg = getattr(model, "cfg", None)
     if not isinstance(cfg, dict) or "family" not in cfg:
@@ -173,8 +180,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 - arbitrary bytes fail inside torch.load in many ways (IndexError, ...)
         raise EdgeconvError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise EdgeconvError(f"{p}: not an edgeconv checkpoint (expected format {FORMAT!r}); "
-                            "bring a timm model with --model timm:NAME --weights FILE")
+        raise EdgeconvError(
+            f"{p}: not an edgeconv checkpoint (expected format {FORMAT!r}); "
+            "bring a timm model with --model timm:NAME --weights FILE"
+        )
     problem = _checkpoint_problem(ckpt)
     if problem:
         raise EdgeconvError(f"{p}: malformed edgeconv checkpoint ({problem})")
@@ -190,19 +199,31 @@ def _unpickling_error(p: Path, text: str) -> str:
     """Name what the file asked for: torch's weights-only unpickler explains at length, we say it in one line."""
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
-        return (f"{p}: refusing to load: unpickling it would import and run {m.group(1)!r}; "
-                "edgeconv never executes code from a file")
+        return (
+            f"{p}: refusing to load: unpickling it would import and run {m.group(1)!r}; "
+            "edgeconv never executes code from a file"
+        )
     if "Weights only load failed" in text:
-        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "an object weights-only "
-                      "loading does not allow")
-        return (f"{p}: corrupt or truncated checkpoint, or a pickle that weights-only loading refuses "
-                f"({detail[:120]})")
+        detail = next(
+            (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "an object weights-only loading does not allow"
+        )
+        return f"{p}: corrupt or truncated checkpoint, or a pickle that weights-only loading refuses ({detail[:120]})"
     return f"{p}: corrupt or truncated checkpoint ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
 
 
 # Bounds on what a recorded config may ask the builder for: a file must not make `info` build a model for hours.
-CONFIG_BOUNDS = {"depth": 64, "dim": 8192, "heads": 256, "img_size": 2048, "in_chans": 16, "num_classes": 100_000,
-                 "mlp_ratio": 64, "token_grid": 2048, "window": 2048, "topk": 1_000_000}
+CONFIG_BOUNDS = {
+    "depth": 64,
+    "dim": 8192,
+    "heads": 256,
+    "img_size": 2048,
+    "in_chans": 16,
+    "num_classes": 100_000,
+    "mlp_ratio": 64,
+    "token_grid": 2048,
+    "window": 2048,
+    "topk": 1_000_000,
+}
 
 
 def config_problem(cfg: dict) -> str | None:
@@ -254,8 +275,9 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
         # the config came from the file: a value the builder cannot use is the file's fault, not a bug
-        raise EdgeconvError(f"{path}: recorded config does not build a {ckpt['family']!r} model "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+        raise EdgeconvError(
+            f"{path}: recorded config does not build a {ckpt['family']!r} model ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -336,17 +358,33 @@ def describe_checkpoint(path: Path) -> dict:
     cfg = dict(ckpt["config"])
     prov = ckpt.get("provenance", {})
     return {
-        "artifact": {"path": str(path), "type": "edgeconv checkpoint", "sha256": short_hash(file_sha256(path)),
-                     "size": f"{path.stat().st_size / 1024:.1f} KiB"},
-        "model": {"family": ckpt["family"], "variant": cfg.get("variant", "?"), "params": f"{params:,}",
-                  "MACs": f"{macs:,}", "config": json.dumps({k: v for k, v in cfg.items() if k != "structure"}),
-                  "pruned structure": json.dumps(cfg.get("structure")) if cfg.get("structure") else "none"},
-        "input": {"shape": f"[N, {pre['channels']}, {pre['size']}, {pre['size']}]", "layout": pre.get("layout", "NCHW"),
-                  "mean/std": f"{pre.get('mean')} / {pre.get('std')}", "classes": ", ".join(ckpt["classes"])},
+        "artifact": {
+            "path": str(path),
+            "type": "edgeconv checkpoint",
+            "sha256": short_hash(file_sha256(path)),
+            "size": f"{path.stat().st_size / 1024:.1f} KiB",
+        },
+        "model": {
+            "family": ckpt["family"],
+            "variant": cfg.get("variant", "?"),
+            "params": f"{params:,}",
+            "MACs": f"{macs:,}",
+            "config": json.dumps({k: v for k, v in cfg.items() if k != "structure"}),
+            "pruned structure": json.dumps(cfg.get("structure")) if cfg.get("structure") else "none",
+        },
+        "input": {
+            "shape": f"[N, {pre['channels']}, {pre['size']}, {pre['size']}]",
+            "layout": pre.get("layout", "NCHW"),
+            "mean/std": f"{pre.get('mean')} / {pre.get('std')}",
+            "classes": ", ".join(ckpt["classes"]),
+        },
         "metrics": {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in ckpt.get("metrics", {}).items()},
-        "provenance": {"command": prov.get("command"), "edgeconv": prov.get("edgeconv_version"),
-                       "parent": prov.get("parent_sha256") and short_hash(prov["parent_sha256"]),
-                       "chain": " <- ".join(str(c.get("command")) for c in reversed(prov.get("chain", []))) or "-"},
+        "provenance": {
+            "command": prov.get("command"),
+            "edgeconv": prov.get("edgeconv_version"),
+            "parent": prov.get("parent_sha256") and short_hash(prov["parent_sha256"]),
+            "chain": " <- ".join(str(c.get("command")) for c in reversed(prov.get("chain", []))) or "-",
+        },
     }
 
 

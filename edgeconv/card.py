@@ -22,15 +22,22 @@ from typing import Any
 from edgeconv.errors import EdgeconvError
 from edgeconv.formats import format_of, sidecar_path, sidecar_paths
 
-METADATA_FORMAT = "edgeconv.onnx/1"           # the `edgeconv.format` prop of an exported ONNX
+METADATA_FORMAT = "edgeconv.onnx/1"  # the `edgeconv.format` prop of an exported ONNX
 FORMAT_KEY = "edgeconv.format"
-RECORD_FORMAT = "edgeconv.quantization/1"     # the `format` field of a quantization record
-QUANTIZATION_KEY = "edgeconv.quantization"    # the quantization record: an ONNX metadata key, or the sidecar itself
+RECORD_FORMAT = "edgeconv.quantization/1"  # the `format` field of a quantization record
+QUANTIZATION_KEY = "edgeconv.quantization"  # the quantization record: an ONNX metadata key, or the sidecar itself
 JSON_KEYS = ("config", "classes", "preprocessing", "provenance", QUANTIZATION_KEY)  # props stored as JSON text
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("family", "variant", "config", "classes", "preprocessing")  # what a sidecar copies from its source
-_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-             "DynamicQuantizeLinear"}
+_INT8_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+}
 
 
 @dataclass
@@ -38,8 +45,8 @@ class ModelCard:
     """What one artifact records about itself (fields are None / empty where the file does not say)."""
 
     path: Path
-    format: str                                   # a `formats.FORMATS` name
-    precision: str = "?"                          # fp32 | fp16 | int8 (| "engine" for a serialized TensorRT plan)
+    format: str  # a `formats.FORMATS` name
+    precision: str = "?"  # fp32 | fp16 | int8 (| "engine" for a serialized TensorRT plan)
     family: str | None = None
     variant: str | None = None
     config: dict = field(default_factory=dict)
@@ -47,8 +54,8 @@ class ModelCard:
     preprocessing: dict | None = None
     routing: str | None = None
     provenance: dict = field(default_factory=dict)
-    quantization: dict | None = None              # the quantization record of a quantized artifact
-    props: dict = field(default_factory=dict)     # everything the file stores, decoded (ONNX props or sidecar)
+    quantization: dict | None = None  # the quantization record of a quantized artifact
+    props: dict = field(default_factory=dict)  # everything the file stores, decoded (ONNX props or sidecar)
 
     @property
     def target(self) -> str | None:
@@ -197,9 +204,19 @@ def read_card(path: str | Path, proto=None) -> ModelCard:
 
         ck = read_checkpoint(p)
         cfg = dict(ck["config"])
-        return ModelCard(p, fmt.name, precision="fp32", family=ck["family"], variant=cfg.get("variant"),
-                         config=cfg, classes=[str(c) for c in ck["classes"]], preprocessing=ck["preprocessing"],
-                         routing=None, provenance=dict(ck.get("provenance") or {}), props={})
+        return ModelCard(
+            p,
+            fmt.name,
+            precision="fp32",
+            family=ck["family"],
+            variant=cfg.get("variant"),
+            config=cfg,
+            classes=[str(c) for c in ck["classes"]],
+            preprocessing=ck["preprocessing"],
+            routing=None,
+            provenance=dict(ck.get("provenance") or {}),
+            props={},
+        )
     if fmt.name == "onnx":
         proto = load_onnx_proto(p, external_data=False) if proto is None else proto
         props = decode_props(proto)
@@ -221,11 +238,15 @@ def _card_from(path: Path, fmt: str, props: dict, rec: dict | None) -> ModelCard
         pre = (rec or {}).get("preprocessing")
     classes = props.get("classes") if isinstance(props.get("classes"), list) else (rec or {}).get("classes")
     return ModelCard(
-        path, fmt,
+        path,
+        fmt,
         family=props.get("family") or (src.get("family") if isinstance(src, dict) else None) or cfg.get("family"),
         variant=props.get("variant") or (src.get("variant") if isinstance(src, dict) else None),
-        config=cfg, classes=[str(c) for c in classes] if isinstance(classes, list) else [],
+        config=cfg,
+        classes=[str(c) for c in classes] if isinstance(classes, list) else [],
         preprocessing=pre if isinstance(pre, dict) and pre else None,
         routing=props.get("routing") or (rec or {}).get("routing"),
         provenance=props.get("provenance") if isinstance(props.get("provenance"), dict) else {},
-        quantization=rec, props=props)
+        quantization=rec,
+        props=props,
+    )

@@ -54,20 +54,30 @@ def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg |
             raise EdgeconvError(f"{name} {p} is a directory, expected a file path to write")
         existing = next((q for q in [p.parent, *p.parent.parents] if q.exists()), None)
         if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
-            raise EdgeconvError(f"{name} {p}: cannot write there ({existing} is "
-                                f"{'not a folder' if not existing.is_dir() else 'not writable'})")
+            raise EdgeconvError(
+                f"{name} {p}: cannot write there ({existing} is "
+                f"{'not a folder' if not existing.is_dir() else 'not writable'})"
+            )
         for in_name, q in ins:
             if _same(p, q):
-                raise EdgeconvError(f"{name} {p} is also the input {in_name}: writing it would destroy the input; "
-                                    "choose another path")
+                raise EdgeconvError(
+                    f"{name} {p} is also the input {in_name}: writing it would destroy the input; choose another path"
+                )
     for i, (name, p) in enumerate(outs):
-        for other, q in outs[i + 1:]:
+        for other, q in outs[i + 1 :]:
             if _same(p, q):
                 raise EdgeconvError(f"{name} and {other} are the same file ({p}); give each output its own path")
 
 
-def check_number(name: str, value: float | int | None, *, min: float | None = None, max: float | None = None,
-                 min_open: bool = False, max_open: bool = False) -> None:
+def check_number(
+    name: str,
+    value: float | int | None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> None:
     """`value` (when given) is a finite number within [min, max] (open ends where asked), else one line."""
     if value is None:
         return
@@ -82,7 +92,7 @@ def check_number(name: str, value: float | int | None, *, min: float | None = No
         raise EdgeconvError(f"{name} must be in {rng}, got {value}")
 
 
-MAX_IMG_SIZE = 2048   # the largest input edge a model is built for (a 2048x2048 stem already needs GBs per batch)
+MAX_IMG_SIZE = 2048  # the largest input edge a model is built for (a 2048x2048 stem already needs GBs per batch)
 MAX_IN_CHANS = 16
 
 
@@ -91,9 +101,15 @@ def check_input_shape(img_size: int | None, in_chans: int | None) -> None:
     check_number("--in-chans", in_chans, min=1, max=MAX_IN_CHANS)
 
 
-def check_training(*, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-                   weight_decay: float | None = None, label_smoothing: float | None = None,
-                   clip_grad: float | None = None) -> None:
+def check_training(
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    label_smoothing: float | None = None,
+    clip_grad: float | None = None,
+) -> None:
     """Training hyper-parameters (train, distill): finite and in the ranges any run can use."""
     check_number("--epochs", epochs, min=1, max=100_000)
     check_number("--batch-size", batch_size, min=1, max=65_536)

@@ -21,15 +21,22 @@ from edgeconv.options import cli_options
 from edgeconv.checks import check_input_shape, check_inputs, check_number, check_outputs, check_training
 from edgeconv.quantize import BACKENDS as QBACKENDS
 from edgeconv.quantize import QuantizeSettings
-from edgeconv.settings import (DATA_HELP, BenchSettings, DistillSettings, ExportSettings, PruneSettings,
-                               TrainSettings, ValidateSettings)
+from edgeconv.settings import (
+    DATA_HELP,
+    BenchSettings,
+    DistillSettings,
+    ExportSettings,
+    PruneSettings,
+    TrainSettings,
+    ValidateSettings,
+)
 
 ROUTING_HELP = "gated (default) | soft | select | static:conv | static:attn"
 
 app = typer.Typer(
     name="edgeconv",
     help="Take hybrid conv + attention vision models to edge devices: "
-         "train -> prune -> distill -> export -> quantize -> validate -> bench.",
+    "train -> prune -> distill -> export -> quantize -> validate -> bench.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -44,15 +51,18 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     pass
 
 
 # ------------------------------------------------------------------------------------------------ models / train / eval
 @app.command("models")
-def models_cmd(img_size: int = typer.Option(32, help="Input size used to count MACs."),
-               in_chans: int = typer.Option(1, help="Input channels used to count MACs.")) -> None:
+def models_cmd(
+    img_size: int = typer.Option(32, help="Input size used to count MACs."),
+    in_chans: int = typer.Option(1, help="Input channels used to count MACs."),
+) -> None:
     """List model families and sizes with params and MACs.
 
     Example: edgeconv models --img-size 224 --in-chans 3
@@ -65,48 +75,82 @@ def models_cmd(img_size: int = typer.Option(32, help="Input size used to count M
         for v in fam.variants:
             m = create_model(f"{fam.name}-{v}", in_chans=in_chans, img_size=img_size)
             p, macs = count_params_macs(m, {"channels": in_chans, "size": img_size})
-            rows.append({"model": f"{fam.name}-{v}", "params": f"{p:,}", "MACs": f"{macs / 1e6:.1f} M",
-                         "routed": "yes" if fam.routed else "", "what": fam.description})
-    rows.append({"model": "timm:NAME", "params": "", "MACs": "", "routed": "",
-                 "what": "any timm model (optional extra), pretrained=False, weights from a local file"})
+            rows.append(
+                {
+                    "model": f"{fam.name}-{v}",
+                    "params": f"{p:,}",
+                    "MACs": f"{macs / 1e6:.1f} M",
+                    "routed": "yes" if fam.routed else "",
+                    "what": fam.description,
+                }
+            )
+    rows.append(
+        {
+            "model": "timm:NAME",
+            "params": "",
+            "MACs": "",
+            "routed": "",
+            "what": "any timm model (optional extra), pretrained=False, weights from a local file",
+        }
+    )
     console.print(rows_table(rows, title=f"edgeconv model zoo at {in_chans}x{img_size}x{img_size}"))
 
 
 @app.command("train")
 @cli_options(TrainSettings, name="s")
-def train_cmd(model: str = typer.Option("routed-tiny", "--model", "-m", help="Zoo name (family-size) or timm:NAME."),
-              data: str = typer.Option("digits", help=DATA_HELP),
-              out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.pt)."),
-              seed: int = typer.Option(0),
-              in_chans: int = typer.Option(1, min=1, help="Input channels for imagefolder/npz data (3 for RGB)."),
-              weights: Optional[Path] = typer.Option(None, help="Initial weights for a timm model (state dict)."),
-              resume: Optional[Path] = typer.Option(None, help="Continue training from this checkpoint."),
-              s: TrainSettings = None) -> None:
+def train_cmd(
+    model: str = typer.Option("routed-tiny", "--model", "-m", help="Zoo name (family-size) or timm:NAME."),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.pt)."),
+    seed: int = typer.Option(0),
+    in_chans: int = typer.Option(1, min=1, help="Input channels for imagefolder/npz data (3 for RGB)."),
+    weights: Optional[Path] = typer.Option(None, help="Initial weights for a timm model (state dict)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue training from this checkpoint."),
+    s: TrainSettings = None,
+) -> None:
     """Train a model on real data and write a self-describing checkpoint.
 
     Example: edgeconv train --model routed-tiny --data digits -o model.pt
     """
     check_input_shape(s.img_size, in_chans)
-    check_training(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                   label_smoothing=s.label_smoothing)
+    check_training(
+        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, label_smoothing=s.label_smoothing
+    )
     check_inputs({"--weights": weights, "--resume": resume})
     check_outputs({"-o": out}, {"--weights": weights})
     from edgeconv.training import TrainConfig, run_train
 
-    cfg = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                      label_smoothing=s.label_smoothing, seed=seed, augment=s.augment)
-    res = run_train(model, data, str(out), cfg=cfg, img_size=s.img_size, in_chans=in_chans,
-                    resume=str(resume) if resume else None,
-                    weights=str(weights) if weights else None, command=_command())
+    cfg = TrainConfig(
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        label_smoothing=s.label_smoothing,
+        seed=seed,
+        augment=s.augment,
+    )
+    res = run_train(
+        model,
+        data,
+        str(out),
+        cfg=cfg,
+        img_size=s.img_size,
+        in_chans=in_chans,
+        resume=str(resume) if resume else None,
+        weights=str(weights) if weights else None,
+        command=_command(),
+    )
     console.print(rows_table([res], title="trained"))
 
 
 @app.command("eval")
-def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
-             data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
-             split: str = typer.Option("test", help="train | val | test | all (digits)"),
-             routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")) -> None:
+def eval_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
+    data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+    split: str = typer.Option("test", help="train | val | test | all (digits)"),
+    routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+) -> None:
     """Evaluate a checkpoint: top-1, loss, per-class accuracy, routing mix.
 
     Example: edgeconv eval model.pt --data digits --split test
@@ -127,15 +171,37 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
     res = evaluate(model, samples)
     pc = res["per_class"]
     worst = min(pc, key=pc.get) if pc else "-"
-    console.print(rows_table([{"model": f"{ck['family']}-{ck['config'].get('variant')}", "data": samples.source,
-                               "n": res["n"], "top1 %": res["top1"], "loss": res["loss"],
-                               "worst class": f"{worst} ({pc.get(worst, float('nan')):.1f}%)",
-                               "best class": f"{max(pc, key=pc.get)} ({max(pc.values()):.1f}%)" if pc else "-"}],
-                             title="evaluation"))
+    console.print(
+        rows_table(
+            [
+                {
+                    "model": f"{ck['family']}-{ck['config'].get('variant')}",
+                    "data": samples.source,
+                    "n": res["n"],
+                    "top1 %": res["top1"],
+                    "loss": res["loss"],
+                    "worst class": f"{worst} ({pc.get(worst, float('nan')):.1f}%)",
+                    "best class": f"{max(pc, key=pc.get)} ({max(pc.values()):.1f}%)" if pc else "-",
+                }
+            ],
+            title="evaluation",
+        )
+    )
     if res["routing"]:
-        console.print(rows_table([{"router": k, "conv": v["conv"], "attn": v["attn"],
-                                   "attn share %": 100 * v["attn"] / max(1, v["conv"] + v["attn"])}
-                                  for k, v in res["routing"].items()], title="routing decisions"))
+        console.print(
+            rows_table(
+                [
+                    {
+                        "router": k,
+                        "conv": v["conv"],
+                        "attn": v["attn"],
+                        "attn share %": 100 * v["attn"] / max(1, v["conv"] + v["attn"]),
+                    }
+                    for k, v in res["routing"].items()
+                ],
+                title="routing decisions",
+            )
+        )
     if json_out:
         artifacts.atomic_write_json(json_out, res)
 
@@ -143,14 +209,16 @@ def eval_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
 # ------------------------------------------------------------------------------------------------ compress (prune, distill)
 @app.command("prune")
 @cli_options(PruneSettings, name="s")
-def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
-              data: str = typer.Option("digits", help=f"Calibration/evaluation data: {DATA_HELP}"),
-              seed: int = typer.Option(0, help="Seed for batch order and the random criterion."),
-              dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
-              out: Optional[Path] = typer.Option(None, "-o", "--out", help="Pruned checkpoint to write (.pt)."),
-              json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default: OUT.prune.json)."),
-              heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png)."),
-              s: PruneSettings = None) -> None:
+def prune_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
+    data: str = typer.Option("digits", help=f"Calibration/evaluation data: {DATA_HELP}"),
+    seed: int = typer.Option(0, help="Seed for batch order and the random criterion."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Pruned checkpoint to write (.pt)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default: OUT.prune.json)."),
+    heatmap: Optional[Path] = typer.Option(None, help="Head-sensitivity PNG (default: OUT.heads.png)."),
+    s: PruneSettings = None,
+) -> None:
     """Remove whole attention heads and hidden channels ranked by sensitivity; the result is a smaller dense model.
 
     Example: edgeconv prune model.pt --data digits --target-macs 0.5 -o pruned.pt
@@ -160,41 +228,73 @@ def prune_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."
     from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
 
     criterion = s.criterion
-    req = PruneRequest(heads=s.heads, channels=s.channels, target_macs=s.target_macs, criterion=criterion,
-                       batches=s.batches, batch_size=s.batch_size, steps=s.steps, seed=seed)
+    req = PruneRequest(
+        heads=s.heads,
+        channels=s.channels,
+        target_macs=s.target_macs,
+        criterion=criterion,
+        batches=s.batches,
+        batch_size=s.batch_size,
+        steps=s.steps,
+        seed=seed,
+    )
     if out is not None and not dry_run:
         json_out = json_out or out.with_suffix(".prune.json")
         heatmap = heatmap or out.with_suffix(".heads.png")
     with console.status(f"scoring units ({criterion}) and planning"):
-        res = run_prune(str(ckpt), data, req, str(out) if out else None, dry_run=dry_run,
-                        report_path=str(json_out) if json_out else None,
-                        heatmap_path=str(heatmap) if heatmap else None, command=_command(),
-                        eval_data=s.eval_data, allow_train_eval=s.eval_on_train)
+        res = run_prune(
+            str(ckpt),
+            data,
+            req,
+            str(out) if out else None,
+            dry_run=dry_run,
+            report_path=str(json_out) if json_out else None,
+            heatmap_path=str(heatmap) if heatmap else None,
+            command=_command(),
+            eval_data=s.eval_data,
+            allow_train_eval=s.eval_on_train,
+        )
     plan = res["plan"]
     console.print(rows_table(layer_rows(plan), title=f"per-layer plan ({criterion}; sensitivity normalised per layer)"))
-    console.print(rows_table([{"": k, "before": v[0], "after": v[1],
-                               "change": f"{(v[1] - v[0]) / v[0]:+.1%}" if k != next(reversed(res["summary"]))
-                               else f"{v[1] - v[0]:+.2f} pt"} for k, v in res["summary"].items()],
-                             title="before / after (no fine-tuning)"))
+    console.print(
+        rows_table(
+            [
+                {
+                    "": k,
+                    "before": v[0],
+                    "after": v[1],
+                    "change": f"{(v[1] - v[0]) / v[0]:+.1%}"
+                    if k != next(reversed(res["summary"]))
+                    else f"{v[1] - v[0]:+.2f} pt",
+                }
+                for k, v in res["summary"].items()
+            ],
+            title="before / after (no fine-tuning)",
+        )
+    )
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if dry_run:
         console.print("dry run: nothing written")
     else:
-        console.print(f"wrote {out} (reloads to the same outputs), report {json_out}"
-                      + (f", heatmap {heatmap}" if res["report"].get("heatmap") else ""))
+        console.print(
+            f"wrote {out} (reloads to the same outputs), report {json_out}"
+            + (f", heatmap {heatmap}" if res["report"].get("heatmap") else "")
+        )
 
 
 @app.command("distill")
 @cli_options(DistillSettings, name="s")
-def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)."),
-                student: Path = typer.Option(..., help="Student checkpoint (.pt), e.g. a pruned model."),
-                data: str = typer.Option("digits", help=DATA_HELP),
-                seed: int = typer.Option(0),
-                resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run writing to -o."),
-                out: Path = typer.Option(..., "-o", "--out", help="Distilled student checkpoint (.pt)."),
-                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON."),
-                s: DistillSettings = None) -> None:
+def distill_cmd(
+    teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)."),
+    student: Path = typer.Option(..., help="Student checkpoint (.pt), e.g. a pruned model."),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run writing to -o."),
+    out: Path = typer.Option(..., "-o", "--out", help="Distilled student checkpoint (.pt)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON."),
+    s: DistillSettings = None,
+) -> None:
     """Distil a teacher into a (pruned) student: Hinton KD, optional feature matching, per-epoch checkpoints.
 
     Example: edgeconv distill --teacher model.pt --student pruned.pt --data digits --epochs 10 -o student.pt
@@ -206,13 +306,25 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
     from edgeconv.compress.distill import DistillConfig, run_distill
     from edgeconv.training import TrainConfig
 
-    res = run_distill(str(teacher), str(student), data, str(out),
-                      dcfg=DistillConfig(alpha=s.alpha, temperature=s.temperature, feature=s.feature),
-                      tcfg=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
-                      resume=resume, baseline=s.baseline, command=_command(), eval_data=s.eval_data,
-                      allow_train_eval=s.eval_on_train)
-    console.print(rows_table(res["rows"], title=f"distillation (alpha {s.alpha}, T {s.temperature}"
-                                                f"{', feature' if s.feature else ''}, {s.epochs} epochs)"))
+    res = run_distill(
+        str(teacher),
+        str(student),
+        data,
+        str(out),
+        dcfg=DistillConfig(alpha=s.alpha, temperature=s.temperature, feature=s.feature),
+        tcfg=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
+        resume=resume,
+        baseline=s.baseline,
+        command=_command(),
+        eval_data=s.eval_data,
+        allow_train_eval=s.eval_on_train,
+    )
+    console.print(
+        rows_table(
+            res["rows"],
+            title=f"distillation (alpha {s.alpha}, T {s.temperature}{', feature' if s.feature else ''}, {s.epochs} epochs)",
+        )
+    )
     console.print(f"wrote {out}")
     if json_out:
         artifacts.atomic_write_json(json_out, res)
@@ -221,10 +333,12 @@ def distill_cmd(teacher: Path = typer.Option(..., help="Teacher checkpoint (.pt)
 # ------------------------------------------------------------------------------------------------ export
 @app.command("export")
 @cli_options(ExportSettings, name="s")
-def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),
-               out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write (.onnx)."),
-               json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON."),
-               s: ExportSettings = None) -> None:
+def export_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),
+    out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write (.onnx)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON."),
+    s: ExportSettings = None,
+) -> None:
     """Export a checkpoint to ONNX; a routed model's routers become If nodes (gated subgraphs).
 
     Example: edgeconv export model.pt -o model.onnx --routing gated
@@ -238,13 +352,24 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
 
     if not is_format(out, "onnx"):
         raise EdgeconvError(f"-o {out}: the output file must end in .onnx")
-    with Progress(SpinnerColumn(), TextColumn("[bold]export[/] {task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]export[/] {task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("loading", total=None)
-        res = export_onnx(ckpt, out, routing=s.routing, opset=s.opset, dynamic_batch=s.dynamic_batch,
-                          simplify=s.simplify,
-                          metadata={"command": _command()},
-                          on_step=lambda what: bar.update(task, description=what))
+        res = export_onnx(
+            ckpt,
+            out,
+            routing=s.routing,
+            opset=s.opset,
+            dynamic_batch=s.dynamic_batch,
+            simplify=s.simplify,
+            metadata={"command": _command()},
+            on_step=lambda what: bar.update(task, description=what),
+        )
     console.print(sections_table({"exported": res.row()}, title=str(out)))
     for note in res.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -255,19 +380,24 @@ def export_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export
 # ------------------------------------------------------------------------------------------------ quantize
 @app.command("quantize")
 @cli_options(QuantizeSettings, name="settings")
-def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, exported first) or ONNX from `export`."),
-                 out: Path = typer.Option(..., "-o", "--out", help="Artifact: .onnx (ort), .tflite, .engine or "
-                                                                  ".onnx (tensorrt: the TensorRT-ready ONNX only)."),
-                 int8: bool = typer.Option(False, "--int8", help="INT8, calibrated on real samples."),
-                 fp16: bool = typer.Option(False, "--fp16", help="FP16."),
-                 backend: str = typer.Option("ort", "--backend", "-b", help=" | ".join(QBACKENDS)),
-                 data: Optional[str] = typer.Option(None, "--data", help="Calibration from a data spec instead "
-                                                    "(digits | imagefolder:PATH | npz:PATH; train split)."),
-                 eval_data: Optional[str] = typer.Option(None, "--eval", help="Labelled data for accuracy "
-                                                         "(default for digits models: digits test split)."),
-                 routing: Optional[str] = typer.Option(None, help="Export routing when MODEL is a checkpoint."),
-                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the quantization record as JSON."),
-                 settings: QuantizeSettings = None) -> None:
+def quantize_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint (.pt, exported first) or ONNX from `export`."),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Artifact: .onnx (ort), .tflite, .engine or .onnx (tensorrt: the TensorRT-ready ONNX only)."
+    ),
+    int8: bool = typer.Option(False, "--int8", help="INT8, calibrated on real samples."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16."),
+    backend: str = typer.Option("ort", "--backend", "-b", help=" | ".join(QBACKENDS)),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Calibration from a data spec instead (digits | imagefolder:PATH | npz:PATH; train split)."
+    ),
+    eval_data: Optional[str] = typer.Option(
+        None, "--eval", help="Labelled data for accuracy (default for digits models: digits test split)."
+    ),
+    routing: Optional[str] = typer.Option(None, help="Export routing when MODEL is a checkpoint."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the quantization record as JSON."),
+    settings: QuantizeSettings = None,
+) -> None:
     """Quantize a model to INT8 or FP16 for onnxruntime, TFLite or TensorRT and report what it cost in accuracy.
 
     Example: edgeconv quantize model.pt --int8 --backend ort -o model.int8.onnx
@@ -281,10 +411,24 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
 
     if int8 == fp16:
         raise EdgeconvError("choose exactly one of --int8 or --fp16")
-    req = request_from(settings, model=model, out=out, precision="int8" if int8 else "fp16", backend=backend,
-                       data=data, eval_data=eval_data, routing=routing, command=_command())
-    with Progress(SpinnerColumn(), TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    req = request_from(
+        settings,
+        model=model,
+        out=out,
+        precision="int8" if int8 else "fp16",
+        backend=backend,
+        data=data,
+        eval_data=eval_data,
+        routing=routing,
+        command=_command(),
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("checking inputs", total=None)
         rep = quantize(req, on_step=lambda what: bar.update(task, description=what))
     console.print(rows_table(rep.rows, title=f"quantized: {out}"))
@@ -299,15 +443,18 @@ def quantize_cmd(model: Path = typer.Argument(..., help="Checkpoint (.pt, export
 # ------------------------------------------------------------------------------------------------ validate
 @app.command("validate")
 @cli_options(ValidateSettings, name="s")
-def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate."),
-                 against: Optional[Path] = typer.Option(
-                     None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."),
-                 data: str = typer.Option("digits", help=DATA_HELP),
-                 batch: int = typer.Option(16, min=2, help="Batch size of the dynamic-batch check."),
-                 ort_level: str = typer.Option("all", help="onnxruntime optimisation: disable|basic|extended|all"),
-                 junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one test case per check)."),
-                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
-                 s: ValidateSettings = None) -> None:
+def validate_cmd(
+    model: Path = typer.Argument(..., help="ONNX model to validate."),
+    against: Optional[Path] = typer.Option(
+        None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."
+    ),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    batch: int = typer.Option(16, min=2, help="Batch size of the dynamic-batch check."),
+    ort_level: str = typer.Option("all", help="onnxruntime optimisation: disable|basic|extended|all"),
+    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one test case per check)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    s: ValidateSettings = None,
+) -> None:
     """Check an ONNX file: checker, shapes, opset, onnxruntime, parity with PyTorch, If branch coverage, batch.
 
     Exit code 0 only when every check passes (1 when one fails, 2 for unusable input).
@@ -323,8 +470,14 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
     from edgeconv.export.junit import write_junit
     from edgeconv.export.validate import validate_onnx
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(what: str, done: int, total: int) -> None:
@@ -332,9 +485,19 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done)
 
-        report = validate_onnx(model, against=against, data=data, split=s.split, tolerance=s.tolerance,
-                               min_agreement=s.min_agreement, limit=s.limit, batch=batch, ort_level=ort_level,
-                               allow_uncovered=s.allow_uncovered, on_progress=progress)
+        report = validate_onnx(
+            model,
+            against=against,
+            data=data,
+            split=s.split,
+            tolerance=s.tolerance,
+            min_agreement=s.min_agreement,
+            limit=s.limit,
+            batch=batch,
+            ort_level=ort_level,
+            allow_uncovered=s.allow_uncovered,
+            on_progress=progress,
+        )
     table = rows_table(report.rows(), title=f"validate {model}")
     console.print(table)
     if junit:
@@ -350,39 +513,45 @@ def validate_cmd(model: Path = typer.Argument(..., help="ONNX model to validate.
 # ------------------------------------------------------------------------------------------------ bench
 @app.command("bench")
 @cli_options(BenchSettings, name="s")
-def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),
-              device: str = typer.Option("cpu", help="cpu | cuda | jetson, or a comma list (cpu,cuda)."),
-              host: Optional[str] = typer.Option(None, "--host", help="Run on USER@ADDR over SSH and bring the JSON back."),
-              backend: str = typer.Option("auto", help="auto (by artifact type) | torch | ort | tflite | tensorrt"),
-              batch: str = typer.Option("1", help="Batch sizes, comma separated (1,8)."),
-              data: str = typer.Option("digits", help=f"{DATA_HELP} (same data for every row)."),
-              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for every backend (default: all "
-                                                                      "usable cores)."),
-              reference: Optional[Path] = typer.Option(None, help="Float checkpoint to compare against (default: "
-                                                                  "found from the artifacts)."),
-              json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
-              csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-              md_out: Optional[Path] = typer.Option(None, "--md", help="Write the table as Markdown."),
-              plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency vs accuracy PNG."),
-              compare: Optional[Path] = typer.Option(None, "--compare", help="Print deltas against a saved bench JSON."),
-              remote_edgeconv: str = typer.Option("edgeconv", help="edgeconv executable on the --host machine."),
-              ssh_port: int = typer.Option(22, min=1, max=65535, help="SSH port of --host."),
-              identity: Optional[Path] = typer.Option(None, help="SSH private key for --host."),
-              known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file holding --host's key."),
-              remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take."),
-              profile: bool = typer.Option(False, "--profile", help="Also profile each onnxruntime/TFLite file per "
-                                                                   "operator type (at the first --batch)."),
-              profile_plot: Optional[Path] = typer.Option(None, "--profile-plot", help="Write the per-operator "
-                                                          "profile as a PNG bar chart (implies --profile)."),
-              s: BenchSettings = None) -> None:
+def bench_cmd(
+    models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),
+    device: str = typer.Option("cpu", help="cpu | cuda | jetson, or a comma list (cpu,cuda)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Run on USER@ADDR over SSH and bring the JSON back."),
+    backend: str = typer.Option("auto", help="auto (by artifact type) | torch | ort | tflite | tensorrt"),
+    batch: str = typer.Option("1", help="Batch sizes, comma separated (1,8)."),
+    data: str = typer.Option("digits", help=f"{DATA_HELP} (same data for every row)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for every backend (default: all usable cores)."),
+    reference: Optional[Path] = typer.Option(
+        None, help="Float checkpoint to compare against (default: found from the artifacts)."
+    ),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
+    md_out: Optional[Path] = typer.Option(None, "--md", help="Write the table as Markdown."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency vs accuracy PNG."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Print deltas against a saved bench JSON."),
+    remote_edgeconv: str = typer.Option("edgeconv", help="edgeconv executable on the --host machine."),
+    ssh_port: int = typer.Option(22, min=1, max=65535, help="SSH port of --host."),
+    identity: Optional[Path] = typer.Option(None, help="SSH private key for --host."),
+    known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file holding --host's key."),
+    remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Also profile each onnxruntime/TFLite file per operator type (at the first --batch)."
+    ),
+    profile_plot: Optional[Path] = typer.Option(
+        None, "--profile-plot", help="Write the per-operator profile as a PNG bar chart (implies --profile)."
+    ),
+    s: BenchSettings = None,
+) -> None:
     """Accuracy and latency of every model x backend x precision x batch, measured on the same data.
 
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
     """
     check_inputs({"MODELS": models, "--reference": reference, "--compare": compare})
     # --compare is read completely before anything is written: refreshing a baseline in place is allowed
-    check_outputs({"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot,
-                   "--profile-plot": profile_plot}, {"MODELS": models, "--reference": reference})
+    check_outputs(
+        {"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot, "--profile-plot": profile_plot},
+        {"MODELS": models, "--reference": reference},
+    )
     if host is not None and not host.strip():
         raise EdgeconvError("--host is empty: give USER@ADDR, or leave --host out to bench on this machine")
     check_number("--remote-timeout", remote_timeout, min=0, min_open=True)
@@ -412,19 +581,49 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
     if host:
         from edgeconv.runtime.remote import SshTarget, run_remote_bench
 
-        args = ["--device", device, "--backend", backend, "--batch", batch, "--data", data, "--split", s.split,
-                "--warmup", str(s.warmup), "--iters", str(s.iters)]
+        args = [
+            "--device",
+            device,
+            "--backend",
+            backend,
+            "--batch",
+            batch,
+            "--data",
+            data,
+            "--split",
+            s.split,
+            "--warmup",
+            str(s.warmup),
+            "--iters",
+            str(s.iters),
+        ]
         args += ["--threads", str(threads)] if threads else []
         args += ["--limit", str(s.limit)] if s.limit else []
-        target = SshTarget(host, port=ssh_port, identity=identity, known_hosts=known_hosts,
-                           remote_edgeconv=remote_edgeconv)
+        target = SshTarget(host, port=ssh_port, identity=identity, known_hosts=known_hosts, remote_edgeconv=remote_edgeconv)
         with console.status(f"running edgeconv bench on {host}"):
             result = run_remote_bench(target, models, args, reference=reference, timeout=remote_timeout)
     else:
-        cfg = BenchConfig(batches=batches, devices=devices, backend=backend, data=data, split=s.split,
-                          warmup=s.warmup, iters=s.iters, threads=threads, reference=reference, limit=s.limit)
-        with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), console=err_console, transient=True) as prog:
+        cfg = BenchConfig(
+            batches=batches,
+            devices=devices,
+            backend=backend,
+            data=data,
+            split=s.split,
+            warmup=s.warmup,
+            iters=s.iters,
+            threads=threads,
+            reference=reference,
+            limit=s.limit,
+        )
+        with Progress(
+            TextColumn("[bold]bench"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as prog:
             task = prog.add_task("", total=None)
 
             def progress(done: int, total: int, what: str) -> None:
@@ -454,7 +653,7 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         result["profile"] = [p.to_dict() for p in profiles]
         if profile_plot:
             write_profile_png(profiles, profile_plot)
-        if json_out:   # written before profiling too, so a failed profile never loses the bench results
+        if json_out:  # written before profiling too, so a failed profile never loses the bench results
             report.write_json(result, json_out)
     if baseline is not None:
         rows = report.compare(result, baseline)
@@ -463,18 +662,23 @@ def bench_cmd(models: list[Path] = typer.Argument(..., help="Artifacts: checkpoi
         console.print(rows_table(rows, title=f"compared with {compare}"))
     failed = [r for r in result["rows"] if r.get("status") == "failed"]
     if failed:
-        err_console.print(f"[bold red]{len(failed)} row(s) failed[/]: " + escape(
-                          "; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed)),
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]{len(failed)} row(s) failed[/]: "
+            + escape("; ".join(f"{r['model']} {r['backend']} b{r['batch']}: {r.get('reason')}" for r in failed)),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------------ inspect / pipeline / demo
 @app.command("inspect")
-def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
-                images: list[str] = typer.Argument(..., help="PNG paths (model's size/channels) or digits:N."),
-                out: Path = typer.Option(Path("inspect"), "-o", "--out", help="Folder for the PNGs and inspect.json."),
-                routing: Optional[str] = typer.Option(None, help=ROUTING_HELP)) -> None:
+def inspect_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
+    images: list[str] = typer.Argument(..., help="PNG paths (model's size/channels) or digits:N."),
+    out: Path = typer.Option(Path("inspect"), "-o", "--out", help="Folder for the PNGs and inspect.json."),
+    routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
+) -> None:
     """Show what a model attends to: attention per head, router decisions, saliency and kept tokens (PNGs).
 
     Example: edgeconv inspect model.pt digits:0 digits:7 -o inspect/
@@ -484,24 +688,33 @@ def inspect_cmd(ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
     rep = inspect_checkpoint(ckpt, images, out, _routing(routing))
     rows = []
     for im in rep["images"]:
-        rows.append({"image": im["image"], "label": im["label"] or "-", "predicted": str(im["pred"]),
-                     "confidence %": 100 * im["confidence"],
-                     "routes (p_attn)": ", ".join(f"{r['route']} ({r['p_attn']:.2f})" for r in im["routes"]) or "-",
-                     "attention layers": len(im["attention"]),
-                     "kept tokens": ", ".join(f"{s['kept']}/{s['tokens']}" for s in im["saliency"]
-                                              if s["kept"] is not None) or "-",
-                     "files": len(im["files"])})
+        rows.append(
+            {
+                "image": im["image"],
+                "label": im["label"] or "-",
+                "predicted": str(im["pred"]),
+                "confidence %": 100 * im["confidence"],
+                "routes (p_attn)": ", ".join(f"{r['route']} ({r['p_attn']:.2f})" for r in im["routes"]) or "-",
+                "attention layers": len(im["attention"]),
+                "kept tokens": ", ".join(f"{s['kept']}/{s['tokens']}" for s in im["saliency"] if s["kept"] is not None)
+                or "-",
+                "files": len(im["files"]),
+            }
+        )
     console.print(rows_table(rows, title=f"inspect {rep['model']}"))
     n = sum(len(i["files"]) for i in rep["images"])
     console.print(f"wrote {n} PNG{'' if n == 1 else 's'} and inspect.json to {out}", highlight=False)
 
 
 @app.command("pipeline")
-def pipeline_cmd(file: Path = typer.Argument(..., help="Pipeline file (.toml)."),
-                 run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default runs/NAME)."),
-                 check: bool = typer.Option(False, "--check", help="Only check the file; run nothing."),
-                 rerun: list[str] = typer.Option([], "--rerun", help="Run this step even if cached (repeatable), "
-                                                                     "e.g. --rerun bench to measure again.")) -> None:
+def pipeline_cmd(
+    file: Path = typer.Argument(..., help="Pipeline file (.toml)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default runs/NAME)."),
+    check: bool = typer.Option(False, "--check", help="Only check the file; run nothing."),
+    rerun: list[str] = typer.Option(
+        [], "--rerun", help="Run this step even if cached (repeatable), e.g. --rerun bench to measure again."
+    ),
+) -> None:
     """Run train -> prune -> distill -> export -> quantize -> validate -> bench from one TOML file.
 
     Steps whose inputs and options are unchanged are re-used; the run ends with report.md and report.json.
@@ -512,15 +725,18 @@ def pipeline_cmd(file: Path = typer.Argument(..., help="Pipeline file (.toml).")
 
     cfg = load_pipeline(file)
     if check:
-        console.print(rows_table([{"step": s.name, "options": json.dumps(vars(s.options))} for s in cfg.steps],
-                                 title=f"{file}: OK"))
+        console.print(
+            rows_table([{"step": s.name, "options": json.dumps(vars(s.options))} for s in cfg.steps], title=f"{file}: OK")
+        )
         return
     print_summary(run_pipeline(cfg, run_dir, rerun=rerun))
 
 
 @app.command("demo")
-def demo_cmd(run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Run folder."),
-             show: bool = typer.Option(False, "--show", help="Print the demo pipeline file and exit.")) -> None:
+def demo_cmd(
+    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Run folder."),
+    show: bool = typer.Option(False, "--show", help="Print the demo pipeline file and exit."),
+) -> None:
     """The shipped demo: digits, routed-tiny, train -> prune -> distill -> export -> quantize -> validate -> bench.
 
     Example: edgeconv demo
@@ -537,9 +753,11 @@ def demo_cmd(run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="
 
 # ------------------------------------------------------------------------------------------------ info
 @app.command("info")
-def info_cmd(artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON."),
-             device: bool = typer.Option(False, "--device", help="Describe this machine: CPU, CUDA GPU, Jetson.")) -> None:
+def info_cmd(
+    artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON."),
+    device: bool = typer.Option(False, "--device", help="Describe this machine: CPU, CUDA GPU, Jetson."),
+) -> None:
     """Describe any edgeconv artifact: family, config, input spec, params, MACs, metrics, provenance.
 
     Example: edgeconv info model.pt   |   edgeconv info --device
@@ -588,8 +806,10 @@ def _on_sigint(signum, frame) -> None:
     raise Interrupted()
 
 
-INTERRUPTED = ("[bold red]interrupted[/]: no partial file was written (every write is atomic); outputs finished "
-               "before the interrupt are kept")
+INTERRUPTED = (
+    "[bold red]interrupted[/]: no partial file was written (every write is atomic); outputs finished "
+    "before the interrupt are kept"
+)
 
 
 def main() -> None:

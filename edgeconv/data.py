@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from edgeconv.errors import EdgeconvError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-DIGITS_MEAN, DIGITS_STD = 0.3, 0.32 # measured on the digits train split after scaling to [0, 1]
+DIGITS_MEAN, DIGITS_STD = 0.3, 0.32  # measured on the digits train split after scaling to [0, 1]
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Samples:
 
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
-            yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
     def fingerprint(self) -> str:
         """A content hash of inputs and labels (recorded with calibration and evaluation results)."""
@@ -46,8 +46,15 @@ class Samples:
 
 
 def digits_preprocessing(size: int = 32) -> dict:
-    return {"size": size, "channels": 1, "mean": [DIGITS_MEAN], "std": [DIGITS_STD], "layout": "NCHW",
-            "pixel_range": "[0,1] before normalisation", "dataset": "digits"}
+    return {
+        "size": size,
+        "channels": 1,
+        "mean": [DIGITS_MEAN],
+        "std": [DIGITS_STD],
+        "layout": "NCHW",
+        "pixel_range": "[0,1] before normalisation",
+        "dataset": "digits",
+    }
 
 
 def normalise(x01: torch.Tensor, pre: dict) -> torch.Tensor:
@@ -73,8 +80,8 @@ def digits_split_indices(n_labels: np.ndarray, seed: int = 0) -> dict[str, np.nd
         n_test = int(round(0.2 * len(idx)))
         n_val = int(round(0.1 * len(idx)))
         parts["test"] += idx[:n_test].tolist()
-        parts["val"] += idx[n_test:n_test + n_val].tolist()
-        parts["train"] += idx[n_test + n_val:].tolist()
+        parts["val"] += idx[n_test : n_test + n_val].tolist()
+        parts["train"] += idx[n_test + n_val :].tolist()
     return {k: np.sort(np.array(v)) for k, v in parts.items()}
 
 
@@ -113,13 +120,16 @@ def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, wha
     if eval_data:
         return eval_data
     if data != "digits" and not allow_train_eval:
-        raise EdgeconvError(f"{what}: --data {data} has no held-out split, so evaluating on it would score the "
-                            "step's own training data; give --eval-data SPEC, or --eval-on-train to accept that")
+        raise EdgeconvError(
+            f"{what}: --data {data} has no held-out split, so evaluating on it would score the "
+            "step's own training data; give --eval-data SPEC, or --eval-on-train to accept that"
+        )
     return data
 
 
-def load_samples(spec: str, pre: dict, split: str = "test", limit: int | None = None,
-                 classes: list[str] | None = None) -> Samples:
+def load_samples(
+    spec: str, pre: dict, split: str = "test", limit: int | None = None, classes: list[str] | None = None
+) -> Samples:
     """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec.
 
     With `classes` (a checkpoint's class names), labels index that list: an image folder holding only some of the
@@ -197,8 +207,9 @@ def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None) ->
     if classes is not None and class_dirs:
         unknown = [c for c in class_dirs if c not in classes]
         if unknown:
-            raise EdgeconvError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes "
-                                f"({', '.join(classes)})")
+            raise EdgeconvError(
+                f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes ({', '.join(classes)})"
+            )
     classes = list(classes) if classes is not None else class_dirs
     xs, ys = [], []
     for f in files:
@@ -235,8 +246,9 @@ def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise EdgeconvError(f"{path}: y must be integer labels of shape [{len(x)}], got {y.dtype} {list(y.shape)}")
     if classes is not None and own and own != list(classes):
-        raise EdgeconvError(f"{path}: its classes ({', '.join(own[:10])}) differ from the model's "
-                            f"({', '.join(classes[:10])})")
+        raise EdgeconvError(
+            f"{path}: its classes ({', '.join(own[:10])}) differ from the model's ({', '.join(classes[:10])})"
+        )
     classes = list(classes) if classes is not None else own
     c, s = pre["channels"], pre["size"]
     if x.ndim == 3 and c == 1:

@@ -16,26 +16,29 @@ from edgeconv.errors import EdgeconvError
 @dataclass(frozen=True)
 class Format:
     name: str
-    suffixes: tuple[str, ...]       # the first is what edgeconv writes
-    runtime: str                    # runtime backend that runs it natively (runtime/backends registry name)
+    suffixes: tuple[str, ...]  # the first is what edgeconv writes
+    runtime: str  # runtime backend that runs it natively (runtime/backends registry name)
     label: str
-    sidecar: bool = False           # the record is a `<file>.json` next to it (it cannot carry metadata itself)
-    extra: str | None = None        # optional extra of edgeconv that runs it
-    module: str | None = None       # import that the extra provides
+    sidecar: bool = False  # the record is a `<file>.json` next to it (it cannot carry metadata itself)
+    extra: str | None = None  # optional extra of edgeconv that runs it
+    module: str | None = None  # import that the extra provides
 
     @property
     def suffix(self) -> str:
         return self.suffixes[0]
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("checkpoint", (".pt", ".pth", ".ckpt"), "torch", "PyTorch checkpoint (weights_only)"),
-    Format("onnx", (".onnx",), "ort", "ONNX model (record in metadata_props)"),
-    Format("tflite", (".tflite",), "tflite", "TFLite flatbuffer", sidecar=True, extra="tflite",
-           module="ai_edge_litert"),
-    Format("engine", (".engine", ".plan"), "tensorrt", "TensorRT engine", sidecar=True, extra="tensorrt",
-           module="tensorrt"),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("checkpoint", (".pt", ".pth", ".ckpt"), "torch", "PyTorch checkpoint (weights_only)"),
+        Format("onnx", (".onnx",), "ort", "ONNX model (record in metadata_props)"),
+        Format("tflite", (".tflite",), "tflite", "TFLite flatbuffer", sidecar=True, extra="tflite", module="ai_edge_litert"),
+        Format(
+            "engine", (".engine", ".plan"), "tensorrt", "TensorRT engine", sidecar=True, extra="tensorrt", module="tensorrt"
+        ),
+    )
+}
 
 SIDECAR_SUFFIX = ".json"
 
@@ -52,8 +55,9 @@ def format_of(path: str | Path) -> Format:
     """The format of a file by its suffix, or one line naming the known ones."""
     fmt = _by_suffix().get(Path(path).suffix.lower())
     if fmt is None:
-        raise EdgeconvError(f"{path}: unknown artifact type {Path(path).suffix or '(no suffix)'!r} "
-                            f"(known: {', '.join(all_suffixes())})")
+        raise EdgeconvError(
+            f"{path}: unknown artifact type {Path(path).suffix or '(no suffix)'!r} (known: {', '.join(all_suffixes())})"
+        )
     return fmt
 
 

@@ -15,9 +15,28 @@ import platform
 from pathlib import Path
 
 # ISA extensions that change what an inference runtime can do (VNNI/AMX for INT8, F16C/FP16 for half, SVE, dotprod)
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                     "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp", "fphp", "sve", "sve2",
-                     "i8mm", "bf16")
+INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimdhp",
+    "asimddp",
+    "fphp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
+)
 
 # INT8 classes, most capable first: (name, flags that define it, architecture family, pair sums saturate)
 INT8_CLASSES = (
@@ -31,9 +50,11 @@ INT8_CLASSES = (
 )
 
 
-INT8_NOTE = {True: "uint8 x int8 pair sums saturate int16 (no VNNI): only --target portable files are exact here",
-             False: "int32 accumulation: every INT8 file computes what it recorded here (portable files everywhere)",
-             None: "unknown INT8 kernels: validate each file here"}
+INT8_NOTE = {
+    True: "uint8 x int8 pair sums saturate int16 (no VNNI): only --target portable files are exact here",
+    False: "int32 accumulation: every INT8 file computes what it recorded here (portable files everywhere)",
+    None: "unknown INT8 kernels: validate each file here",
+}
 
 
 def parse_cpuinfo(text: str) -> dict:
@@ -51,8 +72,7 @@ def parse_cpuinfo(text: str) -> dict:
             phys = val
         elif key == "core id":
             cores.add((phys, val))
-    return {"model": model, "physical_cores": len(cores) or None,
-            "isa": [f for f in INTERESTING_FLAGS if f in flags]}
+    return {"model": model, "physical_cores": len(cores) or None, "isa": [f for f in INTERESTING_FLAGS if f in flags]}
 
 
 def int8_class(isa: list[str] | str, arch: str | None = None) -> dict:
@@ -90,9 +110,16 @@ def cpu_info(root: Path = Path("/")) -> dict:
         usable = os.cpu_count()
     arch = platform.machine()
     cls = int8_class(info["isa"], arch)
-    return {"model": info["model"] or platform.processor() or arch, "arch": arch,
-            "logical_cores": os.cpu_count(), "usable_cores": usable, "physical_cores": info["physical_cores"],
-            "isa": " ".join(info["isa"]) or "-", "int8": cls["name"], "int8 kernels": INT8_NOTE[cls["u8s8_saturates"]]}
+    return {
+        "model": info["model"] or platform.processor() or arch,
+        "arch": arch,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "physical_cores": info["physical_cores"],
+        "isa": " ".join(info["isa"]) or "-",
+        "int8": cls["name"],
+        "int8 kernels": INT8_NOTE[cls["u8s8_saturates"]],
+    }
 
 
 def cpu_record() -> dict:

@@ -22,9 +22,11 @@ def session_options(level: str = "all", threads: int | None = None, sequential: 
         raise EdgeconvError(f"unknown onnxruntime optimisation level {level!r} ({', '.join(LEVELS)})")
     so = ort.SessionOptions()
     so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
@@ -34,8 +36,14 @@ def session_options(level: str = "all", threads: int | None = None, sequential: 
     return so
 
 
-def session(model: Any, level: str = "all", threads: int | None = None, providers: list | None = None,
-            disabled_optimizers: list[str] | None = None, options=None):
+def session(
+    model: Any,
+    level: str = "all",
+    threads: int | None = None,
+    providers: list | None = None,
+    disabled_optimizers: list[str] | None = None,
+    options=None,
+):
     """An InferenceSession on a ModelProto, serialized bytes or a path (CPU unless `providers` says otherwise)."""
     import onnx
     import onnxruntime as ort

@@ -18,14 +18,32 @@ from dataclasses import field
 from typing import Any, Callable
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
-           min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,
-           path: bool = False, default_factory=None, cli: str | None = None):
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    path: bool = False,
+    default_factory=None,
+    cli: str | None = None,
+):
     """A typed option. `min`/`max` bound a number (`min_open`/`max_open`: the bound itself is refused); `path=True`
     marks a file/folder that must exist (pipeline: relative to the pipeline file); `cli` overrides the flag (e.g.
     "--per-channel/--per-tensor", "--target"); the default flag is --field-name."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open, "max_open": max_open,
-            "path": path, "cli": cli}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_open": min_open,
+        "max_open": max_open,
+        "path": path,
+        "cli": cli,
+    }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,8 +77,14 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
             # checked by the command wrapper (one line naming the flag), not by click (a usage box)
             kwargs["help"] = f"{kwargs['help'] or ''} Range: {range_text(meta)}.".strip()
         annotation = typing.Optional[tp] if nullable else tp
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=typer.Option(default, *flags, **kwargs), annotation=annotation))
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(default, *flags, **kwargs),
+                annotation=annotation,
+            )
+        )
     return params
 
 
@@ -98,8 +122,10 @@ def flag(f: dataclasses.Field) -> str:
 
 def range_text(meta) -> str:
     lo, hi = meta.get("min"), meta.get("max")
-    return (f"{'(' if meta.get('min_open') else '['}{'-inf' if lo is None else lo}, "
-            f"{'inf' if hi is None else hi}{')' if meta.get('max_open') else ']'}")
+    return (
+        f"{'(' if meta.get('min_open') else '['}{'-inf' if lo is None else lo}, "
+        f"{'inf' if hi is None else hi}{')' if meta.get('max_open') else ']'}"
+    )
 
 
 def check_ranges(cls: type, values: dict[str, Any]) -> None:
@@ -108,10 +134,19 @@ def check_ranges(cls: type, values: dict[str, Any]) -> None:
 
     for f in dataclasses.fields(cls):
         meta, v = f.metadata, values.get(f.name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                meta.get("min") is not None or meta.get("max") is not None):
-            check_number(flag(f), v, min=meta.get("min"), max=meta.get("max"), min_open=meta.get("min_open", False),
-                         max_open=meta.get("max_open", False))
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and (meta.get("min") is not None or meta.get("max") is not None)
+        ):
+            check_number(
+                flag(f),
+                v,
+                min=meta.get("min"),
+                max=meta.get("max"),
+                min_open=meta.get("min_open", False),
+                max_open=meta.get("max_open", False),
+            )
 
 
 def cli_defaults(cls: type) -> dict[str, Any]:

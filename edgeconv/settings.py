@@ -20,8 +20,7 @@ CRITERIA = ("gradient", "taylor", "random", "l1")
 EXPORT_ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
 
 DATA_HELP = "digits | imagefolder:PATH | npz:PATH"
-EVAL_DATA_HELP = ("Held-out labelled data for the top-1 after the step (default: the data's test split; "
-                  "digits only).")
+EVAL_DATA_HELP = "Held-out labelled data for the top-1 after the step (default: the data's test split; digits only)."
 EVAL_ON_TRAIN_HELP = "Accept evaluating on the training data when it has no held-out split (scores what it fit)."
 
 
@@ -51,8 +50,9 @@ class PruneSettings(HeldOut):
     target_macs: Optional[float] = option(None, help="Keep at most this fraction of the MACs (0..1).")
     criterion: str = option("gradient", choices=CRITERIA, help="How units are ranked.")
     batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
-    batch_size: int = option(8, min=1, help="Calibration batch size (small batches: less gradient cancellation "
-                                            "between samples).")
+    batch_size: int = option(
+        8, min=1, help="Calibration batch size (small batches: less gradient cancellation between samples)."
+    )
     steps: int = option(1, min=1, help="Prune in this many steps, re-scoring between them.")
 
 
@@ -64,20 +64,28 @@ class DistillSettings(HeldOut):
     feature: bool = option(False, help="Also match pooled features (learned projection when widths differ).")
     batch_size: int = option(64, min=1, max=65_536)
     lr: float = option(1e-3, min=0, max=10, min_open=True)
-    baseline: bool = option(False, cli="--baseline/--no-baseline",
-                            help="Also fine-tune without KD for the same epochs (a comparison row; doubles the time).")
+    baseline: bool = option(
+        False,
+        cli="--baseline/--no-baseline",
+        help="Also fine-tune without KD for the same epochs (a comparison row; doubles the time).",
+    )
 
 
 @dataclass
 class ExportSettings:
-    routing: Optional[str] = option(None, choices=EXPORT_ROUTINGS,
-                                    help="gated (routers become ONNX If; default for routed models) | soft | "
-                                         "static:conv | static:attn; ignored for models without routers.")
+    routing: Optional[str] = option(
+        None,
+        choices=EXPORT_ROUTINGS,
+        help="gated (routers become ONNX If; default for routed models) | soft | "
+        "static:conv | static:attn; ignored for models without routers.",
+    )
     opset: Optional[int] = option(None, min=1, help="ONNX opset, 18 or newer (default: the exporter's).")
-    dynamic_batch: bool = option(True, cli="--dynamic-batch/--static-batch",
-                                 help="Symbolic batch dimension, or batch fixed to 1.")
-    simplify: bool = option(True, cli="--simplify/--no-simplify",
-                            help="Simplify with onnxslim (kept only if it checks and matches).")
+    dynamic_batch: bool = option(
+        True, cli="--dynamic-batch/--static-batch", help="Symbolic batch dimension, or batch fixed to 1."
+    )
+    simplify: bool = option(
+        True, cli="--simplify/--no-simplify", help="Simplify with onnxslim (kept only if it checks and matches)."
+    )
 
 
 @dataclass
@@ -86,8 +94,9 @@ class ValidateSettings:
     limit: Optional[int] = option(None, min=1, help="Validate on the first N samples only.")
     tolerance: float = option(1e-4, min=0, help="Max abs logit difference ONNX FP32 vs PyTorch.")
     allow_uncovered: bool = option(False, help="Pass even when no sample took some If branch.")
-    min_agreement: float = option(100.0, min=0, max=100,
-                                  help="ONNX FP32: top-1 agreement with PyTorch required, in percent.")
+    min_agreement: float = option(
+        100.0, min=0, max=100, help="ONNX FP32: top-1 agreement with PyTorch required, in percent."
+    )
 
 
 @dataclass

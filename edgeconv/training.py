@@ -36,8 +36,14 @@ class TrainConfig:
         """Ranges, before any data is loaded (each error names the CLI option)."""
         from edgeconv.checks import check_training
 
-        check_training(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                       label_smoothing=self.label_smoothing, clip_grad=self.clip_grad)
+        check_training(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            clip_grad=self.clip_grad,
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -63,8 +69,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_total: int):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or n.endswith(".pos") else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     warm = max(1, int(steps_total * cfg.warmup_epochs / max(cfg.epochs, 1)))
 
     def lr_at(step: int) -> float:
@@ -87,9 +94,18 @@ def supervised_loss(cfg: TrainConfig) -> LossFn:
     return loss_fn
 
 
-def fit(model: nn.Module, train: Samples, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
-        start_epoch: int = 0, opt_state: dict | None = None, description: str = "train",
-        on_epoch: Callable[[int, nn.Module, dict], None] | None = None, show_progress: bool = True) -> list[dict]:
+def fit(
+    model: nn.Module,
+    train: Samples,
+    cfg: TrainConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    start_epoch: int = 0,
+    opt_state: dict | None = None,
+    description: str = "train",
+    on_epoch: Callable[[int, nn.Module, dict], None] | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
     """Train for cfg.epochs (from start_epoch); `on_epoch(epoch, model, state)` can checkpoint. Returns history."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -104,16 +120,22 @@ def fit(model: nn.Module, train: Samples, cfg: TrainConfig, *, loss_fn: LossFn |
         if opt_state.get("rng") is not None:  # same batches and jitter as an uninterrupted run
             gen.set_state(opt_state["rng"])
     history = []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not show_progress,
-                  transient=False) as prog:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=False,
+    ) as prog:
         task = prog.add_task(description, total=cfg.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             perm = torch.randperm(len(train), generator=gen)
             total, n = 0.0, 0
             for i in range(0, len(train), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
+                idx = perm[i : i + cfg.batch_size]
                 x, y = train.x[idx], train.y[idx]
                 if cfg.augment:
                     x = augment_batch(x, gen)
@@ -130,8 +152,11 @@ def fit(model: nn.Module, train: Samples, cfg: TrainConfig, *, loss_fn: LossFn |
             history.append(rec)
             prog.update(task, advance=1, info=f"loss {rec['loss']:.3f}")
             if on_epoch:
-                on_epoch(epoch + 1, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                            "rng": gen.get_state()})
+                on_epoch(
+                    epoch + 1,
+                    model,
+                    {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": gen.get_state()},
+                )
     model.eval()
     return history
 
@@ -158,11 +183,14 @@ def evaluate(model: nn.Module, samples: Samples, batch_size: int = 256) -> dict:
     if labelled.any() and int(samples.y.max()) >= logits.shape[1]:
         from edgeconv.errors import EdgeconvError
 
-        raise EdgeconvError(f"{samples.source}: label {int(samples.y.max())} does not exist for a model with "
-                            f"{logits.shape[1]} classes")
+        raise EdgeconvError(
+            f"{samples.source}: label {int(samples.y.max())} does not exist for a model with {logits.shape[1]} classes"
+        )
     pred = logits.argmax(1)
-    res: dict = {"n": len(samples), "top1": float((pred[labelled] == samples.y[labelled]).float().mean() * 100)
-                 if labelled.any() else float("nan")}
+    res: dict = {
+        "n": len(samples),
+        "top1": float((pred[labelled] == samples.y[labelled]).float().mean() * 100) if labelled.any() else float("nan"),
+    }
     res["loss"] = float(F.cross_entropy(logits[labelled], samples.y[labelled])) if labelled.any() else float("nan")
     per_class = {}
     for c in range(len(samples.classes)):
@@ -174,9 +202,19 @@ def evaluate(model: nn.Module, samples: Samples, batch_size: int = 256) -> dict:
     return res
 
 
-def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_size: int | None = None,
-              in_chans: int = 1, resume: str | None = None, weights: str | None = None,
-              command: str = "edgeconv train", show_progress: bool = True) -> dict:
+def run_train(
+    model_name: str,
+    data: str,
+    out: str,
+    *,
+    cfg: TrainConfig,
+    img_size: int | None = None,
+    in_chans: int = 1,
+    resume: str | None = None,
+    weights: str | None = None,
+    command: str = "edgeconv train",
+    show_progress: bool = True,
+) -> dict:
     """`edgeconv train`: build (or resume) a model, train on the split, measure val/test, write the checkpoint.
 
     The checkpoint is rewritten (atomically) after every epoch with the optimizer, scheduler and sampler state, so
@@ -232,13 +270,35 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
     last_state: dict = {}
 
     def save(epoch: int, m: nn.Module, state: dict, metrics: dict | None = None) -> None:
-        last_state.update({"epoch": epoch, "config": cfg.to_dict(), "data": data,
-                           "seconds": seconds_before + time.perf_counter() - t0, **state})
-        artifacts.save_checkpoint(out, m, preprocessing=pre, classes=classes, metrics=metrics or {},
-                                  provenance_rec=prov, extra={"train_state": dict(last_state)})
+        last_state.update(
+            {
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "data": data,
+                "seconds": seconds_before + time.perf_counter() - t0,
+                **state,
+            }
+        )
+        artifacts.save_checkpoint(
+            out,
+            m,
+            preprocessing=pre,
+            classes=classes,
+            metrics=metrics or {},
+            provenance_rec=prov,
+            extra={"train_state": dict(last_state)},
+        )
 
-    fit(model, train, cfg, start_epoch=start_epoch, opt_state=opt_state, on_epoch=save,
-        description=f"train {model.cfg['family']}-{model.cfg.get('variant')}", show_progress=show_progress)
+    fit(
+        model,
+        train,
+        cfg,
+        start_epoch=start_epoch,
+        opt_state=opt_state,
+        on_epoch=save,
+        description=f"train {model.cfg['family']}-{model.cfg.get('variant')}",
+        show_progress=show_progress,
+    )
     seconds = seconds_before + time.perf_counter() - t0
     metrics: dict = {"train_seconds": round(seconds, 1), "epochs": cfg.epochs}
     if data == "digits":
@@ -247,8 +307,15 @@ def run_train(model_name: str, data: str, out: str, *, cfg: TrainConfig, img_siz
             metrics[f"{split}_top1"] = r["top1"]
     if not last_state and resume:  # nothing left to train: keep the resumed state as it was
         last_state.update(parent_info["extra"]["train_state"])
-    artifacts.save_checkpoint(out, model, preprocessing=pre, classes=classes, metrics=metrics,
-                              provenance_rec=prov, extra={"train_state": last_state})
+    artifacts.save_checkpoint(
+        out,
+        model,
+        preprocessing=pre,
+        classes=classes,
+        metrics=metrics,
+        provenance_rec=prov,
+        extra={"train_state": last_state},
+    )
     return {"out": str(Path(out)), **metrics}
 
 
@@ -258,20 +325,27 @@ def _check_trainable(data: str, train: Samples) -> None:
     if len(train) == 0:
         raise EdgeconvError(f"{data}: no training samples")
     if bool((train.y < 0).any()):
-        raise EdgeconvError(f"{data}: {int((train.y < 0).sum())} sample(s) have no label; training needs "
-                            "class sub-folders (imagefolder) or a 'y' array (npz)")
+        raise EdgeconvError(
+            f"{data}: {int((train.y < 0).sum())} sample(s) have no label; training needs "
+            "class sub-folders (imagefolder) or a 'y' array (npz)"
+        )
 
 
 def _measured_preprocessing(data: str, size: int, channels: int) -> tuple[dict, Samples]:
     """Preprocessing for a user's data set: its own per-channel mean/std, measured on the training samples."""
     from edgeconv.data import load_samples
 
-    raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels,
-                              "std": [1.0] * channels}, "all")
+    raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels, "std": [1.0] * channels}, "all")
     mean = raw.x.mean(dim=(0, 2, 3))
     std = raw.x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    pre = {"size": size, "channels": channels, "mean": [round(float(v), 4) for v in mean],
-           "std": [round(float(v), 4) for v in std], "layout": "NCHW",
-           "pixel_range": "[0,1] before normalisation", "dataset": data}
+    pre = {
+        "size": size,
+        "channels": channels,
+        "mean": [round(float(v), 4) for v in mean],
+        "std": [round(float(v), 4) for v in std],
+        "layout": "NCHW",
+        "pixel_range": "[0,1] before normalisation",
+        "dataset": data,
+    }
     x = (raw.x - torch.tensor(pre["mean"]).view(1, -1, 1, 1)) / torch.tensor(pre["std"]).view(1, -1, 1, 1)
     return pre, Samples(x, raw.y, raw.classes, raw.source)

@@ -34,8 +34,15 @@ def trained(cache_dir):
         state = _finished_or_resumable(path)
         if state != "finished":
             # train writes the checkpoint after every epoch: a run interrupted earlier is continued, not trusted
-            run_train(name, "digits", str(path), cfg=TrainConfig(epochs=epochs), show_progress=False,
-                      resume=str(path) if state == "resumable" else None, command=f"pytest fixture train {name}")
+            run_train(
+                name,
+                "digits",
+                str(path),
+                cfg=TrainConfig(epochs=epochs),
+                show_progress=False,
+                resume=str(path) if state == "resumable" else None,
+                command=f"pytest fixture train {name}",
+            )
         return path
 
     return get
@@ -76,8 +83,11 @@ def exported(trained, cache_dir):
 
     def is_default_export(onnx_path: Path, ckpt: Path) -> bool:
         meta = read_metadata(onnx_path)
-        return (meta.get("source_sha256") == file_sha256(ckpt) and meta.get("routing") in ("gated", "none")
-                and meta.get("dynamic_batch") == "true")
+        return (
+            meta.get("source_sha256") == file_sha256(ckpt)
+            and meta.get("routing") in ("gated", "none")
+            and meta.get("dynamic_batch") == "true"
+        )
 
     def get(name: str) -> Path:
         ckpt = trained(name)
@@ -87,4 +97,3 @@ def exported(trained, cache_dir):
         return out
 
     return get
-

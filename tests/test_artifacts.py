@@ -25,8 +25,14 @@ CLASSES = [str(i) for i in range(10)]
 
 
 def _save(model, path: Path, **kw) -> Path:
-    return artifacts.save_checkpoint(path, model, preprocessing=digits_preprocessing(32), classes=CLASSES,
-                                     provenance_rec=artifacts.provenance("pytest"), **kw)
+    return artifacts.save_checkpoint(
+        path,
+        model,
+        preprocessing=digits_preprocessing(32),
+        classes=CLASSES,
+        provenance_rec=artifacts.provenance("pytest"),
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- atomic writes
@@ -109,9 +115,14 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
 
 def test_trained_checkpoint_round_trips_through_save(trained, tmp_path):
     model, ck = artifacts.load_model(trained())
-    again = artifacts.save_checkpoint(tmp_path / "again.pt", model, preprocessing=ck["preprocessing"],
-                                      classes=ck["classes"], metrics=ck["metrics"],
-                                      provenance_rec=artifacts.provenance("pytest copy", trained(), ck))
+    again = artifacts.save_checkpoint(
+        tmp_path / "again.pt",
+        model,
+        preprocessing=ck["preprocessing"],
+        classes=ck["classes"],
+        metrics=ck["metrics"],
+        provenance_rec=artifacts.provenance("pytest copy", trained(), ck),
+    )
     model2, ck2 = artifacts.load_model(again)
     x = torch.randn(5, 1, 32, 32)
     with torch.no_grad():
@@ -148,8 +159,11 @@ def test_resaving_a_model_keeps_tensors_in_extra_state(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 1, 32, 32)).sum().backward()
     opt.step()
-    path = _save(model, tmp_path / "m.pt", extra={"train_state": {"optimizer": opt.state_dict(),
-                                                                   "rng": torch.Generator().get_state()}})
+    path = _save(
+        model,
+        tmp_path / "m.pt",
+        extra={"train_state": {"optimizer": opt.state_dict(), "rng": torch.Generator().get_state()}},
+    )
     st = artifacts.read_checkpoint(path)["extra"]["train_state"]
     assert isinstance(st["rng"], torch.Tensor)
     opt2 = torch.optim.AdamW(create_model("routed-tiny").parameters())
@@ -250,15 +264,18 @@ def test_checkpoint_of_an_unknown_family_is_named(trained, tmp_path):
         artifacts.load_model(_edited(trained, tmp_path, martian))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda ck: ck["config"].pop("dim"), "recorded config does not build a 'routed' model"),
-    (lambda ck: ck.__setitem__("config", "routed"), "'config' is missing or not a dict"),
-    (lambda ck: ck.pop("preprocessing"), "'preprocessing' is missing"),
-    (lambda ck: ck["preprocessing"].__setitem__("mean", [0.1, 0.2]), "one value per channel"),
-    (lambda ck: ck["config"].__setitem__("dim", 64), "weights do not match the recorded config"),
-    (lambda ck: ck["state_dict"].__setitem__("head.fc.bias", "oops"), "is not a tensor"),
-    (lambda ck: ck.__setitem__("format", "other/1"), "not an edgeconv checkpoint"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda ck: ck["config"].pop("dim"), "recorded config does not build a 'routed' model"),
+        (lambda ck: ck.__setitem__("config", "routed"), "'config' is missing or not a dict"),
+        (lambda ck: ck.pop("preprocessing"), "'preprocessing' is missing"),
+        (lambda ck: ck["preprocessing"].__setitem__("mean", [0.1, 0.2]), "one value per channel"),
+        (lambda ck: ck["config"].__setitem__("dim", 64), "weights do not match the recorded config"),
+        (lambda ck: ck["state_dict"].__setitem__("head.fc.bias", "oops"), "is not a tensor"),
+        (lambda ck: ck.__setitem__("format", "other/1"), "not an edgeconv checkpoint"),
+    ],
+)
 def test_malformed_checkpoints_are_one_readable_error(trained, tmp_path, edit, message):
     with pytest.raises(EdgeconvError, match=message) as e:
         artifacts.load_model(_edited(trained, tmp_path, edit))

@@ -107,8 +107,21 @@ def test_cli_writes_every_report_and_compares(ckpt, onnx_fp32, tmp_path, monkeyp
     monkeypatch.setattr(console, "width", 240)  # the table is wide; CliRunner's default terminal is 80 columns
 
     j, c, m, p = (tmp_path / f"b.{s}" for s in ("json", "csv", "md", "png"))
-    args = ["bench", str(ckpt), str(onnx_fp32), "--batch", "1,2", "--warmup", "1", "--iters", "3", "--limit", "40",
-            "--threads", "1"]
+    args = [
+        "bench",
+        str(ckpt),
+        str(onnx_fp32),
+        "--batch",
+        "1,2",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--limit",
+        "40",
+        "--threads",
+        "1",
+    ]
     r = CliRunner().invoke(app, [*args, "--json", str(j), "--csv", str(c), "--md", str(m), "--plot", str(p)])
     assert r.exit_code == 0, r.output
     data = json.loads(j.read_text())
@@ -204,8 +217,17 @@ def test_latency_stats_and_pareto_front():
 
 def test_compare_flags_changes_beyond_the_spread():
     def row(p50, p90, top1=99.0):
-        return {"model": "m", "backend": "ort:cpu", "device": "cpu", "precision": "fp32", "batch": 1, "status": "ok",
-                "p50_ms": p50, "p90_ms": p90, "top1": top1}
+        return {
+            "model": "m",
+            "backend": "ort:cpu",
+            "device": "cpu",
+            "precision": "fp32",
+            "batch": 1,
+            "status": "ok",
+            "p50_ms": p50,
+            "p90_ms": p90,
+            "top1": top1,
+        }
 
     base = {"rows": [row(1.0, 1.2)]}
     same = report.compare({"rows": [row(1.1, 1.3)]}, base)[0]
@@ -241,7 +263,9 @@ def test_folder_with_some_classes_is_scored_in_the_models_class_order(ckpt, tmp_
 
     for c in ("3", "7"):
         shutil.copytree(default_calib_dir() / c, tmp_path / c)
-    res = run_bench([ckpt], BenchConfig(batches=[1], devices=["cpu"], data=f"imagefolder:{tmp_path}", split="all",
-                                        **{**FAST, "limit": None}))
+    res = run_bench(
+        [ckpt],
+        BenchConfig(batches=[1], devices=["cpu"], data=f"imagefolder:{tmp_path}", split="all", **{**FAST, "limit": None}),
+    )
     # Read as classes 0 and 1 the trained model would score near 0%; in its own order it recognises them.
     assert res["reference"]["top1"] >= 80.0

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeconv.artifacts import file_sha256
-from edgeconv.card import (QUANTIZATION_KEY, decode_props, encode_props, model_fields, read_card, read_sidecar,
-                           write_sidecar)
+from edgeconv.card import QUANTIZATION_KEY, decode_props, encode_props, model_fields, read_card, read_sidecar, write_sidecar
 from edgeconv.errors import EdgeconvError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeconv"
@@ -37,8 +36,10 @@ def test_an_int8_onnx_card_names_its_record_target_and_both_sources(trained, exp
     assert card.precision == "int8" and card.target == "portable" and card.quantization["backend"] == "ort"
     assert card.preprocessing == read_card(float_onnx).preprocessing  # the float card travels with the graph
     # nearest source first: the float ONNX it was quantized from, then the checkpoint that was exported
-    assert card.sources() == [(str(float_onnx.resolve()), file_sha256(float_onnx)),
-                              (str(trained("routed-tiny").resolve()), file_sha256(trained("routed-tiny")))]
+    assert card.sources() == [
+        (str(float_onnx.resolve()), file_sha256(float_onnx)),
+        (str(trained("routed-tiny").resolve()), file_sha256(trained("routed-tiny"))),
+    ]
 
 
 def test_precision_never_comes_from_the_file_name(exported, tmp_path):
@@ -52,10 +53,20 @@ def test_sidecar_formats_carry_the_model_fields(tmp_path, digits_pre):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not a real engine")
     assert read_card(engine).precision == "?" and read_card(engine).quantization is None  # no record: says so
-    meta = {"family": "hvt", "variant": "tiny", "classes": ["a", "b"], "preprocessing": digits_pre, "config": {},
-            "routing": "none"}
-    rec = {"precision": "int8", "target": "tensorrt", "source": {"path": "/x/m.onnx", "sha256": "ab" * 32},
-           **model_fields(meta)}
+    meta = {
+        "family": "hvt",
+        "variant": "tiny",
+        "classes": ["a", "b"],
+        "preprocessing": digits_pre,
+        "config": {},
+        "routing": "none",
+    }
+    rec = {
+        "precision": "int8",
+        "target": "tensorrt",
+        "source": {"path": "/x/m.onnx", "sha256": "ab" * 32},
+        **model_fields(meta),
+    }
     assert "config" not in rec and "routing" not in rec  # empty and non-card fields are not copied
     side = write_sidecar(engine, rec)
     assert side == tmp_path / "m.engine.json" and read_sidecar(engine) == rec
@@ -97,14 +108,17 @@ def _modules_with(pattern: str) -> set[str]:
     return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if rx.search(p.read_text())}
 
 
-@pytest.mark.parametrize("pattern, home", [
-    (r"[\"']edgeconv\.quantization[\"']", "card.py"),          # the quantization record's key
-    (r"[\"']edgeconv\.format[\"']", "card.py"),
-    (r"\.metadata_props\b", "card.py"),                         # every read and write of ONNX props
-    (r"InferenceSession\(", "onnxrt.py"),                       # session construction
-    (r"[\"']\.(onnx|tflite|pt|pth|ckpt|engine|plan)[\"']", "formats.py"),  # suffixes
-    (r"[\"']\.json[\"']", "formats.py"),                        # the sidecar name
-])
+@pytest.mark.parametrize(
+    "pattern, home",
+    [
+        (r"[\"']edgeconv\.quantization[\"']", "card.py"),  # the quantization record's key
+        (r"[\"']edgeconv\.format[\"']", "card.py"),
+        (r"\.metadata_props\b", "card.py"),  # every read and write of ONNX props
+        (r"InferenceSession\(", "onnxrt.py"),  # session construction
+        (r"[\"']\.(onnx|tflite|pt|pth|ckpt|engine|plan)[\"']", "formats.py"),  # suffixes
+        (r"[\"']\.json[\"']", "formats.py"),  # the sidecar name
+    ],
+)
 def test_each_spelling_lives_in_one_module(pattern, home):
     assert _modules_with(pattern) == {home}
 

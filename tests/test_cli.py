@@ -46,7 +46,7 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 def test_help_lists_the_pipeline_in_order_and_every_command_has_an_example(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
     assert code == 0
-    out = out[out.index("Commands"):]
+    out = out[out.index("Commands") :]
     order = [out.find(f" {c} ") for c in ("models", "train", "eval", "export", "quantize", "info")]
     assert all(i >= 0 for i in order) and order == sorted(order), order
     for cmd in app.registered_commands:
@@ -70,8 +70,7 @@ def test_eval_prints_accuracy_and_routing_and_writes_json(trained, monkeypatch, 
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["n"] == 359 and res["top1"] >= 95.0
     assert sum(res["routing"]["blocks.0"].values()) == 359
-    code, out, err = run_cli(monkeypatch, capsys, "eval", trained(), "--routing", "soft", "--json",
-                             tmp_path / "soft.json")
+    code, out, err = run_cli(monkeypatch, capsys, "eval", trained(), "--routing", "soft", "--json", tmp_path / "soft.json")
     soft = json.loads((tmp_path / "soft.json").read_text())
     assert code == 0 and abs(soft["top1"] - res["top1"]) <= 1.0
 
@@ -83,8 +82,9 @@ def test_eval_on_an_image_folder_uses_the_model_class_order(trained, monkeypatch
     sub.mkdir(parents=True)
     for f in sorted((default_calib_dir() / "7").glob("*.png")):
         (sub / f.name).write_bytes(f.read_bytes())
-    code, out, err = run_cli(monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'sevens'}",
-                             "--json", tmp_path / "r.json")
+    code, out, err = run_cli(
+        monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'sevens'}", "--json", tmp_path / "r.json"
+    )
     assert code == 0, err
     import json
 
@@ -107,8 +107,23 @@ def test_train_writes_a_checkpoint_that_eval_and_info_read(monkeypatch, capsys, 
     y = np.array([int(p.parent.name) for p in files])
     np.savez(tmp_path / "d.npz", x=x, y=y)
     out_pt = tmp_path / "m.pt"
-    code, out, err = run_cli(monkeypatch, capsys, "train", "--model", "hvt-tiny", "--data", f"npz:{tmp_path / 'd.npz'}",
-                             "--img-size", "32", "--epochs", "1", "--batch-size", "20", "-o", out_pt)
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--model",
+        "hvt-tiny",
+        "--data",
+        f"npz:{tmp_path / 'd.npz'}",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "-o",
+        out_pt,
+    )
     assert code == 0, err
     assert "trained" in out and out_pt.exists()
     ck = artifacts.read_checkpoint(out_pt)
@@ -155,10 +170,18 @@ def test_a_code_executing_pickle_is_refused_through_the_installed_command(tmp_pa
     torch.save({"format": artifacts.FORMAT, "payload": _Exploit(marker)}, tmp_path / "evil.pt")
     with open(tmp_path / "evil_legacy.pt", "wb") as f:
         pickle.dump({"format": artifacts.FORMAT, "payload": _Exploit(marker)}, f, protocol=2)
-    for name, cmd in (("evil.pt", ["info"]), ("evil_legacy.pt", ["eval"]),
-                      ("evil.pt", ["train", "-o", str(tmp_path / "o.pt"), "--resume"])):
-        r = subprocess.run([str(EDGECONV), *cmd, str(tmp_path / name)], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "COLUMNS": "200"})
+    for name, cmd in (
+        ("evil.pt", ["info"]),
+        ("evil_legacy.pt", ["eval"]),
+        ("evil.pt", ["train", "-o", str(tmp_path / "o.pt"), "--resume"]),
+    ):
+        r = subprocess.run(
+            [str(EDGECONV), *cmd, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert_one_line_error(r.returncode, r.stderr, name, "refusing to load")
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
 
@@ -182,8 +205,17 @@ def test_empty_or_unreadable_image_folder(trained, monkeypatch, capsys, tmp_path
     (tmp_path / "broken" / "1" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     code, _, err = run_cli(monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'broken'}")
     assert_one_line_error(code, err, "x.png", "unreadable image")
-    code, _, err = run_cli(monkeypatch, capsys, "train", "-o", tmp_path / "o.pt", "--data",
-                           f"imagefolder:{tmp_path / 'missing'}", "--img-size", "32")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "-o",
+        tmp_path / "o.pt",
+        "--data",
+        f"imagefolder:{tmp_path / 'missing'}",
+        "--img-size",
+        "32",
+    )
     assert_one_line_error(code, err, "no such folder")
     assert not (tmp_path / "o.pt").exists()
 
@@ -205,8 +237,12 @@ def test_routing_flag_on_a_model_without_a_router(monkeypatch, capsys, tmp_path)
     from edgeconv.data import digits_preprocessing
     from edgeconv.models import create_model
 
-    path = artifacts.save_checkpoint(tmp_path / "can.pt", create_model("can-tiny"),
-                                     preprocessing=digits_preprocessing(32), classes=[str(i) for i in range(10)])
+    path = artifacts.save_checkpoint(
+        tmp_path / "can.pt",
+        create_model("can-tiny"),
+        preprocessing=digits_preprocessing(32),
+        classes=[str(i) for i in range(10)],
+    )
     code, _, err = run_cli(monkeypatch, capsys, "eval", path, "--routing", "soft")
     assert_one_line_error(code, err, "has no router")
 
@@ -214,6 +250,7 @@ def test_routing_flag_on_a_model_without_a_router(monkeypatch, capsys, tmp_path)
 def test_timm_model_without_timm_names_the_extra(monkeypatch, capsys, tmp_path):
     try:
         import timm  # noqa: F401
+
         pytest.skip("timm is installed in this environment")
     except ImportError:
         pass

@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconv.data import (default_calib_dir, digits_images01, digits_split_indices, load_samples,
-                           write_digits_calibration)
+from edgeconv.data import default_calib_dir, digits_images01, digits_split_indices, load_samples, write_digits_calibration
 from edgeconv.errors import EdgeconvError
 
 
@@ -104,15 +103,18 @@ def test_rgb_folder_for_an_rgb_model_and_opaque_rgba_counts_as_rgb(tmp_path):
     assert s.x.shape == (2, 3, 16, 16)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda d: _png(d / "0" / "a.png", size=28), r"image is 28x28, the model expects 32x32"),
-    (lambda d: _png(d / "0" / "a.png", mode="RGB"), r"3 channel\(s\) \(mode RGB\), the model expects 1"),
-    (lambda d: _png(d / "0" / "a.png", mode="RGBA", value=10), r"4 channel\(s\)"),
-    (lambda d: (d / "0").mkdir(parents=True) or (d / "0" / "a.png").write_bytes(b"not a png"), "unreadable image"),
-    (lambda d: _truncated_noise_png(d / "0" / "b.png"), "unreadable image"),
-    (lambda d: d.mkdir(parents=True, exist_ok=True), "no images found"),
-    (lambda d: (d / "notes").mkdir(parents=True) or (d / "notes" / "a.txt").write_text("x"), "no images found"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: _png(d / "0" / "a.png", size=28), r"image is 28x28, the model expects 32x32"),
+        (lambda d: _png(d / "0" / "a.png", mode="RGB"), r"3 channel\(s\) \(mode RGB\), the model expects 1"),
+        (lambda d: _png(d / "0" / "a.png", mode="RGBA", value=10), r"4 channel\(s\)"),
+        (lambda d: (d / "0").mkdir(parents=True) or (d / "0" / "a.png").write_bytes(b"not a png"), "unreadable image"),
+        (lambda d: _truncated_noise_png(d / "0" / "b.png"), "unreadable image"),
+        (lambda d: d.mkdir(parents=True, exist_ok=True), "no images found"),
+        (lambda d: (d / "notes").mkdir(parents=True) or (d / "notes" / "a.txt").write_text("x"), "no images found"),
+    ],
+)
 def test_bad_image_folders_are_one_readable_error(tmp_path, digits_pre, make, message):
     root = tmp_path / "data"
     make(root)
@@ -143,16 +145,21 @@ def test_npz_in_nchw_nhw_and_nhwc_uint8_and_float(tmp_path, digits_pre):
     assert a.y.tolist() == [0, 1, 2, 3] and c.y.tolist() == [-1] * 4
 
 
-@pytest.mark.parametrize("arrays,message", [
-    ({"x": np.zeros((4, 28, 28), np.float32)}, r"x has shape \[4, 1, 28, 28\], the model expects \[N, 1, 32, 32\]"),
-    ({"x": np.zeros((4, 3, 32, 32), np.float32)}, r"the model expects \[N, 1, 32, 32\]"),
-    ({"z": np.zeros(3)}, "no array named 'x'"),
-    ({"x": np.zeros((4, 32, 32), np.float32), "y": np.zeros(3, np.int64)}, "y must be integer labels of shape"),
-    ({"x": np.zeros((2, 32, 32), np.float32), "y": np.array([0.5, 1.0])}, "y must be integer labels"),
-    ({"x": np.zeros((2, 32, 32), np.int32)}, "x has dtype int32"),
-    ({"x": np.zeros((2, 32, 32), np.float32), "y": np.array([0, 4]), "classes": np.array(["a", "b"])},
-     "label 4 is out of range for 2 classes"),
-])
+@pytest.mark.parametrize(
+    "arrays,message",
+    [
+        ({"x": np.zeros((4, 28, 28), np.float32)}, r"x has shape \[4, 1, 28, 28\], the model expects \[N, 1, 32, 32\]"),
+        ({"x": np.zeros((4, 3, 32, 32), np.float32)}, r"the model expects \[N, 1, 32, 32\]"),
+        ({"z": np.zeros(3)}, "no array named 'x'"),
+        ({"x": np.zeros((4, 32, 32), np.float32), "y": np.zeros(3, np.int64)}, "y must be integer labels of shape"),
+        ({"x": np.zeros((2, 32, 32), np.float32), "y": np.array([0.5, 1.0])}, "y must be integer labels"),
+        ({"x": np.zeros((2, 32, 32), np.int32)}, "x has dtype int32"),
+        (
+            {"x": np.zeros((2, 32, 32), np.float32), "y": np.array([0, 4]), "classes": np.array(["a", "b"])},
+            "label 4 is out of range for 2 classes",
+        ),
+    ],
+)
 def test_bad_npz_is_one_readable_error(tmp_path, digits_pre, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(EdgeconvError, match=message):
@@ -196,6 +203,5 @@ def test_prune_on_an_unsplit_folder_refuses_before_any_work(trained, tmp_path):
     from edgeconv.compress.prune import PruneRequest, run_prune
 
     with pytest.raises(EdgeconvError, match="no held-out split"):
-        run_prune(str(trained("routed-tiny")), f"imagefolder:{tmp_path}", PruneRequest(heads=0.25),
-                  str(tmp_path / "p.pt"))
+        run_prune(str(trained("routed-tiny")), f"imagefolder:{tmp_path}", PruneRequest(heads=0.25), str(tmp_path / "p.pt"))
     assert not (tmp_path / "p.pt").exists()

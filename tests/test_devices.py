@@ -63,8 +63,10 @@ def test_cpuinfo_recorded_x86():
 
 def test_cpuinfo_arm_features_line():
     # the `Features` line format of /proc/cpuinfo on ARM64 (Jetson Orin's Cortex-A78AE reports these flags)
-    info = devices.parse_cpuinfo("processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
-                                 "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n")
+    info = devices.parse_cpuinfo(
+        "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+        "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n"
+    )
     assert info["isa"] == ["asimd", "asimdhp", "asimddp", "fphp"]
 
 

@@ -30,8 +30,16 @@ def pruned_student(trained, tmp_path_factory):
 def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_path, monkeypatch):
     teacher, student = pruned_student
     out = tmp_path / "kd.pt"
-    res = run_distill(str(teacher), str(student), "digits", str(out), dcfg=DistillConfig(),
-                      tcfg=TrainConfig(epochs=2, lr=1e-3), baseline=True, show_progress=False)
+    res = run_distill(
+        str(teacher),
+        str(student),
+        "digits",
+        str(out),
+        dcfg=DistillConfig(),
+        tcfg=TrainConfig(epochs=2, lr=1e-3),
+        baseline=True,
+        show_progress=False,
+    )
     rows = {r["model"].split(" (")[0]: r["top1 %"] for r in res["rows"]}
     assert set(rows) == {"teacher", "student before KD", "student after KD", "student fine-tuned without KD"}
     assert rows["student after KD"] > rows["student before KD"] + 10, rows
@@ -51,26 +59,50 @@ def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_
 
     monkeypatch.setattr(edgeconv.training, "evaluate", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_distill(str(teacher), str(student), "digits", str(out2), dcfg=DistillConfig(),
-                    tcfg=TrainConfig(epochs=1, lr=1e-3), baseline=False, show_progress=False)
+        run_distill(
+            str(teacher),
+            str(student),
+            "digits",
+            str(out2),
+            dcfg=DistillConfig(),
+            tcfg=TrainConfig(epochs=1, lr=1e-3),
+            baseline=False,
+            show_progress=False,
+        )
     monkeypatch.undo()
     assert state_path(out2).exists()
     assert artifacts.read_checkpoint(out2)["extra"]["distill"]["epoch"] == 1
-    res2 = run_distill(str(teacher), str(student), "digits", str(out2), dcfg=DistillConfig(),
-                       tcfg=TrainConfig(epochs=2, lr=1e-3), resume=True, baseline=False, show_progress=False)
+    res2 = run_distill(
+        str(teacher),
+        str(student),
+        "digits",
+        str(out2),
+        dcfg=DistillConfig(),
+        tcfg=TrainConfig(epochs=2, lr=1e-3),
+        resume=True,
+        baseline=False,
+        show_progress=False,
+    )
     assert res2["metrics"]["epochs"] == 2
     assert artifacts.read_checkpoint(out2)["extra"]["distill"]["epoch"] == 2
 
 
 def test_feature_distillation_learns_a_projection_across_widths(trained, tmp_path):
-    teacher = trained("routed-tiny")                      # pooled width 48
-    student = tmp_path / "hvt.pt"                          # pooled width 64
+    teacher = trained("routed-tiny")  # pooled width 48
+    student = tmp_path / "hvt.pt"  # pooled width 64
     pre = artifacts.read_checkpoint(teacher)["preprocessing"]
-    artifacts.save_checkpoint(student, create_model("hvt-tiny"), preprocessing=pre,
-                              classes=[str(i) for i in range(10)])
+    artifacts.save_checkpoint(student, create_model("hvt-tiny"), preprocessing=pre, classes=[str(i) for i in range(10)])
     out = tmp_path / "kd.pt"
-    run_distill(str(teacher), str(student), "digits", str(out), dcfg=DistillConfig(feature=True),
-                tcfg=TrainConfig(epochs=1), baseline=False, show_progress=False)
+    run_distill(
+        str(teacher),
+        str(student),
+        "digits",
+        str(out),
+        dcfg=DistillConfig(feature=True),
+        tcfg=TrainConfig(epochs=1),
+        baseline=False,
+        show_progress=False,
+    )
     before = artifacts.load_model(student)[0].state_dict()
     after = artifacts.load_model(out)[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -80,11 +112,19 @@ def test_student_with_other_classes_fails_clearly(trained, tmp_path):
     teacher = trained("routed-tiny")
     pre = artifacts.read_checkpoint(teacher)["preprocessing"]
     student = tmp_path / "five.pt"
-    artifacts.save_checkpoint(student, create_model("routed-tiny", num_classes=5), preprocessing=pre,
-                              classes=[str(i) for i in range(5)])
+    artifacts.save_checkpoint(
+        student, create_model("routed-tiny", num_classes=5), preprocessing=pre, classes=[str(i) for i in range(5)]
+    )
     with pytest.raises(EdgeconvError, match="10 classes .* 5 classes"):
-        run_distill(str(teacher), str(student), "digits", str(tmp_path / "o.pt"), dcfg=DistillConfig(),
-                    tcfg=TrainConfig(epochs=1), show_progress=False)
+        run_distill(
+            str(teacher),
+            str(student),
+            "digits",
+            str(tmp_path / "o.pt"),
+            dcfg=DistillConfig(),
+            tcfg=TrainConfig(epochs=1),
+            show_progress=False,
+        )
     assert not (tmp_path / "o.pt").exists()
 
 
@@ -93,5 +133,4 @@ def test_bad_distill_options_fail_clearly(trained, tmp_path):
     with pytest.raises(EdgeconvError, match="--alpha"):
         run_distill(t, t, "digits", str(tmp_path / "o.pt"), dcfg=DistillConfig(alpha=1.5), tcfg=TrainConfig(epochs=1))
     with pytest.raises(EdgeconvError, match="--resume: no unfinished distillation"):
-        run_distill(t, t, "digits", str(tmp_path / "o.pt"), dcfg=DistillConfig(), tcfg=TrainConfig(epochs=1),
-                    resume=True)
+        run_distill(t, t, "digits", str(tmp_path / "o.pt"), dcfg=DistillConfig(), tcfg=TrainConfig(epochs=1), resume=True)

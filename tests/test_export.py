@@ -79,7 +79,7 @@ def test_gated_graph_runs_only_the_routed_branch_per_sample(gated, routed_ckpt, 
     names = [o.name for o in sess.get_outputs()]
     top = ifs[0]  # the first block's "whole batch to conv?" If
     for i in range(len(x)):
-        outs = dict(zip(names, sess.run(None, {"input": x[i:i + 1].numpy()})))
+        outs = dict(zip(names, sess.run(None, {"input": x[i : i + 1].numpy()})))
         assert int(outs[top.output][0]) == int(not routes[i])
         np.testing.assert_allclose(outs["logits"][0], ref[i], atol=1e-4)
     mixed = sess.run(None, {"input": x.numpy()})
@@ -112,16 +112,14 @@ def test_every_family_exports_and_validates(name, trained, tmp_path):
 
 def test_static_batch_export_pins_batch_to_one(tmp_path, digits_pre):
     model = create_model("hvt-tiny")
-    res = export_onnx(model, tmp_path / "static.onnx", dynamic_batch=False, simplify=False,
-                      preprocessing=digits_pre)
+    res = export_onnx(model, tmp_path / "static.onnx", dynamic_batch=False, simplify=False, preprocessing=digits_pre)
     proto = onnx.load(str(res.path))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert not res.simplified and read_metadata(res.path)["simplified"].startswith("no")
     sess = ort_session(res.path)
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     with torch.no_grad():
-        np.testing.assert_allclose(sess.run(None, {"input": x})[0], model.eval()(torch.from_numpy(x)).numpy(),
-                                   atol=1e-4)
+        np.testing.assert_allclose(sess.run(None, {"input": x})[0], model.eval()(torch.from_numpy(x)).numpy(), atol=1e-4)
 
 
 def test_bare_model_export_leaves_the_callers_model_alone(tmp_path, digits_pre):

@@ -67,17 +67,24 @@ def test_the_walker_reaches_nested_branches():
             body.append(helper.make_node("Identity", [inner.output[0]], [f"{name}_y"]))
         return helper.make_graph(body, name, [], [out])
 
-    inner_if = helper.make_node("If", ["c"], ["inner_y"], name="inner", then_branch=branch("t2"),
-                                else_branch=branch("e2"))
-    outer = helper.make_node("If", ["c"], ["y"], name="outer", then_branch=branch("t1", inner_if),
-                             else_branch=branch("e1"))
-    g = helper.make_graph([outer], "top", [helper.make_tensor_value_info("c", TensorProto.BOOL, [1]),
-                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    inner_if = helper.make_node("If", ["c"], ["inner_y"], name="inner", then_branch=branch("t2"), else_branch=branch("e2"))
+    outer = helper.make_node("If", ["c"], ["y"], name="outer", then_branch=branch("t1", inner_if), else_branch=branch("e1"))
+    g = helper.make_graph(
+        [outer],
+        "top",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, [1]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     paths = [p for p, _ in graphs(g)]
-    assert paths[0] == "" and sorted(paths[1:]) == ["outer.else_branch", "outer.then_branch",
-                                                   "outer.then_branch/inner.else_branch",
-                                                   "outer.then_branch/inner.then_branch"]
+    assert paths[0] == "" and sorted(paths[1:]) == [
+        "outer.else_branch",
+        "outer.then_branch",
+        "outer.then_branch/inner.else_branch",
+        "outer.then_branch/inner.then_branch",
+    ]
     assert paths.index("outer.then_branch") < paths.index("outer.then_branch/inner.then_branch")
     assert count_op(g, "If") == 2 and sum(n.op_type == "Identity" for n in nodes(g)) == 4
 

@@ -66,7 +66,7 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(ckpt, tmp_path
         t = time.perf_counter()
         code, err = _cli(monkeypatch, capsys, *args)
         _one_line(code, err, *[f for f in frags if f])
-        assert time.perf_counter() - t < 1.0, args   # refused before any work
+        assert time.perf_counter() - t < 1.0, args  # refused before any work
         assert _digest([ckpt, onnx_in]) == before, args
 
 
@@ -90,7 +90,7 @@ def test_tflite_from_onnx_refuses_a_checkpoint_changed_since_export(ckpt, tmp_pa
     onx = tmp_path / "m.onnx"
     export_onnx(ckpt, onx)
     sd = torch.load(ckpt, weights_only=True)
-    sd["metrics"] = {"retrained": 1.0}            # the same path now holds another file
+    sd["metrics"] = {"retrained": 1.0}  # the same path now holds another file
     torch.save(sd, ckpt)
     out = tmp_path / "m.tflite"
     with pytest.raises(EdgeconvError, match="has changed since the export"):
@@ -121,7 +121,7 @@ def test_pipeline_names_cannot_leave_runs(name, tmp_path):
     p = tmp_path / "p.toml"
     p.write_text(f"[pipeline]\nname = {name!r}\n[train]\n")
     if name == "":
-        assert load_pipeline(p).pipeline.name == "p"   # empty: the file's stem
+        assert load_pipeline(p).pipeline.name == "p"  # empty: the file's stem
         return
     with pytest.raises(PipelineConfigError, match="pipeline.name"):
         load_pipeline(p)
@@ -142,21 +142,24 @@ def test_a_step_record_pointing_outside_the_run_is_not_trusted(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- numbers
-@pytest.mark.parametrize("args,frag", [
-    (["train", "--lr", "-1"], "--lr must be in (0, 10]"),
-    (["train", "--lr", "nan"], "--lr must be a finite number"),
-    (["train", "--label-smoothing", "5"], "--label-smoothing must be in [0, 1)"),
-    (["train", "--img-size", "0"], "--img-size must be in [8, 2048]"),
-    (["train", "--img-size", "-8"], "--img-size"),
-    (["train", "--img-size", "100000"], "--img-size"),
-    (["train", "--in-chans", "0", "--data", "digits"], "--in-chans must be in [1, 16]"),
-    (["models", "--img-size", "0"], "--img-size must be in [8, 2048]"),
-])
+@pytest.mark.parametrize(
+    "args,frag",
+    [
+        (["train", "--lr", "-1"], "--lr must be in (0, 10]"),
+        (["train", "--lr", "nan"], "--lr must be a finite number"),
+        (["train", "--label-smoothing", "5"], "--label-smoothing must be in [0, 1)"),
+        (["train", "--img-size", "0"], "--img-size must be in [8, 2048]"),
+        (["train", "--img-size", "-8"], "--img-size"),
+        (["train", "--img-size", "100000"], "--img-size"),
+        (["train", "--in-chans", "0", "--data", "digits"], "--in-chans must be in [1, 16]"),
+        (["models", "--img-size", "0"], "--img-size must be in [8, 2048]"),
+    ],
+)
 def test_numbers_out_of_range_are_refused_first(args, frag, tmp_path, monkeypatch, capsys):
     extra = ["-o", tmp_path / "o.pt"] if args[0] == "train" else []
     t = time.perf_counter()
     code, err = _cli(monkeypatch, capsys, *args, *extra)
-    if "in-chans" in frag and code != 0 and "Usage" in err:   # typer's own min=1 check got there first
+    if "in-chans" in frag and code != 0 and "Usage" in err:  # typer's own min=1 check got there first
         return
     _one_line(code, err, frag)
     assert time.perf_counter() - t < 1.0
@@ -166,15 +169,17 @@ def test_numbers_out_of_range_are_refused_first(args, frag, tmp_path, monkeypatc
 def test_validate_bounds(tmp_path, monkeypatch, capsys):
     m = tmp_path / "m.onnx"
     m.write_bytes(b"x")
-    for args, frag in ((["--tolerance", "-1"], "--tolerance must be in [0, inf]"),
-                       (["--min-agreement", "150"], "--min-agreement must be in [0, 100]")):
+    for args, frag in (
+        (["--tolerance", "-1"], "--tolerance must be in [0, inf]"),
+        (["--min-agreement", "150"], "--min-agreement must be in [0, 100]"),
+    ):
         code, err = _cli(monkeypatch, capsys, "validate", m, *args)
         _one_line(code, err, frag)
 
 
 def test_a_checkpoint_asking_for_a_huge_model_is_refused_not_built(ckpt, tmp_path, monkeypatch, capsys):
     sd = torch.load(ckpt, weights_only=True)
-    sd["config"]["depth"] = 10 ** 6
+    sd["config"]["depth"] = 10**6
     bad = tmp_path / "huge.pt"
     torch.save(sd, bad)
     for cmd in ("info", "eval"):
@@ -183,7 +188,7 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_not_built(ckpt, tmp_pat
         _one_line(code, err, "config 'depth' = 1000000 is outside 1..64")
         assert time.perf_counter() - t < 5.0
     sd["config"]["depth"] = 2
-    sd["preprocessing"]["size"] = 10 ** 9
+    sd["preprocessing"]["size"] = 10**9
     torch.save(sd, bad)
     code, err = _cli(monkeypatch, capsys, "info", bad)
     _one_line(code, err, "preprocessing 'size'")
@@ -193,10 +198,25 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_not_built(ckpt, tmp_pat
 def test_ctrl_c_says_what_was_kept_and_leaves_no_partial_file(tmp_path):
     out = tmp_path / "m.pt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from edgeconv.cli import main; main()", "train", "--model",
-                             "routed-tiny", "--epochs", "50", "-o", str(out)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, env=env, text=True)
-    time.sleep(8)   # imports, data, and into the first epochs
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from edgeconv.cli import main; main()",
+            "train",
+            "--model",
+            "routed-tiny",
+            "--epochs",
+            "50",
+            "-o",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    time.sleep(8)  # imports, data, and into the first epochs
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-500:]
@@ -211,7 +231,7 @@ def test_temp_files_of_killed_writers_are_cleaned(tmp_path):
     dead.wait()
     orphan = tmp_path / f".r.json.{dead.pid}.abc.tmp"
     orphan.write_text("half")
-    live = tmp_path / f".r.json.{os.getppid()}.def.tmp"   # a running process's temp file stays
+    live = tmp_path / f".r.json.{os.getppid()}.def.tmp"  # a running process's temp file stays
     live.write_text("in progress")
     atomic_write_text(tmp_path / "r.json", "{}")
     assert not orphan.exists() and live.exists()

@@ -12,8 +12,15 @@ import torch
 from edgeconv.artifacts import save_checkpoint
 from edgeconv.data import digits_images01, normalise
 from edgeconv.errors import EdgeconvError
-from edgeconv.inspection import (AttentionRecord, inspect_checkpoint, inspect_model, keep_mask, load_image,
-                                 received_attention, upsample)
+from edgeconv.inspection import (
+    AttentionRecord,
+    inspect_checkpoint,
+    inspect_model,
+    keep_mask,
+    load_image,
+    received_attention,
+    upsample,
+)
 from edgeconv.models import create_model, families, routers
 from edgeconv.models.layers import window_merge
 
@@ -22,7 +29,7 @@ ATTENTION_FAMILIES = [f"{name}-tiny" for name, fam in families().items() if fam.
 
 def _digit(pre: dict, i: int = 0) -> torch.Tensor:
     x01, _ = digits_images01("test", pre["size"])
-    return normalise(x01[i:i + 1], pre)[0]
+    return normalise(x01[i : i + 1], pre)[0]
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -39,10 +46,10 @@ def test_attention_maps_are_distributions_on_the_token_grid(name, digits_pre):
         rows = rec.attn.sum(-1)
         assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5), f"{rec.name}: rows do not sum to 1"
         grid = received_attention(rec)
-        assert grid.shape == (rec.heads, 8, 8)                  # 32 px digits -> 8x8 tokens in every family
+        assert grid.shape == (rec.heads, 8, 8)  # 32 px digits -> 8x8 tokens in every family
         per_head = np.nansum(grid.reshape(rec.heads, -1), axis=1)
         assert np.allclose(per_head, 1.0, atol=1e-5), f"{rec.name}: received attention does not sum to 1"
-        if rec.kind != "window":                                # cells without a token are NaN
+        if rec.kind != "window":  # cells without a token are NaN
             assert np.isnan(grid).sum() == rec.heads * (64 - len(rec.positions))
         assert upsample(grid, 32).shape == (rec.heads, 32, 32)
 
@@ -65,8 +72,8 @@ def test_acmix_map_matches_the_models_own_window_merge(digits_pre):
     ins = inspect_model(model, _digit(digits_pre, 3))
     rec = ins.attention[0]
     assert rec.kind == "window" and rec.attn.shape == (4, 4, 16, 16)  # 4 windows x 4 heads x 16 x 16
-    per_token = rec.attn.mean(dim=2).permute(0, 2, 1)                  # [nW, n, H]: received, per head
-    merged = window_merge(per_token, rec.window, 1, 8, 8)[0] / 4       # the model's own inverse of partition
+    per_token = rec.attn.mean(dim=2).permute(0, 2, 1)  # [nW, n, H]: received, per head
+    merged = window_merge(per_token, rec.window, 1, 8, 8)[0] / 4  # the model's own inverse of partition
     assert np.allclose(received_attention(rec), merged.numpy(), atol=1e-6)
 
 
@@ -86,7 +93,7 @@ def test_saliency_tokens_map_back_through_sparsification(digits_pre):
     mask = keep_mask(layer1)
     assert mask.shape == (8, 8) and int(np.nansum(mask)) == 32 and int((mask == 0).sum()) == 32
     grid = received_attention(ins.attention[2])
-    assert np.isnan(grid[0]).sum() == 32                      # dropped tokens have no attention
+    assert np.isnan(grid[0]).sum() == 32  # dropped tokens have no attention
     assert np.isnan(grid[0].reshape(-1)[layer1.kept.numpy()]).sum() == 0
 
 
@@ -94,7 +101,7 @@ def test_shared_attention_layer_still_reports_its_token_drop(digits_pre):
     ins = inspect_model(_model("saliency-small"), _digit(digits_pre))  # layer 1 reuses layer 0's map and drops
     names = {s.name: s for s in ins.saliency}
     assert "blocks.layers.1" in names and len(names["blocks.layers.1"].kept) == 32
-    assert torch.isnan(names["blocks.layers.1"].scores).all()        # no saliency head of its own
+    assert torch.isnan(names["blocks.layers.1"].scores).all()  # no saliency head of its own
 
 
 def test_router_decisions_equal_the_models_hard_decisions(trained, digits_pre):
@@ -105,16 +112,16 @@ def test_router_decisions_equal_the_models_hard_decisions(trained, digits_pre):
         x = _digit(ck["preprocessing"], i)
         ins = inspect_model(model, x)
         with torch.no_grad():
-            probs = model(x.unsqueeze(0)).softmax(-1)[0]               # a plain forward, no inspection hooks
+            probs = model(x.unsqueeze(0)).softmax(-1)[0]  # a plain forward, no inspection hooks
         hard = {n: (bool(b.last_route[0]), float(b.last_p_attn[0])) for n, b in routers(model)}
-        assert torch.allclose(ins.probs, probs, atol=1e-6)             # inspecting did not change the answer
+        assert torch.allclose(ins.probs, probs, atol=1e-6)  # inspecting did not change the answer
         assert [r.name for r in ins.routes] == list(hard)
         for r in ins.routes:
             took_attn, p = hard[r.name]
             assert (r.route == "attn") == took_attn and r.p_attn == pytest.approx(p)
             assert (r.p_attn > r.threshold) == took_attn
             rec = next(a for a in ins.attention if a.name == f"{r.name}.attn")
-            assert rec.taken == took_attn                             # conv-routed maps are marked not used
+            assert rec.taken == took_attn  # conv-routed maps are marked not used
     assert ins.attention and all(a.heads == 4 for a in ins.attention)
 
 
@@ -126,8 +133,11 @@ def test_every_attention_family_writes_pngs(name, tmp_path, digits_pre):
     ckpt = save_checkpoint(tmp_path / "m.pt", model, preprocessing=digits_pre, classes=[str(i) for i in range(10)])
     rep = inspect_checkpoint(ckpt, ["digits:5"], tmp_path / "out")
     files = rep["images"][0]["files"]
-    expected = {"digits5_attention.png"} | ({"digits5_router.png"} if name.startswith("routed") else set()) | (
-        {"digits5_saliency.png"} if name.startswith("saliency") else set())
+    expected = (
+        {"digits5_attention.png"}
+        | ({"digits5_router.png"} if name.startswith("routed") else set())
+        | ({"digits5_saliency.png"} if name.startswith("saliency") else set())
+    )
     assert {p.rsplit("/", 1)[-1] for p in files} == expected
     n_layers = len(rep["images"][0]["attention"])
     for f in files:
@@ -136,7 +146,7 @@ def test_every_attention_family_writes_pngs(name, tmp_path, digits_pre):
             w, h = im.size
         if f.endswith("_attention.png"):
             heads = max(a["heads"] for a in rep["images"][0]["attention"])
-            assert w > 150 * (heads + 1) and h > 150 * n_layers      # one panel per head and layer
+            assert w > 150 * (heads + 1) and h > 150 * n_layers  # one panel per head and layer
             # not a blank canvas: the overlay has many distinct colours
             assert len(np.unique(np.asarray(Image.open(f).convert("RGB")).reshape(-1, 3), axis=0)) > 50
     on_disk = json.loads((tmp_path / "out" / "inspect.json").read_text())

@@ -114,15 +114,17 @@ def test_emulation_on_a_real_layer_shows_the_old_setting_corrupting_it_and_porta
     for name, model in routed_files.items():
         head = [la for la in integer_layers(model) if not la.graph and la.op == "Gemm"][-1]
         a, zp = _layer_inputs(model, head.node, x)
-        offset = zp * head.weight.astype(np.int64).sum(1)   # the kernel removes the zero point after the sums
+        offset = zp * head.weight.astype(np.int64).sum(1)  # the kernel removes the zero point after the sums
         exact = exact_u8s8(a, head.weight) - offset
         emulated = emulate_u8s8(a, head.weight) - offset
-        errors[name] = (float(np.linalg.norm(emulated - exact) / np.linalg.norm(exact)),
-                        float(np.mean(emulated != exact)),
-                        float(np.mean(emulated.argmax(1) == exact.argmax(1))))
+        errors[name] = (
+            float(np.linalg.norm(emulated - exact) / np.linalg.norm(exact)),
+            float(np.mean(emulated != exact)),
+            float(np.mean(emulated.argmax(1) == exact.argmax(1))),
+        )
     rel, frac, _ = errors["x86-vnni"]
-    assert rel > 0.01 and frac > 0.02, errors     # full 8-bit weights: saturated sums corrupt the logits
-    assert errors["portable"][:2] == (0.0, 0.0)     # 7-bit weights: bit-exact
+    assert rel > 0.01 and frac > 0.02, errors  # full 8-bit weights: saturated sums corrupt the logits
+    assert errors["portable"][:2] == (0.0, 0.0)  # 7-bit weights: bit-exact
 
 
 # ----------------------------------------------------------------------------------------------- CPU classes
@@ -147,7 +149,8 @@ def test_info_device_names_the_int8_class(tmp_path):
     assert res.exit_code == 0, res.output
     cpu = json.loads((tmp_path / "d.json").read_text())["cpu"]
     assert cpu["int8"] in {c[0] for c in __import__("edgeconv.hostcpu", fromlist=["x"]).INT8_CLASSES} | {
-        "SSE (no VNNI)"} or cpu["int8"].startswith("unknown")
+        "SSE (no VNNI)"
+    } or cpu["int8"].startswith("unknown")
     assert cpu["int8 kernels"]
 
 
@@ -182,8 +185,22 @@ def test_cli_target_is_recorded_shown_by_info_and_checked_by_validate(exported, 
     src = exported("routed-tiny")
     runner = CliRunner()
     out = tmp_path / "m.vnni.onnx"
-    res = runner.invoke(app, ["quantize", str(src), "--int8", "--target", "x86-vnni", "--ops", "weights",
-                              "-o", str(out), "--json", str(tmp_path / "q.json")])
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(src),
+            "--int8",
+            "--target",
+            "x86-vnni",
+            "--ops",
+            "weights",
+            "-o",
+            str(out),
+            "--json",
+            str(tmp_path / "q.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rec = json.loads((tmp_path / "q.json").read_text())
     assert rec["target"] == "x86-vnni" and rec["saturation"]["safe_without_vnni"] is False
@@ -193,8 +210,22 @@ def test_cli_target_is_recorded_shown_by_info_and_checked_by_validate(exported, 
     section = json.loads((tmp_path / "i.json").read_text())["quantization"]
     assert section["INT8 target"].startswith("x86-vnni") and "on this CPU" in section
     assert "can saturate" in section["int16 pair sums"]
-    runner.invoke(app, ["validate", str(out), "--limit", "16", "--allow-uncovered", "--tolerance", "10",
-                   "--min-agreement", "0", "--json", str(tmp_path / "v.json")])
+    runner.invoke(
+        app,
+        [
+            "validate",
+            str(out),
+            "--limit",
+            "16",
+            "--allow-uncovered",
+            "--tolerance",
+            "10",
+            "--min-agreement",
+            "0",
+            "--json",
+            str(tmp_path / "v.json"),
+        ],
+    )
     checks = {c["name"]: c for c in json.loads((tmp_path / "v.json").read_text())["checks"]}
     assert checks["INT8 target"]["status"] in ("PASSED", "WARNING")
     assert checks["INT8 target"]["data"]["safe_without_vnni"] is False
@@ -206,9 +237,11 @@ def test_cli_target_errors_come_before_any_work(exported, tmp_path):
     from edgeconv.cli import app
 
     src = exported("routed-tiny")
-    for args, msg in ((["--int8", "--target", "bogus"], "unknown; choose one of"),
-                      (["--int8", "--target", "tensorrt"], "written by --backend tensorrt"),
-                      (["--fp16", "--target", "portable"], "--target applies to --int8 only")):
+    for args, msg in (
+        (["--int8", "--target", "bogus"], "unknown; choose one of"),
+        (["--int8", "--target", "tensorrt"], "written by --backend tensorrt"),
+        (["--fp16", "--target", "portable"], "--target applies to --int8 only"),
+    ):
         out = tmp_path / "x.onnx"
         res = CliRunner().invoke(app, ["quantize", str(src), *args, "-o", str(out)])
         assert res.exit_code != 0 and msg in str(res.exception or res.output), (args, res.output)
@@ -220,8 +253,9 @@ QEMU = shutil.which("qemu-x86_64")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64", reason="needs qemu-user on x86-64 "
-                    "(apt install qemu-user)")
+@pytest.mark.skipif(
+    QEMU is None or platform.machine() != "x86_64", reason="needs qemu-user on x86-64 (apt install qemu-user)"
+)
 def test_files_on_an_emulated_avx2_cpu_without_vnni(routed_files, digits_pre, tmp_path):
     """qemu's Haswell model has AVX2 and no AVX-512/VNNI: onnxruntime picks its saturating U8S8 kernels there.
     The portable file gives the same top-1 as on this machine; the full-range file collapses (so the emulated CPU

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from edgeconv.errors import EdgeconvError, MissingDependencyError
-from edgeconv.models import (count_params_macs, create_model, create_model_from_config, families, list_models,
-                             routers, set_routing)
+from edgeconv.models import (
+    count_params_macs,
+    create_model,
+    create_model_from_config,
+    families,
+    list_models,
+    routers,
+    set_routing,
+)
 from edgeconv.models.layers import to_map, to_tokens
 from edgeconv.models.routed import RoutedBlock
 from edgeconv.models.structure import prunable_units
@@ -65,6 +72,7 @@ def test_unknown_model_name_is_a_readable_error():
 def test_timm_without_timm_installed_names_the_missing_extra():
     try:
         import timm  # noqa: F401
+
         pytest.skip("timm is installed in this environment")
     except ImportError:
         pass
@@ -129,12 +137,12 @@ def _decisive(seed: int = 0, n: int = 8) -> tuple[torch.nn.Module, list[RoutedBl
     blocks = [m for _, m in routers(model)]
     with torch.no_grad():
         f = model.stem(x).mean(dim=(2, 3))[:, 0]
-        lo, hi = f.sort().values[n // 2 - 1: n // 2 + 1]
+        lo, hi = f.sort().values[n // 2 - 1 : n // 2 + 1]
         r = blocks[0].router
         r.fc1.weight.zero_(), r.fc1.bias.zero_(), r.fc2.weight.zero_(), r.fc2.bias.zero_()
         r.fc1.weight[0, 0] = 1.0
-        r.fc1.bias[0] = 1.0 - float(f.min())          # keep the feature positive through the ReLU
-        r.fc2.weight[1, 0] = 50.0 / float(hi - lo)     # attention logit grows with the feature ...
+        r.fc1.bias[0] = 1.0 - float(f.min())  # keep the feature positive through the ReLU
+        r.fc2.weight[1, 0] = 50.0 / float(hi - lo)  # attention logit grows with the feature ...
         r.fc2.bias[0] = 50.0 / float(hi - lo) * (float(lo + hi) / 2 + 1.0 - float(f.min()))  # ... past the midpoint
         model(x)
     assert int(blocks[0].last_route.sum()) == n // 2
@@ -157,7 +165,7 @@ def test_a_mixed_batch_gives_each_sample_its_own_single_sample_answer():
         batch_out = model(x)
         batch_routes = [b.last_route.clone() for b in blocks]
         for i in range(len(x)):
-            alone = model(x[i:i + 1])
+            alone = model(x[i : i + 1])
             assert torch.allclose(alone[0], batch_out[i], atol=1e-5), i
             for b, routes in zip(blocks, batch_routes):
                 assert bool(b.last_route[0]) == bool(routes[i])

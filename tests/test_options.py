@@ -29,8 +29,9 @@ def test_every_pipeline_quantize_default_is_the_cli_default():
         assert f.name in params, f"--{f.name} missing from the CLI"
         assert params[f.name].default == getattr(pipeline, f.name), f.name
         assert (params[f.name].help or "").startswith(f.metadata["help"][:30]), f.name
-    assert cli_defaults(QuantizeSettings) == {f.name: getattr(pipeline, f.name)
-                                             for f in dataclasses.fields(QuantizeSettings)}
+    assert cli_defaults(QuantizeSettings) == {
+        f.name: getattr(pipeline, f.name) for f in dataclasses.fields(QuantizeSettings)
+    }
 
 
 # pipeline keys whose default means "the pipeline's own value" (not a CLI default that could drift)
@@ -135,4 +136,4 @@ def test_pipeline_prune_on_unsplit_data_needs_eval_data_before_any_step(tmp_path
         load_pipeline(p)
     p.write_text("[pipeline]\ndata = 'npz:d.npz'\n[train]\nimg_size = 32\n[prune]\nheads = 0.25\neval_data = 'npz:d.npz'\n")
     cfg = load_pipeline(p)
-    assert cfg.step("prune").options.eval_data == f"npz:{tmp_path / 'd.npz'}"   # relative to the pipeline file
+    assert cfg.step("prune").options.eval_data == f"npz:{tmp_path / 'd.npz'}"  # relative to the pipeline file

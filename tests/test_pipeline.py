@@ -34,19 +34,22 @@ def run(cfg_path: Path, run_dir: Path):
 
 
 # ------------------------------------------------------------------------------------------------ config checks
-@pytest.mark.parametrize("text, message", [
-    ("[train]\nepoch = 3\n", r"unknown key 'train.epoch' \(did you mean 'epochs'"),
-    ("[pipeline]\nnmae = 'x'\n[train]\n", r"unknown key 'pipeline.nmae'"),
-    ("[train]\n[evaluate]\n", r"unknown step 'evaluate'"),
-    ("[train]\nepochs = '3'\n", r"train.epochs must be an integer"),
-    ("[train]\nepochs = 0\n", r"train.epochs = 0 is below the minimum 1"),
-    ("[train]\naugment = 1\n", r"train.augment must be true or false"),
-    ("[train]\nmodel = 'routed-huge'\n", r"train.model: unknown model 'routed-huge'"),
-    ("[train]\n[eval]\nsplit = 'dev'\n", r"eval.split = 'dev' is not one of"),
-    ("[pipeline]\ndata = 'mnist'\n[train]\n", r"pipeline.data = 'mnist'"),
-    ("[pipeline]\nname = 'x'\n", r"no steps"),
-    ("train = 3\n", r"train must be a table"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[train]\nepoch = 3\n", r"unknown key 'train.epoch' \(did you mean 'epochs'"),
+        ("[pipeline]\nnmae = 'x'\n[train]\n", r"unknown key 'pipeline.nmae'"),
+        ("[train]\n[evaluate]\n", r"unknown step 'evaluate'"),
+        ("[train]\nepochs = '3'\n", r"train.epochs must be an integer"),
+        ("[train]\nepochs = 0\n", r"train.epochs = 0 is below the minimum 1"),
+        ("[train]\naugment = 1\n", r"train.augment must be true or false"),
+        ("[train]\nmodel = 'routed-huge'\n", r"train.model: unknown model 'routed-huge'"),
+        ("[train]\n[eval]\nsplit = 'dev'\n", r"eval.split = 'dev' is not one of"),
+        ("[pipeline]\ndata = 'mnist'\n[train]\n", r"pipeline.data = 'mnist'"),
+        ("[pipeline]\nname = 'x'\n", r"no steps"),
+        ("train = 3\n", r"train must be a table"),
+    ],
+)
 def test_bad_keys_and_values_are_named(tmp_path, text, message):
     with pytest.raises(PipelineConfigError, match=message):
         load_pipeline(write(tmp_path, text))
@@ -70,16 +73,19 @@ def test_impossible_order_is_named(tmp_path):
         load_pipeline(write(tmp_path, "[train]\n[export]\n[prune]\nheads = 0.25\n"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[train]\n[prune]\n", r"nothing to prune: give prune.heads"),
-    ("[train]\n[prune]\nheads = 1.5\n", r"prune.heads must be a fraction strictly between 0 and 1"),
-    ("[train]\n[prune]\nheads = 0.2\ncriterion = 'magic'\n", r"prune.criterion = 'magic' is not one of"),
-    ("[train]\n[export]\nrouting = 'maybe'\n", r"export.routing = 'maybe' is not one of"),
-    ("[train]\n[quantize]\ntargets = ['ort:int4']\n", r"quantize.targets\[0\] = 'ort:int4': ort supports"),
-    ("[train]\n[quantize]\ntargets = ['coreml:int8']\n", r"unknown backend 'coreml'"),
-    ("[train]\n[quantize]\ntargets = 'ort:int8'\n", r"quantize.targets must be a list of strings"),
-    ("[train]\n[quantize]\ntargets = ['ort:int8', 'ort:int8']\n", r"quantize.targets lists a target twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[train]\n[prune]\n", r"nothing to prune: give prune.heads"),
+        ("[train]\n[prune]\nheads = 1.5\n", r"prune.heads must be a fraction strictly between 0 and 1"),
+        ("[train]\n[prune]\nheads = 0.2\ncriterion = 'magic'\n", r"prune.criterion = 'magic' is not one of"),
+        ("[train]\n[export]\nrouting = 'maybe'\n", r"export.routing = 'maybe' is not one of"),
+        ("[train]\n[quantize]\ntargets = ['ort:int4']\n", r"quantize.targets\[0\] = 'ort:int4': ort supports"),
+        ("[train]\n[quantize]\ntargets = ['coreml:int8']\n", r"unknown backend 'coreml'"),
+        ("[train]\n[quantize]\ntargets = 'ort:int8'\n", r"quantize.targets must be a list of strings"),
+        ("[train]\n[quantize]\ntargets = ['ort:int8', 'ort:int8']\n", r"quantize.targets lists a target twice"),
+    ],
+)
 def test_step_options_are_checked_before_work(tmp_path, text, message):
     with pytest.raises(PipelineConfigError, match=message):
         load_pipeline(write(tmp_path, text))
@@ -103,7 +109,7 @@ def test_cli_rejects_a_bad_file_before_any_work(tmp_path):
     bad = write(tmp_path, "[train]\nepochs = 1\nlearning_rate = 0.1\n")
     res = CliRunner().invoke(app, ["pipeline", str(bad), "--run-dir", str(run_dir)])
     assert res.exit_code != 0 and "learning_rate" in str(res.exception)
-    assert not run_dir.exists()                       # nothing was created, let alone trained
+    assert not run_dir.exists()  # nothing was created, let alone trained
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -150,8 +156,10 @@ def test_second_run_reuses_every_step_and_one_option_reruns_only_what_follows(tm
 
 def test_changing_a_middle_option_reruns_that_step_and_the_ones_after(tmp_path, trained):
     run_dir = tmp_path / "run"
-    text = (f"[train]\ncheckpoint = '{own_copy(trained, tmp_path)}'\n[prune]\nheads = 0.25\ncriterion = 'l1'\n"
-            "[eval]\nsplit = 'val'\n")
+    text = (
+        f"[train]\ncheckpoint = '{own_copy(trained, tmp_path)}'\n[prune]\nheads = 0.25\ncriterion = 'l1'\n"
+        "[eval]\nsplit = 'val'\n"
+    )
     first = run(write(tmp_path, text), run_dir)
     assert first.statuses() == {"train": "ran", "prune": "ran", "eval": "ran"}
     rec = json.loads((run_dir / "prune" / "step.json").read_text())
@@ -164,8 +172,10 @@ def test_changing_a_middle_option_reruns_that_step_and_the_ones_after(tmp_path, 
     assert rec2["metrics"]["params_after"] < rec["metrics"]["params_after"]
     assert "prune: head sensitivity" in again.report["figures"]
     rows = {r["model"]: r for r in again.report["models"]}
-    assert set(rows) == {"float (PyTorch)", "pruned (PyTorch)"} and rows["pruned (PyTorch)"]["params"] == \
-        rec2["metrics"]["params_after"]
+    assert (
+        set(rows) == {"float (PyTorch)", "pruned (PyTorch)"}
+        and rows["pruned (PyTorch)"]["params"] == rec2["metrics"]["params_after"]
+    )
 
 
 def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained):
@@ -173,7 +183,7 @@ def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained
 
     bad_dir = tmp_path / "imgs" / "3"
     bad_dir.mkdir(parents=True)
-    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(bad_dir / "a.png")   # model expects 32x32
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(bad_dir / "a.png")  # model expects 32x32
     run_dir = tmp_path / "run"
     ckpt = own_copy(trained, tmp_path)
     text = f"[train]\ncheckpoint = '{ckpt}'\n[eval]\ndata = 'imagefolder:{tmp_path / 'imgs'}'\n"
@@ -184,7 +194,7 @@ def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained
     assert file_sha256(model) == file_sha256(ckpt)
     assert json.loads((run_dir / "eval" / "step.json").read_text())["status"] == "failed"
     assert "Traceback" in (run_dir / "eval" / "error.log").read_text()
-    assert (run_dir / "eval" / "step.log").is_file()          # the step's stderr, kept out of the console
+    assert (run_dir / "eval" / "step.log").is_file()  # the step's stderr, kept out of the console
     statuses = {s["step"]: s["status"] for s in json.loads((run_dir / "run.json").read_text())["steps"]}
     assert statuses == {"train": "ran", "eval": "failed"}
 
@@ -249,23 +259,30 @@ def test_full_chain_to_int8_on_two_runtimes(tmp_path, trained):
     import importlib.util
 
     targets = ["ort:int8"] + (["tflite:int8"] if importlib.util.find_spec("litert_torch") else [])
-    text = (f"[pipeline]\nname = 'chain'\nthreads = 1\n[train]\ncheckpoint = '{own_copy(trained, tmp_path)}'\n"
-            "[prune]\nheads = 0.25\ncriterion = 'l1'\n[distill]\nepochs = 1\n[export]\n"
-            f"[quantize]\ntargets = {json.dumps(targets)}\ncalib_limit = 20\n"
-            "[validate]\nallow_uncovered = true\nquantized_agreement = 80.0\n[bench]\niters = 5\nwarmup = 1\n")
+    text = (
+        f"[pipeline]\nname = 'chain'\nthreads = 1\n[train]\ncheckpoint = '{own_copy(trained, tmp_path)}'\n"
+        "[prune]\nheads = 0.25\ncriterion = 'l1'\n[distill]\nepochs = 1\n[export]\n"
+        f"[quantize]\ntargets = {json.dumps(targets)}\ncalib_limit = 20\n"
+        "[validate]\nallow_uncovered = true\nquantized_agreement = 80.0\n[bench]\niters = 5\nwarmup = 1\n"
+    )
     run_dir = tmp_path / "run"
     res = run(write(tmp_path, text), run_dir)
     steps = ["train", "prune", "distill", "export", "quantize", "validate", "bench"]
     assert res.statuses() == {s: "ran" for s in steps}
     rows = {r["model"]: r for r in res.report["models"]}
-    expected = ["float (PyTorch)", "pruned+distilled (PyTorch)", "float (onnxruntime FP32)",
-                "pruned+distilled (onnxruntime FP32)", "INT8 (onnxruntime)"]
+    expected = [
+        "float (PyTorch)",
+        "pruned+distilled (PyTorch)",
+        "float (onnxruntime FP32)",
+        "pruned+distilled (onnxruntime FP32)",
+        "INT8 (onnxruntime)",
+    ]
     expected += ["INT8 (TFLite)"] if len(targets) == 2 else []
     for label in expected:
         assert rows[label]["status"] == "ok", rows[label]
         assert 50 < rows[label]["top1 %"] <= 100 and rows[label]["latency ms"] > 0
     assert rows["pruned+distilled (PyTorch)"]["params"] < rows["float (PyTorch)"]["params"]
-    assert rows["float (PyTorch)"]["agree %"] == 100.0                    # the bench reference is the float model
+    assert rows["float (PyTorch)"]["agree %"] == 100.0  # the bench reference is the float model
     assert (run_dir / "validate" / "validation.json").is_file()
     assert {"prune: head sensitivity", "accuracy vs latency", "routing mix"} <= set(res.report["figures"])
     assert set(res.report["routing"]["INT8 (onnxruntime)"]) == {"blocks.0", "blocks.1"}  # If nodes -> blocks

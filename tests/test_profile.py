@@ -17,8 +17,9 @@ def routed_pair(exported, tmp_path_factory, digits_pre):
 
     fp32 = exported("routed-tiny")
     q = tmp_path_factory.mktemp("prof") / "routed.int8.onnx"
-    onnx.save_model(quantize_int8(onnx.load(str(fp32)), load_calibration(digits_pre),
-                                  Int8Options(ops="weights")).model, str(q))
+    onnx.save_model(
+        quantize_int8(onnx.load(str(fp32)), load_calibration(digits_pre), Int8Options(ops="weights")).model, str(q)
+    )
     return fp32, q
 
 
@@ -40,7 +41,7 @@ def test_ort_profile_counts_branch_nodes_once(routed_pair, digits_pre):
     assert all(v["ms"] > 0 and v["count"] >= 1 for v in p.by_type.values())
     graph = onnx.load(str(fp32)).graph
     branch_only = {n.op_type for n in nodes(graph)} - {n.op_type for n in graph.node}
-    assert branch_only & set(p.by_type), branch_only   # kernels inside the taken If branches are counted
+    assert branch_only & set(p.by_type), branch_only  # kernels inside the taken If branches are counted
     assert p.top and p.top[0]["ms"] >= p.top[-1]["ms"]
 
 
@@ -66,9 +67,25 @@ def test_cli_bench_profile_writes_table_json_and_png(routed_pair, trained, tmp_p
     from edgeconv.cli import app
 
     fp32, q = routed_pair
-    res = CliRunner().invoke(app, ["bench", str(trained("routed-tiny")), str(fp32), str(q), "--iters", "5",
-                                   "--warmup", "1", "--limit", "32", "--profile-plot", str(tmp_path / "p.png"),
-                                   "--json", str(tmp_path / "b.json")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(trained("routed-tiny")),
+            str(fp32),
+            str(q),
+            "--iters",
+            "5",
+            "--warmup",
+            "1",
+            "--limit",
+            "32",
+            "--profile-plot",
+            str(tmp_path / "p.png"),
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "per-operator profile" in res.output
     prof = json.loads((tmp_path / "b.json").read_text())["profile"]

@@ -12,8 +12,16 @@ import torch
 import torch.nn as nn
 
 from edgeconv import artifacts
-from edgeconv.compress.prune import (LayerPlan, PrunePlan, PruneRequest, apply_plan, ensure_prunable, plan_pruning,
-                                     prune_model, run_prune)
+from edgeconv.compress.prune import (
+    LayerPlan,
+    PrunePlan,
+    PruneRequest,
+    apply_plan,
+    ensure_prunable,
+    plan_pruning,
+    prune_model,
+    run_prune,
+)
 from edgeconv.data import load_samples
 from edgeconv.errors import EdgeconvError
 from edgeconv.models import count_params_macs, create_model, create_model_from_config, list_models
@@ -27,8 +35,12 @@ def _x(n: int = 4) -> torch.Tensor:
 
 
 def _plan_keeping(model: nn.Module, keep: dict[str, list[int]]) -> PrunePlan:
-    layers = [LayerPlan(u.name, u.kind, list(u.paths), u.size, keep.get(u.name, list(range(u.size))),
-                        [1.0] * u.size, [1.0] * u.size) for u in prunable_units(model)]
+    layers = [
+        LayerPlan(
+            u.name, u.kind, list(u.paths), u.size, keep.get(u.name, list(range(u.size))), [1.0] * u.size, [1.0] * u.size
+        )
+        for u in prunable_units(model)
+    ]
     return PrunePlan(request={"criterion": "manual"}, layers=layers)
 
 
@@ -49,8 +61,15 @@ def test_pruning_nothing_keeps_outputs_identical():
     assert torch.equal(pruned(_x()), ref)
 
 
-@pytest.mark.parametrize("name,unit", [("routed-tiny", "blocks.0.attn"), ("acmix-tiny", "blocks.1"),
-                                       ("hvt-tiny", "blocks.1"), ("resformer-tiny", "blocks.0.res")])
+@pytest.mark.parametrize(
+    "name,unit",
+    [
+        ("routed-tiny", "blocks.0.attn"),
+        ("acmix-tiny", "blocks.1"),
+        ("hvt-tiny", "blocks.1"),
+        ("resformer-tiny", "blocks.0.res"),
+    ],
+)
 def test_removal_equals_masking_the_same_units(name, unit):
     """Removing units structurally gives exactly what zeroing their gates gives, and removes exactly those."""
     torch.manual_seed(0)
@@ -124,13 +143,19 @@ def test_head_ratio_that_would_empty_a_layer_keeps_one_and_says_so():
     assert any("removed 6 of 8 heads" in n for n in plan.notes)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(heads=0.0), "strictly between 0 and 1"), (dict(channels=1.0), "strictly between 0 and 1"),
-    (dict(target_macs=1.5), "strictly between 0 and 1"), (dict(heads=-0.2), "strictly between 0 and 1"),
-    (dict(target_macs=0.5, heads=0.2), "not both"), (dict(), "nothing to prune"),
-    (dict(heads=0.3, criterion="magic"), "unknown criterion"),
-    (dict(target_macs=0.01, criterion="l1"), "unreachable"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(heads=0.0), "strictly between 0 and 1"),
+        (dict(channels=1.0), "strictly between 0 and 1"),
+        (dict(target_macs=1.5), "strictly between 0 and 1"),
+        (dict(heads=-0.2), "strictly between 0 and 1"),
+        (dict(target_macs=0.5, heads=0.2), "not both"),
+        (dict(), "nothing to prune"),
+        (dict(heads=0.3, criterion="magic"), "unknown criterion"),
+        (dict(target_macs=0.01, criterion="l1"), "unreachable"),
+    ],
+)
 def test_bad_requests_fail_clearly(kwargs, match):
     m = create_model("routed-tiny").eval()
     with pytest.raises(EdgeconvError, match=match):
@@ -144,8 +169,11 @@ def test_unsupported_attention_is_named():
             self.cfg = {"family": "timm", "timm_name": "vit_tiny_patch16_224"}
             self.blocks = nn.Sequential(nn.MultiheadAttention(16, 4))
 
-    with pytest.raises(EdgeconvError, match=r"vit_tiny_patch16_224: cannot prune attention module "
-                                            r"torch\.nn\.modules\.activation\.MultiheadAttention at 'blocks\.0'"):
+    with pytest.raises(
+        EdgeconvError,
+        match=r"vit_tiny_patch16_224: cannot prune attention module "
+        r"torch\.nn\.modules\.activation\.MultiheadAttention at 'blocks\.0'",
+    ):
         ensure_prunable(Foreign())
 
 
@@ -158,8 +186,9 @@ def test_gradient_beats_random_on_a_trained_model(trained, digits_pre):
     test = load_samples("digits", digits_pre, "test")
     acc = {}
     for crit, seed in (("gradient", 0), ("random", 0), ("random", 1), ("random", 2)):
-        pruned, _ = prune_model(model, digits_pre, train, PruneRequest(channels=0.5, criterion=crit, seed=seed,
-                                                                       batch_size=8, batches=32))
+        pruned, _ = prune_model(
+            model, digits_pre, train, PruneRequest(channels=0.5, criterion=crit, seed=seed, batch_size=8, batches=32)
+        )
         acc[(crit, seed)] = evaluate(pruned, test)["top1"]
     random_mean = sum(v for (c, _), v in acc.items() if c == "random") / 3
     assert acc[("gradient", 0)] > random_mean + 5, acc
@@ -168,13 +197,18 @@ def test_gradient_beats_random_on_a_trained_model(trained, digits_pre):
 def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
     src = trained("routed-tiny")
     out = tmp_path / "pruned.pt"
-    res = run_prune(str(src), "digits", PruneRequest(target_macs=0.7, batches=8), str(out),
-                    report_path=str(tmp_path / "r.json"), heatmap_path=str(tmp_path / "h.png"),
-                    command="pytest prune")
+    res = run_prune(
+        str(src),
+        "digits",
+        PruneRequest(target_macs=0.7, batches=8),
+        str(out),
+        report_path=str(tmp_path / "r.json"),
+        heatmap_path=str(tmp_path / "h.png"),
+        command="pytest prune",
+    )
     model, ck = artifacts.load_model(out)
     assert ck["provenance"]["parent_sha256"] == artifacts.file_sha256(src)
-    assert ck["config"]["structure"]["blocks.0.attn"]["heads"] < 4 or \
-        ck["config"]["structure"]["stem.1"]["hidden"] < 96
+    assert ck["config"]["structure"]["blocks.0.attn"]["heads"] < 4 or ck["config"]["structure"]["stem.1"]["hidden"] < 96
     assert ck["metrics"]["macs"] <= 0.7 * ck["metrics"]["parent_macs"]
     assert count_params_macs(model, ck["preprocessing"]) == (ck["metrics"]["params"], ck["metrics"]["macs"])
     report = json.loads((tmp_path / "r.json").read_text())
@@ -187,11 +221,13 @@ def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
     src = str(trained("routed-tiny"))
     exe = [sys.executable, "-m", "edgeconv.cli"]
     env = {**os.environ, "COLUMNS": "200"}
-    bad = subprocess.run(exe + ["prune", src, "--heads", "1.5", "-o", str(tmp_path / "x.pt")],
-                         capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        exe + ["prune", src, "--heads", "1.5", "-o", str(tmp_path / "x.pt")], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 2 and "--heads must be a fraction strictly between 0 and 1" in bad.stderr
-    dry = subprocess.run(exe + ["prune", src, "--heads", "0.5", "--criterion", "l1", "--dry-run"],
-                         capture_output=True, text=True, env=env)
+    dry = subprocess.run(
+        exe + ["prune", src, "--heads", "0.5", "--criterion", "l1", "--dry-run"], capture_output=True, text=True, env=env
+    )
     assert dry.returncode == 0, dry.stderr
     assert "dry run: nothing written" in dry.stdout and "blocks.0.attn" in dry.stdout
     assert not list(tmp_path.iterdir())

@@ -84,8 +84,9 @@ def routed_int8(exported, calib, digits_eval):
     from edgeconv.quantize.ort import Int8Options, quantize_int8
 
     float_model = onnx.load(str(exported("routed-tiny")))
-    res = quantize_int8(float_model, calib, Int8Options(per_channel=True, ops="weights"),
-                        eval_x=digits_eval[0], eval_y=digits_eval[1])
+    res = quantize_int8(
+        float_model, calib, Int8Options(per_channel=True, ops="weights"), eval_x=digits_eval[0], eval_y=digits_eval[1]
+    )
     return float_model, res
 
 
@@ -123,8 +124,13 @@ def test_routed_int8_accuracy_within_one_point(routed_int8):
 def test_int8_within_one_point_for_every_family(name, exported, calib, digits_eval):
     from edgeconv.quantize.ort import Int8Options, quantize_int8
 
-    res = quantize_int8(onnx.load(str(exported(name))), calib, Int8Options(per_channel=True, ops="weights"),
-                        eval_x=digits_eval[0], eval_y=digits_eval[1])
+    res = quantize_int8(
+        onnx.load(str(exported(name))),
+        calib,
+        Int8Options(per_channel=True, ops="weights"),
+        eval_x=digits_eval[0],
+        eval_y=digits_eval[1],
+    )
     assert res.float_top1 > 85
     assert res.float_top1 - res.int8_top1 <= 1.0
     assert len(res.quantized) > 3
@@ -145,11 +151,14 @@ def test_weights_policy_leaves_activation_matmuls_and_softmax_float(routed_int8)
         for n in g.node:
             for i in n.input:
                 consumers.setdefault(i, []).append(n.op_type)
-        bad = [n.name for n in g.node if n.op_type == "Softmax"
-               and "QuantizeLinear" in consumers.get(n.output[0], [])]
-        bad += [n.name for n in g.node if n.op_type == "MatMul"
-                and not any(i in inits or i in dq_of_const for i in n.input)
-                and all(producers.get(i) == "DequantizeLinear" for i in n.input)]
+        bad = [n.name for n in g.node if n.op_type == "Softmax" and "QuantizeLinear" in consumers.get(n.output[0], [])]
+        bad += [
+            n.name
+            for n in g.node
+            if n.op_type == "MatMul"
+            and not any(i in inits or i in dq_of_const for i in n.input)
+            and all(producers.get(i) == "DequantizeLinear" for i in n.input)
+        ]
         for n in g.node:
             for _, sub in subgraph_attrs(n):
                 bad += violations(sub, inits)
@@ -197,8 +206,15 @@ def test_max_drop_that_cannot_be_met_says_so(exported, calib, digits_eval):
 
     opts = Int8Options(method="percentile", percentile=99.0, per_channel=False, ops="weights")
     with pytest.raises(EdgeconvError, match="--max-drop 0.5 cannot be met.*nothing was written"):
-        quantize_int8(onnx.load(str(exported("routed-tiny"))), calib, opts, eval_x=digits_eval[0],
-                      eval_y=digits_eval[1], max_drop=0.5, max_float=0)
+        quantize_int8(
+            onnx.load(str(exported("routed-tiny"))),
+            calib,
+            opts,
+            eval_x=digits_eval[0],
+            eval_y=digits_eval[1],
+            max_drop=0.5,
+            max_float=0,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- FP16
@@ -224,9 +240,23 @@ def test_cli_quantize_records_calibration_and_accuracy_and_info_shows_it(exporte
     from edgeconv.cli import app
 
     out = tmp_path / "m.int8.onnx"
-    r = CliRunner().invoke(app, ["quantize", str(exported("routed-tiny")), "--int8", "--per-channel",
-                                 "--ops", "weights", "--method", "percentile", "-o", str(out),
-                                 "--json", str(tmp_path / "r.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            str(exported("routed-tiny")),
+            "--int8",
+            "--per-channel",
+            "--ops",
+            "weights",
+            "--method",
+            "percentile",
+            "-o",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     rec = json.loads(meta["edgeconv.quantization"])
@@ -270,8 +300,13 @@ def test_bad_input_fails_clearly_and_writes_nothing(exported, trained, tmp_path)
     # A model whose inputs no shipped calibration set fits, and no --calib/--data given.
     rgb = tmp_path / "rgb.pt"
     pre = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "layout": "NCHW"}
-    save_checkpoint(rgb, create_model("hvt-tiny", in_chans=3), preprocessing=pre, classes=list("0123456789"),
-                    provenance_rec=provenance("test"))
+    save_checkpoint(
+        rgb,
+        create_model("hvt-tiny", in_chans=3),
+        preprocessing=pre,
+        classes=list("0123456789"),
+        provenance_rec=provenance("test"),
+    )
     r = _run_cli(["quantize", str(rgb), "--int8", "-o", str(out)])
     assert isinstance(r.exception, EdgeconvError) and "no calibration data" in str(r.exception)
     r = _run_cli(["quantize", onnx_in, "--int8", "--fp16", "-o", str(out)])

@@ -101,7 +101,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('litert_torch', 'ai_edge_litert', 'ai_edge_quantizer'):
             raise ImportError(name)
 sys.meta_path.insert(0, Block())
-sys.argv = ['edgeconv', 'quantize', {str(trained('routed-tiny'))!r}, '--int8', '-b', 'tflite', '-o', {str(out)!r}]
+sys.argv = ['edgeconv', 'quantize', {str(trained("routed-tiny"))!r}, '--int8', '-b', 'tflite', '-o', {str(out)!r}]
 from edgeconv.cli import main
 main()
 """
@@ -121,11 +121,13 @@ def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
     from edgeconv.quantize import QuantizeRequest, quantize
 
     with pytest.raises(EdgeconvError, match="--max-drop is implemented for --backend ort"):
-        quantize(QuantizeRequest(trained("routed-tiny"), tmp_path / "a.tflite", "int8", backend="tflite",
-                                 max_drop=1.0))
-    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 32, 32])])
+        quantize(QuantizeRequest(trained("routed-tiny"), tmp_path / "a.tflite", "int8", backend="tflite", max_drop=1.0))
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+    )
     m = helper.make_model(g)
     write_metadata(m, {"preprocessing": digits_preprocessing(32), "source_path": str(tmp_path / "gone.pt")})
     p = tmp_path / "m.onnx"

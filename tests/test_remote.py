@@ -30,8 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("bad", ["-oProxyCommand=touch_x", "user@host;rm", "a b@host", "user@$(id)", "user@",
-                                 "@host", "user@host:22", "", "user@-host"])
+@pytest.mark.parametrize(
+    "bad",
+    ["-oProxyCommand=touch_x", "user@host;rm", "a b@host", "user@$(id)", "user@", "@host", "user@host:22", "", "user@-host"],
+)
 def test_host_names_that_could_inject_are_refused(bad):
     with pytest.raises(EdgeconvError, match="USER@ADDR"):
         parse_host(bad)
@@ -52,8 +54,7 @@ def test_remote_names_are_shell_safe():
 def test_unreachable_host_is_one_readable_line(tmp_path):
     ckpt = tmp_path / "m.pt"
     ckpt.write_bytes(b"x")
-    target = SshTarget(f"{getpass.getuser()}@127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh",
-                       connect_timeout=5)
+    target = SshTarget(f"{getpass.getuser()}@127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh", connect_timeout=5)
     with pytest.raises(EdgeconvError, match=r"cannot reach .*127\.0\.0\.1.*(refused|Connection)") as e:
         run_remote_bench(target, [ckpt], [])
     assert "\n" not in str(e.value)
@@ -82,10 +83,12 @@ def sshd(tmp_path_factory):
     port = free_port()
     user = getpass.getuser()
     cfg = d / "sshd_config"
-    cfg.write_text(f"ListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
-                   f"AuthorizedKeysFile {d / 'authorized_keys'}\nPubkeyAuthentication yes\n"
-                   "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-                   f"PermitRootLogin prohibit-password\nAllowUsers {user}\nSubsystem sftp internal-sftp\n")
+    cfg.write_text(
+        f"ListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PermitRootLogin prohibit-password\nAllowUsers {user}\nSubsystem sftp internal-sftp\n"
+    )
     log = (d / "sshd.log").open("w")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg), "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 15
@@ -103,16 +106,27 @@ def sshd(tmp_path_factory):
     host_pub = " ".join((d / "host_key.pub").read_text().split()[:2])
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
     (d / "empty_known_hosts").write_text("")
-    yield {"port": port, "user": user, "key": d / "client_key", "known_hosts": d / "known_hosts",
-           "empty_known_hosts": d / "empty_known_hosts", "log": d / "sshd.log"}
+    yield {
+        "port": port,
+        "user": user,
+        "key": d / "client_key",
+        "known_hosts": d / "known_hosts",
+        "empty_known_hosts": d / "empty_known_hosts",
+        "log": d / "sshd.log",
+    }
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
 
 
 def _target(sshd, known_hosts=None):
-    return SshTarget(f"{sshd['user']}@127.0.0.1", port=sshd["port"], identity=sshd["key"],
-                     known_hosts=known_hosts or sshd["known_hosts"], remote_edgeconv=REMOTE_EDGECONV)
+    return SshTarget(
+        f"{sshd['user']}@127.0.0.1",
+        port=sshd["port"],
+        identity=sshd["key"],
+        known_hosts=known_hosts or sshd["known_hosts"],
+        remote_edgeconv=REMOTE_EDGECONV,
+    )
 
 
 def test_unknown_host_key_is_refused(sshd, tmp_path):
@@ -148,8 +162,18 @@ def test_cli_host_writes_json_and_reports_remote_errors(sshd, trained, tmp_path)
     from edgeconv.cli import app
 
     src = trained("routed-tiny", 12)
-    common = ["--host", f"{sshd['user']}@127.0.0.1", "--ssh-port", str(sshd["port"]), "--identity", str(sshd["key"]),
-              "--known-hosts", str(sshd["known_hosts"]), "--remote-edgeconv", REMOTE_EDGECONV]
+    common = [
+        "--host",
+        f"{sshd['user']}@127.0.0.1",
+        "--ssh-port",
+        str(sshd["port"]),
+        "--identity",
+        str(sshd["key"]),
+        "--known-hosts",
+        str(sshd["known_hosts"]),
+        "--remote-edgeconv",
+        REMOTE_EDGECONV,
+    ]
     out = tmp_path / "remote.json"
     r = CliRunner().invoke(app, ["bench", str(src), *common, *FAST, "--json", str(out)])
     assert r.exit_code == 0, r.output

@@ -75,8 +75,9 @@ def test_sampler_reads_a_running_process(tmp_path):
     # tegrastats itself exists only on Jetsons: a script replays a recorded Orin line at the requested interval
     line = lines("tegrastats_jp6.txt")[0]
     script = tmp_path / "tegrastats"
-    script.write_text(f"#!/bin/sh\n[ \"$1\" = --interval ] || exit 3\n"
-                      f"while true; do echo '{line}'; echo 'junk'; sleep 0.02; done\n")
+    script.write_text(
+        f"#!/bin/sh\n[ \"$1\" = --interval ] || exit 3\nwhile true; do echo '{line}'; echo 'junk'; sleep 0.02; done\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     import time
 

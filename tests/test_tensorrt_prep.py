@@ -46,8 +46,11 @@ def test_qdq_onnx_is_symmetric_int8_per_channel_and_keeps_ifs(qdq):
     assert count_if_nodes(qdq) == 4
     onnx.checker.check_model(qdq, full_check=True)
     inits = all_initializers(qdq.graph)
-    zps = [numpy_helper.to_array(inits[n.input[2]]) for n in _walk(qdq.graph)
-           if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    zps = [
+        numpy_helper.to_array(inits[n.input[2]])
+        for n in _walk(qdq.graph)
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     # Weights are per output channel: some DQ scale is a vector.
     scales = [numpy_helper.to_array(inits[n.input[1]]) for n in _walk(qdq.graph) if n.op_type == "DequantizeLinear"]

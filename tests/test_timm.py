@@ -33,8 +33,13 @@ def test_timm_hybrid_exports_with_dynamic_batch_and_matches_pytorch(name, tmp_pa
     from edgeconv.export.onnx import export_onnx
 
     model = _model(name)
-    ckpt = save_checkpoint(tmp_path / f"{name}.pt", model, preprocessing=PRE, classes=[str(i) for i in range(10)],
-                           provenance_rec=provenance("pytest"))
+    ckpt = save_checkpoint(
+        tmp_path / f"{name}.pt",
+        model,
+        preprocessing=PRE,
+        classes=[str(i) for i in range(10)],
+        provenance_rec=provenance("pytest"),
+    )
     res = export_onnx(ckpt, tmp_path / f"{name}.onnx")
     assert res.dynamic_batch and res.family == "timm"
     assert read_metadata(res.path)["config"]["timm_name"] == name
@@ -52,8 +57,9 @@ def test_timm_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     from edgeconv.artifacts import load_model, provenance, save_checkpoint
 
     model = _model("levit_128s")
-    path = save_checkpoint(tmp_path / "m.pt", model, preprocessing=PRE, classes=[str(i) for i in range(10)],
-                           provenance_rec=provenance("pytest"))
+    path = save_checkpoint(
+        tmp_path / "m.pt", model, preprocessing=PRE, classes=[str(i) for i in range(10)], provenance_rec=provenance("pytest")
+    )
     again, ckpt = load_model(path)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():

@@ -18,7 +18,7 @@ def test_short_run_reaches_the_accuracy_floor_and_records_it(trained):
     model, ck = artifacts.load_model(trained())
     test = load_samples("digits", ck["preprocessing"], "test")
     res = evaluate(model, test)
-    assert res["top1"] >= 95.0, res["top1"]       # 12 epochs of routed-tiny on digits
+    assert res["top1"] >= 95.0, res["top1"]  # 12 epochs of routed-tiny on digits
     assert res["top1"] == pytest.approx(ck["metrics"]["test_top1"], abs=1e-4)
     assert set(res["per_class"]) == set(ck["classes"]) and min(res["per_class"].values()) >= 80.0
     assert res["loss"] < 0.5
@@ -37,8 +37,12 @@ def test_hard_routing_is_within_a_point_of_soft_and_counts_every_input(trained):
 
 def _small_digits_npz(path, n: int = 96):
     x01, y = digits_images01("train", 32)
-    np.savez(path, x=(x01[:n, 0].numpy() * 255).round().astype(np.uint8), y=y[:n].numpy(),
-             classes=np.array([str(i) for i in range(10)]))
+    np.savez(
+        path,
+        x=(x01[:n, 0].numpy() * 255).round().astype(np.uint8),
+        y=y[:n].numpy(),
+        classes=np.array([str(i) for i in range(10)]),
+    )
     return f"npz:{path}"
 
 
@@ -64,8 +68,9 @@ def test_resume_after_an_interruption_continues_exactly(tmp_path, monkeypatch):
     half = artifacts.read_checkpoint(tmp_path / "cut.pt")
     assert half["extra"]["train_state"]["epoch"] == 2 and "test_top1" not in half["metrics"]
 
-    run_train("routed-tiny", data, str(tmp_path / "resumed.pt"), cfg=cfg, resume=str(tmp_path / "cut.pt"),
-              show_progress=False)
+    run_train(
+        "routed-tiny", data, str(tmp_path / "resumed.pt"), cfg=cfg, resume=str(tmp_path / "cut.pt"), show_progress=False
+    )
     a, b = artifacts.read_checkpoint(tmp_path / "straight.pt"), artifacts.read_checkpoint(tmp_path / "resumed.pt")
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
@@ -86,14 +91,31 @@ def test_measured_preprocessing_for_user_data(tmp_path):
 def test_training_refuses_unlabelled_data_and_weights_for_zoo_models(tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((4, 32, 32), np.float32))
     with pytest.raises(EdgeconvError, match="have no label"):
-        run_train("routed-tiny", f"npz:{tmp_path / 'nolabels.npz'}", str(tmp_path / "o.pt"),
-                  cfg=TrainConfig(epochs=1), img_size=32, show_progress=False)
+        run_train(
+            "routed-tiny",
+            f"npz:{tmp_path / 'nolabels.npz'}",
+            str(tmp_path / "o.pt"),
+            cfg=TrainConfig(epochs=1),
+            img_size=32,
+            show_progress=False,
+        )
     with pytest.raises(EdgeconvError, match="--img-size is required"):
-        run_train("routed-tiny", f"npz:{tmp_path / 'nolabels.npz'}", str(tmp_path / "o.pt"),
-                  cfg=TrainConfig(epochs=1), show_progress=False)
+        run_train(
+            "routed-tiny",
+            f"npz:{tmp_path / 'nolabels.npz'}",
+            str(tmp_path / "o.pt"),
+            cfg=TrainConfig(epochs=1),
+            show_progress=False,
+        )
     with pytest.raises(EdgeconvError, match="--weights initialises timm"):
-        run_train("routed-tiny", "digits", str(tmp_path / "o.pt"), cfg=TrainConfig(epochs=1),
-                  weights=str(tmp_path / "w.pt"), show_progress=False)
+        run_train(
+            "routed-tiny",
+            "digits",
+            str(tmp_path / "o.pt"),
+            cfg=TrainConfig(epochs=1),
+            weights=str(tmp_path / "w.pt"),
+            show_progress=False,
+        )
     with pytest.raises(EdgeconvError, match="unknown model"):
         run_train("routed-xl", "digits", str(tmp_path / "o.pt"), cfg=TrainConfig(epochs=1), show_progress=False)
     assert not (tmp_path / "o.pt").exists()
@@ -101,11 +123,11 @@ def test_training_refuses_unlabelled_data_and_weights_for_zoo_models(tmp_path):
 
 def test_resume_needs_a_training_state(trained, tmp_path):
     model, ck = artifacts.load_model(trained())
-    bare = artifacts.save_checkpoint(tmp_path / "bare.pt", model, preprocessing=ck["preprocessing"],
-                                     classes=ck["classes"])
+    bare = artifacts.save_checkpoint(tmp_path / "bare.pt", model, preprocessing=ck["preprocessing"], classes=ck["classes"])
     with pytest.raises(EdgeconvError, match="no training state"):
-        run_train("routed-tiny", "digits", str(tmp_path / "o.pt"), cfg=TrainConfig(epochs=1), resume=str(bare),
-                  show_progress=False)
+        run_train(
+            "routed-tiny", "digits", str(tmp_path / "o.pt"), cfg=TrainConfig(epochs=1), resume=str(bare), show_progress=False
+        )
 
 
 def test_scoring_labels_the_model_does_not_have_is_an_error(trained, tmp_path):

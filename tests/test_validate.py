@@ -20,8 +20,7 @@ from edgeconv.export.validate import FAILED, PASSED, SKIPPED, ort_session, valid
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeconv.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "edgeconv.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,15 @@ def test_good_graph_passes_every_check(good, ckpt):
     assert report.passed and report.summary().startswith("PASSED")
     assert report.source == str(ckpt.resolve())  # found through the metadata
     statuses = {c.name: c.status for c in report.checks}
-    assert statuses == {"onnx checker": PASSED, "shape inference": PASSED, "opset": PASSED,
-                        "onnxruntime session": PASSED, "parity": PASSED, "branch coverage": SKIPPED,
-                        "dynamic batch": PASSED}
+    assert statuses == {
+        "onnx checker": PASSED,
+        "shape inference": PASSED,
+        "opset": PASSED,
+        "onnxruntime session": PASSED,
+        "parity": PASSED,
+        "branch coverage": SKIPPED,
+        "dynamic batch": PASSED,
+    }
 
 
 def test_perturbed_weight_fails_parity(good, ckpt, tmp_path):
@@ -118,31 +123,48 @@ def test_missing_source_skips_parity_with_a_note(good, tmp_path):
 # ----------------------------------------------------------------------------------------------- branch coverage
 def _if_model(threshold: float) -> onnx.ModelProto:
     """input -> If(min(input) > threshold): then x*2 else (If(max(x) < 0): x*3 else x-1), digits-shaped."""
+
     def branch(name, nodes, out):
         return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
 
     inner = helper.make_node(
-        "If", ["neg"], ["inner_out"],
+        "If",
+        ["neg"],
+        ["inner_out"],
         then_branch=branch("t2", [helper.make_node("Mul", ["x", "three"], ["y3"])], "y3"),
-        else_branch=branch("e2", [helper.make_node("Sub", ["x", "one"], ["ym"])], "ym"))
-    else_nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
-                  helper.make_node("Less", ["mx", "zero"], ["neg"]), inner]
+        else_branch=branch("e2", [helper.make_node("Sub", ["x", "one"], ["ym"])], "ym"),
+    )
+    else_nodes = [
+        helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+        helper.make_node("Less", ["mx", "zero"], ["neg"]),
+        inner,
+    ]
     nodes = [
         helper.make_node("Identity", ["input"], ["x"]),
         helper.make_node("ReduceMin", ["x"], ["mn"], keepdims=0),
         helper.make_node("Greater", ["mn", "thr"], ["cond"]),
-        helper.make_node("If", ["cond"], ["y"],
-                         then_branch=branch("t1", [helper.make_node("Mul", ["x", "two"], ["y2"])], "y2"),
-                         else_branch=branch("e1", else_nodes, "inner_out")),
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["y"],
+            then_branch=branch("t1", [helper.make_node("Mul", ["x", "two"], ["y2"])], "y2"),
+            else_branch=branch("e1", else_nodes, "inner_out"),
+        ),
         helper.make_node("Flatten", ["y"], ["flat"]),
         helper.make_node("Slice", ["flat", "s0", "s1", "ax"], ["logits"]),
     ]
-    inits = [onnx.numpy_helper.from_array(np.array(v, np.float32), n)
-             for n, v in (("thr", threshold), ("two", 2.0), ("three", 3.0), ("one", 1.0), ("zero", 0.0))]
+    inits = [
+        onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+        for n, v in (("thr", threshold), ("two", 2.0), ("three", 3.0), ("one", 1.0), ("zero", 0.0))
+    ]
     inits += [onnx.numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s1", 10), ("ax", 1))]
-    graph = helper.make_graph(nodes, "ifs", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                           ["batch", 1, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "ifs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     from edgeconv.data import digits_preprocessing
 
@@ -157,9 +179,11 @@ def test_instrumented_copy_reports_every_if_decision():
     assert [(f.index, f.parent, f.parent_branch) for f in ifs] == [(1, None, None), (2, 1, "else")]
     sess = ort_session(inst.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
-    cases = {"positive": (np.full((1, 1, 32, 32), 0.5), (1, -1)),   # outer then; inner never reached
-             "negative": (np.full((1, 1, 32, 32), -0.5), (0, 1)),   # outer else, inner then
-             "mixed": (np.linspace(-1, 1, 1024).reshape(1, 1, 32, 32), (0, 0))}
+    cases = {
+        "positive": (np.full((1, 1, 32, 32), 0.5), (1, -1)),  # outer then; inner never reached
+        "negative": (np.full((1, 1, 32, 32), -0.5), (0, 1)),  # outer else, inner then
+        "mixed": (np.linspace(-1, 1, 1024).reshape(1, 1, 32, 32), (0, 0)),
+    }
     for x, codes in cases.values():
         outs = dict(zip(names, sess.run(None, {"input": x.astype(np.float32)})))
         assert (int(outs[ifs[0].output][0]), int(outs[ifs[1].output][0])) == codes

@@ -27,10 +27,10 @@ from edgeconv.training import TrainConfig
 
 @dataclass
 class DistillConfig:
-    alpha: float = 0.7          # weight of the soft-target term (1 - alpha on hard labels)
+    alpha: float = 0.7  # weight of the soft-target term (1 - alpha on hard labels)
     temperature: float = 4.0
     feature: bool = False
-    beta: float = 1.0           # weight of the feature term when --feature
+    beta: float = 1.0  # weight of the feature term when --feature
 
     def check(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -74,8 +74,10 @@ class StudentWithProjector(nn.Module):
 def check_compatible(teacher_ck: dict, student_ck: dict, teacher_path, student_path) -> None:
     t, s = teacher_ck["classes"], student_ck["classes"]
     if list(t) != list(s):
-        raise EdgeconvError(f"teacher {teacher_path} has {len(t)} classes {t[:12]}, student {student_path} has "
-                            f"{len(s)} classes {s[:12]}: distillation needs the same classes in the same order")
+        raise EdgeconvError(
+            f"teacher {teacher_path} has {len(t)} classes {t[:12]}, student {student_path} has "
+            f"{len(s)} classes {s[:12]}: distillation needs the same classes in the same order"
+        )
     tp, sp = teacher_ck["preprocessing"], student_ck["preprocessing"]
     for k in ("size", "channels", "mean", "std"):
         if tp.get(k) != sp.get(k):
@@ -95,8 +97,9 @@ def kd_loss_fn(teacher: nn.Module, dcfg: DistillConfig, tcfg: TrainConfig):
             s_logits = model.student.head.fc(model.student.head.norm(s_feat))
         else:
             s_logits = model(x)
-        soft = F.kl_div(F.log_softmax(s_logits / T, dim=-1), F.softmax(t_logits / T, dim=-1),
-                        reduction="batchmean") * (T * T)
+        soft = F.kl_div(F.log_softmax(s_logits / T, dim=-1), F.softmax(t_logits / T, dim=-1), reduction="batchmean") * (
+            T * T
+        )
         hard = F.cross_entropy(s_logits, y, label_smoothing=tcfg.label_smoothing)
         loss = dcfg.alpha * soft + (1 - dcfg.alpha) * hard
         if dcfg.feature:
@@ -112,9 +115,21 @@ def state_path(out) -> Path:
     return Path(str(out) + ".state.pt")
 
 
-def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dcfg: DistillConfig, tcfg: TrainConfig,
-                resume: bool = False, baseline: bool = True, command: str = "edgeconv distill",
-                show_progress: bool = True, eval_data: str | None = None, allow_train_eval: bool = False) -> dict:
+def run_distill(
+    teacher_path: str,
+    student_path: str,
+    data: str,
+    out: str,
+    *,
+    dcfg: DistillConfig,
+    tcfg: TrainConfig,
+    resume: bool = False,
+    baseline: bool = True,
+    command: str = "edgeconv distill",
+    show_progress: bool = True,
+    eval_data: str | None = None,
+    allow_train_eval: bool = False,
+) -> dict:
     """`edgeconv distill`: KD into the student, per-epoch checkpoint and resume; returns the comparison rows.
 
     With `baseline`, the same student is also fine-tuned without KD for the same epochs (same seed and schedule),
@@ -165,36 +180,80 @@ def run_distill(teacher_path: str, student_path: str, data: str, out: str, *, dc
     prov["teacher_path"] = str(teacher_path)
 
     def save(epoch: int, m: StudentWithProjector, state: dict, metrics: dict | None = None) -> None:
-        artifacts.save_checkpoint(out, m.student, preprocessing=pre, classes=classes, metrics=metrics or {},
-                                  provenance_rec=prov,
-                                  extra={"distill": {"epoch": epoch, "epochs": tcfg.epochs, **asdict(dcfg)}})
-        buf = {"epoch": epoch, "train_config": tcfg.to_dict(), "distill_config": asdict(dcfg),
-               "teacher_sha256": prov["teacher_sha256"], "optimizer": state["optimizer"],
-               "scheduler": state["scheduler"],
-               "projector": m.projector.state_dict() if m.projector is not None else {}}
+        artifacts.save_checkpoint(
+            out,
+            m.student,
+            preprocessing=pre,
+            classes=classes,
+            metrics=metrics or {},
+            provenance_rec=prov,
+            extra={"distill": {"epoch": epoch, "epochs": tcfg.epochs, **asdict(dcfg)}},
+        )
+        buf = {
+            "epoch": epoch,
+            "train_config": tcfg.to_dict(),
+            "distill_config": asdict(dcfg),
+            "teacher_sha256": prov["teacher_sha256"],
+            "optimizer": state["optimizer"],
+            "scheduler": state["scheduler"],
+            "projector": m.projector.state_dict() if m.projector is not None else {},
+        }
         with artifacts.atomic_path(sp) as tmp:
             torch.save(buf, tmp)
 
-    fit(wrapped, train, tcfg, loss_fn=kd_loss_fn(teacher, dcfg, tcfg), start_epoch=start_epoch, opt_state=opt_state,
-        on_epoch=save, description="distill", show_progress=show_progress)
+    fit(
+        wrapped,
+        train,
+        tcfg,
+        loss_fn=kd_loss_fn(teacher, dcfg, tcfg),
+        start_epoch=start_epoch,
+        opt_state=opt_state,
+        on_epoch=save,
+        description="distill",
+        show_progress=show_progress,
+    )
     student = wrapped.student
 
-    rows = [{"model": "teacher", "path": str(teacher_path), "top1 %": evaluate(teacher, test)["top1"]},
-            {"model": "student before KD", "path": str(student_path), "top1 %": evaluate(student0, test)["top1"]},
-            {"model": "student after KD", "path": str(out), "top1 %": evaluate(student, test)["top1"]}]
+    rows = [
+        {"model": "teacher", "path": str(teacher_path), "top1 %": evaluate(teacher, test)["top1"]},
+        {"model": "student before KD", "path": str(student_path), "top1 %": evaluate(student0, test)["top1"]},
+        {"model": "student after KD", "path": str(out), "top1 %": evaluate(student, test)["top1"]},
+    ]
     if baseline:
         plain = copy.deepcopy(student0)
-        fit(plain, train, TrainConfig(**{**tcfg.to_dict()}), description="fine-tune without KD",
-            show_progress=show_progress)
-        rows.append({"model": f"student fine-tuned without KD ({tcfg.epochs} ep)", "path": "-",
-                     "top1 %": evaluate(plain, test)["top1"]})
-    metrics = {f"{split_for(eval_data, 'evaluate')}_top1": rows[2]["top1 %"], "evaluated_on": test.source,
-               "teacher_top1": rows[0]["top1 %"],
-               "student_before_top1": rows[1]["top1 %"], "epochs": tcfg.epochs}
+        fit(plain, train, TrainConfig(**{**tcfg.to_dict()}), description="fine-tune without KD", show_progress=show_progress)
+        rows.append(
+            {
+                "model": f"student fine-tuned without KD ({tcfg.epochs} ep)",
+                "path": "-",
+                "top1 %": evaluate(plain, test)["top1"],
+            }
+        )
+    metrics = {
+        f"{split_for(eval_data, 'evaluate')}_top1": rows[2]["top1 %"],
+        "evaluated_on": test.source,
+        "teacher_top1": rows[0]["top1 %"],
+        "student_before_top1": rows[1]["top1 %"],
+        "epochs": tcfg.epochs,
+    }
     if baseline:
         metrics["finetune_no_kd_top1"] = rows[3]["top1 %"]
-    artifacts.save_checkpoint(out, student, preprocessing=pre, classes=classes, metrics=metrics, provenance_rec=prov,
-                              extra={"distill": {"epoch": tcfg.epochs, "epochs": tcfg.epochs, **asdict(dcfg),
-                                                 "data": data, "train_config": tcfg.to_dict()}})
+    artifacts.save_checkpoint(
+        out,
+        student,
+        preprocessing=pre,
+        classes=classes,
+        metrics=metrics,
+        provenance_rec=prov,
+        extra={
+            "distill": {
+                "epoch": tcfg.epochs,
+                "epochs": tcfg.epochs,
+                **asdict(dcfg),
+                "data": data,
+                "train_config": tcfg.to_dict(),
+            }
+        },
+    )
     sp.unlink(missing_ok=True)
     return {"rows": rows, "metrics": metrics, "out": str(out)}

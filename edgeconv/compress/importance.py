@@ -138,11 +138,11 @@ def unit_weight_l1(m: nn.Module, kind: str) -> torch.Tensor:
     if kind == "heads":
         n = int(m.num_heads)
         parts = []
-        if hasattr(m, "qkv"):                            # Attention / ACMix: q | k | v, head-major each
+        if hasattr(m, "qkv"):  # Attention / ACMix: q | k | v, head-major each
             parts.append(_group(_rows_l1(m.qkv), n, 3))
-        if hasattr(m, "v"):                              # ValueOnlyAttention
+        if hasattr(m, "v"):  # ValueOnlyAttention
             parts.append(_group(_rows_l1(m.v), n))
-        for extra in ("fc", "dw"):                       # ACMix conv path, head-major
+        for extra in ("fc", "dw"):  # ACMix conv path, head-major
             if isinstance(getattr(m, extra, None), nn.Conv2d):
                 parts.append(_group(_rows_l1(getattr(m, extra)), n))
         parts.append(_group(_cols_l1(m.proj), n))
@@ -151,6 +151,7 @@ def unit_weight_l1(m: nn.Module, kind: str) -> torch.Tensor:
     layouts = {"fc1": ("fc1", None, "fc2"), "expand": ("expand", "dw", "project"), "reduce": ("conv", None, "expand")}
     for probe, (prod, mid, cons) in layouts.items():
         if hasattr(m, probe) and hasattr(m, cons):
+
             def first(name):  # ConvBNAct is a Sequential: its conv is [0], its BN [1]
                 layer = getattr(m, name)
                 return layer[0] if isinstance(layer, nn.Sequential) else layer
@@ -172,8 +173,8 @@ class L1Magnitude:
 
 
 NORMALISERS = {
-    "l2": lambda s: s / s.norm().clamp_min(1e-12),      # Michel et al.: unit L2 norm per layer
-    "mean": lambda s: s / s.mean().clamp_min(1e-12),    # 1.0 = the layer's average unit
+    "l2": lambda s: s / s.norm().clamp_min(1e-12),  # Michel et al.: unit L2 norm per layer
+    "mean": lambda s: s / s.mean().clamp_min(1e-12),  # 1.0 = the layer's average unit
 }
 
 

@@ -29,16 +29,16 @@ from edgeconv.models.structure import Unit, current_structure, keep_unit, prunab
 
 @dataclass
 class PruneRequest:
-    heads: float | None = None          # fraction of all heads to remove
-    channels: float | None = None       # fraction of all hidden channels to remove
-    target_macs: float | None = None    # keep at most this fraction of the original MACs
+    heads: float | None = None  # fraction of all heads to remove
+    channels: float | None = None  # fraction of all hidden channels to remove
+    target_macs: float | None = None  # keep at most this fraction of the original MACs
     criterion: str = "gradient"
-    batches: int = 64                   # calibration batches for the gradient criteria
-    batch_size: int = 8                 # small: per-sample gradients cancel less within a batch
-    steps: int = 1                      # > 1: prune in steps, re-scoring the smaller model after each
+    batches: int = 64  # calibration batches for the gradient criteria
+    batch_size: int = 8  # small: per-sample gradients cancel less within a batch
+    steps: int = 1  # > 1: prune in steps, re-scoring the smaller model after each
     seed: int = 0
-    normalise: str = "mean"             # per-layer normalisation before the global ranking (mean | l2)
-    per_mac: bool = True                # --target-macs: rank by normalised score per MAC the unit costs
+    normalise: str = "mean"  # per-layer normalisation before the global ranking (mean | l2)
+    per_mac: bool = True  # --target-macs: rank by normalised score per MAC the unit costs
 
     def check(self) -> None:
         for name in ("heads", "channels", "target_macs"):
@@ -57,12 +57,12 @@ class PruneRequest:
 @dataclass
 class LayerPlan:
     unit: str
-    kind: str                 # heads | channels
+    kind: str  # heads | channels
     paths: list[str]
-    size: int                 # units before pruning
-    keep: list[int]           # original indices kept
+    size: int  # units before pruning
+    keep: list[int]  # original indices kept
     sensitivity: list[float]  # per-layer normalised scores of the first scoring pass (original indices)
-    raw: list[float]          # the criterion's raw scores of the first pass
+    raw: list[float]  # the criterion's raw scores of the first pass
     macs_per_unit: int = 0
     params_per_unit: int = 0
 
@@ -94,16 +94,23 @@ def ensure_prunable(model: nn.Module) -> list[Unit]:
     units = prunable_units(model)
     if units:
         return units
-    attn = [(p, type(m)) for p, m in model.named_modules()
-            if "attention" in type(m).__name__.lower() or isinstance(m, nn.MultiheadAttention)]
-    name = (model.cfg.get("timm_name") or model.cfg.get("family")) if isinstance(getattr(model, "cfg", None), dict) \
+    attn = [
+        (p, type(m))
+        for p, m in model.named_modules()
+        if "attention" in type(m).__name__.lower() or isinstance(m, nn.MultiheadAttention)
+    ]
+    name = (
+        (model.cfg.get("timm_name") or model.cfg.get("family"))
+        if isinstance(getattr(model, "cfg", None), dict)
         else type(model).__name__
+    )
     if attn:
         p, cls = attn[0]
         raise EdgeconvError(
             f"{name}: cannot prune attention module {cls.__module__}.{cls.__qualname__} at {p!r} "
             f"({len(attn)} such module(s)): it has no edgeconv head structure (num_heads/head_dim/keep_heads); "
-            "head pruning supports edgeconv's own families")
+            "head pruning supports edgeconv's own families"
+        )
     raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
 
 
@@ -114,7 +121,7 @@ def calibration_batches(samples: Samples, n_batches: int, batch_size: int, seed:
     perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
     out = []
     for i in range(n_batches):
-        idx = perm[i * batch_size:(i + 1) * batch_size]
+        idx = perm[i * batch_size : (i + 1) * batch_size]
         if len(idx) == 0:
             break
         out.append((samples.x[idx], samples.y[idx]))
@@ -141,9 +148,17 @@ def unit_costs(model: nn.Module, units: list[Unit], pre: dict) -> dict[str, tupl
     return costs
 
 
-def _select(units: list[Unit], norm: dict[str, torch.Tensor], costs: dict, *, kinds: set[str],
-            n_remove: int | None, macs_to_cut: int | None, notes: list[str],
-            per_mac: bool = False) -> dict[str, list[int]]:
+def _select(
+    units: list[Unit],
+    norm: dict[str, torch.Tensor],
+    costs: dict,
+    *,
+    kinds: set[str],
+    n_remove: int | None,
+    macs_to_cut: int | None,
+    notes: list[str],
+    per_mac: bool = False,
+) -> dict[str, list[int]]:
     """Walk the global ranking (lowest normalised score first) and pick units to remove (current indices).
 
     Stops after `n_remove` units or once `macs_to_cut` is reached; never empties a layer (keeps its best unit and
@@ -154,8 +169,10 @@ def _select(units: list[Unit], norm: dict[str, torch.Tensor], costs: dict, *, ki
     if per_mac:  # a unit that saves twice the MACs may be twice as important and still go first
         mean_cost = sum(costs[u.name][1] for u in scope) / max(1, len(scope))
         weight = {u.name: max(costs[u.name][1], 1) / max(mean_cost, 1) for u in scope}
-    ranking = sorted(((float(norm[u.name][i]) / weight[u.name], u.name, i) for u in scope for i in range(u.size)),
-                     key=lambda t: (t[0], t[1], t[2]))
+    ranking = sorted(
+        ((float(norm[u.name][i]) / weight[u.name], u.name, i) for u in scope for i in range(u.size)),
+        key=lambda t: (t[0], t[1], t[2]),
+    )
     by_name = {u.name: u for u in units}
     removed: dict[str, list[int]] = {u.name: [] for u in units}
     count, cut = 0, 0
@@ -166,8 +183,10 @@ def _select(units: list[Unit], norm: dict[str, torch.Tensor], costs: dict, *, ki
             break
         u = by_name[name]
         if len(removed[name]) >= u.size - 1:
-            note = f"{name}: kept 1 {u.kind[:-1] if u.kind == 'heads' else 'channel'} (the ranking would remove " \
-                   f"all {u.size}; every layer keeps at least one)"
+            note = (
+                f"{name}: kept 1 {u.kind[:-1] if u.kind == 'heads' else 'channel'} (the ranking would remove "
+                f"all {u.size}; every layer keeps at least one)"
+            )
             if note not in notes:
                 notes.append(note)
             continue
@@ -178,8 +197,9 @@ def _select(units: list[Unit], norm: dict[str, torch.Tensor], costs: dict, *, ki
 
 
 # ----------------------------------------------------------------------------------------------- plan / apply
-def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneRequest,
-                 show_progress: bool = False) -> PrunePlan:
+def plan_pruning(
+    model: nn.Module, pre: dict, calib: Samples | None, req: PruneRequest, show_progress: bool = False
+) -> PrunePlan:
     """Score, rank and select on a copy of `model`; the model itself is not changed."""
     req.check()
     work = copy.deepcopy(model).eval()
@@ -192,8 +212,11 @@ def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneR
     first: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     notes: list[str] = []
     total = {k: sum(u.size for u in units if u.kind == k) for k in ("heads", "channels")}
-    kinds = {"heads", "channels"} if req.target_macs is not None else \
-        {k for k, r in (("heads", req.heads), ("channels", req.channels)) if r is not None}
+    kinds = (
+        {"heads", "channels"}
+        if req.target_macs is not None
+        else {k for k, r in (("heads", req.heads), ("channels", req.channels)) if r is not None}
+    )
     if req.heads is not None and total["heads"] == 0:
         raise EdgeconvError("--heads: this model has no attention heads edgeconv can prune")
     if req.channels is not None and total["channels"] == 0:
@@ -204,7 +227,8 @@ def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneR
             raise EdgeconvError(
                 f"--target-macs {req.target_macs}: unreachable; with one head and one channel left in every prunable "
                 f"layer the model still has {floor / macs0:.1%} of its MACs (stem, residual widths and classifier "
-                "are not pruned)")
+                "are not pruned)"
+            )
 
     for step in range(1, req.steps + 1):
         frac = step / req.steps
@@ -215,8 +239,16 @@ def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneR
         if req.target_macs is not None:
             macs_now = count_params_macs(work, pre)[1]
             goal = macs0 * (1 - (1 - req.target_macs) * frac)
-            removed = _select(units, norm, costs, kinds=kinds, n_remove=None,
-                              macs_to_cut=max(0, math.ceil(macs_now - goal)), notes=notes, per_mac=req.per_mac)
+            removed = _select(
+                units,
+                norm,
+                costs,
+                kinds=kinds,
+                n_remove=None,
+                macs_to_cut=max(0, math.ceil(macs_now - goal)),
+                notes=notes,
+                per_mac=req.per_mac,
+            )
         else:
             removed = {u.name: [] for u in units}
             for kind, ratio in (("heads", req.heads), ("channels", req.channels)):
@@ -242,15 +274,34 @@ def plan_pruning(model: nn.Module, pre: dict, calib: Samples | None, req: PruneR
         if ratio is not None:
             got = total[kind] - sum(int(orig[u.name].numel()) for u in units if u.kind == kind)
             if got < round(ratio * total[kind]):
-                notes.append(f"--{kind} {ratio}: removed {got} of {total[kind]} {kind} "
-                             f"(asked {round(ratio * total[kind])}; every layer keeps at least one)")
+                notes.append(
+                    f"--{kind} {ratio}: removed {got} of {total[kind]} {kind} "
+                    f"(asked {round(ratio * total[kind])}; every layer keeps at least one)"
+                )
     params1, macs1 = count_params_macs(work, pre)
-    layers = [LayerPlan(unit=u.name, kind=u.kind, paths=list(u.paths), size=int(first[u.name][0].numel()),
-                        keep=[int(i) for i in orig[u.name]], sensitivity=[float(v) for v in first[u.name][1]],
-                        raw=[float(v) for v in first[u.name][0]], params_per_unit=costs[u.name][0],
-                        macs_per_unit=costs[u.name][1]) for u in units]
-    return PrunePlan(request=asdict(req), layers=layers, notes=notes, params_before=params0, macs_before=macs0,
-                     params_after=params1, macs_after=macs1)
+    layers = [
+        LayerPlan(
+            unit=u.name,
+            kind=u.kind,
+            paths=list(u.paths),
+            size=int(first[u.name][0].numel()),
+            keep=[int(i) for i in orig[u.name]],
+            sensitivity=[float(v) for v in first[u.name][1]],
+            raw=[float(v) for v in first[u.name][0]],
+            params_per_unit=costs[u.name][0],
+            macs_per_unit=costs[u.name][1],
+        )
+        for u in units
+    ]
+    return PrunePlan(
+        request=asdict(req),
+        layers=layers,
+        notes=notes,
+        params_before=params0,
+        macs_before=macs0,
+        params_after=params1,
+        macs_after=macs1,
+    )
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
@@ -259,8 +310,10 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     for lp in plan.layers:
         u = units.get(lp.unit)
         if u is None or u.size != lp.size:
-            raise EdgeconvError(f"plan does not fit this model: {lp.unit} "
-                                f"({'missing' if u is None else f'{u.size} units, plan has {lp.size}'})")
+            raise EdgeconvError(
+                f"plan does not fit this model: {lp.unit} "
+                f"({'missing' if u is None else f'{u.size} units, plan has {lp.size}'})"
+            )
         if len(lp.keep) < lp.size:
             keep_unit(model, u, torch.tensor(lp.keep, dtype=torch.long))
     if isinstance(getattr(model, "cfg", None), dict):
@@ -285,8 +338,17 @@ def layer_rows(plan: PrunePlan) -> list[dict]:
         else:
             sens = f"min {min(s):.3f} / max {max(s):.3f}"
             removed = str(len(lp.removed))
-        rows.append({"layer": lp.unit, "unit": lp.kind, "sensitivity (norm.)": sens, "before": lp.size,
-                     "kept": len(lp.keep), "removed": removed, "MACs/unit": lp.macs_per_unit})
+        rows.append(
+            {
+                "layer": lp.unit,
+                "unit": lp.kind,
+                "sensitivity (norm.)": sens,
+                "before": lp.size,
+                "kept": len(lp.keep),
+                "removed": removed,
+                "MACs/unit": lp.macs_per_unit,
+            }
+        )
     return rows
 
 
@@ -306,17 +368,23 @@ def head_heatmap(plan: PrunePlan, path, title: str = "") -> bool:
     width = max(lp.size for lp in heads)
     grid = np.full((len(heads), width), np.nan)
     for r, lp in enumerate(heads):
-        grid[r, :lp.size] = lp.sensitivity
+        grid[r, : lp.size] = lp.sensitivity
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * width, 1.0 + 0.5 * len(heads)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for r, lp in enumerate(heads):
         for h in range(lp.size):
-            ax.text(h, r, ("x " if h in lp.removed else "") + f"{lp.sensitivity[h]:.2f}", ha="center", va="center",
-                    color="white" if h in lp.removed else "black", fontsize=8)
+            ax.text(
+                h,
+                r,
+                ("x " if h in lp.removed else "") + f"{lp.sensitivity[h]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if h in lp.removed else "black",
+                fontsize=8,
+            )
     ax.set_xticks(range(width), [f"h{i}" for i in range(width)])
     ax.set_yticks(range(len(heads)), [lp.unit for lp in heads])
-    ax.set_title(title or f"head sensitivity ({plan.request['criterion']})\nper-layer normalised; x = removed",
-                 fontsize=9)
+    ax.set_title(title or f"head sensitivity ({plan.request['criterion']})\nper-layer normalised; x = removed", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -326,9 +394,19 @@ def head_heatmap(plan: PrunePlan, path, title: str = "") -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- the `prune` command
-def run_prune(ckpt_path: str, data: str, req: PruneRequest, out: str | None, *, dry_run: bool = False,
-              report_path: str | None = None, heatmap_path: str | None = None,
-              command: str = "edgeconv prune", eval_data: str | None = None, allow_train_eval: bool = False) -> dict:
+def run_prune(
+    ckpt_path: str,
+    data: str,
+    req: PruneRequest,
+    out: str | None,
+    *,
+    dry_run: bool = False,
+    report_path: str | None = None,
+    heatmap_path: str | None = None,
+    command: str = "edgeconv prune",
+    eval_data: str | None = None,
+    allow_train_eval: bool = False,
+) -> dict:
     """Load, plan, apply, measure before/after, then write the pruned checkpoint, JSON report and heatmap."""
     from edgeconv import artifacts
     from edgeconv.data import check_held_out, load_samples, split_for
@@ -345,21 +423,48 @@ def run_prune(ckpt_path: str, data: str, req: PruneRequest, out: str | None, *, 
     test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)
     before, after = evaluate(model, test)["top1"], evaluate(pruned, test)["top1"]
-    summary = {"params": (plan.params_before, plan.params_after), "MACs": (plan.macs_before, plan.macs_after),
-               f"{test.source} top1 %": (before, after)}
-    report = {"checkpoint": str(ckpt_path), "parent_sha256": artifacts.file_sha256(ckpt_path), "data": test.source,
-              "out": None if dry_run else str(out), "dry_run": dry_run, **plan.to_dict(),
-              "top1_before": before, "top1_after": after,
-              "mac_reduction": 1 - plan.macs_after / plan.macs_before,
-              "param_reduction": 1 - plan.params_after / plan.params_before}
+    summary = {
+        "params": (plan.params_before, plan.params_after),
+        "MACs": (plan.macs_before, plan.macs_after),
+        f"{test.source} top1 %": (before, after),
+    }
+    report = {
+        "checkpoint": str(ckpt_path),
+        "parent_sha256": artifacts.file_sha256(ckpt_path),
+        "data": test.source,
+        "out": None if dry_run else str(out),
+        "dry_run": dry_run,
+        **plan.to_dict(),
+        "top1_before": before,
+        "top1_after": after,
+        "mac_reduction": 1 - plan.macs_after / plan.macs_before,
+        "param_reduction": 1 - plan.params_after / plan.params_before,
+    }
     if not dry_run:
-        metrics = {"test_top1": after, "parent_test_top1": before, "params": plan.params_after,
-                   "macs": plan.macs_after, "parent_macs": plan.macs_before,
-                   "mac_reduction": report["mac_reduction"], "criterion": req.criterion}
-        artifacts.save_checkpoint(out, pruned, preprocessing=pre, classes=ck["classes"], metrics=metrics,
-                                  provenance_rec=artifacts.provenance(command, ckpt_path, ck),
-                                  extra={"prune": {"request": asdict(req), "notes": plan.notes,
-                                                   "removed": {lp.unit: lp.removed for lp in plan.layers}}})
+        metrics = {
+            "test_top1": after,
+            "parent_test_top1": before,
+            "params": plan.params_after,
+            "macs": plan.macs_after,
+            "parent_macs": plan.macs_before,
+            "mac_reduction": report["mac_reduction"],
+            "criterion": req.criterion,
+        }
+        artifacts.save_checkpoint(
+            out,
+            pruned,
+            preprocessing=pre,
+            classes=ck["classes"],
+            metrics=metrics,
+            provenance_rec=artifacts.provenance(command, ckpt_path, ck),
+            extra={
+                "prune": {
+                    "request": asdict(req),
+                    "notes": plan.notes,
+                    "removed": {lp.unit: lp.removed for lp in plan.layers},
+                }
+            },
+        )
         reloaded, _ = artifacts.load_model(out)  # the recorded structure must rebuild the same network
         x = test.x[:8]
         with torch.no_grad():

@@ -24,12 +24,12 @@ class IfNode:
     index: int
     name: str
     depth: int
-    parent: int | None               # index of the enclosing If, None at top level
-    parent_branch: str | None        # "then" | "else"
-    labels: dict[str, str]           # branch -> short description of its content
-    output: str = ""                 # the code's graph output name in the instrumented model
-    taken: Counter = field(default_factory=Counter)      # "then"/"else" -> single samples (batch 1) that took it
-    batches: Counter = field(default_factory=Counter)    # "then"/"else" -> multi-sample batches that took it
+    parent: int | None  # index of the enclosing If, None at top level
+    parent_branch: str | None  # "then" | "else"
+    labels: dict[str, str]  # branch -> short description of its content
+    output: str = ""  # the code's graph output name in the instrumented model
+    taken: Counter = field(default_factory=Counter)  # "then"/"else" -> single samples (batch 1) that took it
+    batches: Counter = field(default_factory=Counter)  # "then"/"else" -> multi-sample batches that took it
 
     def title(self) -> str:
         where = "top level" if self.parent is None else f"in {self.parent_branch} of If #{self.parent}"
@@ -49,8 +49,26 @@ def branch_label(graph) -> str:
 
     top = {n.op_type for n in graph.node}
     visit(graph)
-    if "If" in top and len(top - {"If", "Cast", "Constant", "ReduceMin", "ReduceMax", "LessOrEqual", "Greater",
-                                  "Less", "GreaterOrEqual", "Not", "Reshape"}) == 0:
+    if (
+        "If" in top
+        and len(
+            top
+            - {
+                "If",
+                "Cast",
+                "Constant",
+                "ReduceMin",
+                "ReduceMax",
+                "LessOrEqual",
+                "Greater",
+                "Less",
+                "GreaterOrEqual",
+                "Not",
+                "Reshape",
+            }
+        )
+        == 0
+    ):
         return "nested If"
     attn = "Softmax" in ops
     conv = "Conv" in ops
@@ -88,16 +106,22 @@ def instrument(proto) -> tuple[object, list[IfNode]]:
             if node.op_type != "If":
                 continue
             branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
-            info = IfNode(index=len(ifs) + 1, name=node.name or f"If_{len(ifs) + 1}", depth=depth, parent=parent,
-                          parent_branch=parent_branch,
-                          labels={"then": branch_label(branches["then_branch"]),
-                                  "else": branch_label(branches["else_branch"])})
+            info = IfNode(
+                index=len(ifs) + 1,
+                name=node.name or f"If_{len(ifs) + 1}",
+                depth=depth,
+                parent=parent,
+                parent_branch=parent_branch,
+                labels={"then": branch_label(branches["then_branch"]), "else": branch_label(branches["else_branch"])},
+            )
             ifs.append(info)
             # this If's own decision, computed next to it from its condition
             as_i8, shape, code = fresh("i8"), fresh("shape"), fresh("code")
-            appended += [helper.make_node("Cast", [node.input[0]], [as_i8], to=TensorProto.INT8),
-                         const(shape, [1], np.int64),
-                         helper.make_node("Reshape", [as_i8, shape], [code])]
+            appended += [
+                helper.make_node("Cast", [node.input[0]], [as_i8], to=TensorProto.INT8),
+                const(shape, [1], np.int64),
+                helper.make_node("Reshape", [as_i8, shape], [code]),
+            ]
             found.append((info.index, code))
             # codes of Ifs nested in either branch leave through this If's outputs
             inner = {b: process(branches[f"{b}_branch"], depth + 1, info.index, b) for b in ("then", "else")}

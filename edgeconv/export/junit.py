@@ -12,10 +12,16 @@ from edgeconv.export.validate import FAILED, SKIPPED, ValidationReport
 def junit_xml(report: ValidationReport, suite: str = "edgeconv.validate") -> bytes:
     cases = report.checks
     root = ET.Element("testsuites")
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),
-                       failures=str(sum(c.status == FAILED for c in cases)), errors="0",
-                       skipped=str(sum(c.status == SKIPPED for c in cases)),
-                       time=f"{sum(c.seconds for c in cases):.3f}")
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(cases)),
+        failures=str(sum(c.status == FAILED for c in cases)),
+        errors="0",
+        skipped=str(sum(c.status == SKIPPED for c in cases)),
+        time=f"{sum(c.seconds for c in cases):.3f}",
+    )
     props = ET.SubElement(ts, "properties")
     for k, v in (("model", report.model), ("source", report.source or ""), ("data", report.data)):
         ET.SubElement(props, "property", name=k, value=str(v))

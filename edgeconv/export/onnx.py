@@ -62,10 +62,17 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
     def row(self) -> dict:
-        return {"onnx": str(self.path), "family": self.family, "routing": self.routing, "opset": self.opset,
-                "If nodes": self.if_nodes, "batch": "dynamic" if self.dynamic_batch else "static",
-                "simplified": "yes" if self.simplified else f"no ({self.simplify_note})",
-                "size KiB": round(self.size_bytes / 1024, 1), "seconds": round(self.seconds, 1)}
+        return {
+            "onnx": str(self.path),
+            "family": self.family,
+            "routing": self.routing,
+            "opset": self.opset,
+            "If nodes": self.if_nodes,
+            "batch": "dynamic" if self.dynamic_batch else "static",
+            "simplified": "yes" if self.simplified else f"no ({self.simplify_note})",
+            "size KiB": round(self.size_bytes / 1024, 1),
+            "seconds": round(self.seconds, 1),
+        }
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -74,11 +81,20 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------------------------- public API
-def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, routing: str | None = None,
-                opset: int | None = None, dynamic_batch: bool = True, simplify: bool = True,
-                metadata: dict[str, Any] | None = None, preprocessing: dict | None = None,
-                classes: list[str] | None = None, source: str | Path | None = None,
-                on_step: Callable[[str], None] | None = None) -> ExportResult:
+def export_onnx(
+    model_or_ckpt: nn.Module | str | Path,
+    out_path: str | Path,
+    *,
+    routing: str | None = None,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    simplify: bool = True,
+    metadata: dict[str, Any] | None = None,
+    preprocessing: dict | None = None,
+    classes: list[str] | None = None,
+    source: str | Path | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ExportResult:
     """Export a checkpoint (path) or a model built by the registry to one self-contained `.onnx` file.
 
     routing: gated | soft | static:conv | static:attn (default gated for routed models; must be unset or gated for
@@ -172,10 +188,20 @@ def export_onnx(model_or_ckpt: nn.Module | str | Path, out_path: str | Path, *, 
 
     with atomic_path(out) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    return ExportResult(path=out, family=cfg["family"], routing=routing, opset=_opset(proto),
-                        if_nodes=count_if_nodes(proto), dynamic_batch=dynamic_batch, simplified=simplified,
-                        simplify_note=note, size_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
-                        metadata=decode_props(proto), notes=notes)
+    return ExportResult(
+        path=out,
+        family=cfg["family"],
+        routing=routing,
+        opset=_opset(proto),
+        if_nodes=count_if_nodes(proto),
+        dynamic_batch=dynamic_batch,
+        simplified=simplified,
+        simplify_note=note,
+        size_bytes=out.stat().st_size,
+        seconds=time.perf_counter() - t0,
+        metadata=decode_props(proto),
+        notes=notes,
+    )
 
 
 def count_if_nodes(proto_or_graph) -> int:
@@ -187,8 +213,13 @@ def count_if_nodes(proto_or_graph) -> int:
 
 # ----------------------------------------------------------------------------------------------- stages
 def _default_preprocessing(cfg: dict) -> dict:
-    return {"size": int(cfg.get("img_size", 224)), "channels": int(cfg.get("in_chans", 3)), "mean": None,
-            "std": None, "layout": "NCHW"}
+    return {
+        "size": int(cfg.get("img_size", 224)),
+        "channels": int(cfg.get("in_chans", 3)),
+        "mean": None,
+        "std": None,
+        "layout": "NCHW",
+    }
 
 
 def _trace(model: nn.Module, example: torch.Tensor):
@@ -202,9 +233,19 @@ def _trace(model: nn.Module, example: torch.Tensor):
 
 def _to_onnx(model: nn.Module, program, example: torch.Tensor, opset: int | None):
     try:
-        onnx_program = torch.onnx.export(program, (example,), dynamo=True, external_data=False, opset_version=opset,
-                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
-                                         report=False, verify=False, optimize=True)
+        onnx_program = torch.onnx.export(
+            program,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            verbose=False,
+            report=False,
+            verify=False,
+            optimize=True,
+        )
     except Exception as e:  # noqa: BLE001
         raise EdgeconvError(f"cannot translate the model to ONNX: {_blame_op(e, program)}") from e
     return onnx_program.model_proto
@@ -217,8 +258,10 @@ def _opset(proto) -> int:
 def _check_batch_symbolic(proto) -> None:
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not dim.dim_param:
-        raise EdgeconvError(f"the exported input came out with a static batch ({dim.dim_value}); a layer fixes the "
-                            "batch size (e.g. a reshape with a literal batch); export with --static-batch or fix it")
+        raise EdgeconvError(
+            f"the exported input came out with a static batch ({dim.dim_value}); a layer fixes the "
+            "batch size (e.g. a reshape with a literal batch); export with --static-batch or fix it"
+        )
 
 
 def _rename_batch_dim(proto, name: str) -> None:
@@ -401,8 +444,18 @@ def _clean_path(path: str) -> str:
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress prints and internal log lines (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export",
-                                              "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir")]
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch.export",
+            "torch._dynamo",
+            "torch._export",
+            "torch.fx.experimental.symbolic_shapes",
+            "onnxscript",
+            "onnx_ir",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)

@@ -51,15 +51,23 @@ def describe_onnx(path: Path) -> dict:
     ops = operator_inventory(proto.graph)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in proto.opset_import)
     desc = {
-        "artifact": {"path": str(path), "type": "ONNX model", "sha256": short_hash(file_sha256(path)),
-                     "size": f"{path.stat().st_size / 1024:.1f} KiB",
-                     "weights": f"{initializer_bytes(proto.graph) / 1024:.1f} KiB",
-                     "producer": f"{proto.producer_name} {proto.producer_version}".strip() or "-",
-                     "ir version": proto.ir_version, "opset": opsets},
-        "graph": {**{f"input {i.name}": value_shape(i) for i in proto.graph.input},
-                  **{f"output {o.name}": value_shape(o) for o in proto.graph.output},
-                  "nodes (top level)": len(proto.graph.node), "If nodes": count_if_nodes(proto),
-                  "operators": ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))},
+        "artifact": {
+            "path": str(path),
+            "type": "ONNX model",
+            "sha256": short_hash(file_sha256(path)),
+            "size": f"{path.stat().st_size / 1024:.1f} KiB",
+            "weights": f"{initializer_bytes(proto.graph) / 1024:.1f} KiB",
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip() or "-",
+            "ir version": proto.ir_version,
+            "opset": opsets,
+        },
+        "graph": {
+            **{f"input {i.name}": value_shape(i) for i in proto.graph.input},
+            **{f"output {o.name}": value_shape(o) for o in proto.graph.output},
+            "nodes (top level)": len(proto.graph.node),
+            "If nodes": count_if_nodes(proto),
+            "operators": ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])),
+        },
     }
     if meta:
         shown = {}

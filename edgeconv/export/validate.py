@@ -70,8 +70,14 @@ class ValidationReport:
         return f"FAILED: {self.model}: {n_fail} check(s) failed ({failed}){extra}"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "source": self.source, "data": self.data, "passed": self.passed,
-                "summary": self.summary(), "checks": [asdict(c) for c in self.checks]}
+        return {
+            "model": self.model,
+            "source": self.source,
+            "data": self.data,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def ort_session(model: str | Path | bytes, level: str = "all", threads: int | None = None):
@@ -82,10 +88,20 @@ def ort_session(model: str | Path | bytes, level: str = "all", threads: int | No
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, data: str = "digits",
-                  split: str = "test", tolerance: float = 1e-4, min_agreement: float = 100.0,
-                  limit: int | None = None, batch: int = 16, ort_level: str = "all", allow_uncovered: bool = False,
-                  on_progress: Callable[[str, int, int], None] | None = None) -> ValidationReport:
+def validate_onnx(
+    model_path: str | Path,
+    *,
+    against: str | Path | None = None,
+    data: str = "digits",
+    split: str = "test",
+    tolerance: float = 1e-4,
+    min_agreement: float = 100.0,
+    limit: int | None = None,
+    batch: int = 16,
+    ort_level: str = "all",
+    allow_uncovered: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ValidationReport:
     """Run every check on `model_path`; see the module docstring. Raises EdgeconvError only for unusable input
     (missing file, unreadable data); a broken graph is a FAILED check, not an exception."""
     from edgeconv.card import decode_props, load_onnx_proto, quantization_of
@@ -112,16 +128,27 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     try:
         sess = ort_session(proto.SerializeToString(), ort_level)
     except Exception as e:  # noqa: BLE001 - the session's own message is the finding
-        add(Check("onnxruntime session", FAILED, f"onnxruntime cannot load the graph: {_first_line(e)}",
-                  seconds=time.perf_counter() - t0))
+        add(
+            Check(
+                "onnxruntime session",
+                FAILED,
+                f"onnxruntime cannot load the graph: {_first_line(e)}",
+                seconds=time.perf_counter() - t0,
+            )
+        )
         for name in ("parity", "branch coverage", "dynamic batch"):
             add(Check(name, SKIPPED, "not run: no onnxruntime session"))
         return report
     inp = sess.get_inputs()[0]
-    add(Check("onnxruntime session", PASSED,
-              f"CPUExecutionProvider, optimisation {ort_level}, input {inp.name} {inp.shape}",
-              {"input": inp.name, "shape": [str(d) for d in inp.shape], "ort_level": ort_level},
-              time.perf_counter() - t0))
+    add(
+        Check(
+            "onnxruntime session",
+            PASSED,
+            f"CPUExecutionProvider, optimisation {ort_level}, input {inp.name} {inp.shape}",
+            {"input": inp.name, "shape": [str(d) for d in inp.shape], "ort_level": ort_level},
+            time.perf_counter() - t0,
+        )
+    )
 
     source, source_note = _resolve_source(against, meta)
     report.source = str(source) if source else None
@@ -135,8 +162,10 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
         pre = pre or ckpt["preprocessing"]
         classes = classes or ckpt.get("classes")
     if pre is None:
-        raise EdgeconvError(f"{path}: no preprocessing recorded in the ONNX metadata; pass --against CKPT "
-                            "(an edgeconv checkpoint) so validate knows how to prepare the data")
+        raise EdgeconvError(
+            f"{path}: no preprocessing recorded in the ONNX metadata; pass --against CKPT "
+            "(an edgeconv checkpoint) so validate knows how to prepare the data"
+        )
     from edgeconv.data import load_samples
 
     samples = load_samples(data, pre, split, limit, classes=classes)
@@ -157,8 +186,11 @@ def validate_onnx(model_path: str | Path, *, against: str | Path | None = None, 
     if ref_model is None:
         add(Check("parity", SKIPPED, f"no PyTorch source: {source_note}", seconds=0.0))
     else:
-        add(_check_parity(ref_model, meta, samples, outs, tolerance, min_agreement, source_note,
-                          time.perf_counter() - t0 + run_s))
+        add(
+            _check_parity(
+                ref_model, meta, samples, outs, tolerance, min_agreement, source_note, time.perf_counter() - t0 + run_s
+            )
+        )
     add(_check_coverage(ifs, covered, allow_uncovered))
     if dynamic:
         t0 = time.perf_counter()
@@ -249,15 +281,18 @@ def _check_int8_target(path: Path, proto, rec: dict) -> Check:
     warning = artifact_warning(path, rec, model=proto, cpu=cpu)
     if warning:
         return Check("INT8 target", WARNING, warning, data)
-    return Check("INT8 target", PASSED, f"target {rec.get('target') or 'not recorded'} on {cpu['name']}: "
-                                       f"{sat.summary()}", data)
+    return Check(
+        "INT8 target", PASSED, f"target {rec.get('target') or 'not recorded'} on {cpu['name']}: {sat.summary()}", data
+    )
 
 
 def _check_input_shape(graph_shape: list, data_shape: tuple, path: Path) -> None:
     for i, (g, d) in enumerate(zip(graph_shape[1:], data_shape[1:]), start=1):
         if isinstance(g, int) and g != d:
-            raise EdgeconvError(f"{path}: the graph expects input {graph_shape}, the data is {list(data_shape)} "
-                                f"(dimension {i} differs); pass --data matching the model")
+            raise EdgeconvError(
+                f"{path}: the graph expects input {graph_shape}, the data is {list(data_shape)} "
+                f"(dimension {i} differs); pass --data matching the model"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- numeric checks
@@ -268,7 +303,7 @@ def _run_chunks(sess, x: np.ndarray, n: int, progress: Callable[[int, int], None
     outs = []
     total = len(x) - (len(x) % n if n > 1 and not _dynamic(sess) else 0)
     for i in range(0, total, n):
-        outs.append(sess.run(None, {name: x[i:i + n]})[0])
+        outs.append(sess.run(None, {name: x[i : i + n]})[0])
         progress(min(i + n, total), total)
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
@@ -291,14 +326,15 @@ def _coverage(proto, x: np.ndarray, single: int, batch: int, level: str, progres
     for n, label in ((single, "branch decisions, batch 1"), (batch, f"branch decisions, batch {batch}")):
         total = len(x) - (len(x) % n if not _dynamic(sess) else 0)
         for i in range(0, total, n):
-            outs = sess.run(None, {iname: x[i:i + n]})
+            outs = sess.run(None, {iname: x[i : i + n]})
             record(ifs, dict(zip(names, outs)), batch=len(outs[0]))
             progress(label, min(i + n, total), total)
     return ifs, True
 
 
-def _check_parity(model, meta: dict, samples, outs: np.ndarray, tol: float, min_agreement: float, note: str,
-                  seconds: float) -> Check:
+def _check_parity(
+    model, meta: dict, samples, outs: np.ndarray, tol: float, min_agreement: float, note: str, seconds: float
+) -> Check:
     import torch
 
     from edgeconv.models import set_routing
@@ -321,11 +357,21 @@ def _check_parity(model, meta: dict, samples, outs: np.ndarray, tol: float, min_
     y = samples.y.numpy()
     labelled = y >= 0
     acc = float((outs.argmax(1)[labelled] == y[labelled]).mean() * 100) if labelled.any() else None
-    data = {"n": int(len(ref)), "max_abs": max_abs, "max_rel": max_rel, "top1_agreement": agree,
-            "onnx_top1": acc, "tolerance": tol, "min_agreement": min_agreement, "routing": routing}
+    data = {
+        "n": int(len(ref)),
+        "max_abs": max_abs,
+        "max_rel": max_rel,
+        "top1_agreement": agree,
+        "onnx_top1": acc,
+        "tolerance": tol,
+        "min_agreement": min_agreement,
+        "routing": routing,
+    }
     ok = np.isfinite(max_abs) and max_abs <= tol and agree >= min_agreement
-    detail = (f"{len(ref)} samples: max abs {max_abs:.3g} (tol {tol:g}), max rel {max_rel:.3g}, "
-              f"top-1 agreement {agree:.2f}% (need {min_agreement:g}%)")
+    detail = (
+        f"{len(ref)} samples: max abs {max_abs:.3g} (tol {tol:g}), max rel {max_rel:.3g}, "
+        f"top-1 agreement {agree:.2f}% (need {min_agreement:g}%)"
+    )
     if acc is not None:
         detail += f", ONNX top-1 {acc:.2f}%"
     if note:
@@ -348,26 +394,49 @@ def _check_coverage(ifs, active: bool, allow_uncovered: bool) -> Check:
             if n1 + nb == 0:
                 unvalidated.append(f"If #{f.index} {b} ({f.labels[b]})")
         lines.append(f"{f.title()}: " + "; ".join(parts))
-        data.append({"index": f.index, "name": f.name, "depth": f.depth, "parent": f.parent,
-                     "labels": f.labels, "samples": dict(f.taken), "batches": dict(f.batches)})
+        data.append(
+            {
+                "index": f.index,
+                "name": f.name,
+                "depth": f.depth,
+                "parent": f.parent,
+                "labels": f.labels,
+                "samples": dict(f.taken),
+                "batches": dict(f.batches),
+            }
+        )
     detail = " | ".join(lines)
     if unvalidated:
         msg = f"unvalidated branches (no input took them): {', '.join(unvalidated)} | {detail}"
-        return Check("branch coverage", PASSED if allow_uncovered else FAILED, msg, {"ifs": data,
-                     "unvalidated": unvalidated})
-    return Check("branch coverage", PASSED, f"all {2 * len(ifs)} branches of {len(ifs)} If nodes taken | {detail}",
-                 {"ifs": data, "unvalidated": []})
+        return Check(
+            "branch coverage", PASSED if allow_uncovered else FAILED, msg, {"ifs": data, "unvalidated": unvalidated}
+        )
+    return Check(
+        "branch coverage",
+        PASSED,
+        f"all {2 * len(ifs)} branches of {len(ifs)} If nodes taken | {detail}",
+        {"ifs": data, "unvalidated": []},
+    )
 
 
 def _check_dynamic(single: np.ndarray, batched: np.ndarray, batch: int, tol: float, seconds: float) -> Check:
     if single.shape != batched.shape:
-        return Check("dynamic batch", FAILED, f"batch {batch} gave shape {list(batched.shape)}, batch 1 gave "
-                     f"{list(single.shape)}", seconds=seconds)
+        return Check(
+            "dynamic batch",
+            FAILED,
+            f"batch {batch} gave shape {list(batched.shape)}, batch 1 gave {list(single.shape)}",
+            seconds=seconds,
+        )
     err = float(np.abs(single.astype(np.float64) - batched).max()) if single.size else 0.0
     ok = np.isfinite(err) and err <= tol
     detail = f"batch {batch} vs batch 1 on {len(single)} samples: max abs {err:.3g} (tol {tol:g})"
-    return Check("dynamic batch", PASSED if ok else FAILED, detail if ok else f"batched outputs differ: {detail}",
-                 {"batch": batch, "max_abs": err}, seconds)
+    return Check(
+        "dynamic batch",
+        PASSED if ok else FAILED,
+        detail if ok else f"batched outputs differ: {detail}",
+        {"batch": batch, "max_abs": err},
+        seconds,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -12,10 +12,39 @@ from pathlib import Path
 import torch
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.inspection.capture import (AttentionRecord, Inspection, RouteRecord, SaliencyRecord,  # noqa: F401
-                                         attention_modules, inspect_model)
-from edgeconv.inspection.render import (attention_png, keep_mask, received_attention, router_png,  # noqa: F401
-                                        saliency_png, tokens_to_grid, upsample)
+from edgeconv.inspection.capture import (
+    AttentionRecord,
+    Inspection,
+    RouteRecord,
+    SaliencyRecord,
+    attention_modules,
+    inspect_model,
+)
+from edgeconv.inspection.render import (
+    attention_png,
+    keep_mask,
+    received_attention,
+    router_png,
+    saliency_png,
+    tokens_to_grid,
+    upsample,
+)
+
+__all__ = [  # re-exported: the library's inspection API
+    "AttentionRecord",
+    "Inspection",
+    "RouteRecord",
+    "SaliencyRecord",
+    "attention_modules",
+    "inspect_model",
+    "attention_png",
+    "keep_mask",
+    "received_attention",
+    "router_png",
+    "saliency_png",
+    "tokens_to_grid",
+    "upsample",
+]
 
 
 def load_image(spec: str, pre: dict) -> tuple[str, torch.Tensor, int | None]:
@@ -43,13 +72,32 @@ def summarize(ins: Inspection, classes: list[str]) -> dict:
     return {
         "pred": classes[ins.pred] if ins.pred < len(classes) else ins.pred,
         "confidence": float(ins.probs[ins.pred]),
-        "routes": [{"block": r.name, "p_attn": r.p_attn, "route": r.route, "threshold": r.threshold, "mode": r.mode}
-                   for r in ins.routes],
-        "attention": [{"layer": a.name, "kind": a.kind, "heads": a.heads, "tokens": int(len(a.positions)),
-                       "grid": list(a.grid), "window": a.window, "taken": a.taken} for a in ins.attention],
-        "saliency": [{"layer": s.name, "tokens": int(len(s.positions)),
-                      "kept": None if s.kept is None else int(len(s.kept)), "tau": s.tau,
-                      "mean_score": float(s.scores.mean())} for s in ins.saliency],
+        "routes": [
+            {"block": r.name, "p_attn": r.p_attn, "route": r.route, "threshold": r.threshold, "mode": r.mode}
+            for r in ins.routes
+        ],
+        "attention": [
+            {
+                "layer": a.name,
+                "kind": a.kind,
+                "heads": a.heads,
+                "tokens": int(len(a.positions)),
+                "grid": list(a.grid),
+                "window": a.window,
+                "taken": a.taken,
+            }
+            for a in ins.attention
+        ],
+        "saliency": [
+            {
+                "layer": s.name,
+                "tokens": int(len(s.positions)),
+                "kept": None if s.kept is None else int(len(s.kept)),
+                "tau": s.tau,
+                "mean_score": float(s.scores.mean()),
+            }
+            for s in ins.saliency
+        ],
     }
 
 
@@ -65,7 +113,7 @@ def inspect_checkpoint(ckpt: str | Path, images: list[str], out_dir: str | Path,
     if routing and not set_routing(model, routing):
         raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
     pre, classes = ck["preprocessing"], ck["classes"]
-    loaded = [load_image(s, pre) for s in images]     # check every image before writing anything
+    loaded = [load_image(s, pre) for s in images]  # check every image before writing anything
     out = Path(out_dir)
     model_name = f"{ck['family']}-{ck['config'].get('variant')}"
     results = []
@@ -73,14 +121,21 @@ def inspect_checkpoint(ckpt: str | Path, images: list[str], out_dir: str | Path,
         ins = inspect_model(model, normalise(x01.unsqueeze(0), pre)[0])
         summary = summarize(ins, classes)
         title = f"{model_name} on {name}: predicted {summary['pred']} ({100 * summary['confidence']:.0f}%)" + (
-            f", label {classes[label]}" if label is not None else "")
+            f", label {classes[label]}" if label is not None else ""
+        )
         files = [attention_png(x01, ins, out / f"{name}_attention.png", title)]
         if ins.routes:
             files.append(router_png(ins, out / f"{name}_router.png", title))
         if ins.saliency:
             files.append(saliency_png(x01, ins, out / f"{name}_saliency.png", title))
-        results.append({"image": name, "label": classes[label] if label is not None else None, **summary,
-                        "files": [str(f) for f in files]})
+        results.append(
+            {
+                "image": name,
+                "label": classes[label] if label is not None else None,
+                **summary,
+                "files": [str(f) for f in files],
+            }
+        )
     report = {"checkpoint": str(ckpt), "model": model_name, "images": results}
     artifacts.atomic_write_json(out / "inspect.json", report)
     return report

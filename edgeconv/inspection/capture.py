@@ -21,13 +21,13 @@ from edgeconv.models import routers
 
 @dataclass
 class AttentionRecord:
-    name: str                       # module path, e.g. "blocks.0.attn"
-    kind: str                       # "global" (all grid tokens), "sparse" (a subset) or "window" (per window)
-    attn: torch.Tensor              # [H, N, N] for global/sparse; [nW, H, n, n] for window
-    grid: tuple[int, int]           # the full token grid (gh, gw) the layer's tokens live on
-    positions: torch.Tensor         # [N] flat grid index of each token (global/sparse); all grid cells for window
-    window: int | None = None       # window side for kind == "window"
-    taken: bool = True              # False: a routed block whose router chose conv (map shown for reference)
+    name: str  # module path, e.g. "blocks.0.attn"
+    kind: str  # "global" (all grid tokens), "sparse" (a subset) or "window" (per window)
+    attn: torch.Tensor  # [H, N, N] for global/sparse; [nW, H, n, n] for window
+    grid: tuple[int, int]  # the full token grid (gh, gw) the layer's tokens live on
+    positions: torch.Tensor  # [N] flat grid index of each token (global/sparse); all grid cells for window
+    window: int | None = None  # window side for kind == "window"
+    taken: bool = True  # False: a routed block whose router chose conv (map shown for reference)
 
     @property
     def heads(self) -> int:
@@ -38,7 +38,7 @@ class AttentionRecord:
 class RouteRecord:
     name: str
     p_attn: float
-    route: str                      # "attn" | "conv"
+    route: str  # "attn" | "conv"
     threshold: float
     mode: str
 
@@ -46,16 +46,16 @@ class RouteRecord:
 @dataclass
 class SaliencyRecord:
     name: str
-    scores: torch.Tensor            # [N] saliency of the tokens this layer saw
-    positions: torch.Tensor         # [N] their flat grid indices
-    kept: torch.Tensor | None       # flat grid indices that survive this layer's top-k, None when it keeps all
+    scores: torch.Tensor  # [N] saliency of the tokens this layer saw
+    positions: torch.Tensor  # [N] their flat grid indices
+    kept: torch.Tensor | None  # flat grid indices that survive this layer's top-k, None when it keeps all
     grid: tuple[int, int]
     tau: float | None = None
 
 
 @dataclass
 class Inspection:
-    probs: torch.Tensor             # [num_classes]
+    probs: torch.Tensor  # [num_classes]
     pred: int
     attention: list[AttentionRecord] = field(default_factory=list)
     routes: list[RouteRecord] = field(default_factory=list)
@@ -162,10 +162,11 @@ def inspect_model(model: nn.Module, x: torch.Tensor) -> Inspection:
         if a.ndim != 4:
             raise EdgeconvError(f"{n}: unexpected attention map shape {list(a.shape)}")
         shape = in_shapes.get(n, ())
-        if len(shape) == 4 and getattr(m, "window", None):      # windowed attention on a feature map
+        if len(shape) == 4 and getattr(m, "window", None):  # windowed attention on a feature map
             gh, gw = int(shape[2]), int(shape[3])
-            ins.attention.append(AttentionRecord(n, "window", a, (gh, gw), torch.arange(gh * gw), int(m.window),
-                                                 n not in not_taken))
+            ins.attention.append(
+                AttentionRecord(n, "window", a, (gh, gw), torch.arange(gh * gw), int(m.window), n not in not_taken)
+            )
             continue
         if n in attn_pos:
             pos, n0, _ = attn_pos[n]
@@ -184,6 +185,7 @@ def inspect_model(model: nn.Module, x: torch.Tensor) -> Inspection:
         # a layer that shares the previous layer's map has no saliency head of its own, but may still drop tokens
         s = torch.full((1, len(pos)), float("nan")) if s is None else s
         tau = getattr(att, "last_tau", None)
-        ins.saliency.append(SaliencyRecord(n, s[0], pos, kept, _square_grid(n0, n),
-                                           float(tau[0]) if tau is not None else None))
+        ins.saliency.append(
+            SaliencyRecord(n, s[0], pos, kept, _square_grid(n0, n), float(tau[0]) if tau is not None else None)
+        )
     return ins

@@ -24,12 +24,12 @@ def received_attention(rec: AttentionRecord) -> np.ndarray:
     if rec.kind == "window":
         ws = int(rec.window)
         ny, nx = gh // ws, gw // ws
-        recv = a.mean(dim=2)                                  # [nW, H, n]: per key, mean over the window's queries
+        recv = a.mean(dim=2)  # [nW, H, n]: per key, mean over the window's queries
         heads = recv.shape[1]
         # window_partition order: windows (wy, wx) row-major, tokens (iy, ix) row-major inside a window
         grid = recv.reshape(ny, nx, heads, ws, ws).permute(2, 0, 3, 1, 4).reshape(heads, gh, gw) / (ny * nx)
         return grid.numpy()
-    recv = a.mean(dim=1)                                      # [H, N]
+    recv = a.mean(dim=1)  # [H, N]
     out = torch.full((recv.shape[0], gh * gw), float("nan"))
     out[:, rec.positions] = recv
     return out.reshape(-1, gh, gw).numpy()

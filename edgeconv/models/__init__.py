@@ -33,8 +33,9 @@ class Family:
 _FAMILIES: dict[str, Family] = {}
 
 
-def register_family(name: str, *, variants: dict[str, dict], description: str, routed: bool = False,
-                    has_attention: bool = True):
+def register_family(
+    name: str, *, variants: dict[str, dict], description: str, routed: bool = False, has_attention: bool = True
+):
     """Decorator for a family's builder `build(cfg) -> nn.Module` (the module must set `model.cfg = cfg`)."""
 
     def deco(fn: Callable[[dict], nn.Module]):

@@ -13,9 +13,19 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (HybridNet, InvertedResidual, Mlp, head_channel_index, make_stem,
-                                    residual_mlp_on_map, stem_grid, window_merge, window_partition, _keep_cols,
-                                    _keep_rows)
+from edgeconv.models.layers import (
+    HybridNet,
+    InvertedResidual,
+    Mlp,
+    head_channel_index,
+    make_stem,
+    residual_mlp_on_map,
+    stem_grid,
+    window_merge,
+    window_partition,
+    _keep_cols,
+    _keep_rows,
+)
 
 
 class ACMixBlock(nn.Module):
@@ -24,8 +34,8 @@ class ACMixBlock(nn.Module):
         self.num_heads, self.head_dim, self.window = num_heads, dim // num_heads, window
         inner = num_heads * self.head_dim
         self.norm1 = nn.BatchNorm2d(dim)
-        self.qkv = nn.Conv2d(dim, 3 * inner, 1)                       # shared projections
-        self.fc = nn.Conv2d(3 * inner, inner, 1, groups=num_heads)    # conv path: per-head fc over q|k|v
+        self.qkv = nn.Conv2d(dim, 3 * inner, 1)  # shared projections
+        self.fc = nn.Conv2d(3 * inner, inner, 1, groups=num_heads)  # conv path: per-head fc over q|k|v
         self.dw = nn.Conv2d(inner, inner, kernel, padding=kernel // 2, groups=inner)
         self.proj = nn.Conv2d(inner, dim, 1)
         self.alpha = nn.Parameter(torch.ones(1))
@@ -42,13 +52,13 @@ class ACMixBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         nh, hd, ws = self.num_heads, self.head_dim, self.window
-        qkv = self.qkv(self.norm1(x))                                          # [B, 3*inner, H, W]
+        qkv = self.qkv(self.norm1(x))  # [B, 3*inner, H, W]
         # attention path: windowed MHSA per head
-        t = window_partition(qkv, ws)                                         # [B*nW, ws*ws, 3*inner]
+        t = window_partition(qkv, ws)  # [B*nW, ws*ws, 3*inner]
         n = t.shape[1]
         t = t.reshape(-1, n, 3, nh, hd).permute(2, 0, 3, 1, 4)
         q, k, v = t[0], t[1], t[2]
-        attn = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(dim=-1)
+        attn = ((q @ k.transpose(-2, -1)) * hd**-0.5).softmax(dim=-1)
         if self.record_attn:
             self.last_attn = attn.detach()
         att = (attn @ v).transpose(1, 2).reshape(-1, n, nh * hd)
@@ -82,8 +92,9 @@ VARIANTS = {
 }
 
 
-@register_family("acmix", variants=VARIANTS,
-                 description="shared q/k/v feed windowed attention and a conv path, mixed by learned weights")
+@register_family(
+    "acmix", variants=VARIANTS, description="shared q/k/v feed windowed attention and a conv path, mixed by learned weights"
+)
 def build(cfg: dict) -> nn.Module:
     d, grid = cfg["dim"], stem_grid(cfg["img_size"])
     ws = cfg["window"] if grid % cfg["window"] == 0 else grid

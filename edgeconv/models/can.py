@@ -9,8 +9,17 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
-                                    residual_mlp_on_map, to_map, to_tokens)
+from edgeconv.models.layers import (
+    Attention,
+    ConvBNAct,
+    HybridNet,
+    InvertedResidual,
+    Mlp,
+    make_stem,
+    residual_mlp_on_map,
+    to_map,
+    to_tokens,
+)
 
 
 class SEGate(nn.Module):

@@ -45,6 +45,5 @@ def build(cfg: dict) -> nn.Module:
     conv_stages = [InvertedResidual(c0, c0, 3 * c0) for _ in range(cfg["conv_depth"])]
     conv_stages.append(InvertedResidual(c0, c1, 3 * c0, stride=2))
     grid = (size + 1) // 2
-    blocks = nn.Sequential(*conv_stages,
-                           TransformerStage(c1, cfg["depth"], cfg["heads"], int(c1 * cfg["mlp_ratio"]), grid))
+    blocks = nn.Sequential(*conv_stages, TransformerStage(c1, cfg["depth"], cfg["heads"], int(c1 * cfg["mlp_ratio"]), grid))
     return HybridNet(cfg, stem, blocks, c1)

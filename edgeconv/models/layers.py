@@ -55,8 +55,11 @@ def head_channel_index(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 class ConvBNAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: bool = True):
-        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.GELU() if act else nn.Identity())
+        super().__init__(
+            nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.GELU() if act else nn.Identity(),
+        )
 
 
 class Attention(nn.Module):
@@ -83,7 +86,7 @@ class Attention(nn.Module):
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Attention logits [B, H, N, N]; families override this to gate or rescale logits."""
-        return (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+        return (q @ k.transpose(-2, -1)) * (self.head_dim**-0.5)
 
     def forward(self, x: torch.Tensor, attn_override: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
@@ -278,7 +281,6 @@ def window_merge(t: torch.Tensor, ws: int, B: int, H: int, W: int) -> torch.Tens
     C = t.shape[-1]
     x = t.reshape(B, H // ws, W // ws, ws, ws, C).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(B, C, H, W)
-
 
 
 class ValueOnlyAttention(nn.Module):

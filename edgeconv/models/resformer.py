@@ -9,8 +9,19 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
-                                    residual_mlp_on_map, to_map, to_tokens, _keep_cols, _keep_rows)
+from edgeconv.models.layers import (
+    Attention,
+    ConvBNAct,
+    HybridNet,
+    InvertedResidual,
+    Mlp,
+    make_stem,
+    residual_mlp_on_map,
+    to_map,
+    to_tokens,
+    _keep_cols,
+    _keep_rows,
+)
 
 
 class Bottleneck(nn.Module):
@@ -67,11 +78,13 @@ VARIANTS = {
 }
 
 
-@register_family("resformer", variants=VARIANTS,
-                 description="ResNet bottleneck + transformer branch joined by a learned gate")
+@register_family(
+    "resformer", variants=VARIANTS, description="ResNet bottleneck + transformer branch joined by a learned gate"
+)
 def build(cfg: dict) -> nn.Module:
     d = cfg["dim"]
     stem = nn.Sequential(make_stem(cfg["in_chans"], d, cfg["img_size"]), InvertedResidual(d, d, 2 * d))
-    blocks = nn.Sequential(*[HybridBlock(d, cfg["heads"], int(d * cfg["mlp_ratio"]), cfg["width"])
-                             for _ in range(cfg["depth"])])
+    blocks = nn.Sequential(
+        *[HybridBlock(d, cfg["heads"], int(d * cfg["mlp_ratio"]), cfg["width"]) for _ in range(cfg["depth"])]
+    )
     return HybridNet(cfg, stem, blocks, d)

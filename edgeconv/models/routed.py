@@ -23,12 +23,21 @@ import torch
 import torch.nn as nn
 
 from edgeconv.models import register_family
-from edgeconv.models.layers import (Attention, ConvBNAct, HybridNet, InvertedResidual, Mlp, make_stem,
-                                    residual_mlp_on_map, to_map, to_tokens)
+from edgeconv.models.layers import (
+    Attention,
+    ConvBNAct,
+    HybridNet,
+    InvertedResidual,
+    Mlp,
+    make_stem,
+    residual_mlp_on_map,
+    to_map,
+    to_tokens,
+)
 
 ROUTING_MODES = ("gated", "soft", "select", "static:conv", "static:attn")
 ROUTING_ALIASES = {"hard": "gated"}
-ROUTED_MODES = ("gated", "soft", "select")   # modes in which the router runs and records its decisions
+ROUTED_MODES = ("gated", "soft", "select")  # modes in which the router runs and records its decisions
 
 
 def routing_mode(name: str) -> str:
@@ -62,7 +71,7 @@ class RoutedBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, threshold: float = 0.5, router_hidden: int = 128):
         super().__init__()
-        self.shared = ConvBNAct(dim, dim, 1)                      # shared projection kernel for both paths
+        self.shared = ConvBNAct(dim, dim, 1)  # shared projection kernel for both paths
         self.conv_path = nn.Sequential(ConvBNAct(dim, dim, 3, groups=dim), ConvBNAct(dim, dim, 1, act=False))
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
@@ -73,7 +82,7 @@ class RoutedBlock(nn.Module):
         self.threshold = threshold
         self.mode = "gated"
         self.aux: torch.Tensor | None = None
-        self.last_route: torch.Tensor | None = None   # bool [B]: True = attention, for eval/bench reports
+        self.last_route: torch.Tensor | None = None  # bool [B]: True = attention, for eval/bench reports
         self.last_p_attn: torch.Tensor | None = None
 
     def set_routing_mode(self, mode: str) -> None:
@@ -148,14 +157,20 @@ VARIANTS = {
 }
 
 
-@register_family("routed", variants=VARIANTS, routed=True,
-                 description="router picks depthwise-conv or self-attention per input (shared 1x1 kernel)")
+@register_family(
+    "routed",
+    variants=VARIANTS,
+    routed=True,
+    description="router picks depthwise-conv or self-attention per input (shared 1x1 kernel)",
+)
 def build(cfg: dict) -> nn.Module:
     d = cfg["dim"]
     # token_grid: the largest token grid the stem may leave (16 by default); larger grids make attention - and so
     # the routing decision - a larger share of the cost.
-    stem = nn.Sequential(make_stem(cfg["in_chans"], d, cfg["img_size"], cfg.get("token_grid", 16)),
-                         InvertedResidual(d, d, 2 * d))
-    blocks = nn.Sequential(*[RoutedBlock(d, cfg["heads"], int(d * cfg["mlp_ratio"]), cfg.get("threshold", 0.5))
-                             for _ in range(cfg["depth"])])
+    stem = nn.Sequential(
+        make_stem(cfg["in_chans"], d, cfg["img_size"], cfg.get("token_grid", 16)), InvertedResidual(d, d, 2 * d)
+    )
+    blocks = nn.Sequential(
+        *[RoutedBlock(d, cfg["heads"], int(d * cfg["mlp_ratio"]), cfg.get("threshold", 0.5)) for _ in range(cfg["depth"])]
+    )
     return HybridNet(cfg, stem, blocks, d)

@@ -34,11 +34,12 @@ class SaliencyAttention(Attention):
         """Per-token saliency in (0, 1), [B, N]."""
         return torch.sigmoid(self.saliency(x)).squeeze(-1)
 
-    def forward(self, x: torch.Tensor, attn_override: torch.Tensor | None = None,
-                saliency: torch.Tensor | None = None) -> torch.Tensor:
-        s = self.token_saliency(x) if saliency is None else saliency       # [B, N]
+    def forward(
+        self, x: torch.Tensor, attn_override: torch.Tensor | None = None, saliency: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        s = self.token_saliency(x) if saliency is None else saliency  # [B, N]
         self.last_saliency = s.detach()
-        self._log_s = torch.log(s + 1e-6).unsqueeze(1).unsqueeze(1)          # [B, 1, 1, N]: gates keys
+        self._log_s = torch.log(s + 1e-6).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, N]: gates keys
         self._tau = 0.5 + F.softplus(self.temperature(x.mean(dim=1))).view(-1, 1, 1, 1)
         self.last_tau = self._tau.detach().flatten()
         try:
@@ -47,7 +48,7 @@ class SaliencyAttention(Attention):
             self._log_s = self._tau = None
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5) / self._tau + self._log_s
+        return (q @ k.transpose(-2, -1)) * (self.head_dim**-0.5) / self._tau + self._log_s
 
 
 class SaliencyLayer(nn.Module):
@@ -58,7 +59,7 @@ class SaliencyLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_hidden)
         self.keep_ratio = keep_ratio
-        self.last_keep: torch.Tensor | None = None   # kept token indices [B, k] (for inspect)
+        self.last_keep: torch.Tensor | None = None  # kept token indices [B, k] (for inspect)
 
     def forward(self, t: torch.Tensor, prev_attn: torch.Tensor | None, saliency: torch.Tensor | None):
         if isinstance(self.attn, ValueOnlyAttention):
@@ -97,9 +98,12 @@ class SaliencyStage(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int, grid: int, share: bool, keep: dict):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(1, grid * grid, dim))
-        self.layers = nn.ModuleList([
-            SaliencyLayer(dim, heads, mlp_hidden, shared=share and i % 2 == 1, keep_ratio=float(keep.get(str(i), 1.0)))
-            for i in range(depth)])
+        self.layers = nn.ModuleList(
+            [
+                SaliencyLayer(dim, heads, mlp_hidden, shared=share and i % 2 == 1, keep_ratio=float(keep.get(str(i), 1.0)))
+                for i in range(depth)
+            ]
+        )
         for i, layer in enumerate(self.layers):
             if isinstance(layer.attn, ValueOnlyAttention):
                 layer.attn.couples_heads_with = f"blocks.layers.{i - 1}.attn"
@@ -119,11 +123,13 @@ VARIANTS = {
 }
 
 
-@register_family("saliency", variants=VARIANTS,
-                 description="saliency-gated attention, dynamic temperature, top-k tokens, shared maps")
+@register_family(
+    "saliency", variants=VARIANTS, description="saliency-gated attention, dynamic temperature, top-k tokens, shared maps"
+)
 def build(cfg: dict) -> nn.Module:
     d = cfg["dim"]
     stem = make_stem(cfg["in_chans"], d, cfg["img_size"])
-    stage = SaliencyStage(d, cfg["depth"], cfg["heads"], int(d * cfg["mlp_ratio"]), stem_grid(cfg["img_size"]),
-                          cfg["share_attn"], cfg["keep"])
+    stage = SaliencyStage(
+        d, cfg["depth"], cfg["heads"], int(d * cfg["mlp_ratio"]), stem_grid(cfg["img_size"]), cfg["share_attn"], cfg["keep"]
+    )
     return HybridNet(cfg, stem, stage, d)

@@ -21,10 +21,10 @@ from edgeconv.errors import EdgeconvError
 
 @dataclass
 class Unit:
-    name: str            # display name, e.g. "blocks.2.attn"
-    kind: str            # "heads" | "channels"
-    paths: list[str]     # module paths pruned together with the same indices
-    size: int            # current number of heads or channels
+    name: str  # display name, e.g. "blocks.2.attn"
+    kind: str  # "heads" | "channels"
+    paths: list[str]  # module paths pruned together with the same indices
+    size: int  # current number of heads or channels
 
 
 def is_head_module(m: nn.Module) -> bool:
@@ -55,8 +55,11 @@ def prunable_units(model: nn.Module) -> list[Unit]:
 
 def current_structure(model: nn.Module) -> dict[str, dict]:
     """{module path: {"heads": n} | {"hidden": n}} for every unit narrower than the family's config built it."""
-    return {p: ({"heads": int(m.num_heads)} if is_head_module(m) else {"hidden": int(m.hidden)})
-            for p, m in model.named_modules() if is_head_module(m) or is_channel_module(m)}
+    return {
+        p: ({"heads": int(m.num_heads)} if is_head_module(m) else {"hidden": int(m.hidden)})
+        for p, m in model.named_modules()
+        if is_head_module(m) or is_channel_module(m)
+    }
 
 
 def keep_unit(model: nn.Module, unit: Unit, keep: torch.Tensor) -> None:

@@ -19,9 +19,12 @@ def _timm():
     except ImportError as e:
         # timm needs torchvision, which only imports beside torch 2.14.1: it lives in its own venv, so the hint
         # never suggests swapping the torch of the environment the user is in
-        raise MissingDependencyError("timm", f"use the timm environment (`make setup-timm`, then "
-                                             f".venv-timm/bin/edgeconv), or pip install the extra '.[timm]' with "
-                                             f"torch 2.14.1 + torchvision 0.29.1 ({e})")
+        raise MissingDependencyError(
+            "timm",
+            f"use the timm environment (`make setup-timm`, then "
+            f".venv-timm/bin/edgeconv), or pip install the extra '.[timm]' with "
+            f"torch 2.14.1 + torchvision 0.29.1 ({e})",
+        )
     return timm
 
 

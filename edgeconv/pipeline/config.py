@@ -57,22 +57,24 @@ class PipelineOptions:
 @dataclass
 class StepSpec:
     name: str
-    options: Any                    # the step's Options dataclass instance
+    options: Any  # the step's Options dataclass instance
 
 
 @dataclass
 class PipelineConfig:
     pipeline: PipelineOptions
     steps: list[StepSpec]
-    base_dir: Path                  # relative paths in the file are relative to this folder
+    base_dir: Path  # relative paths in the file are relative to this folder
     source: str = "<pipeline>"
 
     def step(self, name: str) -> StepSpec | None:
         return next((s for s in self.steps if s.name == name), None)
 
     def to_dict(self) -> dict:
-        return {"pipeline": dataclasses.asdict(self.pipeline),
-                "steps": [{"step": s.name, "options": dataclasses.asdict(s.options)} for s in self.steps]}
+        return {
+            "pipeline": dataclasses.asdict(self.pipeline),
+            "steps": [{"step": s.name, "options": dataclasses.asdict(s.options)} for s in self.steps],
+        }
 
 
 # ------------------------------------------------------------------------------------------------ typed values
@@ -84,7 +86,8 @@ def _type_name(tp: Any) -> str:
         (arg,) = typing.get_args(tp) or (Any,)
         return f"a list of {_type_name(arg).removeprefix('a ').removeprefix('an ')}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
@@ -136,7 +139,7 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
             continue
         v = _coerce(table[name], hints[name], key, where)
         meta = f.metadata
-        for item in (v if isinstance(v, list) else [v]):
+        for item in v if isinstance(v, list) else [v]:
             if meta.get("choices") and item not in meta["choices"]:
                 choices = ", ".join(map(str, meta["choices"]))
                 raise PipelineConfigError(f"{where}: {key} = {item!r} is not one of {choices}")
@@ -145,11 +148,13 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
                 raise PipelineConfigError(f"{where}: {key} must be a finite number, got {item!r}")
             lo, hi = meta.get("min"), meta.get("max")
             if number and lo is not None and (item <= lo if meta.get("min_open") else item < lo):
-                raise PipelineConfigError(f"{where}: {key} = {item!r} is below the minimum {lo}"
-                                          + (" (exclusive)" if meta.get("min_open") else ""))
+                raise PipelineConfigError(
+                    f"{where}: {key} = {item!r} is below the minimum {lo}" + (" (exclusive)" if meta.get("min_open") else "")
+                )
             if number and hi is not None and (item >= hi if meta.get("max_open") else item > hi):
-                raise PipelineConfigError(f"{where}: {key} = {item!r} is above the maximum {hi}"
-                                          + (" (exclusive)" if meta.get("max_open") else ""))
+                raise PipelineConfigError(
+                    f"{where}: {key} = {item!r} is above the maximum {hi}" + (" (exclusive)" if meta.get("max_open") else "")
+                )
         if meta.get("path") and isinstance(v, str) and v:
             p = Path(v).expanduser()
             p = p if p.is_absolute() else base_dir / p
@@ -185,8 +190,10 @@ def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> 
         pipe = PipelineOptions()
     pipe.name = pipe.name or Path(source).stem or "pipeline"
     if not RUN_NAME.fullmatch(pipe.name):  # starts with a letter or digit: never "." or ".."
-        raise PipelineConfigError(f"{source}: pipeline.name = {pipe.name!r}: use letters, digits, '.', '_' and '-' "
-                                  "(at most 100; it names the folder runs/NAME, so no '/' or '..')")
+        raise PipelineConfigError(
+            f"{source}: pipeline.name = {pipe.name!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 100; it names the folder runs/NAME, so no '/' or '..')"
+        )
     pipe.data = resolve_data_spec(pipe.data, "pipeline.data", source, base_dir)
     specs = []
     for section, table in doc.items():
@@ -201,8 +208,7 @@ def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> 
                 setattr(opts, key, resolve_data_spec(getattr(opts, key), f"{section}.{key}", source, base_dir))
         specs.append(StepSpec(section, opts))
     if not specs:
-        raise PipelineConfigError(f"{source}: no steps (add tables such as 'train' and 'export'; known: "
-                                  f"{', '.join(STEPS)})")
+        raise PipelineConfigError(f"{source}: no steps (add tables such as 'train' and 'export'; known: {', '.join(STEPS)})")
     cfg = PipelineConfig(pipe, specs, base_dir, source)
     for s in specs:
         STEPS[s.name].check(s.options, cfg)

@@ -147,22 +147,52 @@ def write_report(run_dir: Path, cfg: "PipelineConfig", outcomes: list["StepOutco
         d["metrics"] = o.record.get("metrics", {})
         d["made_in_seconds"] = o.record.get("seconds")
         steps.append(d)
-    report = {"pipeline": cfg.pipeline.name, "source": cfg.source, "edgeconv": __version__,
-              "config": cfg.to_dict(), "steps": steps, "models": rows, "routing": mix, "figures": figures}
+    report = {
+        "pipeline": cfg.pipeline.name,
+        "source": cfg.source,
+        "edgeconv": __version__,
+        "config": cfg.to_dict(),
+        "steps": steps,
+        "models": rows,
+        "routing": mix,
+        "figures": figures,
+    }
     artifacts.atomic_write_json(run_dir / "report.json", report)
 
-    md = [f"# edgeconv pipeline `{cfg.pipeline.name}`", "",
-          f"Pipeline file: `{cfg.source}`; data: `{cfg.pipeline.data}`; edgeconv {__version__}.", "",
-          "## Steps", "",
-          markdown_table([{"step": s["step"], "status": s["status"], "seconds (this run)": s["seconds"],
-                           "seconds (when made)": s["made_in_seconds"], "key": s["key"][:12]} for s in steps]), ""]
+    md = [
+        f"# edgeconv pipeline `{cfg.pipeline.name}`",
+        "",
+        f"Pipeline file: `{cfg.source}`; data: `{cfg.pipeline.data}`; edgeconv {__version__}.",
+        "",
+        "## Steps",
+        "",
+        markdown_table(
+            [
+                {
+                    "step": s["step"],
+                    "status": s["status"],
+                    "seconds (this run)": s["seconds"],
+                    "seconds (when made)": s["made_in_seconds"],
+                    "key": s["key"][:12],
+                }
+                for s in steps
+            ]
+        ),
+        "",
+    ]
     if rows:
         md += ["## Models", "", markdown_table(rows, table_columns(rows)), ""]
     if mix:
         blocks = list(dict.fromkeys(b for routers in mix.values() for b in routers))
         mix_rows = [{"model": m, **{f"{b} attn %": routers.get(b) for b in blocks}} for m, routers in mix.items()]
-        md += ["## Routing mix", "", "Share of test inputs each routed block sends to its attention path.", "",
-               markdown_table(mix_rows), ""]
+        md += [
+            "## Routing mix",
+            "",
+            "Share of test inputs each routed block sends to its attention path.",
+            "",
+            markdown_table(mix_rows),
+            "",
+        ]
     if figures:
         md += ["## Figures", ""]
         for title, f in figures.items():
@@ -175,8 +205,10 @@ def print_summary(result) -> None:
     """The end-of-run tables on the console: step statuses, then the models table."""
     from edgeconv.console import console, rows_table
 
-    steps = [{"step": o.step, "status": o.status, "seconds": round(o.seconds, 1),
-              "note": o.message or ""} for o in result.outcomes]
+    steps = [
+        {"step": o.step, "status": o.status, "seconds": round(o.seconds, 1), "note": o.message or ""}
+        for o in result.outcomes
+    ]
     console.print(rows_table(steps, title="steps"))
     rows = result.report.get("models", [])
     if rows:

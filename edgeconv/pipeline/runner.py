@@ -42,15 +42,20 @@ class PipelineStepError(EdgeconvError):
 @dataclass
 class StepOutcome:
     step: str
-    status: str                     # ran | cached | failed | not run
+    status: str  # ran | cached | failed | not run
     key: str = ""
     seconds: float = 0.0
     message: str = ""
     record: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "status": self.status, "key": self.key, "seconds": round(self.seconds, 2),
-                "message": self.message}
+        return {
+            "step": self.step,
+            "status": self.status,
+            "key": self.key,
+            "seconds": round(self.seconds, 2),
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -105,8 +110,11 @@ def step_key(cfg: PipelineConfig, name: str, opts, inputs: dict[str, Artifact], 
         if f.name == "data" and v:
             files["data"] = _data_fingerprint(v, hasher)
     payload = {
-        "step": name, "options": opt_dict, "option_files": files,
-        "data": _data_fingerprint(cfg.pipeline.data, hasher), "seed": cfg.pipeline.seed,
+        "step": name,
+        "options": opt_dict,
+        "option_files": files,
+        "data": _data_fingerprint(cfg.pipeline.data, hasher),
+        "seed": cfg.pipeline.seed,
         "inputs": {k: hasher(a.path) for k, a in sorted(inputs.items())},
         "edgeconv": __version__,
     }
@@ -140,11 +148,25 @@ def _record(key: str, res: StepResult, run_dir: Path, seconds: float, hasher: _H
     outs = []
     for a in res.outputs:
         p = Path(a.path)
-        outs.append({"kind": a.kind, "path": p.resolve().relative_to(run_dir.resolve()).as_posix(),
-                     "label": a.label, "sha256": hasher(p)})
+        outs.append(
+            {
+                "kind": a.kind,
+                "path": p.resolve().relative_to(run_dir.resolve()).as_posix(),
+                "label": a.label,
+                "sha256": hasher(p),
+            }
+        )
     figs = [Path(f).resolve().relative_to(run_dir.resolve()).as_posix() for f in res.figures]
-    return {"status": "ok", "key": key, "edgeconv": __version__, "seconds": round(seconds, 2), "outputs": outs,
-            "metrics": res.metrics, "rows": res.rows, "figures": figs}
+    return {
+        "status": "ok",
+        "key": key,
+        "edgeconv": __version__,
+        "seconds": round(seconds, 2),
+        "outputs": outs,
+        "metrics": res.metrics,
+        "rows": res.rows,
+        "figures": figs,
+    }
 
 
 @contextlib.contextmanager
@@ -168,9 +190,15 @@ def _stderr_into(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show_progress: bool = True,
-                 log: Callable[[str], None] | None = None, capture_stderr: bool = True,
-                 rerun: Iterable[str] = ()) -> RunResult:
+def run_pipeline(
+    cfg: PipelineConfig,
+    run_dir: str | Path | None = None,
+    *,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    capture_stderr: bool = True,
+    rerun: Iterable[str] = (),
+) -> RunResult:
     """Run (or re-use) every step in order, then write report.md / report.json. Raises PipelineStepError.
 
     With `capture_stderr`, what steps write to stderr goes to `RUN/<step>/step.log`. Steps named in `rerun` run
@@ -184,8 +212,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
     rerun = set(rerun)
     unknown = rerun - {s.name for s in cfg.steps}
     if unknown:
-        raise PipelineConfigError(f"--rerun {', '.join(sorted(unknown))}: not a step of {cfg.source} "
-                                  f"(steps: {', '.join(s.name for s in cfg.steps)})")
+        raise PipelineConfigError(
+            f"--rerun {', '.join(sorted(unknown))}: not a step of {cfg.source} "
+            f"(steps: {', '.join(s.name for s in cfg.steps)})"
+        )
     run_dir = Path(run_dir) if run_dir else Path("runs") / cfg.pipeline.name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.pipeline.threads)
@@ -203,8 +233,13 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
         rec_path = sdir / "step.json"
         rec = _read_record(rec_path)
         head = f"[bold][{i + 1}/{len(cfg.steps)}] {spec.name}[/]"
-        if (spec.name not in rerun and rec and rec.get("status") == "ok" and rec.get("key") == key
-                and _intact(rec, run_dir, hasher)):
+        if (
+            spec.name not in rerun
+            and rec
+            and rec.get("status") == "ok"
+            and rec.get("key") == key
+            and _intact(rec, run_dir, hasher)
+        ):
             outcomes[i] = StepOutcome(spec.name, "cached", key, 0.0, "inputs and options unchanged", rec)
             log(f"{head}: cached ({key[:12]}, made in {rec.get('seconds', 0):.1f} s)")
         else:
@@ -224,22 +259,29 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
                 detail = str(e).splitlines()[0] if str(e) else ""
                 msg = detail if isinstance(e, EdgeconvError) else f"{type(e).__name__}: {detail}"
                 artifacts.atomic_write_text(sdir / "error.log", traceback.format_exc())
-                artifacts.atomic_write_json(rec_path, {"status": "failed", "key": key, "message": msg,
-                                                       "seconds": round(seconds, 2)})
+                artifacts.atomic_write_json(
+                    rec_path, {"status": "failed", "key": key, "message": msg, "seconds": round(seconds, 2)}
+                )
                 outcomes[i] = StepOutcome(spec.name, "failed", key, seconds, msg)
                 _write_run(run_dir, cfg, outcomes)
                 done = [o.step for o in outcomes[:i]]
                 kept = f"; artifacts of {', '.join(done)} are kept in {run_dir}" if done else ""
-                raise PipelineStepError(f"step '{spec.name}' failed: {msg} (details: {sdir / 'error.log'}){kept}",
-                                        outcomes) from e
+                raise PipelineStepError(
+                    f"step '{spec.name}' failed: {msg} (details: {sdir / 'error.log'}){kept}", outcomes
+                ) from e
             except BaseException:  # Ctrl-C: the run record says where it stopped, then the interrupt goes on
-                outcomes[i] = StepOutcome(spec.name, "interrupted", key, time.perf_counter() - t0,
-                                          "interrupted; no step.json, so the step runs again next time")
+                outcomes[i] = StepOutcome(
+                    spec.name,
+                    "interrupted",
+                    key,
+                    time.perf_counter() - t0,
+                    "interrupted; no step.json, so the step runs again next time",
+                )
                 _write_run(run_dir, cfg, outcomes)
                 raise
             seconds = time.perf_counter() - t0
             rec = _record(key, res, run_dir, seconds, hasher)
-            rec["cpu_seconds"] = round(time.process_time() - c0, 2)   # all threads of this process
+            rec["cpu_seconds"] = round(time.process_time() - c0, 2)  # all threads of this process
             artifacts.atomic_write_json(rec_path, rec)
             outcomes[i] = StepOutcome(spec.name, "ran", key, seconds, "", rec)
             log(f"{head}: done in {seconds:.1f} s")
@@ -253,7 +295,13 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path | None = None, *, show
 
 
 def _write_run(run_dir: Path, cfg: PipelineConfig, outcomes: list[StepOutcome]) -> None:
-    artifacts.atomic_write_json(run_dir / "run.json", {
-        "pipeline": cfg.pipeline.name, "source": cfg.source, "edgeconv": __version__,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "steps": [o.to_dict() for o in outcomes]})
+    artifacts.atomic_write_json(
+        run_dir / "run.json",
+        {
+            "pipeline": cfg.pipeline.name,
+            "source": cfg.source,
+            "edgeconv": __version__,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "steps": [o.to_dict() for o in outcomes],
+        },
+    )

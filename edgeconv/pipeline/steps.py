@@ -22,31 +22,38 @@ from typing import Any, ClassVar
 from edgeconv.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
 from edgeconv.quantize import QuantizeSettings
-from edgeconv.settings import (SPLITS, BenchSettings, DistillSettings, ExportSettings, PruneSettings, TrainSettings,
-                               ValidateSettings)
+from edgeconv.settings import (
+    SPLITS,
+    BenchSettings,
+    DistillSettings,
+    ExportSettings,
+    PruneSettings,
+    TrainSettings,
+    ValidateSettings,
+)
 
 
 @dataclass
 class Artifact:
     kind: str
     path: Path
-    label: str                      # the row name it gets in the final table, e.g. "INT8 (onnxruntime)"
+    label: str  # the row name it gets in the final table, e.g. "INT8 (onnxruntime)"
 
 
 @dataclass
 class StepResult:
     outputs: list[Artifact]
     metrics: dict = field(default_factory=dict)
-    rows: list[dict] = field(default_factory=list)       # rows for the final table, merged by their "model" key
-    figures: list[Path] = field(default_factory=list)    # PNGs (inside the step folder) for report.md
+    rows: list[dict] = field(default_factory=list)  # rows for the final table, merged by their "model" key
+    figures: list[Path] = field(default_factory=list)  # PNGs (inside the step folder) for report.md
 
 
 @dataclass
 class StepContext:
     cfg: PipelineConfig
-    out_dir: Path                   # this step's folder; everything the step writes goes here
-    inputs: dict[str, Artifact]     # what select_inputs chose
-    results: dict[str, dict]        # earlier steps' records (metrics, rows) by step name
+    out_dir: Path  # this step's folder; everything the step writes goes here
+    inputs: dict[str, Artifact]  # what select_inputs chose
+    results: dict[str, dict]  # earlier steps' records (metrics, rows) by step name
     show_progress: bool = True
 
     @property
@@ -73,7 +80,7 @@ class Step:
     Options: ClassVar[type]
     needs: ClassVar[tuple[str, ...]] = ()
     gives: ClassVar[tuple[str, ...]] = ()
-    makes_checkpoint: ClassVar[bool] = False        # must come before export, or the export would miss it
+    makes_checkpoint: ClassVar[bool] = False  # must come before export, or the export would miss it
 
     @classmethod
     def check(cls, opts: Any, cfg: PipelineConfig) -> None:
@@ -116,11 +123,13 @@ def check_order(cfg: PipelineConfig) -> None:
                 makers = " or ".join(f"'{p}'" for p in first if p != spec.name) or "a step that makes it"
                 raise PipelineConfigError(
                     f"{cfg.source}: step '{spec.name}' needs {KIND_TEXT.get(kind, kind)}, which no step before it "
-                    f"produces: put {makers} before '{spec.name}'")
+                    f"produces: put {makers} before '{spec.name}'"
+                )
         if step.makes_checkpoint and "onnx" in available:
             raise PipelineConfigError(
                 f"{cfg.source}: step '{spec.name}' comes after 'export': the exported model would not include it; "
-                f"move '{spec.name}' before 'export'")
+                f"move '{spec.name}' before 'export'"
+            )
         available |= set(step.gives_for(spec.options))
 
 
@@ -131,8 +140,11 @@ def _check_held_out(step: str, opts: Any, cfg: PipelineConfig) -> None:
     try:
         check_held_out(cfg.pipeline.data, opts.eval_data or None, opts.eval_on_train, step)
     except EdgeconvError as e:
-        msg = str(e).replace("--eval-data SPEC", f"{step}.eval_data").replace("--eval-on-train",
-                                                                              f"{step}.eval_on_train = true")
+        msg = (
+            str(e)
+            .replace("--eval-data SPEC", f"{step}.eval_data")
+            .replace("--eval-on-train", f"{step}.eval_on_train = true")
+        )
         raise PipelineConfigError(f"{cfg.source}: {msg}") from None
 
 
@@ -150,8 +162,13 @@ def _eval_rows(path: Path, label: str, data: str, split: str) -> tuple[dict, dic
     samples = load_samples(data, ck["preprocessing"], split_for(data, "evaluate", split), classes=ck["classes"])
     res = evaluate(model, samples)
     params = sum(p.numel() for p in model.parameters())
-    row = {"model": label, "format": "PyTorch", "top1 %": res["top1"], "params": params,
-           "size KiB": round(path.stat().st_size / 1024, 1)}
+    row = {
+        "model": label,
+        "format": "PyTorch",
+        "top1 %": res["top1"],
+        "params": params,
+        "size KiB": round(path.stat().st_size / 1024, 1),
+    }
     return row, {"top1": res["top1"], "loss": res["loss"], "n": res["n"], "routing": {label: res["routing"]}}
 
 
@@ -190,21 +207,35 @@ class Train(Step):
 
         out = ctx.out_dir / "model.pt"
         if opts.checkpoint:
-            artifacts.read_checkpoint(opts.checkpoint)          # refuse anything that is not a checkpoint
+            artifacts.read_checkpoint(opts.checkpoint)  # refuse anything that is not a checkpoint
             with artifacts.atomic_path(out) as tmp:
                 shutil.copyfile(opts.checkpoint, tmp)
         else:
-            tc = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
-                             weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing,
-                             seed=ctx.cfg.pipeline.seed, augment=opts.augment)
-            run_train(opts.model, ctx.data, str(out), cfg=tc, img_size=opts.img_size,
-                      show_progress=ctx.show_progress, command=ctx.command)
+            tc = TrainConfig(
+                epochs=opts.epochs,
+                batch_size=opts.batch_size,
+                lr=opts.lr,
+                weight_decay=opts.weight_decay,
+                label_smoothing=opts.label_smoothing,
+                seed=ctx.cfg.pipeline.seed,
+                augment=opts.augment,
+            )
+            run_train(
+                opts.model,
+                ctx.data,
+                str(out),
+                cfg=tc,
+                img_size=opts.img_size,
+                show_progress=ctx.show_progress,
+                command=ctx.command,
+            )
         row, metrics = _eval_rows(out, "float (PyTorch)", ctx.data, opts.split)
         ck = artifacts.read_checkpoint(out)
         metrics["train_seconds"] = ck.get("metrics", {}).get("train_seconds")
         metrics["model"] = model_label(ck)
-        return StepResult([Artifact("checkpoint", out, "float (PyTorch)"), Artifact("float", out, "float (PyTorch)")],
-                          metrics, [row])
+        return StepResult(
+            [Artifact("checkpoint", out, "float (PyTorch)"), Artifact("float", out, "float (PyTorch)")], metrics, [row]
+        )
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -229,7 +260,7 @@ class Eval(Step):
 
 
 def stage_of(label: str) -> str:
-    """"pruned+distilled (PyTorch)" -> "pruned+distilled"."""
+    """ "pruned+distilled (PyTorch)" -> "pruned+distilled"."""
     return label.split(" (")[0]
 
 
@@ -252,9 +283,16 @@ class Prune(Step):
     def request(cls, opts: PruneOptions, seed: int):
         from edgeconv.compress.prune import PruneRequest
 
-        return PruneRequest(heads=opts.heads, channels=opts.channels, target_macs=opts.target_macs,
-                            criterion=opts.criterion, batches=opts.batches, batch_size=opts.batch_size,
-                            steps=opts.steps, seed=seed)
+        return PruneRequest(
+            heads=opts.heads,
+            channels=opts.channels,
+            target_macs=opts.target_macs,
+            criterion=opts.criterion,
+            batches=opts.batches,
+            batch_size=opts.batch_size,
+            steps=opts.steps,
+            seed=seed,
+        )
 
     @classmethod
     def check(cls, opts: PruneOptions, cfg: PipelineConfig) -> None:
@@ -272,18 +310,34 @@ class Prune(Step):
 
         src = ctx.inputs["checkpoint"]
         out, heatmap = ctx.out_dir / "model.pt", ctx.out_dir / "head_sensitivity.png"
-        res = run_prune(str(src.path), ctx.data, cls.request(opts, ctx.cfg.pipeline.seed), str(out),
-                        report_path=str(ctx.out_dir / "prune.json"), heatmap_path=str(heatmap),
-                        command=ctx.command, eval_data=opts.eval_data or None, allow_train_eval=opts.eval_on_train)
+        res = run_prune(
+            str(src.path),
+            ctx.data,
+            cls.request(opts, ctx.cfg.pipeline.seed),
+            str(out),
+            report_path=str(ctx.out_dir / "prune.json"),
+            heatmap_path=str(heatmap),
+            command=ctx.command,
+            eval_data=opts.eval_data or None,
+            allow_train_eval=opts.eval_on_train,
+        )
         stage = stage_of(src.label)
         label = "pruned (PyTorch)" if stage == "float" else f"{stage}+pruned (PyTorch)"
         rep = res["report"]
         row, metrics = _eval_rows(out, label, opts.eval_data or ctx.data, "test")
         row["note"] = "no fine-tuning"
-        metrics.update({"params_before": rep["params_before"], "params_after": rep["params_after"],
-                        "macs_before": rep["macs_before"], "macs_after": rep["macs_after"],
-                        "mac_reduction": rep["mac_reduction"], "top1_before": rep["top1_before"],
-                        "layers": layer_rows(res["plan"]), "notes": res["plan"].notes})
+        metrics.update(
+            {
+                "params_before": rep["params_before"],
+                "params_after": rep["params_after"],
+                "macs_before": rep["macs_before"],
+                "macs_after": rep["macs_after"],
+                "mac_reduction": rep["mac_reduction"],
+                "top1_before": rep["top1_before"],
+                "layers": layer_rows(res["plan"]),
+                "notes": res["plan"].notes,
+            }
+        )
         figures = [heatmap] if rep.get("heatmap") else []
         return StepResult([Artifact("checkpoint", out, label)], metrics, [row], figures)
 
@@ -314,12 +368,19 @@ class Distill(Step):
 
         student, teacher = ctx.inputs["checkpoint"], ctx.inputs["float"]
         out = ctx.out_dir / "model.pt"
-        res = run_distill(str(teacher.path), str(student.path), ctx.data, str(out),
-                          dcfg=DistillConfig(alpha=opts.alpha, temperature=opts.temperature, feature=opts.feature),
-                          tcfg=TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
-                                           seed=ctx.cfg.pipeline.seed),
-                          baseline=opts.baseline, command=ctx.command, show_progress=ctx.show_progress,
-                          eval_data=opts.eval_data or None, allow_train_eval=opts.eval_on_train)
+        res = run_distill(
+            str(teacher.path),
+            str(student.path),
+            ctx.data,
+            str(out),
+            dcfg=DistillConfig(alpha=opts.alpha, temperature=opts.temperature, feature=opts.feature),
+            tcfg=TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=ctx.cfg.pipeline.seed),
+            baseline=opts.baseline,
+            command=ctx.command,
+            show_progress=ctx.show_progress,
+            eval_data=opts.eval_data or None,
+            allow_train_eval=opts.eval_on_train,
+        )
         stage = stage_of(student.label)
         label = f"{'' if stage == 'float' else stage + '+'}distilled (PyTorch)"
         row, metrics = _eval_rows(out, label, opts.eval_data or ctx.data, "test")
@@ -346,8 +407,9 @@ class Export(Step):
         from edgeconv.export.onnx import MIN_OPSET
 
         if opts.opset and opts.opset < MIN_OPSET:
-            raise PipelineConfigError(f"{cfg.source}: export.opset = {opts.opset}: the exporter writes opset "
-                                      f"{MIN_OPSET} or newer")
+            raise PipelineConfigError(
+                f"{cfg.source}: export.opset = {opts.opset}: the exporter writes opset {MIN_OPSET} or newer"
+            )
 
     @classmethod
     def gives_for(cls, opts: ExportOptions) -> tuple[str, ...]:
@@ -373,8 +435,14 @@ class Export(Step):
         for kind, src, fname in jobs:
             model, _ = artifacts.load_model(src.path)
             routing = opts.routing if routers(model) else None
-            res = export_onnx(src.path, ctx.out_dir / fname, routing=routing, opset=opts.opset,
-                              dynamic_batch=opts.dynamic_batch, simplify=opts.simplify)
+            res = export_onnx(
+                src.path,
+                ctx.out_dir / fname,
+                routing=routing,
+                opset=opts.opset,
+                dynamic_batch=opts.dynamic_batch,
+                simplify=opts.simplify,
+            )
             label = f"{stage_of(src.label)} (onnxruntime FP32)"
             outputs.append(Artifact(kind, res.path, label))
             metrics[label] = res.row()
@@ -384,16 +452,19 @@ class Export(Step):
 
 # ------------------------------------------------------------------------------------------------ quantize
 # Python packages a quantize backend needs at run time, checked while the file is loaded
-BACKEND_NEEDS = {"tflite": (("litert_torch", "ai_edge_litert"), ".venv/bin/pip install -e '.[tflite]'"),
-                 "tensorrt": (("tensorrt",), "TensorRT comes from NVIDIA's package index or JetPack, not PyPI")}
+BACKEND_NEEDS = {
+    "tflite": (("litert_torch", "ai_edge_litert"), ".venv/bin/pip install -e '.[tflite]'"),
+    "tensorrt": (("tensorrt",), "TensorRT comes from NVIDIA's package index or JetPack, not PyPI"),
+}
 
 
 @dataclass
 class QuantizeOptions(QuantizeSettings):
     """The shared quantize settings (edgeconv.quantize.QuantizeSettings, also the CLI's options) plus the targets."""
 
-    targets: list[str] = option(default_factory=lambda: ["ort:int8"],
-                                help="backend:precision, e.g. ort:int8, ort:fp16, tflite:int8, tflite:fp16.")
+    targets: list[str] = option(
+        default_factory=lambda: ["ort:int8"], help="backend:precision, e.g. ort:int8, ort:fp16, tflite:int8, tflite:fp16."
+    )
 
 
 def _parse_target(t: str) -> tuple[str, str]:
@@ -416,28 +487,30 @@ class Quantize(Step):
         from edgeconv.quantize import BACKENDS
 
         if not opts.targets:
-            raise PipelineConfigError(f"{cfg.source}: quantize.targets is empty (e.g. targets = [\"ort:int8\"])")
+            raise PipelineConfigError(f'{cfg.source}: quantize.targets is empty (e.g. targets = ["ort:int8"])')
         for i, t in enumerate(opts.targets):
             backend, precision = _parse_target(t)
             key = f"quantize.targets[{i}] = {t!r}"
             if backend not in BACKENDS:
-                raise PipelineConfigError(f"{cfg.source}: {key}: unknown backend {backend!r} "
-                                          f"(known: {', '.join(BACKENDS)})")
+                raise PipelineConfigError(f"{cfg.source}: {key}: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
             if precision not in BACKENDS[backend].precisions:
-                raise PipelineConfigError(f"{cfg.source}: {key}: {backend} supports "
-                                          f"{', '.join(BACKENDS[backend].precisions)}")
+                raise PipelineConfigError(
+                    f"{cfg.source}: {key}: {backend} supports {', '.join(BACKENDS[backend].precisions)}"
+                )
             if importlib.util.find_spec(BACKENDS[backend].module) is None:
                 raise PipelineConfigError(f"{cfg.source}: {key}: this edgeconv has no {backend} quantizer")
             needs, hint = BACKEND_NEEDS.get(backend, ((), ""))
             missing = [m for m in needs if importlib.util.find_spec(m) is None]
             if missing:
-                raise PipelineConfigError(f"{cfg.source}: {key}: needs {', '.join(missing)}, which is not "
-                                          f"installed ({hint})")
+                raise PipelineConfigError(
+                    f"{cfg.source}: {key}: needs {', '.join(missing)}, which is not installed ({hint})"
+                )
         if len(set(opts.targets)) != len(opts.targets):
             raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")
         if opts.int8_target is not None and "ort:int8" not in opts.targets:
-            raise PipelineConfigError(f"{cfg.source}: quantize.int8_target applies to the ort:int8 target, which "
-                                      "quantize.targets does not list")
+            raise PipelineConfigError(
+                f"{cfg.source}: quantize.int8_target applies to the ort:int8 target, which quantize.targets does not list"
+            )
         if opts.int8_target is not None:
             from edgeconv.quantize.targets import resolve_target
 
@@ -476,20 +549,34 @@ class Quantize(Step):
             # onnxruntime and TensorRT start from the exported graph; TFLite converts from PyTorch directly
             src = ctx.inputs.get("onnx") if backend != "tflite" and "onnx" in ctx.inputs else ctx.inputs["checkpoint"]
             out = ctx.out_dir / f"{backend}-{precision}{BACKENDS[backend].suffixes[0]}"
-            own = settings if backend == "ort" and precision == "int8" else dataclasses.replace(settings,
-                                                                                                 int8_target=None)
+            own = settings if backend == "ort" and precision == "int8" else dataclasses.replace(settings, int8_target=None)
             if precision != "int8":
                 own = dataclasses.replace(own, calib=None, calib_limit=None, max_drop=None)
-            req = request_from(own, model=src.path, out=out, precision=precision, backend=backend,
-                               data=data if precision == "int8" else None, eval_data=ctx.data, command=ctx.command)
+            req = request_from(
+                own,
+                model=src.path,
+                out=out,
+                precision=precision,
+                backend=backend,
+                data=data if precision == "int8" else None,
+                eval_data=ctx.data,
+                command=ctx.command,
+            )
             rep = quantize(req)
             label = f"{precision.upper()} ({runtime.get(backend, backend)})"
             outputs.append(Artifact(f"model:{backend}-{precision}", rep.out, label))
-            acc = (rep.record.get("accuracy") or {})
-            metrics[label] = {"source": stage_of(src.label), "accuracy": acc, "notes": rep.notes,
-                              "size_bytes": rep.record.get("size_bytes")}
-            row = {"model": label, "format": f"{runtime.get(backend, backend)} {precision.upper()}",
-                   "size KiB": round(rep.out.stat().st_size / 1024, 1)}
+            acc = rep.record.get("accuracy") or {}
+            metrics[label] = {
+                "source": stage_of(src.label),
+                "accuracy": acc,
+                "notes": rep.notes,
+                "size_bytes": rep.record.get("size_bytes"),
+            }
+            row = {
+                "model": label,
+                "format": f"{runtime.get(backend, backend)} {precision.upper()}",
+                "size KiB": round(rep.out.stat().st_size / 1024, 1),
+            }
             if acc.get("quantized_top1") is not None:
                 row["top1 %"] = acc["quantized_top1"]
             rows.append(row)
@@ -509,8 +596,9 @@ def deployables(artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
 # ------------------------------------------------------------------------------------------------ validate
 @dataclass
 class ValidateOptions(ValidateSettings):
-    quantized_agreement: float = option(95.0, min=0.0, max=100.0,
-                                        help="Quantized models: top-1 agreement with their float source, in percent.")
+    quantized_agreement: float = option(
+        95.0, min=0.0, max=100.0, help="Quantized models: top-1 agreement with their float source, in percent."
+    )
 
 
 @register_step
@@ -523,8 +611,7 @@ class Validate(Step):
     @classmethod
     def select_inputs(cls, opts: ValidateOptions, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
         chosen = {k: a for k, a in deployables(artifacts).items() if k.startswith(("onnx", "model:"))}
-        return {"checkpoint": artifacts["checkpoint"], "float": artifacts.get("float", artifacts["checkpoint"]),
-                **chosen}
+        return {"checkpoint": artifacts["checkpoint"], "float": artifacts.get("float", artifacts["checkpoint"]), **chosen}
 
     @classmethod
     def run(cls, opts: ValidateOptions, ctx: StepContext) -> StepResult:
@@ -535,9 +622,16 @@ class Validate(Step):
         sources = {"onnx": ctx.inputs["checkpoint"], "onnx:float": ctx.inputs["float"]}
         for kind, art in ctx.inputs.items():
             if kind in sources and kind.startswith("onnx"):
-                rep = validate_onnx(art.path, against=sources[kind].path, data=ctx.data, split=opts.split,
-                                    tolerance=opts.tolerance, limit=opts.limit, min_agreement=opts.min_agreement,
-                                    allow_uncovered=opts.allow_uncovered)
+                rep = validate_onnx(
+                    art.path,
+                    against=sources[kind].path,
+                    data=ctx.data,
+                    split=opts.split,
+                    tolerance=opts.tolerance,
+                    limit=opts.limit,
+                    min_agreement=opts.min_agreement,
+                    allow_uncovered=opts.allow_uncovered,
+                )
                 metrics[art.label] = rep.to_dict()
                 parity = rep.check("parity")
                 if parity is not None and parity.data.get("onnx_top1") is not None:
@@ -550,8 +644,10 @@ class Validate(Step):
                 metrics[art.label] = res
                 rows.append({"model": art.label, "top1 %": res["top1"], "agree %": res["agree"]})
                 if not res["passed"]:
-                    failures.append(f"{art.label}: top-1 agreement with the float model {res['agree']:.2f}% "
-                                    f"< {opts.quantized_agreement:g}%")
+                    failures.append(
+                        f"{art.label}: top-1 agreement with the float model {res['agree']:.2f}% "
+                        f"< {opts.quantized_agreement:g}%"
+                    )
         artifacts.atomic_write_json(ctx.out_dir / "validation.json", metrics)
         if failures:
             raise EdgeconvError("; ".join(failures))
@@ -568,18 +664,23 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
     from edgeconv.runtime.backends import load_runner, targets_for
 
     ref, ck = artifacts.load_model(reference)
-    samples = load_samples(data, ck["preprocessing"], split_for(data, "evaluate", split), limit=limit or None,
-                           classes=ck["classes"])
+    samples = load_samples(
+        data, ck["preprocessing"], split_for(data, "evaluate", split), limit=limit or None, classes=ck["classes"]
+    )
     with torch.no_grad():
         ref_pred = torch.cat([ref(xb) for xb, _ in samples.batches(256)]).argmax(1).numpy()
     runner = load_runner(model, targets_for(model)[0], threads=torch.get_num_threads())
     x = samples.x.numpy().astype(np.float32)
-    preds = [np.asarray(runner.run(x[i:i + 1])).argmax(1) for i in range(len(x))]
+    preds = [np.asarray(runner.run(x[i : i + 1])).argmax(1) for i in range(len(x))]
     pred = np.concatenate(preds)
     y = samples.y.numpy()
     lab = y >= 0
-    return {"n": int(len(x)), "top1": float((pred[lab] == y[lab]).mean() * 100) if lab.any() else None,
-            "agree": float((pred == ref_pred).mean() * 100), "reference": str(reference)}
+    return {
+        "n": int(len(x)),
+        "top1": float((pred[lab] == y[lab]).mean() * 100) if lab.any() else None,
+        "agree": float((pred == ref_pred).mean() * 100),
+        "reference": str(reference),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ bench
@@ -608,25 +709,38 @@ class Bench(Step):
         arts = list(ctx.inputs.values())
         by_path = {str(a.path): a for a in arts}
         ref = ctx.inputs.get("float", ctx.inputs.get("checkpoint"))
-        cfg = BenchConfig(batches=list(opts.batches), data=ctx.data, split=opts.split, warmup=opts.warmup,
-                          iters=opts.iters, threads=opts.threads or ctx.cfg.pipeline.threads,
-                          reference=ref.path if ref else None, limit=opts.limit)
+        cfg = BenchConfig(
+            batches=list(opts.batches),
+            data=ctx.data,
+            split=opts.split,
+            warmup=opts.warmup,
+            iters=opts.iters,
+            threads=opts.threads or ctx.cfg.pipeline.threads,
+            reference=ref.path if ref else None,
+            limit=opts.limit,
+        )
         result = run_bench([a.path for a in arts], cfg)
         artifacts.atomic_write_json(ctx.out_dir / "bench.json", result)
         rows, routing = [], {}
         for r in result["rows"]:
             art = by_path.get(r["path"])
             label = art.label if art else r["model"]
-            if r["batch"] != opts.batches[0]:      # the first batch size fills the main rows, others get their own
+            if r["batch"] != opts.batches[0]:  # the first batch size fills the main rows, others get their own
                 label = f"{label} b{r['batch']}"
             row = {"model": label, "status": r["status"]}
             if r["status"] == "ok":
-                row.update({"top1 %": r.get("top1"), "latency ms": r.get("p50_ms"), "p90 ms": r.get("p90_ms"),
-                            "agree %": r.get("agree"), "size KiB": round(r.get("size_kib", 0), 1)})
+                row.update(
+                    {
+                        "top1 %": r.get("top1"),
+                        "latency ms": r.get("p50_ms"),
+                        "p90 ms": r.get("p90_ms"),
+                        "agree %": r.get("agree"),
+                        "size KiB": round(r.get("size_kib", 0), 1),
+                    }
+                )
                 if r.get("routing"):
                     routing[label] = r["routing"]
             else:
                 row["note"] = r.get("reason", "")
             rows.append(row)
-        return StepResult([], {"settings": result["settings"], "device": result.get("device"), "routing": routing},
-                          rows)
+        return StepResult([], {"settings": result["settings"], "device": result.get("device"), "routing": routing}, rows)

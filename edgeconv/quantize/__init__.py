@@ -17,8 +17,8 @@ from edgeconv.formats import FORMATS
 from edgeconv.options import option
 from edgeconv.quantize.targets import TARGETS
 
-METHODS = ("minmax", "entropy", "percentile")   # calibration methods (onnxruntime's)
-OP_POLICIES = ("auto", "weights", "all")         # which ops an onnxruntime INT8 file quantizes (quantize/ort.py)
+METHODS = ("minmax", "entropy", "percentile")  # calibration methods (onnxruntime's)
+OP_POLICIES = ("auto", "weights", "all")  # which ops an onnxruntime INT8 file quantizes (quantize/ort.py)
 
 
 @dataclass(frozen=True)
@@ -30,36 +30,65 @@ class Backend:
     description: str
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("ort", "edgeconv.quantize.ort_backend", FORMATS["onnx"].suffixes, ("int8", "fp16"),
-            "onnxruntime: static Q/DQ INT8 (inside If branches too), FP16"),
-    Backend("tflite", "edgeconv.quantize.tflite", FORMATS["tflite"].suffixes, ("int8", "fp16", "fp32"),
-            "TFLite via litert-torch + ai-edge-quantizer, run in ai_edge_litert"),
-    Backend("tensorrt", "edgeconv.quantize.tensorrt", FORMATS["engine"].suffixes + FORMATS["onnx"].suffixes,
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "ort",
+            "edgeconv.quantize.ort_backend",
+            FORMATS["onnx"].suffixes,
             ("int8", "fp16"),
-            "TensorRT engine (explicit Q/DQ INT8, FP16); .onnx = the TensorRT-ready ONNX only"),
-)}
+            "onnxruntime: static Q/DQ INT8 (inside If branches too), FP16",
+        ),
+        Backend(
+            "tflite",
+            "edgeconv.quantize.tflite",
+            FORMATS["tflite"].suffixes,
+            ("int8", "fp16", "fp32"),
+            "TFLite via litert-torch + ai-edge-quantizer, run in ai_edge_litert",
+        ),
+        Backend(
+            "tensorrt",
+            "edgeconv.quantize.tensorrt",
+            FORMATS["engine"].suffixes + FORMATS["onnx"].suffixes,
+            ("int8", "fp16"),
+            "TensorRT engine (explicit Q/DQ INT8, FP16); .onnx = the TensorRT-ready ONNX only",
+        ),
+    )
+}
 
 
 @dataclass
 class QuantizeSettings:
     """How to quantize, declared once: `edgeconv quantize` options and the pipeline's `[quantize]` keys."""
 
-    calib: Optional[str] = option(None, path=True, help="Folder of real calibration images (default for digits "
-                                                        "models: calib_data/digits; else the data's train split).")
+    calib: Optional[str] = option(
+        None,
+        path=True,
+        help="Folder of real calibration images (default for digits "
+        "models: calib_data/digits; else the data's train split).",
+    )
     calib_limit: Optional[int] = option(None, min=1, help="Use at most this many calibration samples.")
     method: str = option("minmax", choices=METHODS, help="Calibration method.")
-    per_channel: Optional[bool] = option(None, cli="--per-channel/--per-tensor",
-                                         help="Weight scales per output channel (default) or one per tensor.")
-    int8_target: Optional[str] = option(None, cli="--target", choices=tuple(TARGETS),
-                                        help="INT8 target: portable (default for ort: the same answer on every "
-                                             "CPU) | x86-vnni | arm64 (full 8-bit weights, exact only there) | "
-                                             "tensorrt (default for --backend tensorrt).")
-    max_drop: Optional[float] = option(None, min=0.0, help="Top-1 budget in points: keep the most sensitive layers "
-                                                           "float until within it (ort).")
-    ops: str = option("auto", choices=OP_POLICIES,
-                      help="ort op selection: auto (weight layers, kept only where INT8 is not clearly slower, "
-                           "measured) | weights | all.")
+    per_channel: Optional[bool] = option(
+        None, cli="--per-channel/--per-tensor", help="Weight scales per output channel (default) or one per tensor."
+    )
+    int8_target: Optional[str] = option(
+        None,
+        cli="--target",
+        choices=tuple(TARGETS),
+        help="INT8 target: portable (default for ort: the same answer on every "
+        "CPU) | x86-vnni | arm64 (full 8-bit weights, exact only there) | "
+        "tensorrt (default for --backend tensorrt).",
+    )
+    max_drop: Optional[float] = option(
+        None, min=0.0, help="Top-1 budget in points: keep the most sensitive layers float until within it (ort)."
+    )
+    ops: str = option(
+        "auto",
+        choices=OP_POLICIES,
+        help="ort op selection: auto (weight layers, kept only where INT8 is not clearly slower, measured) | weights | all.",
+    )
 
 
 @dataclass
@@ -68,18 +97,18 @@ class QuantizeRequest:
 
     model: Path
     out: Path
-    precision: str                      # int8 | fp16 (| fp32 for TFLite)
+    precision: str  # int8 | fp16 (| fp32 for TFLite)
     backend: str = "ort"
-    calib: Path | None = None           # folder of real images
-    data: str | None = None             # or a data spec (train split) for calibration
+    calib: Path | None = None  # folder of real images
+    data: str | None = None  # or a data spec (train split) for calibration
     calib_limit: int | None = None
     method: str = "minmax"
-    per_channel: bool | None = None     # None: per-channel (what every INT8 target wants)
-    target: str | None = None           # INT8 target (quantize/targets.py); None: the backend's default
+    per_channel: bool | None = None  # None: per-channel (what every INT8 target wants)
+    target: str | None = None  # INT8 target (quantize/targets.py); None: the backend's default
     max_drop: float | None = None
-    eval_data: str | None = None        # labelled data for accuracy (digits models: digits test split)
+    eval_data: str | None = None  # labelled data for accuracy (digits models: digits test split)
     ops: str = "auto"
-    routing: str | None = None          # export routing when MODEL is a checkpoint
+    routing: str | None = None  # export routing when MODEL is a checkpoint
     command: str = "edgeconv quantize"
     extra: dict = field(default_factory=dict)
 
@@ -87,17 +116,24 @@ class QuantizeRequest:
 @dataclass
 class QuantizeReport:
     out: Path
-    record: dict                         # what the artifact records (edgeconv.quantization metadata)
-    rows: list[dict]                     # result table
+    record: dict  # what the artifact records (edgeconv.quantization metadata)
+    rows: list[dict]  # result table
     details: list[dict] = field(default_factory=list)  # e.g. layers kept float, ops left float
     notes: list[str] = field(default_factory=list)
 
 
 def request_from(settings: QuantizeSettings, **fields) -> "QuantizeRequest":
     """A request from the shared settings plus what the caller knows (model, out, precision, backend, ...)."""
-    return QuantizeRequest(calib=Path(settings.calib) if settings.calib else None, calib_limit=settings.calib_limit,
-                           method=settings.method, per_channel=settings.per_channel, target=settings.int8_target,
-                           max_drop=settings.max_drop, ops=settings.ops, **fields)
+    return QuantizeRequest(
+        calib=Path(settings.calib) if settings.calib else None,
+        calib_limit=settings.calib_limit,
+        method=settings.method,
+        per_channel=settings.per_channel,
+        target=settings.int8_target,
+        max_drop=settings.max_drop,
+        ops=settings.ops,
+        **fields,
+    )
 
 
 def get_backend(name: str) -> Backend:

@@ -44,25 +44,26 @@ class CalibrationSet:
     def feeds(self, input_name: str, mixed_batch: int = MIXED_BATCH, seed: int = 0) -> list[dict[str, np.ndarray]]:
         """Input dicts for onnxruntime: each sample alone, then shuffled batches of `mixed_batch` samples."""
         x = self.samples.x.numpy().astype(np.float32)
-        out = [{input_name: x[i:i + 1]} for i in range(len(x))]
+        out = [{input_name: x[i : i + 1]} for i in range(len(x))]
         if mixed_batch > 1 and len(x) >= mixed_batch:
             order = np.random.default_rng(seed).permutation(len(x))
             for i in range(0, len(x) - mixed_batch + 1, mixed_batch):
-                out.append({input_name: x[order[i:i + mixed_batch]]})
+                out.append({input_name: x[order[i : i + mixed_batch]]})
         return out
 
     def batches(self, batch: int = 1) -> Iterator[np.ndarray]:
         x = self.samples.x.numpy().astype(np.float32)
         for i in range(0, len(x), batch):
-            yield x[i:i + batch]
+            yield x[i : i + batch]
 
 
 def _describe_input(pre: dict) -> str:
     return f"{pre.get('channels')}x{pre.get('size')}x{pre.get('size')}"
 
 
-def load_calibration(pre: dict, calib: str | Path | None = None, data: str | None = None,
-                     limit: int | None = None) -> CalibrationSet:
+def load_calibration(
+    pre: dict, calib: str | Path | None = None, data: str | None = None, limit: int | None = None
+) -> CalibrationSet:
     """Calibration samples for a model with preprocessing `pre` (see the module docstring for the sources)."""
     if calib is not None and data is not None:
         raise EdgeconvError("give either --calib DIR or --data SPEC for calibration, not both")
@@ -79,7 +80,8 @@ def load_calibration(pre: dict, calib: str | Path | None = None, data: str | Non
                 raise EdgeconvError(
                     f"no calibration data for this model (input {_describe_input(pre)}, dataset "
                     f"{pre.get('dataset') or 'unknown'}): pass --calib DIR with real images of that size, or "
-                    "--data imagefolder:PATH / npz:PATH")
+                    "--data imagefolder:PATH / npz:PATH"
+                )
             root = default_calib_dir()
             if not root.is_dir():
                 raise EdgeconvError(f"the shipped calibration folder {root} is missing; pass --calib DIR")
@@ -97,8 +99,7 @@ def load_calibration(pre: dict, calib: str | Path | None = None, data: str | Non
     return CalibrationSet(samples, source)
 
 
-def load_evaluation(pre: dict, spec: str | None, split: str = "test",
-                    classes: list[str] | None = None) -> Samples | None:
+def load_evaluation(pre: dict, spec: str | None, split: str = "test", classes: list[str] | None = None) -> Samples | None:
     """Labelled samples for measuring top-1 of the float and quantized models (None when none apply)."""
     if spec is None:
         if pre.get("dataset") != "digits" or pre.get("channels") != 1:

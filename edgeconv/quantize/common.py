@@ -35,8 +35,9 @@ def peek_meta(model: Path) -> dict[str, Any]:
         if QUANTIZATION_KEY in meta:
             raise EdgeconvError(f"{p} is already quantized; quantize the float model instead")
         if not meta.get("preprocessing"):
-            raise EdgeconvError(f"{p}: no edgeconv metadata (preprocessing); export it with `edgeconv export` "
-                                "or pass the checkpoint")
+            raise EdgeconvError(
+                f"{p}: no edgeconv metadata (preprocessing); export it with `edgeconv export` or pass the checkpoint"
+            )
         return meta
     raise EdgeconvError(f"{p}: expected a checkpoint (.pt) or an ONNX model (.onnx), got {p.suffix or 'no suffix'}")
 
@@ -60,8 +61,12 @@ def base_record(req: QuantizeRequest, meta: dict, calib: CalibrationSet | None, 
         "format": RECORD_FORMAT,
         "backend": req.backend,
         "precision": req.precision,
-        "source": {"path": str(Path(req.model).resolve()), "sha256": file_sha256(req.model),
-                   "family": meta.get("family"), "variant": meta.get("variant")},
+        "source": {
+            "path": str(Path(req.model).resolve()),
+            "sha256": file_sha256(req.model),
+            "family": meta.get("family"),
+            "variant": meta.get("variant"),
+        },
         "calibration": calib.record() if calib else None,
         "method": req.method if req.precision == "int8" else None,
         "per_channel": (req.per_channel is not False) if req.precision == "int8" else None,
@@ -86,13 +91,22 @@ def accuracy_runtime(rec: dict, runtime: str) -> None:
 def accuracy_record(rec: dict, float_top1: float | None, q_top1: float | None) -> None:
     if rec.get("accuracy") is None or float_top1 is None or q_top1 is None:
         return
-    rec["accuracy"].update({"float_top1": round(float_top1, 4), "quantized_top1": round(q_top1, 4),
-                            "drop": round(float_top1 - q_top1, 4), "note": TOP1_TOLERANCE_NOTE})
+    rec["accuracy"].update(
+        {
+            "float_top1": round(float_top1, 4),
+            "quantized_top1": round(q_top1, 4),
+            "drop": round(float_top1 - q_top1, 4),
+            "note": TOP1_TOLERANCE_NOTE,
+        }
+    )
 
 
 def size_record(rec: dict, float_bytes: int | None, out_bytes: int) -> None:
-    rec["size_bytes"] = {"float": float_bytes, "quantized": out_bytes,
-                         "ratio": round(out_bytes / float_bytes, 4) if float_bytes else None}
+    rec["size_bytes"] = {
+        "float": float_bytes,
+        "quantized": out_bytes,
+        "ratio": round(out_bytes / float_bytes, 4) if float_bytes else None,
+    }
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ def qemu() -> str | None:
     return shutil.which("qemu-x86_64")
 
 
-def score_files(files: list[Path], x: np.ndarray, y: np.ndarray, qemu_cpu: str | None = None,
-                timeout: float = 3600) -> list[float]:
+def score_files(
+    files: list[Path], x: np.ndarray, y: np.ndarray, qemu_cpu: str | None = None, timeout: float = 3600
+) -> list[float]:
     """Top-1 % of each file under a default onnxruntime session, natively or under `qemu-x86_64 -cpu qemu_cpu`
     (a fresh Python process either way, so both columns are measured alike)."""
     with tempfile.TemporaryDirectory(prefix="edgeconv-crosscpu-") as tmp:

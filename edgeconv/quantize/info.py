@@ -19,8 +19,11 @@ def quantization_section(rec: dict) -> dict:
     size = rec.get("size_bytes") or {}
     out = {
         "backend / precision": f"{rec.get('backend')} / {str(rec.get('precision', '?')).upper()}",
-        "calibration": (f"{cal.get('size')} samples from {cal.get('source')} (sha256 {short_hash(cal['sha256'])})"
-                        if cal else "none (no calibration needed)"),
+        "calibration": (
+            f"{cal.get('size')} samples from {cal.get('source')} (sha256 {short_hash(cal['sha256'])})"
+            if cal
+            else "none (no calibration needed)"
+        ),
         "method": rec.get("method") or "-",
         "per-channel": "-" if rec.get("per_channel") is None else ("yes" if rec["per_channel"] else "no"),
     }
@@ -35,26 +38,35 @@ def quantization_section(rec: dict) -> dict:
         out["weights"] = rec["weights"]
     sat = rec.get("saturation")
     if sat:
-        out["int16 pair sums"] = (f"worst {sat['worst_pair_sum']} of {sat['int16_limit']} over "
-                                  f"{sat['integer_layers']} integer layers (max |w| {sat['max_abs_weight']}): "
-                                  + ("cannot saturate on any CPU" if sat["safe_without_vnni"] else
-                                     f"{sat['unsafe_layers']} layers can saturate on x86 without VNNI"))
+        out["int16 pair sums"] = (
+            f"worst {sat['worst_pair_sum']} of {sat['int16_limit']} over "
+            f"{sat['integer_layers']} integer layers (max |w| {sat['max_abs_weight']}): "
+            + (
+                "cannot saturate on any CPU"
+                if sat["safe_without_vnni"]
+                else f"{sat['unsafe_layers']} layers can saturate on x86 without VNNI"
+            )
+        )
     if rec.get("ops"):
         out["op selection"] = rec["ops"]
     if rec.get("routing"):
         out["routing"] = rec["routing"]
     if acc.get("float_top1") is not None:
-        out["accuracy"] = (f"{acc['quantized_top1']:.2f}% vs float {acc['float_top1']:.2f}% "
-                           f"(drop {acc['drop']:+.2f} points, {acc.get('n')} samples of {acc.get('data')})")
+        out["accuracy"] = (
+            f"{acc['quantized_top1']:.2f}% vs float {acc['float_top1']:.2f}% "
+            f"(drop {acc['drop']:+.2f} points, {acc.get('n')} samples of {acc.get('data')})"
+        )
         if acc.get("runtime"):
             out["accuracy measured with"] = acc["runtime"]
     else:
         out["accuracy"] = "not measured (no labelled evaluation data)"
     lat = rec.get("latency_check_ms") or {}
     if lat.get("ratio_ci"):
-        out["INT8 / float latency"] = (f"{lat['ratio']:.3f}x [95% CI {lat['ratio_ci'][0]:.3f}, "
-                                       f"{lat['ratio_ci'][1]:.3f}] at batch {lat['batch']}, {lat['repetitions']} "
-                                       "paired repetitions")
+        out["INT8 / float latency"] = (
+            f"{lat['ratio']:.3f}x [95% CI {lat['ratio_ci'][0]:.3f}, "
+            f"{lat['ratio_ci'][1]:.3f}] at batch {lat['batch']}, {lat['repetitions']} "
+            "paired repetitions"
+        )
     if rec.get("kept_float_for_accuracy"):
         out["kept float (--max-drop)"] = ", ".join(rec["kept_float_for_accuracy"])
     if rec.get("ops_left_float"):
@@ -80,8 +92,14 @@ def onnx_quantization(path: Path, desc: dict) -> None:
 
 @register_describer(*FORMATS["tflite"].suffixes)
 def describe_tflite(path: Path) -> dict:
-    desc: dict = {"artifact": {"path": str(path), "type": "TFLite flatbuffer", "sha256": short_hash(file_sha256(path)),
-                               "size": f"{path.stat().st_size / 1024:.1f} KiB"}}
+    desc: dict = {
+        "artifact": {
+            "path": str(path),
+            "type": "TFLite flatbuffer",
+            "sha256": short_hash(file_sha256(path)),
+            "size": f"{path.stat().st_size / 1024:.1f} KiB",
+        }
+    }
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -105,8 +123,14 @@ def describe_tflite(path: Path) -> dict:
 
 @register_describer(*FORMATS["engine"].suffixes)
 def describe_engine(path: Path) -> dict:
-    desc: dict = {"artifact": {"path": str(path), "type": "TensorRT engine", "sha256": short_hash(file_sha256(path)),
-                               "size": f"{path.stat().st_size / 1024:.1f} KiB"}}
+    desc: dict = {
+        "artifact": {
+            "path": str(path),
+            "type": "TensorRT engine",
+            "sha256": short_hash(file_sha256(path)),
+            "size": f"{path.stat().st_size / 1024:.1f} KiB",
+        }
+    }
     rec = read_sidecar(path)
     if rec:
         desc["quantization"] = quantization_section(rec)

@@ -84,8 +84,9 @@ def value_info_map(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return out
 
 
-def lift_branch(parent: onnx.ModelProto, branch: onnx.GraphProto, types: dict[str, onnx.ValueInfoProto],
-                name: str) -> tuple[onnx.ModelProto, list[str]]:
+def lift_branch(
+    parent: onnx.ModelProto, branch: onnx.GraphProto, types: dict[str, onnx.ValueInfoProto], name: str
+) -> tuple[onnx.ModelProto, list[str]]:
     """A standalone model computing `branch`: outer constants become initializers, other outer values inputs.
 
     Returns (model, input names); input names equal the outer-scope names, so grafting needs no rewiring.
@@ -101,10 +102,14 @@ def lift_branch(parent: onnx.ModelProto, branch: onnx.GraphProto, types: dict[st
             inputs.append(vi)
         else:
             inputs.append(helper.make_empty_tensor_value_info(v))
-    g = helper.make_graph([copy.deepcopy(n) for n in branch.node], name, inputs,
-                          [copy.deepcopy(o) for o in branch.output],
-                          initializer=[copy.deepcopy(t) for t in branch.initializer] + extra_inits,
-                          value_info=[copy.deepcopy(v) for v in branch.value_info])
+    g = helper.make_graph(
+        [copy.deepcopy(n) for n in branch.node],
+        name,
+        inputs,
+        [copy.deepcopy(o) for o in branch.output],
+        initializer=[copy.deepcopy(t) for t in branch.initializer] + extra_inits,
+        value_info=[copy.deepcopy(v) for v in branch.value_info],
+    )
     m = helper.make_model(g, opset_imports=list(parent.opset_import), ir_version=parent.ir_version)
     return m, [i.name for i in inputs]
 

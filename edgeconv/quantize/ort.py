@@ -47,10 +47,10 @@ class Int8Options:
 
     method: str = "minmax"
     per_channel: bool = True
-    symmetric: bool = False      # symmetric INT8 activations (zero point 0), as TensorRT requires
+    symmetric: bool = False  # symmetric INT8 activations (zero point 0), as TensorRT requires
     ops: str = "auto"
     percentile: float = 99.999
-    reduce_range: bool = True    # 7-bit weights (|w| <= 64): exact on every CPU (quantize/targets.py)
+    reduce_range: bool = True  # 7-bit weights (|w| <= 64): exact on every CPU (quantize/targets.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,30 +61,48 @@ class Int8Options:
     def ort_kwargs(self) -> dict:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[self.method]
-        extra = {"ActivationSymmetric": self.symmetric, "WeightSymmetric": True,
-                 "CalibPercentile": self.percentile,
-                 # TensorRT's explicit quantization takes float biases (it fuses the scales itself); INT32 bias
-                 # Q/DQ is for onnxruntime's integer kernels.
-                 "QuantizeBias": not self.symmetric}
-        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
-                "activation_type": QuantType.QInt8 if self.symmetric else QuantType.QUInt8,
-                "weight_type": QuantType.QInt8, "calibrate_method": method, "extra_options": extra}
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[self.method]
+        extra = {
+            "ActivationSymmetric": self.symmetric,
+            "WeightSymmetric": True,
+            "CalibPercentile": self.percentile,
+            # TensorRT's explicit quantization takes float biases (it fuses the scales itself); INT32 bias
+            # Q/DQ is for onnxruntime's integer kernels.
+            "QuantizeBias": not self.symmetric,
+        }
+        return {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "activation_type": QuantType.QInt8 if self.symmetric else QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "calibrate_method": method,
+            "extra_options": extra,
+        }
 
     def record(self) -> dict:
-        return {"method": self.method, "per_channel": self.per_channel,
-                "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
-                "weights": "int8 symmetric, 7-bit (|w| <= 64)" if self.reduce_range else "int8 symmetric",
-                "ops": self.ops}
+        return {
+            "method": self.method,
+            "per_channel": self.per_channel,
+            "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+            "weights": "int8 symmetric, 7-bit (|w| <= 64)" if self.reduce_range else "int8 symmetric",
+            "ops": self.ops,
+        }
 
     @classmethod
-    def for_target(cls, target, method: str = "minmax", per_channel: bool | None = None,
-                   ops: str = "auto") -> "Int8Options":
+    def for_target(cls, target, method: str = "minmax", per_channel: bool | None = None, ops: str = "auto") -> "Int8Options":
         """Options that write an INT8 file for `target` (quantize/targets.py); `per_channel` None = on."""
-        return cls(method=method, per_channel=True if target.per_channel or per_channel is None else per_channel,
-                   symmetric=target.symmetric_activations, ops="all" if target.symmetric_activations else ops,
-                   reduce_range=target.reduce_range)
+        return cls(
+            method=method,
+            per_channel=True if target.per_channel or per_channel is None else per_channel,
+            symmetric=target.symmetric_activations,
+            ops="all" if target.symmetric_activations else ops,
+            reduce_range=target.reduce_range,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- sessions
@@ -97,7 +115,7 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, level: st
 
 def ort_logits(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i:i + batch].astype(np.float32)})[0] for i in range(0, len(x), batch)]
+    outs = [sess.run(None, {name: x[i : i + batch].astype(np.float32)})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -116,7 +134,7 @@ class Unit:
     prefix: str
     children: list[tuple[str, str, "Unit"]] = field(default_factory=list)
     cache: Path | None = None
-    candidates: list[str] = field(default_factory=list)   # node names the op policy would quantize
+    candidates: list[str] = field(default_factory=list)  # node names the op policy would quantize
     float_ops: dict[str, int] = field(default_factory=dict)
 
     def node_id(self, name: str) -> str:
@@ -165,8 +183,15 @@ def node_kind(node, image_inputs: frozenset[str] = frozenset()) -> str:
 class QuantTree:
     """The unit tree of a float ONNX model, calibrated once; `assemble(selection)` builds a quantized model."""
 
-    def __init__(self, model: onnx.ModelProto, calib: CalibrationSet, options: Int8Options, workdir: Path,
-                 on_step: Callable[[str], None] | None = None, share_weights: bool = False):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        calib: CalibrationSet,
+        options: Int8Options,
+        workdir: Path,
+        on_step: Callable[[str], None] | None = None,
+        share_weights: bool = False,
+    ):
         # share_weights: one top-level copy of weights used in several branches (smaller file); off by default
         # because onnxruntime does not pre-pack outer-scope initializers inside `If` branches (measured ~30%
         # slower at batch 16 on routed-tiny).
@@ -244,8 +269,7 @@ class QuantTree:
                 continue
             arr = np.asarray(feeds[0][vi.name])
             dims = ["batch" if i == 0 and arr.ndim > 1 else d for i, d in enumerate(arr.shape)]
-            vi.CopyFrom(onnx.helper.make_tensor_value_info(
-                vi.name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), dims))
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(vi.name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), dims))
 
     def _unit_file(self, model: onnx.ModelProto) -> Path:
         # onnxruntime's quantizer may rewrite a ModelProto it is given in place (external data references), so it
@@ -268,8 +292,7 @@ class QuantTree:
             kwargs["extra_options"] = {**kwargs["extra_options"], "CalibStridedMinMax": uniform_stride(feeds)}
         with quiet():
             try:
-                quantize_static(str(src), str(scratch), as_ort_reader(feeds), calibration_cache_path=str(cache),
-                                **kwargs)
+                quantize_static(str(src), str(scratch), as_ort_reader(feeds), calibration_cache_path=str(cache), **kwargs)
             except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; one readable line
                 if "Histogram has not been collected" in str(e):
                     return None  # a graph with nothing to calibrate (only control flow and index ops)
@@ -354,8 +377,14 @@ class QuantTree:
         out = self.workdir / f"unit_{unit.prefix}.onnx"
         src = self._unit_file(unit.model)
         with quiet():
-            quantize_static(str(src), str(out), None, nodes_to_quantize=nodes, calibration_cache_path=str(unit.cache),
-                            **self.options.ort_kwargs())
+            quantize_static(
+                str(src),
+                str(out),
+                None,
+                nodes_to_quantize=nodes,
+                calibration_cache_path=str(unit.cache),
+                **self.options.ort_kwargs(),
+            )
         model = onnx.load(str(out))
         out.unlink(missing_ok=True)
         return model
@@ -376,7 +405,7 @@ class Evaluator:
         return top1(ort_logits(ort_session(model), self.x), self.y)
 
     def logits_error(self, model: onnx.ModelProto) -> float:
-        got = ort_logits(ort_session(model), self.x[:self.subset])
+        got = ort_logits(ort_session(model), self.x[: self.subset])
         return float(np.mean((got - self.float_logits) ** 2))
 
 
@@ -384,21 +413,29 @@ class Evaluator:
 class Int8Result:
     model: onnx.ModelProto
     quantized: list[str]
-    kept_float: list[str]                 # layers --max-drop kept float
+    kept_float: list[str]  # layers --max-drop kept float
     float_top1: float | None
     int8_top1: float | None
     plain_int8_top1: float | None
-    float_ops: dict[str, int]             # op types the op selection left float
-    kinds_left_float: dict[str, str]      # op kind -> why (--ops auto measurements)
-    latency: dict[str, float]             # measured ms at batch 16 (float, int8) during selection
+    float_ops: dict[str, int]  # op types the op selection left float
+    kinds_left_float: dict[str, str]  # op kind -> why (--ops auto measurements)
+    latency: dict[str, float]  # measured ms at batch 16 (float, int8) during selection
     unreached: list[str]
     steps: list[dict]
 
 
-def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Options, *,
-                  eval_x: np.ndarray | None = None, eval_y: np.ndarray | None = None, max_drop: float | None = None,
-                  max_float: int | None = None, latency_batch: int = 16,
-                  on_step: Callable[[str], None] | None = None) -> Int8Result:
+def quantize_int8(
+    model: onnx.ModelProto,
+    calib: CalibrationSet,
+    options: Int8Options,
+    *,
+    eval_x: np.ndarray | None = None,
+    eval_y: np.ndarray | None = None,
+    max_drop: float | None = None,
+    max_float: int | None = None,
+    latency_batch: int = 16,
+    on_step: Callable[[str], None] | None = None,
+) -> Int8Result:
     """Static Q/DQ INT8 of an ONNX model (`If` branches included).
 
     `options.ops == "auto"`: every weight layer is INT8 unless the model measured at batch `latency_batch` is
@@ -413,8 +450,10 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
         tree = QuantTree(model, calib, options, Path(tmp), on_step=step)
         cands = tree.candidates()
         if not cands:
-            raise EdgeconvError("nothing to quantize: the model has no layers the op selection applies to"
-                                f" (--ops {options.ops}) in graphs the calibration data reaches")
+            raise EdgeconvError(
+                "nothing to quantize: the model has no layers the op selection applies to"
+                f" (--ops {options.ops}) in graphs the calibration data reaches"
+            )
         left, latency = {}, {}
         if options.ops == "auto":
             cands, left, latency = _select_by_latency(tree, calib, latency_batch, step)
@@ -425,7 +464,7 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
             ev = Evaluator(eval_x, eval_y)
             fsess = ort_session(tree.float_model)
             ev.float_top1 = top1(ort_logits(fsess, eval_x), eval_y)
-            ev.float_logits = ort_logits(fsess, eval_x[:ev.subset])
+            ev.float_logits = ort_logits(fsess, eval_x[: ev.subset])
         int8_top1 = ev.top1(full) if ev else None
         steps = [{"kept float": 0, "top1": int8_top1}] if ev else []
         result, kept = full, []
@@ -452,10 +491,21 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, options: Int8Op
                     raise EdgeconvError(
                         f"--max-drop {max_drop} cannot be met: float top-1 {ev.float_top1:.2f}%, plain INT8 "
                         f"{steps[0]['top1']:.2f}%, best with up to {limit} of {len(cands)} layers back in float "
-                        f"{best['top1']:.2f}% ({best['kept float']} float); nothing was written")
-        return Int8Result(result, [c for c in cands if c not in kept], kept, ev.float_top1 if ev else None,
-                          int8_top1, steps[0]["top1"] if steps else None, tree.float_ops(), left, latency,
-                          tree.unreached, steps)
+                        f"{best['top1']:.2f}% ({best['kept float']} float); nothing was written"
+                    )
+        return Int8Result(
+            result,
+            [c for c in cands if c not in kept],
+            kept,
+            ev.float_top1 if ev else None,
+            int8_top1,
+            steps[0]["top1"] if steps else None,
+            tree.float_ops(),
+            left,
+            latency,
+            tree.unreached,
+            steps,
+        )
 
 
 def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
@@ -480,7 +530,7 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
 
     kept = list(kinds)
     step(f"timing INT8 (all weight layers) against float at batch {batch}")
-    all_sess = q_sess = session(kept)   # the session of the current selection is carried, never rebuilt
+    all_sess = q_sess = session(kept)  # the session of the current selection is carried, never rebuilt
     f_t, q_t = interleaved_times([float_sess, q_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
     vs_float = paired_ratio(q_t, f_t)
     decisions = [{"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)}]
@@ -488,21 +538,29 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
     while vs_float["ci"][0] > 1.0 and len(kept) > 1:
         step(f"INT8 slower ({_fmt_ratio(vs_float)} of float): timing each of {len(kept)} kinds back in float")
         trials = {k: session([j for j in kept if j != k]) for k in kept}
-        times = interleaved_times([float_sess, q_sess, *trials.values()], x, seconds=1.0 + 0.5 * len(trials),
-                                  min_runs=MIN_TIMING_RUNS)
+        times = interleaved_times(
+            [float_sess, q_sess, *trials.values()], x, seconds=1.0 + 0.5 * len(trials), min_runs=MIN_TIMING_RUNS
+        )
         f_t, q_t, trial_t = times[0], times[1], dict(zip(trials, times[2:]))
         gains = {k: paired_ratio(t, q_t) for k, t in trial_t.items()}
         clear = {k: g for k, g in gains.items() if g["ci"][1] < 1.0}
         if not clear:
-            vs_float = paired_ratio(q_t, f_t)   # this round's timing, so record and verdict agree
-            decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float),
-                              "stop": "no kind back in float is clearly faster"})
+            vs_float = paired_ratio(q_t, f_t)  # this round's timing, so record and verdict agree
+            decisions.append(
+                {
+                    "int8 kinds": len(kept),
+                    "vs float": _fmt_ratio(vs_float),
+                    "stop": "no kind back in float is clearly faster",
+                }
+            )
             break
         best = min(clear, key=lambda k: clear[k]["ratio"])
         vs_float = paired_ratio(trial_t[best], f_t)
-        left[best] = (f"INT8 clearly slower with it: {float(np.median(q_t)):.2f} ms, "
-                      f"{float(np.median(trial_t[best])):.2f} ms with it in float ({_fmt_ratio(clear[best])}; "
-                      f"float model {float(np.median(f_t)):.2f} ms) at batch {batch}")
+        left[best] = (
+            f"INT8 clearly slower with it: {float(np.median(q_t)):.2f} ms, "
+            f"{float(np.median(trial_t[best])):.2f} ms with it in float ({_fmt_ratio(clear[best])}; "
+            f"float model {float(np.median(f_t)):.2f} ms) at batch {batch}"
+        )
         kept.remove(best)
         q_t, q_sess = trial_t[best], trials[best]
         decisions.append({"float kind": best, "gain": _fmt_ratio(clear[best]), "vs float": _fmt_ratio(vs_float)})
@@ -512,12 +570,23 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
         kept, left = list(kinds), {}
         f_t, q_t = interleaved_times([float_sess, all_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
         vs_float = paired_ratio(q_t, f_t)
-        decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float),
-                          "stop": "slower whatever stays float: all weight layers INT8 for size"})
-    latency = {"batch": batch, "float_ms": float(np.median(f_t)), "int8_ms": float(np.median(q_t)),
-               "ratio": round(vs_float["ratio"], 4), "ratio_ci": [round(v, 4) for v in vs_float["ci"]],
-               "repetitions": vs_float["n"], "rule": "a kind stays float only when the 95% CI of its paired ratio "
-                                                      "is entirely below 1.0", "decisions": decisions}
+        decisions.append(
+            {
+                "int8 kinds": len(kept),
+                "vs float": _fmt_ratio(vs_float),
+                "stop": "slower whatever stays float: all weight layers INT8 for size",
+            }
+        )
+    latency = {
+        "batch": batch,
+        "float_ms": float(np.median(f_t)),
+        "int8_ms": float(np.median(q_t)),
+        "ratio": round(vs_float["ratio"], 4),
+        "ratio_ci": [round(v, 4) for v in vs_float["ci"]],
+        "repetitions": vs_float["n"],
+        "rule": "a kind stays float only when the 95% CI of its paired ratio is entirely below 1.0",
+        "decisions": decisions,
+    }
     return [c for k in kept for c in kinds[k]], left, latency
 
 
@@ -534,8 +603,9 @@ def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
     return np.concatenate([x] * reps)[:batch]
 
 
-def interleaved_times(sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7,
-                      max_runs: int = 200) -> list[list[float]]:
+def interleaved_times(
+    sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7, max_runs: int = 200
+) -> list[list[float]]:
     """ms per run of each session on `x`: repetitions run every session once, in a shuffled order, so load changes
     on a shared machine hit all alike (entry r of every list comes from the same repetition)."""
     import random
@@ -584,8 +654,14 @@ def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ----------------------------------------------------------------------------------------------- latency
-def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], level: str = "all", warmup: int = 3,
-               runs: int = 20, threads: int = 0) -> float:
+def latency_ms(
+    model: onnx.ModelProto | Path,
+    shape: tuple[int, ...],
+    level: str = "all",
+    warmup: int = 3,
+    runs: int = 20,
+    threads: int = 0,
+) -> float:
     """Median wall time of one run at this input shape (a quick check; benchmarks/ has the careful numbers)."""
     sess = ort_session(model, threads=threads, level=level)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

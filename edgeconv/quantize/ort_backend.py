@@ -14,17 +14,15 @@ from edgeconv.errors import EdgeconvError
 from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.hostcpu import this_int8_class
-from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
-                                      size_record)
-from edgeconv.quantize.ort import (Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8,
-                                   top1)
+from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.ort import Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8, top1
 from edgeconv.quantize.saturation import check_model
 from edgeconv.quantize.source import resolve_onnx
 from edgeconv.quantize.targets import resolve_target
 
 WHY_FLOAT = {
     "MatMul (activation x activation)": "q.k and attn.v: both operands change per input, INT8 needs two activation "
-                                        "quantizations per call; slower and lossy on CPUs without fast INT8",
+    "quantizations per call; slower and lossy on CPUs without fast INT8",
     "Softmax": "exponent over a wide range: INT8 loses the small probabilities; no fast INT8 kernel on CPU",
     "LayerNormalization": "statistics over tokens: kept float (no INT8 kernel in onnxruntime CPU)",
     "Gelu": "nonlinearity between quantized layers: no INT8 kernel in onnxruntime CPU",
@@ -37,8 +35,10 @@ def latency_note(lat: dict) -> str:
     ratio = lat.get("ratio", lat["int8_ms"] / lat["float_ms"])
     interval = f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
     verdict = "SLOWER" if ci and ci[0] > 1.0 else "not slower"
-    return (f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
-            f"({verdict}, ratio {ratio:.2f}{interval})")
+    return (
+        f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
+        f"({verdict}, ratio {ratio:.2f}{interval})"
+    )
 
 
 def write_onnx(model: onnx.ModelProto, out: Path, record: dict) -> None:
@@ -56,7 +56,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
     target = resolve_target(req.target, "ort") if req.precision == "int8" else None
-    options = (Int8Options.for_target(target, req.method, req.per_channel, req.ops) if target is not None else None)
+    options = Int8Options.for_target(target, req.method, req.per_channel, req.ops) if target is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
         if not is_format(req.model, "onnx"):
             step("exporting the checkpoint to ONNX")
@@ -77,12 +77,22 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         sat = check_model(model)
         if target.reduce_range and not sat.safe:
             raise EdgeconvError(f"internal error: a {target.name} INT8 graph can saturate: {sat.summary()}")
-        rec.update({"target": target.name, "per_channel": options.per_channel,
-                    "weights": options.record()["weights"], "saturation": sat.record(),
-                    "ops": options.ops, "activations": options.record()["activations"],
-                    "quantized_layers": len(res.quantized), "kept_float_for_accuracy": res.kept_float,
-                    "ops_left_float": res.float_ops, "kinds_left_float_for_latency": res.kinds_left_float,
-                    "latency_check_ms": res.latency, "branches_without_calibration_data": res.unreached})
+        rec.update(
+            {
+                "target": target.name,
+                "per_channel": options.per_channel,
+                "weights": options.record()["weights"],
+                "saturation": sat.record(),
+                "ops": options.ops,
+                "activations": options.record()["activations"],
+                "quantized_layers": len(res.quantized),
+                "kept_float_for_accuracy": res.kept_float,
+                "ops_left_float": res.float_ops,
+                "kinds_left_float_for_latency": res.kinds_left_float,
+                "latency_check_ms": res.latency,
+                "branches_without_calibration_data": res.unreached,
+            }
+        )
         if res.plain_int8_top1 is not None and res.kept_float:
             rec["accuracy"]["plain_int8_top1"] = round(res.plain_int8_top1, 4)
             rec["accuracy"]["max_drop"] = req.max_drop
@@ -110,8 +120,10 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             h_top1 = top1(ort_logits(ort_session(model, level="extended"), ex), ey)
             accuracy_record(rec, f_top1, h_top1)
             accuracy_runtime(rec, "onnxruntime session at ORT_ENABLE_EXTENDED")
-        notes.append("FP16 runs at ORT_ENABLE_EXTENDED (ORT_ENABLE_ALL crashed on FP16 graphs on this CPU); "
-                     "on CPU it is usually slower than FP32 - it is meant for GPUs")
+        notes.append(
+            "FP16 runs at ORT_ENABLE_EXTENDED (ORT_ENABLE_ALL crashed on FP16 graphs on this CPU); "
+            "on CPU it is usually slower than FP32 - it is meant for GPUs"
+        )
     ifs_after = count_if_nodes(model)
     if ifs_after != ifs_before:
         raise EdgeconvError(f"internal error: quantization changed the If count ({ifs_before} -> {ifs_after})")
@@ -125,9 +137,15 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             break
         size = req.out.stat().st_size
     acc = rec.get("accuracy") or {}
-    row = {"artifact": str(req.out), "backend": "onnxruntime", "precision": req.precision.upper(),
-           "If nodes": ifs_after, "size KiB": round(size / 1024, 1),
-           "size vs float": f"{size / float_bytes:.2f}x",
-           "float top-1 %": acc.get("float_top1"), "quantized top-1 %": acc.get("quantized_top1"),
-           "drop": acc.get("drop")}
+    row = {
+        "artifact": str(req.out),
+        "backend": "onnxruntime",
+        "precision": req.precision.upper(),
+        "If nodes": ifs_after,
+        "size KiB": round(size / 1024, 1),
+        "size vs float": f"{size / float_bytes:.2f}x",
+        "float top-1 %": acc.get("float_top1"),
+        "quantized top-1 %": acc.get("quantized_top1"),
+        "drop": acc.get("drop"),
+    }
     return QuantizeReport(req.out, rec, [row], details, notes)

@@ -32,10 +32,10 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 class IntegerLayer:
     """One layer that onnxruntime runs as an integer kernel: its int8 weight as [outputs, reduction]."""
 
-    graph: str            # "" for the top level, else the If branch path
+    graph: str  # "" for the top level, else the If branch path
     node: str
     op: str
-    weight: np.ndarray    # int8, [out_channels, reduction]
+    weight: np.ndarray  # int8, [out_channels, reduction]
 
     @property
     def worst_pair(self) -> int:
@@ -73,26 +73,34 @@ class SaturationReport:
         worst = max(self.layers, key=lambda layer: layer.worst_pair)
         where = f"{worst.graph}/{worst.node}" if worst.graph else worst.node
         if self.safe:
-            return (f"{len(self.layers)} integer layers, worst uint8 x int8 pair sum {worst.worst_pair} <= {INT16_MAX}"
-                    f" (max |w| {max(layer.max_abs_weight for layer in self.layers)}): cannot saturate")
-        return (f"{len(self.unsafe)} of {len(self.layers)} integer layers can overflow int16 pair sums "
-                f"(worst {worst.worst_pair} > {INT16_MAX} at {where}): exact only on VNNI/AMX x86 and ARM")
+            return (
+                f"{len(self.layers)} integer layers, worst uint8 x int8 pair sum {worst.worst_pair} <= {INT16_MAX}"
+                f" (max |w| {max(layer.max_abs_weight for layer in self.layers)}): cannot saturate"
+            )
+        return (
+            f"{len(self.unsafe)} of {len(self.layers)} integer layers can overflow int16 pair sums "
+            f"(worst {worst.worst_pair} > {INT16_MAX} at {where}): exact only on VNNI/AMX x86 and ARM"
+        )
 
     def record(self) -> dict:
-        return {"integer_layers": len(self.layers), "unsafe_layers": len(self.unsafe),
-                "worst_pair_sum": max((layer.worst_pair for layer in self.layers), default=0),
-                "max_abs_weight": max((layer.max_abs_weight for layer in self.layers), default=0),
-                "int16_limit": INT16_MAX, "safe_without_vnni": self.safe}
+        return {
+            "integer_layers": len(self.layers),
+            "unsafe_layers": len(self.unsafe),
+            "worst_pair_sum": max((layer.worst_pair for layer in self.layers), default=0),
+            "max_abs_weight": max((layer.max_abs_weight for layer in self.layers), default=0),
+            "int16_limit": INT16_MAX,
+            "safe_without_vnni": self.safe,
+        }
 
 
 def _as_rows(op: str, w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """The weight as [outputs, reduction] (the dot products the kernel computes)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if op == "Conv":                                   # [O, I/g, kh, kw]
+    if op == "Conv":  # [O, I/g, kh, kw]
         return w.reshape(w.shape[0], -1)
-    if op == "ConvTranspose":                          # [I, O/g, kh, kw]: each output sums over I and the kernel
+    if op == "ConvTranspose":  # [I, O/g, kh, kw]: each output sums over I and the kernel
         return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
-    if op == "Gemm" and attrs.get("transB", 0):        # B [N, K]
+    if op == "Gemm" and attrs.get("transB", 0):  # B [N, K]
         return w.reshape(w.shape[0], -1)
     return w.reshape(-1, w.shape[-1]).T if w.ndim >= 2 else w.reshape(1, -1)  # MatMul / Gemm B [K, N]
 
@@ -139,7 +147,7 @@ def emulate_u8s8(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     if k % 2:
         a = np.pad(a, ((0, 0), (0, 1)))
         w = np.pad(w, ((0, 0), (0, 1)))
-    prod = a[:, None, :] * w[None, :, :]                      # [M, N, K]
+    prod = a[:, None, :] * w[None, :, :]  # [M, N, K]
     pairs = prod[..., 0::2] + prod[..., 1::2]
     return np.clip(pairs, -INT16_MAX - 1, INT16_MAX).sum(axis=-1).astype(np.int32)
 

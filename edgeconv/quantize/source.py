@@ -11,7 +11,6 @@ from edgeconv.card import QUANTIZATION_KEY, quantization_of, read_metadata
 from edgeconv.formats import is_format
 
 
-
 @dataclass
 class ModelSource:
     """The float model to quantize: its ONNX file, its edgeconv metadata and the checkpoint it came from."""
@@ -43,9 +42,15 @@ def checkpoint_source(path: Path) -> ModelSource:
     from edgeconv.artifacts import read_checkpoint
 
     ck = read_checkpoint(path)
-    meta = {"family": ck["family"], "variant": ck["config"].get("variant", ""), "config": ck["config"],
-            "classes": ck["classes"], "preprocessing": ck["preprocessing"], "routing": "none",
-            "source_path": str(path.resolve())}
+    meta = {
+        "family": ck["family"],
+        "variant": ck["config"].get("variant", ""),
+        "config": ck["config"],
+        "classes": ck["classes"],
+        "preprocessing": ck["preprocessing"],
+        "routing": "none",
+        "source_path": str(path.resolve()),
+    }
     return ModelSource(None, meta, checkpoint=path)
 
 
@@ -59,8 +64,9 @@ def resolve_onnx(model: str | Path, workdir: Path, routing: str | None = None) -
     if is_checkpoint(p):
         out = workdir / f"{p.stem}.fp32.onnx"
         res = export_onnx(p, out, routing=routing)
-        return ModelSource(out, dict(res.metadata), checkpoint=p,
-                           notes=[f"exported {p.name} to ONNX (routing {res.routing})", *res.notes])
+        return ModelSource(
+            out, dict(res.metadata), checkpoint=p, notes=[f"exported {p.name} to ONNX (routing {res.routing})", *res.notes]
+        )
     if not is_format(p, "onnx"):
         raise EdgeconvError(f"{p}: expected a checkpoint (.pt) or an ONNX model (.onnx), got {p.suffix or 'no suffix'}")
     if routing is not None:

@@ -19,40 +19,79 @@ from edgeconv.errors import EdgeconvError
 @dataclass(frozen=True)
 class Int8Target:
     name: str
-    backend: str                  # the quantize backend that writes it
-    reduce_range: bool            # 7-bit weights (|w| <= 64)
-    per_channel: bool | None      # forced on (True) or the user's choice (None)
+    backend: str  # the quantize backend that writes it
+    reduce_range: bool  # 7-bit weights (|w| <= 64)
+    per_channel: bool | None  # forced on (True) or the user's choice (None)
     symmetric_activations: bool
-    families: tuple[str, ...]     # CPU families it is made for ("x86", "arm"); () = not a CPU target
+    families: tuple[str, ...]  # CPU families it is made for ("x86", "arm"); () = not a CPU target
     description: str
 
     def mismatch(self, cpu: dict) -> str | None:
         """Why this file may not give its recorded answers on a CPU of INT8 class `cpu` (hostcpu.int8_class), or
         None when the CPU is one the target is made for."""
         if not self.families:
-            return (f"quantized for {self.name}: this CPU ({cpu['name']}) runs it only as a stand-in; "
-                    "the engine's numbers come from the device")
+            return (
+                f"quantized for {self.name}: this CPU ({cpu['name']}) runs it only as a stand-in; "
+                "the engine's numbers come from the device"
+            )
         if cpu["family"] == "x86" and cpu.get("u8s8_saturates") and not self.reduce_range:
-            return (f"quantized for target {self.name} (full 8-bit weights), but this CPU ({cpu['name']}) has no "
-                    "VNNI: onnxruntime's uint8 x int8 kernels saturate on it and top-1 can collapse; re-quantize "
-                    "with --target portable")
+            return (
+                f"quantized for target {self.name} (full 8-bit weights), but this CPU ({cpu['name']}) has no "
+                "VNNI: onnxruntime's uint8 x int8 kernels saturate on it and top-1 can collapse; re-quantize "
+                "with --target portable"
+            )
         if cpu["family"] not in self.families:
-            exact = ("its integer kernels accumulate in int32, so it computes what it recorded; only its speed was "
-                     "tuned for the other CPU" if cpu.get("u8s8_saturates") is False else "validate it here")
+            exact = (
+                "its integer kernels accumulate in int32, so it computes what it recorded; only its speed was "
+                "tuned for the other CPU"
+                if cpu.get("u8s8_saturates") is False
+                else "validate it here"
+            )
             return f"quantized for target {self.name}, running on a {cpu['family']} CPU ({cpu['name']}): {exact}"
         return None
 
 
-TARGETS: dict[str, Int8Target] = {t.name: t for t in (
-    Int8Target("portable", "ort", True, True, False, ("x86", "arm"),
-               "every CPU: 7-bit per-channel weights; cannot saturate on x86 without VNNI"),
-    Int8Target("x86-vnni", "ort", False, None, False, ("x86",),
-               "x86 with AVX-512 VNNI, AVX-VNNI or AMX: full 8-bit weights (wrong on AVX2-only CPUs)"),
-    Int8Target("arm64", "ort", False, None, False, ("arm",),
-               "ARM64 (NEON / dot-product): full 8-bit weights (wrong on x86 CPUs without VNNI)"),
-    Int8Target("tensorrt", "tensorrt", False, True, True, (),
-               "TensorRT explicit quantization: symmetric INT8 Q/DQ, per-channel weights"),
-)}
+TARGETS: dict[str, Int8Target] = {
+    t.name: t
+    for t in (
+        Int8Target(
+            "portable",
+            "ort",
+            True,
+            True,
+            False,
+            ("x86", "arm"),
+            "every CPU: 7-bit per-channel weights; cannot saturate on x86 without VNNI",
+        ),
+        Int8Target(
+            "x86-vnni",
+            "ort",
+            False,
+            None,
+            False,
+            ("x86",),
+            "x86 with AVX-512 VNNI, AVX-VNNI or AMX: full 8-bit weights (wrong on AVX2-only CPUs)",
+        ),
+        Int8Target(
+            "arm64",
+            "ort",
+            False,
+            None,
+            False,
+            ("arm",),
+            "ARM64 (NEON / dot-product): full 8-bit weights (wrong on x86 CPUs without VNNI)",
+        ),
+        Int8Target(
+            "tensorrt",
+            "tensorrt",
+            False,
+            True,
+            True,
+            (),
+            "TensorRT explicit quantization: symmetric INT8 Q/DQ, per-channel weights",
+        ),
+    )
+}
 
 DEFAULT_TARGET = {"ort": "portable", "tensorrt": "tensorrt"}
 
@@ -69,9 +108,10 @@ def resolve_target(name: str | None, backend: str) -> Int8Target | None:
     t = TARGETS[name]
     if t.backend != backend:
         choices = [n for n, x in TARGETS.items() if x.backend == backend]
-        raise EdgeconvError(f"--target {name} is written by --backend {t.backend}, not {backend}"
-                            + (f" (for {backend}: {', '.join(choices)})" if choices else
-                               f" ({backend} has no INT8 targets)"))
+        raise EdgeconvError(
+            f"--target {name} is written by --backend {t.backend}, not {backend}"
+            + (f" (for {backend}: {', '.join(choices)})" if choices else f" ({backend} has no INT8 targets)")
+        )
     return t
 
 
@@ -115,5 +155,7 @@ def artifact_warning(path, record: dict | None, model=None, cpu: dict | None = N
     report = check_model(model if model is not None else onnx.load(str(path)))
     if report.safe:
         return None
-    return (f"{Path(path).name} records no INT8 target and {report.summary()}; this CPU ({cpu['name']}) has no "
-            "VNNI, so its top-1 here can collapse: re-quantize with --target portable")
+    return (
+        f"{Path(path).name} records no INT8 target and {report.summary()}; this CPU ({cpu['name']}) has no "
+        "VNNI, so its top-1 here can collapse: re-quantize with --target portable"
+    )

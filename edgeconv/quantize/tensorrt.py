@@ -27,13 +27,14 @@ from edgeconv.errors import EdgeconvError, MissingDependencyError
 from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
-from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta,
-                                      size_record)
+from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.saturation import check_model
 
-INSTALL_HINT = ("TensorRT comes from NVIDIA's package index, not PyPI alone: on a machine with an NVIDIA GPU and "
-                "driver run pip install tensorrt-cu12 cuda-python --extra-index-url https://pypi.nvidia.com "
-                "(JetPack ships it on Jetson); or write the TensorRT-ready ONNX here with -o model.onnx")
+INSTALL_HINT = (
+    "TensorRT comes from NVIDIA's package index, not PyPI alone: on a machine with an NVIDIA GPU and "
+    "driver run pip install tensorrt-cu12 cuda-python --extra-index-url https://pypi.nvidia.com "
+    "(JetPack ships it on Jetson); or write the TensorRT-ready ONNX here with -o model.onnx"
+)
 
 
 # ----------------------------------------------------------------------------------------------- availability
@@ -62,8 +63,10 @@ def require_gpu() -> int:
     rt = cudart()
     err, count = rt.cudaGetDeviceCount()
     if int(err) != 0 or count < 1:
-        raise EdgeconvError(f"no usable NVIDIA GPU for TensorRT ({_err_name(err)}); build the engine on the device, "
-                            "or write the TensorRT-ready ONNX here with -o model.onnx")
+        raise EdgeconvError(
+            f"no usable NVIDIA GPU for TensorRT ({_err_name(err)}); build the engine on the device, "
+            "or write the TensorRT-ready ONNX here with -o model.onnx"
+        )
     return int(count)
 
 
@@ -77,8 +80,9 @@ def _check(err, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- ONNX preparation
-def prepare_int8_onnx(float_model: onnx.ModelProto, calib: CalibrationSet, method: str = "minmax",
-                      on_step: Callable[[str], None] | None = None) -> onnx.ModelProto:
+def prepare_int8_onnx(
+    float_model: onnx.ModelProto, calib: CalibrationSet, method: str = "minmax", on_step: Callable[[str], None] | None = None
+) -> onnx.ModelProto:
     """Symmetric INT8 Q/DQ ONNX for TensorRT explicit quantization (every op onnxruntime can quantize)."""
     from edgeconv.quantize.ort import Int8Options, quantize_int8
     from edgeconv.quantize.targets import TARGETS
@@ -109,8 +113,10 @@ def check_symmetric(model: onnx.ModelProto) -> int:
                         raise EdgeconvError(f"{node.name}: zero point is not a constant")
                     arr = numpy_helper.to_array(zp)
                     if arr.dtype != np.int8 or np.any(arr != 0):
-                        raise EdgeconvError(f"{node.name}: zero point {arr.dtype} {arr.ravel()[:4]} - TensorRT needs "
-                                            "symmetric INT8 (zero point 0)")
+                        raise EdgeconvError(
+                            f"{node.name}: zero point {arr.dtype} {arr.ravel()[:4]} - TensorRT needs "
+                            "symmetric INT8 (zero point 0)"
+                        )
             for _, sub in subgraph_attrs(node):
                 visit(sub)
 
@@ -132,8 +138,9 @@ class Profile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EdgeconvError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
-                                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+            raise EdgeconvError(
+                f"batch profile must satisfy 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
 
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         return ((self.min_batch, *self.chw), (self.opt_batch, *self.chw), (self.max_batch, *self.chw))
@@ -146,14 +153,17 @@ def profile_for(model: onnx.ModelProto, min_batch: int = 1, opt_batch: int = 8, 
         raise EdgeconvError(f"input {inp.name} must be [batch, C, H, W] with fixed C, H, W for a TensorRT profile")
     if not dims[0].dim_param and (min_batch, opt_batch, max_batch) != (dims[0].dim_value,) * 3:
         fixed = dims[0].dim_value
-        raise EdgeconvError(f"the ONNX has a static batch of {fixed}; a profile {min_batch}/{opt_batch}/{max_batch} "
-                            "needs a dynamic batch (export without --static-batch)")
+        raise EdgeconvError(
+            f"the ONNX has a static batch of {fixed}; a profile {min_batch}/{opt_batch}/{max_batch} "
+            "needs a dynamic batch (export without --static-batch)"
+        )
     return Profile(inp.name, tuple(int(d.dim_value) for d in dims[1:]), min_batch, opt_batch, max_batch)
 
 
 # ----------------------------------------------------------------------------------------------- engine
-def build_engine(onnx_bytes: bytes, profile: Profile, precision: str, timing_cache: Path | None = None,
-                 workspace_mib: int = 1024) -> bytes:
+def build_engine(
+    onnx_bytes: bytes, profile: Profile, precision: str, timing_cache: Path | None = None, workspace_mib: int = 1024
+) -> bytes:
     """Parse the ONNX and build a serialized engine (TensorRT 10/11 API); precision is carried by the ONNX types
     (strongly typed network) where TensorRT supports it, else by builder flags."""
     trt = require_tensorrt()
@@ -225,20 +235,24 @@ class TensorRTRunner:
         batch = min(batch or self.profile.opt_batch, self.profile.max_batch)
         outs = []
         for i in range(0, len(x), batch):
-            xb = np.ascontiguousarray(x[i:i + batch], dtype=np.float32)
+            xb = np.ascontiguousarray(x[i : i + batch], dtype=np.float32)
             self.context.set_input_shape(self.inp, xb.shape)
             out_shape = tuple(self.context.get_tensor_shape(self.out))
             y = np.empty(out_shape, dtype=np.float32)
             d_in, d_out = self._buffer(self.inp, xb.nbytes), self._buffer(self.out, y.nbytes)
             kind = self.rt.cudaMemcpyKind
-            _check(self.rt.cudaMemcpyAsync(d_in, xb.ctypes.data, xb.nbytes, kind.cudaMemcpyHostToDevice,
-                                           self.stream)[0], "copy to device")
+            _check(
+                self.rt.cudaMemcpyAsync(d_in, xb.ctypes.data, xb.nbytes, kind.cudaMemcpyHostToDevice, self.stream)[0],
+                "copy to device",
+            )
             self.context.set_tensor_address(self.inp, d_in)
             self.context.set_tensor_address(self.out, d_out)
             if not self.context.execute_async_v3(self.stream):
                 raise EdgeconvError("TensorRT execution failed")
-            _check(self.rt.cudaMemcpyAsync(y.ctypes.data, d_out, y.nbytes, kind.cudaMemcpyDeviceToHost,
-                                           self.stream)[0], "copy to host")
+            _check(
+                self.rt.cudaMemcpyAsync(y.ctypes.data, d_out, y.nbytes, kind.cudaMemcpyDeviceToHost, self.stream)[0],
+                "copy to host",
+            )
             _check(self.rt.cudaStreamSynchronize(self.stream)[0], "synchronize")
             outs.append(y)
         return np.concatenate(outs)
@@ -259,9 +273,11 @@ class TensorRTRunner:
 
 
 # ----------------------------------------------------------------------------------------------- command
-STAND_IN = {"int8": "onnxruntime CPU stand-in at ORT_ENABLE_BASIC (Q/DQ computed in float, no integer kernels: "
-                    "cannot saturate); the engine is built on the device",
-            "fp16": "onnxruntime CPU stand-in at ORT_ENABLE_EXTENDED; the engine is built on the device"}
+STAND_IN = {
+    "int8": "onnxruntime CPU stand-in at ORT_ENABLE_BASIC (Q/DQ computed in float, no integer kernels: "
+    "cannot saturate); the engine is built on the device",
+    "fp16": "onnxruntime CPU stand-in at ORT_ENABLE_EXTENDED; the engine is built on the device",
+}
 
 
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
@@ -298,9 +314,16 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     else:
         model = convert_fp16(float_model)
     rec["if_nodes"] = count_if_nodes(model)
-    rec["tensorrt"] = {"profile": {"input": profile.input_name, "min": profile.min_batch, "opt": profile.opt_batch,
-                                   "max": profile.max_batch},
-                       "strongly_typed": "when supported (TensorRT >= 10)", "verified_on_gpu": False}
+    rec["tensorrt"] = {
+        "profile": {
+            "input": profile.input_name,
+            "min": profile.min_batch,
+            "opt": profile.opt_batch,
+            "max": profile.max_batch,
+        },
+        "strongly_typed": "when supported (TensorRT >= 10)",
+        "verified_on_gpu": False,
+    }
     ex, ey = (ev.x.numpy(), ev.y.numpy()) if ev is not None else (None, None)
     f_top1 = top1(ort_logits(ort_session(float_model), ex), ey) if ev is not None else None
     notes = list(src.notes)
@@ -317,11 +340,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         with atomic_path(req.out) as t:
             onnx.save_model(model, str(t), save_as_external_data=False)
         size = req.out.stat().st_size
-        notes.append("TensorRT-ready ONNX written; build on the device: "
-                     f"trtexec --onnx={req.out.name} --stronglyTyped --minShapes={profile.input_name}:"
-                     f"{'x'.join(map(str, profile.shapes()[0]))} --optShapes={profile.input_name}:"
-                     f"{'x'.join(map(str, profile.shapes()[1]))} --maxShapes={profile.input_name}:"
-                     f"{'x'.join(map(str, profile.shapes()[2]))} --saveEngine=model.engine")
+        notes.append(
+            "TensorRT-ready ONNX written; build on the device: "
+            f"trtexec --onnx={req.out.name} --stronglyTyped --minShapes={profile.input_name}:"
+            f"{'x'.join(map(str, profile.shapes()[0]))} --optShapes={profile.input_name}:"
+            f"{'x'.join(map(str, profile.shapes()[1]))} --maxShapes={profile.input_name}:"
+            f"{'x'.join(map(str, profile.shapes()[2]))} --saveEngine=model.engine"
+        )
     else:
         step("building the TensorRT engine")
         cache = req.out.with_name(req.out.name + ".timing.cache")
@@ -340,9 +365,15 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         atomic_write_bytes(req.out, engine)
     size_record(rec, float_bytes, size)
     acc = rec.get("accuracy") or {}
-    row = {"artifact": str(req.out), "backend": "tensorrt", "precision": req.precision.upper(),
-           "If nodes": rec["if_nodes"], "size KiB": round(size / 1024, 1),
-           "profile": f"{profile.min_batch}/{profile.opt_batch}/{profile.max_batch}",
-           "float top-1 %": acc.get("float_top1"), "quantized top-1 %": acc.get("quantized_top1"),
-           "drop": acc.get("drop")}
+    row = {
+        "artifact": str(req.out),
+        "backend": "tensorrt",
+        "precision": req.precision.upper(),
+        "If nodes": rec["if_nodes"],
+        "size KiB": round(size / 1024, 1),
+        "profile": f"{profile.min_batch}/{profile.opt_batch}/{profile.max_batch}",
+        "float top-1 %": acc.get("float_top1"),
+        "quantized top-1 %": acc.get("quantized_top1"),
+        "drop": acc.get("drop"),
+    }
     return QuantizeReport(req.out, rec, [row], [], notes)

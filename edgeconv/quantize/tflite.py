@@ -29,11 +29,18 @@ from edgeconv.errors import EdgeconvError, MissingDependencyError
 from edgeconv.card import model_fields, write_sidecar
 from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.quantize.common import (accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, quiet,
-                                      size_record)
+from edgeconv.quantize.common import (
+    accuracy_record,
+    accuracy_runtime,
+    base_record,
+    inputs_for,
+    peek_meta,
+    quiet,
+    size_record,
+)
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
-FP32_TOLERANCE = 1e-3   # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
+FP32_TOLERANCE = 1e-3  # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
 
 
 def require_tflite() -> None:
@@ -99,7 +106,7 @@ class TFLiteRunner:
         """Logits for x [N, C, H, W] float32 (one invoke per sample: the converted graph has batch 1)."""
         outs = []
         for i in range(len(x)):
-            xi = x[i:i + 1].astype(np.float32)
+            xi = x[i : i + 1].astype(np.float32)
             if self.inp["dtype"] == np.int8:
                 s, z = self.inp["quantization"]
                 xi = np.clip(np.round(xi / s) + z, -128, 127).astype(np.int8)
@@ -155,8 +162,9 @@ def quantize_tflite(fp32: Path, out: Path, precision: str, calib_x: np.ndarray |
             name = next(iter(sigs))
             inp = sigs[name]["inputs"][0]
             q.load_quantization_recipe(recipe.static_wi8_ai8())
-            cal = q.calibrate({name: [{inp: calib_x[i:i + 1].astype(np.float32)} for i in range(len(calib_x))]},
-                              num_threads=1)
+            cal = q.calibrate(
+                {name: [{inp: calib_x[i : i + 1].astype(np.float32)} for i in range(len(calib_x))]}, num_threads=1
+            )
             res = q.quantize(cal, enable_progress_report=False)
         else:
             raise EdgeconvError(f"unknown TFLite precision {precision!r}")
@@ -177,11 +185,12 @@ def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) 
     for pat in sorted(set(patterns)):
         idx = [i for i, p in enumerate(patterns) if p == pat]
         err = float(np.abs(got[idx] - ref[idx]).max())
-        rows.append({"routing pattern": "".join("A" if b else "C" for b in pat), "samples": len(idx),
-                     "max abs diff": err})
+        rows.append({"routing pattern": "".join("A" if b else "C" for b in pat), "samples": len(idx), "max abs diff": err})
         if not np.isfinite(err) or err > FP32_TOLERANCE:
-            raise EdgeconvError(f"TFLite select-routing graph differs from PyTorch hard routing for pattern "
-                                f"{rows[-1]['routing pattern']} (max abs {err:.3g}); not writing a wrong model")
+            raise EdgeconvError(
+                f"TFLite select-routing graph differs from PyTorch hard routing for pattern "
+                f"{rows[-1]['routing pattern']} (max abs {err:.3g}); not writing a wrong model"
+            )
     return rows
 
 
@@ -194,20 +203,24 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     if is_format(ckpt, "onnx"):
         src = meta.get("source_path")
         if not src or not Path(src).is_file():
-            raise EdgeconvError(f"{req.model}: TFLite conversion starts from the PyTorch checkpoint and this ONNX "
-                                "names none that exists here; pass the checkpoint")
+            raise EdgeconvError(
+                f"{req.model}: TFLite conversion starts from the PyTorch checkpoint and this ONNX "
+                "names none that exists here; pass the checkpoint"
+            )
         ckpt = Path(src)
         recorded = meta.get("source_sha256")
         if not recorded or file_sha256(ckpt) != recorded:
-            raise EdgeconvError(f"{req.model}: the checkpoint it was exported from ({ckpt}) "
-                                + ("is not recorded with a sha256" if not recorded else
-                                   "has changed since the export (sha256 differs)")
-                                + "; TFLite converts from PyTorch, so pass the checkpoint itself")
+            raise EdgeconvError(
+                f"{req.model}: the checkpoint it was exported from ({ckpt}) "
+                + ("is not recorded with a sha256" if not recorded else "has changed since the export (sha256 differs)")
+                + "; TFLite converts from PyTorch, so pass the checkpoint itself"
+            )
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
     if req.max_drop is not None:
-        raise EdgeconvError("--max-drop is implemented for --backend ort (mixed precision by layer); TFLite INT8 is "
-                            "full-integer")
+        raise EdgeconvError(
+            "--max-drop is implemented for --backend ort (mixed precision by layer); TFLite INT8 is full-integer"
+        )
     model, ck = load_model(ckpt)
     rec = base_record(req, meta, calib, ev)
     if ckpt != Path(req.model):
@@ -216,11 +229,13 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     rec["per_channel"] = True if req.precision == "int8" else None
     notes: list[str] = []
     if req.precision == "int8" and (req.method != "minmax" or req.per_channel is False):
-        notes.append("TFLite INT8 uses ai-edge-quantizer's static a8w8 recipe: min/max activations, per-channel "
-                     "symmetric weights (--method/--per-channel apply to onnxruntime)")
+        notes.append(
+            "TFLite INT8 uses ai-edge-quantizer's static a8w8 recipe: min/max activations, per-channel "
+            "symmetric weights (--method/--per-channel apply to onnxruntime)"
+        )
     rows_routing: list[dict] = []
     has_routers = bool(routers(model))
-    check_x = (ev.x if ev is not None else calib.samples.x if calib is not None else None)
+    check_x = ev.x if ev is not None else calib.samples.x if calib is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeconv-tflite-") as tmp:
         fp32 = Path(tmp) / "model.fp32.tflite"
         step("converting with litert-torch (FP32)")
@@ -228,8 +243,10 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             with select_routing(model) as n:
                 convert_fp32(model, pre, fp32)
             rec["routing"] = "select"
-            notes.append(f"{n} router(s): torch.cond cannot be lowered by litert-torch; hard routing is converted "
-                         "as a per-sample select (both branches computed, same answers, no compute saved)")
+            notes.append(
+                f"{n} router(s): torch.cond cannot be lowered by litert-torch; hard routing is converted "
+                "as a per-sample select (both branches computed, same answers, no compute saved)"
+            )
         else:
             convert_fp32(model, pre, fp32)
             rec["routing"] = "none"
@@ -271,9 +288,17 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             side.unlink(missing_ok=True)
             raise
     acc = rec.get("accuracy") or {}
-    row = {"artifact": str(req.out), "backend": "tflite", "precision": req.precision.upper(),
-           "routing": rec["routing"], "input": runner.input_dtype, "size KiB": round(size / 1024, 1),
-           "size vs FP32": f"{size / float_bytes:.2f}x", "float top-1 %": acc.get("float_top1"),
-           "quantized top-1 %": acc.get("quantized_top1"), "drop": acc.get("drop")}
+    row = {
+        "artifact": str(req.out),
+        "backend": "tflite",
+        "precision": req.precision.upper(),
+        "routing": rec["routing"],
+        "input": runner.input_dtype,
+        "size KiB": round(size / 1024, 1),
+        "size vs FP32": f"{size / float_bytes:.2f}x",
+        "float top-1 %": acc.get("float_top1"),
+        "quantized top-1 %": acc.get("quantized_top1"),
+        "drop": acc.get("drop"),
+    }
     details = [{**r, "max abs diff": f"{r['max abs diff']:.2e}"} for r in rows_routing]
     return QuantizeReport(req.out, rec, [row], details, notes + [f"record: {side}"])

@@ -21,8 +21,7 @@ import numpy as np
 from edgeconv.errors import EdgeconvError
 from edgeconv.card import ModelCard
 from edgeconv.formats import is_format
-from edgeconv.runtime.backends import (BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner,
-                                       targets_for)
+from edgeconv.runtime.backends import BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner, targets_for
 
 CLOCK = "time.perf_counter_ns (monotonic, per call)"
 
@@ -36,9 +35,9 @@ class BenchConfig:
     split: str = "test"
     warmup: int = 10
     iters: int = 100
-    threads: int | None = None       # None: every core this process may use
-    reference: Path | None = None    # the float checkpoint; found from the artifacts when None
-    limit: int | None = None         # evaluate on the first N samples only
+    threads: int | None = None  # None: every core this process may use
+    reference: Path | None = None  # the float checkpoint; found from the artifacts when None
+    limit: int | None = None  # evaluate on the first N samples only
 
     def resolved_threads(self) -> int:
         if self.threads:
@@ -53,10 +52,10 @@ class BenchConfig:
 @dataclass
 class Artifact:
     path: Path
-    kind: str                      # native backend: torch | ort | tflite | tensorrt
+    kind: str  # native backend: torch | ort | tflite | tensorrt
     label: str
     preprocessing: dict | None = None
-    source_sha256s: list[str] = field(default_factory=list)   # the sha256 of every source its card records
+    source_sha256s: list[str] = field(default_factory=list)  # the sha256 of every source its card records
     source_paths: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     precision: str = "?"
@@ -134,7 +133,7 @@ def _fixed_batches(x: np.ndarray, batch: int):
     outputs are dropped, so every call has the shape being measured (static-batch runtimes included)."""
     n = x.shape[0]
     for i in range(0, n, batch):
-        chunk = x[i:i + batch]
+        chunk = x[i : i + batch]
         k = chunk.shape[0]
         if k < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - k, axis=0)])
@@ -144,13 +143,28 @@ def _fixed_batches(x: np.ndarray, batch: int):
 def latency_stats(ns: list[int], batch: int) -> dict:
     ms = np.asarray(ns, dtype=np.float64) / 1e6
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
-            "p90_over_p50": p90 / p50 if p50 > 0 else None,
-            "throughput_ips": float(batch * len(ms) / (ms.sum() / 1e3)) if ms.sum() > 0 else None}
+    return {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "p90_over_p50": p90 / p50 if p50 > 0 else None,
+        "throughput_ips": float(batch * len(ms) / (ms.sum() / 1e3)) if ms.sum() > 0 else None,
+    }
 
 
-def measure(runner, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, iters: int,
-            ref_pred: np.ndarray | None, ref_top1: float | None, sampler_factory: Callable | None = None) -> dict:
+def measure(
+    runner,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    warmup: int,
+    iters: int,
+    ref_pred: np.ndarray | None,
+    ref_top1: float | None,
+    sampler_factory: Callable | None = None,
+) -> dict:
     """Accuracy over all of x, then latency on the first `batch` inputs (see module docstring)."""
     routes = RouteCounts()
     preds = []
@@ -248,16 +262,24 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
         ref_model, ref_ck = A.load_model(ref_path)
     pre = ref_ck["preprocessing"] if ref_ck else next((a.preprocessing for a in arts if a.preprocessing), None)
     if pre is None:
-        raise EdgeconvError("cannot tell the input preprocessing: give the float checkpoint too "
-                            "(as a MODEL or with --reference CKPT)")
+        raise EdgeconvError(
+            "cannot tell the input preprocessing: give the float checkpoint too (as a MODEL or with --reference CKPT)"
+        )
     for a in arts:
-        if a.preprocessing and (a.preprocessing.get("size"), a.preprocessing.get("channels")) != \
-                (pre.get("size"), pre.get("channels")):
-            raise EdgeconvError(f"{a.path}: expects {a.preprocessing.get('channels')}x{a.preprocessing.get('size')} "
-                                f"inputs, the reference {pre.get('channels')}x{pre.get('size')}; bench them apart")
+        if a.preprocessing and (a.preprocessing.get("size"), a.preprocessing.get("channels")) != (
+            pre.get("size"),
+            pre.get("channels"),
+        ):
+            raise EdgeconvError(
+                f"{a.path}: expects {a.preprocessing.get('channels')}x{a.preprocessing.get('size')} "
+                f"inputs, the reference {pre.get('channels')}x{pre.get('size')}; bench them apart"
+            )
     # Labels index the model's own class list: a folder holding only some classes is still scored correctly.
-    classes = ref_ck["classes"] if ref_ck else next((a.metadata.get("classes") for a in arts
-                                                      if isinstance(a.metadata.get("classes"), list)), None)
+    classes = (
+        ref_ck["classes"]
+        if ref_ck
+        else next((a.metadata.get("classes") for a in arts if isinstance(a.metadata.get("classes"), list)), None)
+    )
     samples = load_samples(cfg.data, pre, cfg.split, limit=cfg.limit, classes=classes)
     if len(samples) == 0:
         raise EdgeconvError(f"{cfg.data}: no samples")
@@ -288,8 +310,9 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
             from edgeconv.models import create_model_from_config
 
             try:
-                params_macs[str(a.path)] = count_params_macs(create_model_from_config(a.metadata["config"]),
-                                                             a.preprocessing or pre)
+                params_macs[str(a.path)] = count_params_macs(
+                    create_model_from_config(a.metadata["config"]), a.preprocessing or pre
+                )
             except EdgeconvError:
                 pass
 
@@ -312,8 +335,22 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
     for i, (a, target, batch) in enumerate(plan):
         if progress:
             progress(i, len(plan), f"{a.label} {target.label} {target.device} b{batch}")
-        rows.append(_row(a, target, batch, cfg, threads, x, y, ref_pred, ref_top1, ref_path, params_macs,
-                         sampler_factory if target.device == "jetson" else None))
+        rows.append(
+            _row(
+                a,
+                target,
+                batch,
+                cfg,
+                threads,
+                x,
+                y,
+                ref_pred,
+                ref_top1,
+                ref_path,
+                params_macs,
+                sampler_factory if target.device == "jetson" else None,
+            )
+        )
         gc.collect()
     if progress:
         progress(len(plan), len(plan), "done")
@@ -323,9 +360,16 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
         "warnings": int8_warnings(arts),
         "reference": {"path": str(ref_path) if ref_path else None, "top1": ref_top1},
         "data": {"source": samples.source, "n": len(samples), "sha256": samples.fingerprint()},
-        "settings": {"threads": threads, "warmup": cfg.warmup, "iters": cfg.iters, "batches": cfg.batches,
-                     "devices": cfg.devices, "backend": cfg.backend, "clock": CLOCK,
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "settings": {
+            "threads": threads,
+            "warmup": cfg.warmup,
+            "iters": cfg.iters,
+            "batches": cfg.batches,
+            "devices": cfg.devices,
+            "backend": cfg.backend,
+            "clock": CLOCK,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
         "device": describe_device(),
     }
 
@@ -348,11 +392,30 @@ def int8_warnings(arts: list[Artifact]) -> list[str]:
     return out
 
 
-def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int, x, y, ref_pred, ref_top1,
-         ref_path, params_macs, sampler_factory) -> dict:
-    row: dict = {"model": a.label, "path": str(a.path), "backend": target.label, "device": target.device,
-                 "precision": target.precision or _precision_guess(a, target), "batch": batch, "status": "ok",
-                 "size_kib": a.path.stat().st_size / 1024}
+def _row(
+    a: Artifact,
+    target: Target,
+    batch: int,
+    cfg: BenchConfig,
+    threads: int,
+    x,
+    y,
+    ref_pred,
+    ref_top1,
+    ref_path,
+    params_macs,
+    sampler_factory,
+) -> dict:
+    row: dict = {
+        "model": a.label,
+        "path": str(a.path),
+        "backend": target.label,
+        "device": target.device,
+        "precision": target.precision or _precision_guess(a, target),
+        "batch": batch,
+        "status": "ok",
+        "size_kib": a.path.stat().st_size / 1024,
+    }
     pm = params_macs.get(str(a.path))
     if pm:
         row["params"], row["macs"] = pm
@@ -384,4 +447,3 @@ def _row(a: Artifact, target: Target, batch: int, cfg: BenchConfig, threads: int
         row["peak_rss_mib"] = peak_rss_bytes() / 2**20
     del runner
     return row
-

@@ -16,9 +16,22 @@ from edgeconv.errors import EdgeconvError
 from edgeconv.hostcpu import cpu_info, parse_cpuinfo  # noqa: F401 - the CPU part of a device description
 
 # L4T major.minor -> JetPack release line (NVIDIA's release notes; the exact JetPack point release varies)
-_JETPACK = {(32, 7): "4.6.x", (32, 6): "4.6", (32, 5): "4.5", (32, 4): "4.4", (34, 1): "5.0 DP",
-            (35, 1): "5.0.2", (35, 2): "5.1", (35, 3): "5.1.1", (35, 4): "5.1.2", (35, 5): "5.1.3", (35, 6): "5.1.4",
-            (36, 2): "6.0 DP", (36, 3): "6.0", (36, 4): "6.1/6.2"}
+_JETPACK = {
+    (32, 7): "4.6.x",
+    (32, 6): "4.6",
+    (32, 5): "4.5",
+    (32, 4): "4.4",
+    (34, 1): "5.0 DP",
+    (35, 1): "5.0.2",
+    (35, 2): "5.1",
+    (35, 3): "5.1.1",
+    (35, 4): "5.1.2",
+    (35, 5): "5.1.3",
+    (35, 6): "5.1.4",
+    (36, 2): "6.0 DP",
+    (36, 3): "6.0",
+    (36, 4): "6.1/6.2",
+}
 
 
 def _read(path: Path) -> str | None:
@@ -37,17 +50,25 @@ def cuda_info() -> dict:
     except ImportError:
         return {"available": False, "reason": "torch is not installed"}
     if not torch.cuda.is_available():
-        return {"available": False,
-                "reason": f"torch {torch.__version__} sees no CUDA GPU (CUDA build: {torch.version.cuda or 'none'})"}
+        return {
+            "available": False,
+            "reason": f"torch {torch.__version__} sees no CUDA GPU (CUDA build: {torch.version.cuda or 'none'})",
+        }
     p = torch.cuda.get_device_properties(0)
-    out = {"available": True, "name": p.name, "memory": f"{p.total_memory / 2**30:.1f} GiB",
-           "compute_capability": f"{p.major}.{p.minor}", "count": torch.cuda.device_count(),
-           "cuda_runtime": torch.version.cuda}
+    out = {
+        "available": True,
+        "name": p.name,
+        "memory": f"{p.total_memory / 2**30:.1f} GiB",
+        "compute_capability": f"{p.major}.{p.minor}",
+        "count": torch.cuda.device_count(),
+        "cuda_runtime": torch.version.cuda,
+    }
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            r = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=10)
+            r = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            )
             out["driver"] = r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
         except (OSError, subprocess.TimeoutExpired):
             out["driver"] = None
@@ -63,8 +84,12 @@ def parse_tegra_release(text: str) -> dict | None:
     major, rev = int(m.group(1)), m.group(2)
     minor = int(rev.split(".")[0]) if rev.split(".")[0].isdigit() else 0
     fields = dict(re.findall(r"(GCID|BOARD|EABI|DATE):\s*([^,\n]+)", text))
-    return {"l4t": f"{major}.{rev}", "jetpack": _JETPACK.get((major, minor)), "board": fields.get("BOARD", "").strip()
-            or None, "gcid": fields.get("GCID", "").strip() or None}
+    return {
+        "l4t": f"{major}.{rev}",
+        "jetpack": _JETPACK.get((major, minor)),
+        "board": fields.get("BOARD", "").strip() or None,
+        "gcid": fields.get("GCID", "").strip() or None,
+    }
 
 
 def parse_nvpmodel(text: str) -> dict | None:
@@ -73,7 +98,7 @@ def parse_nvpmodel(text: str) -> dict | None:
     for i, ln in enumerate(lines):
         m = re.match(r"NV Power Mode:\s*(.+)$", ln)
         if m:
-            mode_id = next((int(x) for x in lines[i + 1:i + 3] if x.isdigit()), None)
+            mode_id = next((int(x) for x in lines[i + 1 : i + 3] if x.isdigit()), None)
             return {"name": m.group(1).strip(), "id": mode_id}
     return None
 
@@ -109,8 +134,10 @@ def require_jetson(root: Path = Path("/")) -> dict:
     info = jetson_info(root)
     if not info["is_jetson"]:
         seen = info["model"] or f"{platform.machine()} machine with no device-tree model"
-        raise EdgeconvError(f"--device jetson: this machine is not a Jetson ({root / 'etc/nv_tegra_release'} is "
-                            f"missing; device: {seen}); run on the Jetson, or use --host USER@JETSON from here")
+        raise EdgeconvError(
+            f"--device jetson: this machine is not a Jetson ({root / 'etc/nv_tegra_release'} is "
+            f"missing; device: {seen}); run on the Jetson, or use --host USER@JETSON from here"
+        )
     return info
 
 
@@ -118,8 +145,11 @@ def describe_device(root: Path = Path("/")) -> dict:
     """Sections for `edgeconv info --device` and the bench report."""
     import importlib.metadata as md
 
-    host = {"hostname": platform.node(), "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version()}
+    host = {
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
     versions = {}
     for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tensorrt", "cuda-python"):
         try:
@@ -130,6 +160,9 @@ def describe_device(root: Path = Path("/")) -> dict:
     cuda = cuda_info()
     out["cuda"] = cuda if cuda.get("available") else {"available": False, "reason": cuda["reason"]}
     jet = jetson_info(root)
-    out["jetson"] = jet if jet["is_jetson"] else {"is_jetson": False,
-                                                  "why": f"no {root / 'etc/nv_tegra_release'}, no Jetson device-tree model"}
+    out["jetson"] = (
+        jet
+        if jet["is_jetson"]
+        else {"is_jetson": False, "why": f"no {root / 'etc/nv_tegra_release'}, no Jetson device-tree model"}
+    )
     return out

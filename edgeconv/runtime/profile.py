@@ -26,8 +26,10 @@ from edgeconv.formats import format_of
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
-ORT_NOTE = ("kernel time per run from onnxruntime's profiler, nodes inside If branches included (the If itself is not "
-            "counted again); profiling adds overhead, so the sum can exceed the wall time")
+ORT_NOTE = (
+    "kernel time per run from onnxruntime's profiler, nodes inside If branches included (the If itself is not "
+    "counted again); profiling adds overhead, so the sum can exceed the wall time"
+)
 
 
 @dataclass
@@ -37,9 +39,9 @@ class OpProfile:
     precision: str
     batch: int
     runs: int
-    wall_ms: float                                     # median wall time of one run
-    by_type: dict[str, dict] = field(default_factory=dict)   # op type -> {"ms": per run or None, "count": nodes}
-    top: list[dict] = field(default_factory=list)             # slowest nodes: {"node", "op", "ms"}
+    wall_ms: float  # median wall time of one run
+    by_type: dict[str, dict] = field(default_factory=dict)  # op type -> {"ms": per run or None, "count": nodes}
+    top: list[dict] = field(default_factory=list)  # slowest nodes: {"node", "op", "ms"}
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -91,13 +93,20 @@ def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, war
     for (node, op), ms in per_node.items():
         by_type[op]["ms"] += ms
         by_type[op]["count"] += 1
-    top = [{"node": n, "op": op, "ms": round(ms, 4)} for (n, op), ms in
-           sorted(per_node.items(), key=lambda kv: -kv[1])[:10]]
+    top = [{"node": n, "op": op, "ms": round(ms, 4)} for (n, op), ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:10]]
     import onnxruntime as ort
 
-    return OpProfile(str(path), f"onnxruntime {ort.__version__}", precision, len(x), runs, wall,
-                     {k: {"ms": round(v["ms"], 4), "count": v["count"]} for k, v in by_type.items()}, top,
-                     [ORT_NOTE])
+    return OpProfile(
+        str(path),
+        f"onnxruntime {ort.__version__}",
+        precision,
+        len(x),
+        runs,
+        wall,
+        {k: {"ms": round(v["ms"], 4), "count": v["count"]} for k, v in by_type.items()},
+        top,
+        [ORT_NOTE],
+    )
 
 
 def _events(trace: Path, runs: int) -> list[dict]:
@@ -110,8 +119,14 @@ def _events(trace: Path, runs: int) -> list[dict]:
     if not windows:
         raise EdgeconvError(f"{trace.name}: the onnxruntime trace has no runs")
     start = windows[0][0]
-    return [e for e in data if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
-            and "op_name" in e.get("args", {}) and e["ts"] >= start]
+    return [
+        e
+        for e in data
+        if e.get("cat") == "Node"
+        and e.get("name", "").endswith("_kernel_time")
+        and "op_name" in e.get("args", {})
+        and e["ts"] >= start
+    ]
 
 
 def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
@@ -121,20 +136,31 @@ def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) 
     one = x[:1]
     runner(one)
     wall = _median_wall(lambda: runner(one), runs)
-    ops = runner.interp._get_ops_details()    # noqa: SLF001 - the only view the interpreter gives of its graph
+    ops = runner.interp._get_ops_details()  # noqa: SLF001 - the only view the interpreter gives of its graph
     counts: dict[str, int] = defaultdict(int)
     for o in ops:
         counts[o["op_name"]] += 1
     partitions = counts.pop("DELEGATE", 0)
     by_type = {k: {"ms": None, "count": v} for k, v in counts.items()}
-    notes = [f"{sum(counts.values())} operators, {partitions} XNNPACK delegate partition(s) (each boundary hands "
-             "tensors between the delegate and the built-in kernels)",
-             "the TFLite Python interpreter has no per-operator timer: wall time per invoke only (batch 1)"]
+    notes = [
+        f"{sum(counts.values())} operators, {partitions} XNNPACK delegate partition(s) (each boundary hands "
+        "tensors between the delegate and the built-in kernels)",
+        "the TFLite Python interpreter has no per-operator timer: wall time per invoke only (batch 1)",
+    ]
     import ai_edge_litert
 
     precision = "int8" if runner.input_dtype == "int8" else "fp32/fp16"
-    return OpProfile(str(path), f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}", precision, 1, runs,
-                     wall, by_type, [], notes)
+    return OpProfile(
+        str(path),
+        f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}",
+        precision,
+        1,
+        runs,
+        wall,
+        by_type,
+        [],
+        notes,
+    )
 
 
 def profile_artifact(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
@@ -157,20 +183,21 @@ def check_profilable(models: list[Path], plot: bool = False) -> None:
         raise EdgeconvError("--profile-plot: per-operator times come from onnxruntime; give an .onnx file")
 
 
-def run_profiles(models: list[Path], data: str, split: str, batch: int, threads: int = 1,
-                 iters: int = 20) -> list[OpProfile]:
+def run_profiles(
+    models: list[Path], data: str, split: str, batch: int, threads: int = 1, iters: int = 20
+) -> list[OpProfile]:
     """Profile every onnxruntime and TFLite file among `models` on `batch` samples of `data` (each file's own
     preprocessing); other files are skipped (a checkpoint is the reference, not a deployable)."""
     from edgeconv.data import load_samples, split_for
     from edgeconv.runtime.bench import inspect_artifact
 
     arts = [inspect_artifact(Path(m)) for m in models]
-    shared = next((a.preprocessing for a in arts if a.preprocessing), None)   # bench requires one input shape
+    shared = next((a.preprocessing for a in arts if a.preprocessing), None)  # bench requires one input shape
     check_profilable(models)
     out = []
     for m, art in zip(models, arts):
         if format_of(m).runtime not in ("ort", "tflite"):
-            continue   # checkpoints are references; TensorRT engines need a GPU for IProfiler
+            continue  # checkpoints are references; TensorRT engines need a GPU for IProfiler
         pre = art.preprocessing or shared
         if not pre:
             raise EdgeconvError(f"{m}: no preprocessing recorded; give its checkpoint too so inputs can be prepared")
@@ -184,16 +211,21 @@ def profile_rows(profiles: list[OpProfile], top: int = 12) -> list[dict]:
     """A wall-time row, then one row per operator type (the costliest over the timed profiles first; untimed
     profiles show operator counts), one ms and one % column per profile."""
     names = [Path(p.artifact).name for p in profiles]
-    rows: list[dict] = [{"op type": "(wall time per run)",
-                         **{k: v for n, p in zip(names, profiles) for k, v in
-                            ((f"{n} ms", f"{p.wall_ms:.3f}"), (f"{n} %", ""))}}]
+    rows: list[dict] = [
+        {
+            "op type": "(wall time per run)",
+            **{k: v for n, p in zip(names, profiles) for k, v in ((f"{n} ms", f"{p.wall_ms:.3f}"), (f"{n} %", ""))},
+        }
+    ]
     cost: dict[str, float] = defaultdict(float)
     for p in profiles:
         for op, v in p.by_type.items():
             cost[op] += v["ms"] or 0.0
     timed_ops = sorted((op for op in cost if cost[op] > 0), key=lambda op: -cost[op])[:top]
-    untimed_ops = sorted({op for p in profiles for op, v in p.by_type.items() if v["ms"] is None},
-                         key=lambda op: -max(p.by_type.get(op, {}).get("count", 0) for p in profiles))[:top]
+    untimed_ops = sorted(
+        {op for p in profiles for op, v in p.by_type.items() if v["ms"] is None},
+        key=lambda op: -max(p.by_type.get(op, {}).get("count", 0) for p in profiles),
+    )[:top]
     for op in timed_ops + untimed_ops:
         row: dict = {"op type": op}
         for name, p in zip(names, profiles):
@@ -230,8 +262,12 @@ def write_profile_png(profiles: list[OpProfile], path: Path, top: int = 12) -> P
     h = 0.8 / len(timed)
     for i, p in enumerate(timed):
         vals = [(p.by_type.get(op) or {}).get("ms") or 0.0 for op in ops]
-        ax.barh([k + i * h for k in range(len(ops))], vals, height=h,
-                label=f"{Path(p.artifact).name} ({p.precision}, {p.wall_ms:.2f} ms/run)")
+        ax.barh(
+            [k + i * h for k in range(len(ops))],
+            vals,
+            height=h,
+            label=f"{Path(p.artifact).name} ({p.precision}, {p.wall_ms:.2f} ms/run)",
+        )
     ax.set_yticks([k + h * (len(timed) - 1) / 2 for k in range(len(ops))], ops)
     ax.set_xlabel(f"ms per run (batch {timed[0].batch}, kernel time from the runtime's profiler)")
     ax.set_title("where the time goes, per operator type")

@@ -25,12 +25,12 @@ _REMOTE_TMP = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
 @dataclass
 class SshTarget:
-    host: str                           # USER@ADDR as given
+    host: str  # USER@ADDR as given
     port: int = 22
-    identity: Path | None = None        # private key (-i)
-    known_hosts: Path | None = None     # host keys to trust (UserKnownHostsFile); default: the user's own
+    identity: Path | None = None  # private key (-i)
+    known_hosts: Path | None = None  # host keys to trust (UserKnownHostsFile); default: the user's own
     connect_timeout: int = 10
-    remote_edgeconv: str = "edgeconv"   # the edgeconv executable on the remote machine
+    remote_edgeconv: str = "edgeconv"  # the edgeconv executable on the remote machine
     options: list[str] = field(default_factory=list)
 
 
@@ -38,8 +38,7 @@ def parse_host(host: str) -> tuple[str | None, str]:
     """Split USER@ADDR; refuse anything ssh could read as an option or a shell could expand."""
     m = _HOST.match(host or "")
     if not m:
-        raise EdgeconvError(f"--host {host!r}: expected USER@ADDR "
-                            "(letters, digits, '.', '-', '_'; IPv6 in square brackets)")
+        raise EdgeconvError(f"--host {host!r}: expected USER@ADDR (letters, digits, '.', '-', '_'; IPv6 in square brackets)")
     return m.group("user"), m.group("addr")
 
 
@@ -59,10 +58,22 @@ class Remote:
         self.t = target
         parse_host(target.host)
         self._ctl_dir = tempfile.TemporaryDirectory(prefix="edgeconv-ssh-")
-        self._opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                      "-o", f"ConnectTimeout={int(target.connect_timeout)}",
-                      "-o", "ControlMaster=auto", "-o", f"ControlPath={self._ctl_dir.name}/cm-%C",
-                      "-o", "ControlPersist=60", "-o", "LogLevel=ERROR"]
+        self._opts = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={int(target.connect_timeout)}",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={self._ctl_dir.name}/cm-%C",
+            "-o",
+            "ControlPersist=60",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         if target.identity is not None:
             self._opts += ["-i", str(target.identity), "-o", "IdentitiesOnly=yes"]
         if target.known_hosts is not None:
@@ -104,8 +115,13 @@ class Remote:
             raise self._fail(f"copying {src}", r)
 
     def close(self) -> None:
-        subprocess.run(["ssh", *self._opts, "-p", str(self.t.port), "-O", "exit", "--", self.t.host],
-                       capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["ssh", *self._opts, "-p", str(self.t.port), "-O", "exit", "--", self.t.host],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
         self._ctl_dir.cleanup()
 
     def __enter__(self) -> "Remote":
@@ -115,8 +131,9 @@ class Remote:
         self.close()
 
 
-def run_remote_bench(target: SshTarget, models: list[Path], bench_args: list[str],
-                     reference: Path | None = None, timeout: float = 3600) -> dict:
+def run_remote_bench(
+    target: SshTarget, models: list[Path], bench_args: list[str], reference: Path | None = None, timeout: float = 3600
+) -> dict:
     """Copy `models` (and their sidecar .json files) to a fresh remote temp dir, run
     `REMOTE_EDGECONV bench FILES --json result.json BENCH_ARGS` there, and return the parsed result with the
     original file names restored."""
@@ -144,7 +161,7 @@ def run_remote_bench(target: SshTarget, models: list[Path], bench_args: list[str
                         rem.scp(str(side.resolve()), f"{target.host}:{tmp}/{remote_side}")
                 names[name] = f
                 remote_paths.append(f"{tmp}/{name}")
-            cmd = [target.remote_edgeconv, "bench", *remote_paths[:len(files)], "--json", f"{tmp}/result.json"]
+            cmd = [target.remote_edgeconv, "bench", *remote_paths[: len(files)], "--json", f"{tmp}/result.json"]
             if reference is not None:
                 cmd += ["--reference", remote_paths[sources.index(reference)]]
             cmd += bench_args

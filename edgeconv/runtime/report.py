@@ -13,11 +13,27 @@ from edgeconv.errors import EdgeconvError
 
 # (row key, column title) in table order; the JSON keeps every key
 COLUMNS = [
-    ("model", "model"), ("backend", "backend"), ("device", "device"), ("precision", "precision"), ("batch", "batch"),
-    ("status", "status"), ("top1", "top1 %"), ("delta_top1", "Δtop1"), ("agree", "agree %"), ("p50_ms", "p50 ms"),
-    ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("p90_over_p50", "p90/p50"), ("throughput_ips", "img/s"),
-    ("mem_mib", "ΔRSS MiB"), ("size_kib", "size KiB"), ("params", "params"), ("macs_m", "MACs M"),
-    ("attn_share", "attn %"), ("power_w", "power W"), ("energy_mj_per_img", "mJ/img"),
+    ("model", "model"),
+    ("backend", "backend"),
+    ("device", "device"),
+    ("precision", "precision"),
+    ("batch", "batch"),
+    ("status", "status"),
+    ("top1", "top1 %"),
+    ("delta_top1", "Δtop1"),
+    ("agree", "agree %"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("p90_over_p50", "p90/p50"),
+    ("throughput_ips", "img/s"),
+    ("mem_mib", "ΔRSS MiB"),
+    ("size_kib", "size KiB"),
+    ("params", "params"),
+    ("macs_m", "MACs M"),
+    ("attn_share", "attn %"),
+    ("power_w", "power W"),
+    ("energy_mj_per_img", "mJ/img"),
 ]
 ROW_KEY = ("model", "backend", "device", "precision", "batch")
 
@@ -47,24 +63,28 @@ def print_table(result: dict, console=None, title: str | None = None) -> None:
     data = result.get("data", {})
     ref = result.get("reference", {})
     st = result.get("settings", {})
-    title = title or (f"bench on {data.get('source')} (n={data.get('n')}), reference "
-                      f"{Path(ref['path']).name if ref.get('path') else 'none'} "
-                      f"top1 {ref['top1']:.2f}%" if ref.get("top1") is not None else
-                      f"bench on {data.get('source')} (n={data.get('n')}), no float reference")
+    title = title or (
+        f"bench on {data.get('source')} (n={data.get('n')}), reference "
+        f"{Path(ref['path']).name if ref.get('path') else 'none'} "
+        f"top1 {ref['top1']:.2f}%"
+        if ref.get("top1") is not None
+        else f"bench on {data.get('source')} (n={data.get('n')}), no float reference"
+    )
     con.print(rows_table(display_rows(result["rows"]), title=title))
     # reasons under the table, once each: they are long and would squeeze every column
     seen: dict[str, list[str]] = {}
     for r in result["rows"]:
         if r.get("status") != "ok":
-            seen.setdefault(f"{r['status']}: {r.get('reason', '')}", []).append(
-                f"{r['model']} {r['backend']} {r['device']}")
+            seen.setdefault(f"{r['status']}: {r.get('reason', '')}", []).append(f"{r['model']} {r['backend']} {r['device']}")
     from rich.markup import escape
 
     for reason, where in seen.items():
         con.print(f"[yellow]{escape(reason)}[/] [dim]({escape(', '.join(dict.fromkeys(where)))})[/]", highlight=False)
-    con.print(f"[dim]latency per call of one batch: {st.get('warmup')} warm-up + {st.get('iters')} timed calls, "
-              f"{st.get('threads')} thread(s), clock {st.get('clock')}; img/s = batch x calls / total time; "
-              f"ΔRSS = resident memory growth while the row ran[/]")
+    con.print(
+        f"[dim]latency per call of one batch: {st.get('warmup')} warm-up + {st.get('iters')} timed calls, "
+        f"{st.get('threads')} thread(s), clock {st.get('clock')}; img/s = batch x calls / total time; "
+        f"ΔRSS = resident memory growth while the row ran[/]"
+    )
 
 
 def write_json(result: dict, path: Path) -> Path:
@@ -90,21 +110,33 @@ def _md_cell(v) -> str:
 def markdown(result: dict) -> str:
     rows = display_rows(result["rows"])
     cols = list(rows[0]) if rows else []
-    st, data, ref, dev = result.get("settings", {}), result.get("data", {}), result.get("reference", {}), \
-        result.get("device", {})
+    st, data, ref, dev = (
+        result.get("settings", {}),
+        result.get("data", {}),
+        result.get("reference", {}),
+        result.get("device", {}),
+    )
     cpu = dev.get("cpu", {})
-    lines = ["# edgeconv bench", "",
-             f"- data: {data.get('source')} (n={data.get('n')}, sha256 {str(data.get('sha256'))[:12]})",
-             f"- float reference: {ref.get('path')} (top-1 {_md_cell(ref.get('top1'))} %)",
-             f"- device: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, ISA {cpu.get('isa')}); "
-             f"CUDA: {dev.get('cuda', {}).get('name') or dev.get('cuda', {}).get('reason')}",
-             f"- latency: {st.get('warmup')} warm-up + {st.get('iters')} timed calls per row, {st.get('threads')} "
-             f"thread(s), clock {st.get('clock')}", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [
+        "# edgeconv bench",
+        "",
+        f"- data: {data.get('source')} (n={data.get('n')}, sha256 {str(data.get('sha256'))[:12]})",
+        f"- float reference: {ref.get('path')} (top-1 {_md_cell(ref.get('top1'))} %)",
+        f"- device: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, ISA {cpu.get('isa')}); "
+        f"CUDA: {dev.get('cuda', {}).get('name') or dev.get('cuda', {}).get('reason')}",
+        f"- latency: {st.get('warmup')} warm-up + {st.get('iters')} timed calls per row, {st.get('threads')} "
+        f"thread(s), clock {st.get('clock')}",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in rows:
         lines.append("| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |")
-    reasons = dict.fromkeys(f"- {r['model']} {r['backend']} {r['device']}: {r['status']}, {r.get('reason')}"
-                            for r in result["rows"] if r.get("status") != "ok")
+    reasons = dict.fromkeys(
+        f"- {r['model']} {r['backend']} {r['device']}: {r['status']}, {r.get('reason')}"
+        for r in result["rows"]
+        if r.get("status") != "ok"
+    )
     if reasons:
         lines += ["", "Rows not measured:", *reasons]
     return "\n".join(lines) + "\n"
@@ -144,15 +176,35 @@ def write_plot(result: dict, path: Path) -> Path:
     for i, (r, (lx, acc)) in enumerate(zip(ok, pts)):
         fam = r["backend"].split(":")[0]
         key = (fam, r["precision"])
-        ax.scatter(lx, acc, marker=markers.get(r["precision"], "D"), color=colors.get(fam, "tab:gray"), s=45,
-                   label=f"{fam} {r['precision']}" if key not in labelled else None, zorder=3)
+        ax.scatter(
+            lx,
+            acc,
+            marker=markers.get(r["precision"], "D"),
+            color=colors.get(fam, "tab:gray"),
+            s=45,
+            label=f"{fam} {r['precision']}" if key not in labelled else None,
+            zorder=3,
+        )
         labelled.add(key)
         # alternate label offsets: rows of one model often share an accuracy and sit on one line
-        ax.annotate(f"{r['model']} {r['backend']} b{r['batch']}", (lx, acc), fontsize=7,
-                    xytext=(5, 4 if i % 2 == 0 else -10), textcoords="offset points")
+        ax.annotate(
+            f"{r['model']} {r['backend']} b{r['batch']}",
+            (lx, acc),
+            fontsize=7,
+            xytext=(5, 4 if i % 2 == 0 else -10),
+            textcoords="offset points",
+        )
     fx = sorted((pts[i] for i in front), key=lambda p: p[0])
-    ax.scatter([p[0] for p in fx], [p[1] for p in fx], s=180, facecolors="none", edgecolors="black", lw=1.2,
-               label=f"Pareto front ({len(fx)} row{'s' if len(fx) != 1 else ''})", zorder=4)
+    ax.scatter(
+        [p[0] for p in fx],
+        [p[1] for p in fx],
+        s=180,
+        facecolors="none",
+        edgecolors="black",
+        lw=1.2,
+        label=f"Pareto front ({len(fx)} row{'s' if len(fx) != 1 else ''})",
+        zorder=4,
+    )
     if len(fx) > 1:
         ax.step([p[0] for p in fx], [p[1] for p in fx], where="post", color="black", ls="--", lw=1, zorder=2)
     ax.set_xscale("log")
@@ -195,11 +247,21 @@ def compare(result: dict, baseline: dict) -> list[dict]:
             continue
         d = r["p50_ms"] - b["p50_ms"]
         spread = max(r["p90_ms"] - r["p50_ms"], b["p90_ms"] - b["p50_ms"])
-        out.append({"model": r["model"], "backend": r["backend"], "device": r["device"], "precision": r["precision"],
-                    "batch": r["batch"], "p50 base": b["p50_ms"], "p50 now": r["p50_ms"],
-                    "Δp50 %": 100 * d / b["p50_ms"] if b["p50_ms"] else None, "spread ms": spread,
-                    "within spread": "yes" if abs(d) <= spread else "NO",
-                    "top1 base": b.get("top1"), "top1 now": r.get("top1"),
-                    "Δtop1": (r["top1"] - b["top1"]) if r.get("top1") is not None and b.get("top1") is not None
-                    else None})
+        out.append(
+            {
+                "model": r["model"],
+                "backend": r["backend"],
+                "device": r["device"],
+                "precision": r["precision"],
+                "batch": r["batch"],
+                "p50 base": b["p50_ms"],
+                "p50 now": r["p50_ms"],
+                "Δp50 %": 100 * d / b["p50_ms"] if b["p50_ms"] else None,
+                "spread ms": spread,
+                "within spread": "yes" if abs(d) <= spread else "NO",
+                "top1 base": b.get("top1"),
+                "top1 now": r.get("top1"),
+                "Δtop1": (r["top1"] - b["top1"]) if r.get("top1") is not None and b.get("top1") is not None else None,
+            }
+        )
     return out

@@ -44,13 +44,13 @@ class TegraSample:
     ram_used_mb: int | None = None
     ram_total_mb: int | None = None
     swap_used_mb: int | None = None
-    cpu_load: list[int | None] = field(default_factory=list)   # None = core off
+    cpu_load: list[int | None] = field(default_factory=list)  # None = core off
     cpu_freq_mhz: list[int | None] = field(default_factory=list)
     gpu_load: int | None = None
     gpu_freq_mhz: list[int] = field(default_factory=list)
     emc_load: int | None = None
     temps_c: dict[str, float] = field(default_factory=dict)
-    rails_mw: dict[str, tuple[int, int]] = field(default_factory=dict)   # name -> (instant, average)
+    rails_mw: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (instant, average)
 
     def input_power_mw(self) -> tuple[float | None, str | None]:
         """Module input power (instant) and where it came from: an input rail, else the sum of all rails."""
@@ -72,7 +72,7 @@ def parse_line(line: str) -> TegraSample | None:
     m = _TS.match(line)
     if m:
         s.timestamp = m.group(1)
-        line = line[m.end():]
+        line = line[m.end() :]
     m = _RAM.search(line)
     if not m:
         return None
@@ -114,8 +114,11 @@ def summarise(samples: list[TegraSample]) -> dict:
         return {"samples": 0}
     powers = [(p, src) for p, src in (s.input_power_mw() for s in samples) if p is not None]
     gpu = [s.gpu_load for s in samples if s.gpu_load is not None]
-    temps = [max(v for k, v in s.temps_c.items() if k not in _PLACEHOLDER_TEMPS) for s in samples
-             if set(s.temps_c) - _PLACEHOLDER_TEMPS]
+    temps = [
+        max(v for k, v in s.temps_c.items() if k not in _PLACEHOLDER_TEMPS)
+        for s in samples
+        if set(s.temps_c) - _PLACEHOLDER_TEMPS
+    ]
     out: dict = {"samples": len(samples), "ram_used_max_mb": max(s.ram_used_mb or 0 for s in samples)}
     if powers:
         vals = [p for p, _ in powers]
@@ -150,8 +153,13 @@ class TegrastatsSampler:
     def start(self) -> "TegrastatsSampler":
         if not self.available:
             return self
-        self._proc = subprocess.Popen([self.exe, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [self.exe, "--interval", str(self.interval_ms)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self

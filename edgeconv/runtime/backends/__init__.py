@@ -10,11 +10,22 @@ from pathlib import Path
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.formats import format_of
-from edgeconv.runtime.backends.base import (Backend, BackendUnavailable, RouteCounts, RunOptions, Runner,
-                                            Target)
+from edgeconv.runtime.backends.base import Backend, BackendUnavailable, RouteCounts, RunOptions, Runner, Target
 
-__all__ = ["Backend", "BackendUnavailable", "RouteCounts", "RunOptions", "Runner", "Target", "BACKENDS",
-           "DEVICES", "get_backend", "targets_for", "artifact_kind", "load_runner"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "RouteCounts",
+    "RunOptions",
+    "Runner",
+    "Target",
+    "BACKENDS",
+    "DEVICES",
+    "get_backend",
+    "targets_for",
+    "artifact_kind",
+    "load_runner",
+]
 
 # name -> module holding a `BACKEND` object
 BACKENDS = {
@@ -24,7 +35,6 @@ BACKENDS = {
     "tensorrt": "edgeconv.runtime.backends.tensorrt_backend",
 }
 DEVICES = ("cpu", "cuda", "jetson")
-
 
 
 def artifact_kind(path: Path) -> str:
@@ -51,16 +61,14 @@ def targets_for(path: Path, backend: str = "auto", device: str = "cpu") -> list[
     if backend == "auto":
         if kind == "ort":
             if gpu:
-                return [Target("ort", device, "cuda"), Target("ort", device, "tensorrt"),
-                        Target("tensorrt", device)]
+                return [Target("ort", device, "cuda"), Target("ort", device, "tensorrt"), Target("tensorrt", device)]
             return [Target("ort", device, "cpu")]
         if kind == "tflite":
             return [Target("tflite", "cpu" if device == "cuda" else device)]  # TFLite runs on the CPU cores
         return [Target(kind, device)]
     get_backend(backend)  # validates the name
     if backend == "ort":
-        return [Target("ort", device, "cuda"), Target("ort", device, "tensorrt")] if gpu else \
-            [Target("ort", device, "cpu")]
+        return [Target("ort", device, "cuda"), Target("ort", device, "tensorrt")] if gpu else [Target("ort", device, "cpu")]
     return [Target(backend, device)]
 
 

@@ -33,9 +33,9 @@ class RunOptions:
 class Target:
     """One way to run an artifact: which backend, on what, at which precision (a bench row minus the batch)."""
 
-    backend: str                  # registry name: torch | ort | tflite | tensorrt
-    device: str                   # cpu | cuda | jetson
-    variant: str = ""             # e.g. ort execution provider "cpu" | "cuda" | "tensorrt"; tensorrt "fp16"
+    backend: str  # registry name: torch | ort | tflite | tensorrt
+    device: str  # cpu | cuda | jetson
+    variant: str = ""  # e.g. ort execution provider "cpu" | "cuda" | "tensorrt"; tensorrt "fp16"
     precision: str | None = None  # None: ask the artifact (fp32, int8, fp16)
 
     @property

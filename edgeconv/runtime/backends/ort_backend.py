@@ -17,11 +17,20 @@ from edgeconv.onnxrt import session, session_options
 from edgeconv.errors import EdgeconvError
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _COMPARE_OPS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
-_PASS_THROUGH = {"ReduceMin", "ReduceMax", "ReduceProd", "Cast", "Not", "Squeeze", "Reshape", "Identity",
-                 "Unsqueeze", "Flatten"}
+_PASS_THROUGH = {
+    "ReduceMin",
+    "ReduceMax",
+    "ReduceProd",
+    "Cast",
+    "Not",
+    "Squeeze",
+    "Reshape",
+    "Identity",
+    "Unsqueeze",
+    "Flatten",
+}
 _BATCH_REDUCTIONS = {"ReduceMin", "ReduceMax"}
 
 
@@ -66,8 +75,9 @@ def _route_probes(model) -> list[tuple[str, str]]:
             per_sample = producer[per_sample].input[0]
         router = node.name or f"if_{i}"
         out = f"edgeconv_probe_{i}_attn"
-        model.graph.node.append(onnx.helper.make_node("Greater", [per_sample, compare.input[1]], [out],
-                                                      name=f"edgeconv_probe_{i}"))
+        model.graph.node.append(
+            onnx.helper.make_node("Greater", [per_sample, compare.input[1]], [out], name=f"edgeconv_probe_{i}")
+        )
         probes.append((router, out))
     return probes
 
@@ -83,10 +93,14 @@ class OrtRunner:
             raise EdgeconvError(f"unknown onnxruntime provider {variant!r} (choose {', '.join(PROVIDERS)})")
         available = ort.get_available_providers()
         if provider not in available:
-            hint = ("install onnxruntime-gpu on a machine with an NVIDIA GPU" if variant == "cuda" else
-                    "needs onnxruntime-gpu built with TensorRT and the TensorRT libraries")
-            raise BackendUnavailable(f"onnxruntime {ort.__version__} here has no {provider} "
-                                     f"(available: {', '.join(available)}); {hint}")
+            hint = (
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU"
+                if variant == "cuda"
+                else "needs onnxruntime-gpu built with TensorRT and the TensorRT libraries"
+            )
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} here has no {provider} (available: {', '.join(available)}); {hint}"
+            )
         model = load_onnx_proto(path)
         self.precision = onnx_precision(model)
         self.params = onnx_params(model)
@@ -115,7 +129,7 @@ class OrtRunner:
         self.input = self.session.get_inputs()[0]
         self.provider = provider
         self.threads = options.threads
-        self.last_routes: dict[str, np.ndarray] = {}   # If -> per-sample comparison of the last run (True = attn)
+        self.last_routes: dict[str, np.ndarray] = {}  # If -> per-sample comparison of the last run (True = attn)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         outs = self.session.run(None, {self.input.name: x})
@@ -125,9 +139,16 @@ class OrtRunner:
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {"backend": "ort", "runtime": f"onnxruntime {ort.__version__}", "provider": self.provider,
-                "precision": self.precision, "threads": self.threads, "input": f"{self.input.name} {self.input.shape}",
-                "params": self.params, "routers observed": len(self.probes)}
+        return {
+            "backend": "ort",
+            "runtime": f"onnxruntime {ort.__version__}",
+            "provider": self.provider,
+            "precision": self.precision,
+            "threads": self.threads,
+            "input": f"{self.input.name} {self.input.shape}",
+            "params": self.params,
+            "routers observed": len(self.probes),
+        }
 
 
 class OrtBackend:

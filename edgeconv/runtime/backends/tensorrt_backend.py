@@ -62,13 +62,18 @@ class TensorrtRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if not self.profile.min_batch <= len(x) <= self.profile.max_batch:
-            raise BackendUnavailable(f"the engine's batch profile is {self.profile.min_batch}..{self.profile.max_batch}"
-                                     f", asked for {len(x)}")
+            raise BackendUnavailable(
+                f"the engine's batch profile is {self.profile.min_batch}..{self.profile.max_batch}, asked for {len(x)}"
+            )
         return self.runner(x, batch=len(x))  # copies back and synchronises: the timer sees the finished work
 
     def describe(self) -> dict:
-        return {"backend": "tensorrt", "runtime": f"TensorRT {self.trt.__version__}", "precision": self.precision,
-                "profile": f"{self.profile.min_batch}/{self.profile.opt_batch}/{self.profile.max_batch}"}
+        return {
+            "backend": "tensorrt",
+            "runtime": f"TensorRT {self.trt.__version__}",
+            "precision": self.precision,
+            "profile": f"{self.profile.min_batch}/{self.profile.opt_batch}/{self.profile.max_batch}",
+        }
 
     def __del__(self) -> None:
         runner = getattr(self, "runner", None)

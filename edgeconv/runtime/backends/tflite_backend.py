@@ -18,16 +18,19 @@ def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:
-        raise BackendUnavailable(f"ai_edge_litert is not installed ({e.name or e}); "
-                                 "pip install 'edgeconv[tflite]' (or just ai-edge-litert)")
+        raise BackendUnavailable(
+            f"ai_edge_litert is not installed ({e.name or e}); pip install 'edgeconv[tflite]' (or just ai-edge-litert)"
+        )
     return Interpreter
 
 
 def tflite_precision(details: list[dict]) -> str:
     """int8 when integer tensors carry quantisation parameters, fp16 when half-precision tensors exist."""
     dtypes = {np.dtype(d["dtype"]) for d in details}
-    quantised = any(np.dtype(d["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8))
-                    and d.get("quantization", (0.0, 0))[0] != 0.0 for d in details)
+    quantised = any(
+        np.dtype(d["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8)) and d.get("quantization", (0.0, 0))[0] != 0.0
+        for d in details
+    )
     if quantised:
         return "int8"
     if np.dtype(np.float16) in dtypes:
@@ -71,8 +74,10 @@ class TfliteRunner:
             self.interp.resize_tensor_input(self.inp["index"], shape, strict=False)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise BackendUnavailable(f"the TFLite model has a fixed batch of {self.batch} "
-                                     f"and cannot be resized to {batch} ({str(e).splitlines()[0][:120]})")
+            raise BackendUnavailable(
+                f"the TFLite model has a fixed batch of {self.batch} "
+                f"and cannot be resized to {batch} ({str(e).splitlines()[0][:120]})"
+            )
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.batch = batch
@@ -96,9 +101,13 @@ class TfliteRunner:
     def describe(self) -> dict:
         import ai_edge_litert
 
-        return {"backend": "tflite", "runtime": f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}",
-                "precision": self.precision, "threads": self.threads,
-                "input": f"{self.inp['name']} {list(self.inp['shape'])} {np.dtype(self.inp['dtype']).name}"}
+        return {
+            "backend": "tflite",
+            "runtime": f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}",
+            "precision": self.precision,
+            "threads": self.threads,
+            "input": f"{self.inp['name']} {list(self.inp['shape'])} {np.dtype(self.inp['dtype']).name}",
+        }
 
 
 class TfliteBackend:

@@ -18,8 +18,9 @@ class TorchRunner:
 
         if options.device in ("cuda", "jetson"):
             if not torch.cuda.is_available():
-                raise BackendUnavailable(f"torch {torch.__version__} sees no CUDA GPU "
-                                         f"(built for CUDA: {torch.version.cuda or 'no'})")
+                raise BackendUnavailable(
+                    f"torch {torch.__version__} sees no CUDA GPU (built for CUDA: {torch.version.cuda or 'no'})"
+                )
             self.device = torch.device("cuda")
         else:
             self.device = torch.device("cpu")
@@ -28,21 +29,29 @@ class TorchRunner:
         self.model.to(self.device)
         self.options = options
         self.routers = routers(self.model)
-        self.last_routes: dict[str, np.ndarray] = {}   # router -> per-sample decision of the last run (True = attn)
+        self.last_routes: dict[str, np.ndarray] = {}  # router -> per-sample decision of the last run (True = attn)
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
         y = self.model(torch.from_numpy(x).to(self.device))
-        self.last_routes = {name: m.last_route.cpu().numpy() for name, m in self.routers
-                            if m.last_route is not None and m.mode in ROUTED_MODES}
+        self.last_routes = {
+            name: m.last_route.cpu().numpy()
+            for name, m in self.routers
+            if m.last_route is not None and m.mode in ROUTED_MODES
+        }
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the timer must see the work finish, not just its launch
         return y.float().cpu().numpy()
 
     def describe(self) -> dict:
-        return {"backend": "torch", "runtime": f"torch {torch.__version__}", "device": str(self.device),
-                "precision": "fp32", "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-                "routing": self.routers[0][1].mode if self.routers else None}
+        return {
+            "backend": "torch",
+            "runtime": f"torch {torch.__version__}",
+            "device": str(self.device),
+            "precision": "fp32",
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "routing": self.routers[0][1].mode if self.routers else None,
+        }
 
 
 class TorchBackend:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import subprocess
@@ -163,18 +165,88 @@ def test_bad_requests_fail_clearly(kwargs, match):
 
 
 def test_unsupported_attention_is_named():
-    class Foreign(nn.Module):  # a ViT-style model whose attention is not an edgeconv layer
+    class WindowAttention(nn.Module):  # an attention edgeconv has no head structure for
         def __init__(self):
             super().__init__()
-            self.cfg = {"family": "timm", "timm_name": "vit_tiny_patch16_224"}
-            self.blocks = nn.Sequential(nn.MultiheadAttention(16, 4))
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, x):
+            return self.qkv(x)
+
+    class Foreign(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = {"family": "timm", "timm_name": "swin_like"}
+            self.blocks = nn.Sequential(nn.MultiheadAttention(16, 4), WindowAttention())
 
     with pytest.raises(
-        EdgeconvError,
-        match=r"vit_tiny_patch16_224: cannot prune attention module "
-        r"torch\.nn\.modules\.activation\.MultiheadAttention at 'blocks\.0'",
+        EdgeconvError, match=r"swin_like: cannot prune attention module .*WindowAttention at 'blocks\.1'.*nothing was pruned"
     ):
         ensure_prunable(Foreign())
+
+
+class _UserModel(nn.Module):
+    """A user's own model on nn.MultiheadAttention (batch_first) with a plain MLP: what users bring."""
+
+    def __init__(self, dim=32, heads=4, classes=10):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 8, stride=8)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        a, _ = self.attn(t, t, t)
+        return self.head(self.norm(t + a).mean(1))
+
+
+def test_multihead_attention_adapter_is_torch_arithmetic():
+    from edgeconv.models.adapters import adapt
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        x = torch.randn(2, 7, 32) if batch_first else torch.randn(7, 2, 32)
+        mask = torch.zeros(2, 7, dtype=torch.bool)
+        mask[0, -2:] = True
+        ref_out, ref_w = mha(x, x, x, key_padding_mask=mask)
+        holder = nn.Sequential(mha)
+        assert adapt(holder) == ["0"]
+        out, w = mha(x, x, x, key_padding_mask=mask)
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=1e-5)
+
+
+def test_a_users_multihead_attention_gets_its_heads_pruned_and_num_heads_follows(digits_pre):
+    """Gradient head sensitivity on a plain nn.Module: whole heads go, num_heads/head_dim stay true, the output
+    equals the unpruned model with those heads masked, and the recorded structure rebuilds the same shapes."""
+    from edgeconv.compress.prune import prune_model
+    from edgeconv.models.adapters import adapt
+    from edgeconv.models.structure import apply_structure
+
+    torch.manual_seed(0)
+    model = _UserModel().eval()
+    model.cfg = {"family": "user"}
+    calib = load_samples("digits", digits_pre, "train", limit=64)
+    pruned, plan = prune_model(model, digits_pre, calib, PruneRequest(heads=0.5, criterion="gradient", batches=4))
+    (lp,) = [lp for lp in plan.layers if lp.unit == "attn"]
+    assert lp.kind == "heads" and len(lp.keep) == 2 and len(lp.sensitivity) == 4
+    assert pruned.attn.num_heads == 2 and pruned.attn.head_dim == 8 and pruned.attn.embed_dim == 32
+    assert pruned.attn.in_proj_weight.shape == (48, 32) and pruned.attn.out_proj.weight.shape == (32, 16)
+    x = calib.x[:5]
+    gate = torch.zeros(4)
+    gate[lp.keep] = 1.0
+    masked = copy.deepcopy(model)
+    adapt(masked)
+    masked.attn.head_gate = gate
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
+    fresh = _UserModel()
+    adapt(fresh)
+    apply_structure(fresh, pruned.cfg["structure"])
+    fresh.load_state_dict(pruned.state_dict())  # the record rebuilds the shapes; the weights fit
+    assert fresh.attn.num_heads == 2
 
 
 def test_gradient_beats_random_on_a_trained_model(trained, digits_pre):

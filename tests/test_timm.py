@@ -82,3 +82,41 @@ def test_pruning_a_timm_vit_names_the_attention_module_it_cannot_prune():
     model = _model("levit_128s")
     with pytest.raises(EdgeconvError, match=r"levit_128s: cannot prune attention module timm\.models\.levit\.\w+"):
         prune_model(model, PRE, None, PruneRequest(heads=0.3, criterion="l1"))
+
+
+def test_a_timm_vit_is_pruned_to_half_the_macs_with_num_heads_kept_true_and_reloads(tmp_path):
+    """timm's Attention and Mlp get gradient-ranked head and channel pruning; the result is a dense timm model
+    whose num_heads/attn_dim match its weights, reloads from a weights_only checkpoint, exports and matches."""
+    import onnxruntime as ort
+
+    from edgeconv.artifacts import load_model, provenance, save_checkpoint
+    from edgeconv.compress.prune import PruneRequest, prune_model
+    from edgeconv.data import Samples
+    from edgeconv.export.onnx import export_onnx
+    from edgeconv.models import count_params_macs
+
+    model = _model("deit_tiny_patch16_224")
+    g = torch.Generator().manual_seed(0)
+    calib = Samples(torch.randn(64, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (64,), generator=g),
+                    [str(i) for i in range(10)], "random")  # fmt: skip
+    pruned, plan = prune_model(model, PRE, calib, PruneRequest(target_macs=0.5, criterion="gradient", batches=8))
+    _, macs0 = count_params_macs(model, PRE)
+    _, macs1 = count_params_macs(pruned, PRE)
+    assert macs1 <= 0.55 * macs0
+    heads = [lp for lp in plan.layers if lp.kind == "heads"]
+    assert len(heads) == 12 and any(len(lp.keep) < lp.size for lp in plan.layers)
+    for blk in pruned.net.blocks:
+        a = blk.attn
+        assert a.qkv.out_features == 3 * a.num_heads * a.head_dim == 3 * a.attn_dim
+        assert a.proj.in_features == a.attn_dim and blk.mlp.fc2.in_features == blk.mlp.fc1.out_features
+    path = save_checkpoint(tmp_path / "p.pt", pruned, preprocessing=PRE, classes=[str(i) for i in range(10)],
+                           provenance_rec=provenance("pytest"))  # fmt: skip
+    again, _ = load_model(path)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ref = pruned(x)
+        torch.testing.assert_close(again(x), ref)
+    res = export_onnx(path, tmp_path / "p.onnx")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() <= 1e-4

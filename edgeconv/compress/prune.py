@@ -90,27 +90,27 @@ class PrunePlan:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def ensure_prunable(model: nn.Module) -> list[Unit]:
-    """The model's prunable units, or an error naming the attention modules edgeconv cannot prune."""
+    """The model's prunable units (users' timm / nn.MultiheadAttention modules adapted in place first), or an error
+    naming the first attention module edgeconv cannot prune (nothing is pruned then)."""
+    from edgeconv.models.adapters import adapt, unknown_attention
+
+    adapt(model)
     units = prunable_units(model)
-    if units:
-        return units
-    attn = [
-        (p, type(m))
-        for p, m in model.named_modules()
-        if "attention" in type(m).__name__.lower() or isinstance(m, nn.MultiheadAttention)
-    ]
     name = (
         (model.cfg.get("timm_name") or model.cfg.get("family"))
         if isinstance(getattr(model, "cfg", None), dict)
         else type(model).__name__
     )
-    if attn:
-        p, cls = attn[0]
+    unknown = unknown_attention(model)
+    if unknown:
+        p, cls = unknown[0]
         raise EdgeconvError(
             f"{name}: cannot prune attention module {cls.__module__}.{cls.__qualname__} at {p!r} "
-            f"({len(attn)} such module(s)): it has no edgeconv head structure (num_heads/head_dim/keep_heads); "
-            "head pruning supports edgeconv's own families"
+            f"({len(unknown)} such module(s)): edgeconv knows the heads of its own families, timm's Attention and "
+            "torch's nn.MultiheadAttention; nothing was pruned"
         )
+    if units:
+        return units
     raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
 
 
@@ -306,6 +306,9 @@ def plan_pruning(
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Remove every unit the plan does not keep (in place) and record the new structure in `model.cfg`."""
+    from edgeconv.models.adapters import adapt
+
+    adapt(model)
     units = {u.name: u for u in prunable_units(model)}
     for lp in plan.layers:
         u = units.get(lp.unit)

@@ -91,6 +91,9 @@ def create_model_from_config(cfg: dict) -> nn.Module:
     model = fams[fam].build(dict(cfg))
     model.cfg = dict(cfg)
     if cfg.get("structure"):
+        from edgeconv.models.adapters import adapt
+
+        adapt(model)  # users' timm / nn.MultiheadAttention modules take the recorded widths like ours
         apply_structure(model, cfg["structure"])
     return model
 

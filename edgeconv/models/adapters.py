@@ -1,0 +1,190 @@
+"""Users' attention and MLP modules made prunable: timm's `Attention` and `Mlp`, and `nn.MultiheadAttention`.
+
+`adapt(model)` gives every module it knows the head (or hidden-channel) protocol of `models/structure.py` in place:
+the instance's class becomes a subclass of its own class that adds `head_gate` / `keep_heads(idx)` (or
+`hidden_gate` / `keep_hidden(idx)`) and a forward that is the original arithmetic with the gate applied. Parameter
+names and shapes are unchanged, so a state dict loads as before, and `keep_heads` updates `num_heads` (and timm's
+`attn_dim`, `nn.MultiheadAttention`'s `head_dim` bookkeeping) together with the weights - the fix-up Torch-Pruning
+leaves to its users. Each unit stays internal to its module: the residual width (`embed_dim`, the block's output)
+is never changed. A module that looks like attention but is not known is named by `unknown_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeconv.models.layers import _keep_cols, _keep_rows, head_channel_index
+
+
+def _keep_norm(norm: nn.Module, idx: torch.Tensor) -> None:
+    """A LayerNorm over the pruned width keeps the same channels (Identity: nothing to do)."""
+    if isinstance(norm, nn.LayerNorm):
+        with torch.no_grad():
+            if norm.weight is not None:
+                norm.weight = nn.Parameter(norm.weight[idx].clone())
+            if norm.bias is not None:
+                norm.bias = nn.Parameter(norm.bias[idx].clone())
+        norm.normalized_shape = (len(idx),)
+
+
+# ----------------------------------------------------------------------------------------------- timm Attention
+class _TimmAttention:
+    """Mixed into timm.layers.Attention: per-head gate and head removal (q_norm/k_norm act per head: unchanged)."""
+
+    head_gate: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=is_causal
+        )
+        if self.head_gate is not None:
+            x = x * self.head_gate.view(1, -1, 1, 1)
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+    def keep_heads(self, heads: torch.Tensor) -> None:
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        ch = head_channel_index(heads, self.head_dim)
+        inner = self.num_heads * self.head_dim
+        _keep_rows(self.qkv, torch.cat([ch, ch + inner, ch + 2 * inner]))
+        if self.gate is not None:
+            _keep_rows(self.gate, ch)
+        _keep_norm(self.norm, ch)
+        _keep_cols(self.proj, ch)
+        self.num_heads = len(heads)
+        self.attn_dim = self.num_heads * self.head_dim
+
+
+class _TimmMlp:
+    """Mixed into timm.layers.Mlp: per-channel gate and hidden-channel removal."""
+
+    hidden_gate: torch.Tensor | None = None
+
+    @property
+    def hidden(self) -> int:
+        return self.fc1.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop1(self.act(self.fc1(x)))
+        if self.hidden_gate is not None:
+            h = h * self.hidden_gate
+        return self.drop2(self.fc2(self.norm(h)))
+
+    def keep_hidden(self, idx: torch.Tensor) -> None:
+        idx = torch.as_tensor(idx, dtype=torch.long).sort().values
+        _keep_rows(self.fc1, idx)
+        _keep_norm(self.norm, idx)
+        _keep_cols(self.fc2, idx)
+
+
+# ----------------------------------------------------------------------------------------------- nn.MultiheadAttention
+class _TorchMHA:
+    """Mixed into nn.MultiheadAttention (packed q/k/v, no bias_k/bias_v, no add_zero_attn): heads removable while
+    `embed_dim` (the output width) stays; forward is torch's arithmetic written out so the inner width can shrink."""
+
+    head_gate: torch.Tensor | None = None
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):  # fmt: skip
+        if self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        L, B, _ = query.shape
+        S = key.shape[0]
+        h, hd = self.num_heads, self.head_dim
+        inner = h * hd
+        w, b = self.in_proj_weight, self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner : 2 * inner], b[2 * inner :])
+        q = F.linear(query, w[:inner], bq).reshape(L, B * h, hd).transpose(0, 1)
+        k = F.linear(key, w[inner : 2 * inner], bk).reshape(S, B * h, hd).transpose(0, 1)
+        v = F.linear(value, w[2 * inner :], bv).reshape(S, B * h, hd).transpose(0, 1)
+        logits = (q @ k.transpose(1, 2)) / math.sqrt(hd)  # [B*h, L, S]
+        if is_causal and attn_mask is None:
+            attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)
+        if attn_mask is not None:
+            m = attn_mask if attn_mask.dim() == 3 else attn_mask.unsqueeze(0)
+            logits = logits.masked_fill(m, float("-inf")) if m.dtype == torch.bool else logits + m
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.view(B, 1, 1, S).expand(B, h, 1, S).reshape(B * h, 1, S)
+            logits = logits.masked_fill(kpm, float("-inf")) if kpm.dtype == torch.bool else logits + kpm
+        attn = F.dropout(logits.softmax(dim=-1), p=self.dropout if self.training else 0.0)
+        out = attn @ v  # [B*h, L, hd]
+        if self.head_gate is not None:
+            out = (out.reshape(B, h, L, hd) * self.head_gate.view(1, -1, 1, 1)).reshape(B * h, L, hd)
+        out = self.out_proj(out.transpose(0, 1).reshape(L, B, inner))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = attn.reshape(B, h, L, S)
+        return out, (weights.mean(dim=1) if average_attn_weights else weights)
+
+    def keep_heads(self, heads: torch.Tensor) -> None:
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        ch = head_channel_index(heads, self.head_dim)
+        inner = self.num_heads * self.head_dim
+        rows = torch.cat([ch, ch + inner, ch + 2 * inner])
+        with torch.no_grad():
+            self.in_proj_weight = nn.Parameter(self.in_proj_weight[rows].clone())
+            if self.in_proj_bias is not None:
+                self.in_proj_bias = nn.Parameter(self.in_proj_bias[rows].clone())
+        _keep_cols(self.out_proj, ch)
+        self.num_heads = len(heads)
+
+
+def _timm_classes() -> dict[type, type]:
+    try:
+        from timm.layers import Attention, Mlp
+    except ImportError:
+        return {}
+    return {Attention: _TimmAttention, Mlp: _TimmMlp}
+
+
+def _mixin_for(m: nn.Module) -> type | None:
+    if type(m) is nn.MultiheadAttention:
+        if m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn:
+            return _TorchMHA
+        return None
+    return _timm_classes().get(type(m))
+
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def adapt(model: nn.Module) -> list[str]:
+    """Make every known foreign attention/MLP module of `model` prunable in place; the paths adapted."""
+    done = []
+    for path, m in model.named_modules():
+        mixin = _mixin_for(m)
+        if mixin is None:
+            continue
+        key = (type(m), mixin)
+        if key not in _SUBCLASSES:
+            _SUBCLASSES[key] = type(f"Prunable{type(m).__name__}", (mixin, type(m)), {})
+        m.__class__ = _SUBCLASSES[key]
+        done.append(path)
+    return done
+
+
+def unknown_attention(model: nn.Module) -> list[tuple[str, type]]:
+    """(path, class) of modules that look like attention and have no head structure edgeconv can prune."""
+    from edgeconv.models.structure import is_head_module
+
+    out = []
+    for path, m in model.named_modules():
+        name = type(m).__name__.lower()
+        if ("attention" in name or "attn" in name.split(".")[-1]) and not is_head_module(m):
+            if not any(is_head_module(c) for c in m.modules() if c is not m):
+                out.append((path, type(m)))
+    return out

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.reports import pareto_front
 from edgeconv.runtime import report
 from edgeconv.runtime.bench import BenchConfig, latency_stats, measure, run_bench
 
@@ -212,7 +213,7 @@ def test_latency_stats_and_pareto_front():
     assert st["p50_ms"] == 1.0 and st["p90_ms"] == pytest.approx(2.8) and st["p99_ms"] > st["p90_ms"]
     assert st["throughput_ips"] == pytest.approx(2 * 10 / (20e-3))
     pts = [(1.0, 90.0), (2.0, 95.0), (3.0, 94.0), (0.5, 80.0), (2.0, 96.0)]
-    assert report.pareto_front(pts) == [3, 0, 4]
+    assert pareto_front(pts) == [3, 0, 4]
 
 
 def test_compare_flags_changes_beyond_the_spread():

@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeconv import __version__, artifacts
-from edgeconv.console import fmt
+from edgeconv import __version__, artifacts, reports
+from edgeconv.reports import markdown_table
 
 if TYPE_CHECKING:
     from edgeconv.pipeline.config import PipelineConfig
@@ -53,47 +53,26 @@ def routing_mix(outcomes: list["StepOutcome"]) -> dict[str, dict[str, float]]:
     return mix
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def accuracy_latency_png(rows: list[dict], path: Path) -> Path | None:
+    """Top-1 against p50 latency for every row that has both; None when none has."""
     pts = [r for r in rows if isinstance(r.get(TOP1), (int, float)) and isinstance(r.get(LATENCY), (int, float))]
     if not pts:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for r in pts:
-        ax.scatter(r[LATENCY], r[TOP1], s=40)
-        ax.annotate(r["model"], (r[LATENCY], r[TOP1]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    lats = [r[LATENCY] for r in pts]
-    if min(lats) > 0 and max(lats) / min(lats) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, p50)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("accuracy vs latency", fontsize=10)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return reports.accuracy_latency_png(
+        [{"x": r[LATENCY], "y": r[TOP1], "label": r["model"]} for r in pts],
+        path,
+        xlabel="latency (ms, p50)",
+        ylabel="top-1 accuracy (%)",
+        title="accuracy vs latency",
+        title_size=10,
+    )
 
 
 def routing_mix_png(mix: dict[str, dict[str, float]], path: Path) -> Path | None:
     """Share of inputs routed to attention, per routed block, one bar per model."""
     if not mix:
         return None
-    plt = _plt()
+    plt = reports.pyplot()
     blocks = list(dict.fromkeys(b for routers in mix.values() for b in routers))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(blocks) * len(mix) + 2.5), 3.4))
     width = 0.8 / len(mix)
@@ -106,15 +85,7 @@ def routing_mix_png(mix: dict[str, dict[str, float]], path: Path) -> Path | None
     ax.set_ylabel("inputs routed to attention (%)")
     ax.set_title("routing mix (the rest take the conv path)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(lines)
+    return reports.save_png(fig, path, dpi=110)
 
 
 MODEL_COLUMNS = ["model", "format", TOP1, "agree %", LATENCY, "p90 ms", "size KiB", "params"]

@@ -451,13 +451,6 @@ class Export(Step):
 
 
 # ------------------------------------------------------------------------------------------------ quantize
-# Python packages a quantize backend needs at run time, checked while the file is loaded
-BACKEND_NEEDS = {
-    "tflite": (("litert_torch", "ai_edge_litert"), ".venv/bin/pip install -e '.[tflite]'"),
-    "tensorrt": (("tensorrt",), "TensorRT comes from NVIDIA's package index or JetPack, not PyPI"),
-}
-
-
 @dataclass
 class QuantizeOptions(QuantizeSettings):
     """The shared quantize settings (edgeconv.quantize.QuantizeSettings, also the CLI's options) plus the targets."""
@@ -499,11 +492,10 @@ class Quantize(Step):
                 )
             if importlib.util.find_spec(BACKENDS[backend].module) is None:
                 raise PipelineConfigError(f"{cfg.source}: {key}: this edgeconv has no {backend} quantizer")
-            needs, hint = BACKEND_NEEDS.get(backend, ((), ""))
-            missing = [m for m in needs if importlib.util.find_spec(m) is None]
+            missing = BACKENDS[backend].missing()  # the Python packages it needs, checked while the file is loaded
             if missing:
                 raise PipelineConfigError(
-                    f"{cfg.source}: {key}: needs {', '.join(missing)}, which is not installed ({hint})"
+                    f"{cfg.source}: {key}: needs {', '.join(missing)}, which is not installed ({BACKENDS[backend].install})"
                 )
         if len(set(opts.targets)) != len(opts.targets):
             raise PipelineConfigError(f"{cfg.source}: quantize.targets lists a target twice")

@@ -28,6 +28,14 @@ class Backend:
     suffixes: tuple[str, ...]
     precisions: tuple[str, ...]
     description: str
+    needs: tuple[str, ...] = ()  # Python modules it imports at run time (an optional extra or NVIDIA's packages)
+    install: str = ""  # how to get them
+
+    def missing(self) -> list[str]:
+        """The modules in `needs` that cannot be imported here (found without importing them)."""
+        import importlib.util
+
+        return [m for m in self.needs if importlib.util.find_spec(m) is None]
 
 
 BACKENDS: dict[str, Backend] = {
@@ -46,6 +54,8 @@ BACKENDS: dict[str, Backend] = {
             FORMATS["tflite"].suffixes,
             ("int8", "fp16", "fp32"),
             "TFLite via litert-torch + ai-edge-quantizer, run in ai_edge_litert",
+            needs=("litert_torch", "ai_edge_litert"),
+            install=".venv/bin/pip install -e '.[tflite]'",
         ),
         Backend(
             "tensorrt",
@@ -53,6 +63,8 @@ BACKENDS: dict[str, Backend] = {
             FORMATS["engine"].suffixes + FORMATS["onnx"].suffixes,
             ("int8", "fp16"),
             "TensorRT engine (explicit Q/DQ INT8, FP16); .onnx = the TensorRT-ready ONNX only",
+            needs=("tensorrt",),
+            install="TensorRT comes from NVIDIA's package index or JetPack, not PyPI",
         ),
     )
 }

@@ -8,8 +8,9 @@ import io
 import json
 from pathlib import Path
 
-from edgeconv.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from edgeconv.artifacts import atomic_write_json, atomic_write_text
 from edgeconv.errors import EdgeconvError
+from edgeconv.reports import accuracy_latency_png, markdown_table, md_cell
 
 # (row key, column title) in table order; the JSON keeps every key
 COLUMNS = [
@@ -101,15 +102,8 @@ def write_csv(result: dict, path: Path) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def _md_cell(v) -> str:
-    from edgeconv.console import fmt
-
-    return fmt(v).replace("|", "\\|")
-
-
 def markdown(result: dict) -> str:
     rows = display_rows(result["rows"])
-    cols = list(rows[0]) if rows else []
     st, data, ref, dev = (
         result.get("settings", {}),
         result.get("data", {}),
@@ -121,17 +115,14 @@ def markdown(result: dict) -> str:
         "# edgeconv bench",
         "",
         f"- data: {data.get('source')} (n={data.get('n')}, sha256 {str(data.get('sha256'))[:12]})",
-        f"- float reference: {ref.get('path')} (top-1 {_md_cell(ref.get('top1'))} %)",
+        f"- float reference: {ref.get('path')} (top-1 {md_cell(ref.get('top1'))} %)",
         f"- device: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, ISA {cpu.get('isa')}); "
         f"CUDA: {dev.get('cuda', {}).get('name') or dev.get('cuda', {}).get('reason')}",
         f"- latency: {st.get('warmup')} warm-up + {st.get('iters')} timed calls per row, {st.get('threads')} "
         f"thread(s), clock {st.get('clock')}",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
+        markdown_table(rows),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |")
     reasons = dict.fromkeys(
         f"- {r['model']} {r['backend']} {r['device']}: {r['status']}, {r.get('reason')}"
         for r in result["rows"]
@@ -146,78 +137,45 @@ def write_md(result: dict, path: Path) -> Path:
     return atomic_write_text(path, markdown(result))
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both axes (lower latency x, higher accuracy y), by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+COLORS = {"torch": "tab:blue", "ort": "tab:green", "tflite": "tab:orange", "tensorrt": "tab:red"}  # backend family
+MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 
 def write_plot(result: dict, path: Path) -> Path:
     """Latency per image (p50 / batch) against top-1 for every measured row; the Pareto front is drawn as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [r for r in result["rows"] if r.get("status") == "ok" and r.get("top1") is not None and r.get("p50_ms")]
     if not ok:
         raise EdgeconvError("nothing to plot: no row was measured with labelled data")
-    pts = [(r["p50_ms"] / r["batch"], r["top1"]) for r in ok]
-    front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
-    colors = {"torch": "tab:blue", "ort": "tab:green", "tflite": "tab:orange", "tensorrt": "tab:red"}
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    labelled = set()
-    for i, (r, (lx, acc)) in enumerate(zip(ok, pts)):
+    points, labelled = [], set()
+    for r in ok:
         fam = r["backend"].split(":")[0]
         key = (fam, r["precision"])
-        ax.scatter(
-            lx,
-            acc,
-            marker=markers.get(r["precision"], "D"),
-            color=colors.get(fam, "tab:gray"),
-            s=45,
-            label=f"{fam} {r['precision']}" if key not in labelled else None,
-            zorder=3,
+        points.append(
+            {
+                "x": r["p50_ms"] / r["batch"],
+                "y": r["top1"],
+                "label": f"{r['model']} {r['backend']} b{r['batch']}",
+                "marker": MARKERS.get(r["precision"], "D"),
+                "color": COLORS.get(fam, "tab:gray"),
+                "legend": f"{fam} {r['precision']}" if key not in labelled else None,
+            }
         )
         labelled.add(key)
-        # alternate label offsets: rows of one model often share an accuracy and sit on one line
-        ax.annotate(
-            f"{r['model']} {r['backend']} b{r['batch']}",
-            (lx, acc),
-            fontsize=7,
-            xytext=(5, 4 if i % 2 == 0 else -10),
-            textcoords="offset points",
-        )
-    fx = sorted((pts[i] for i in front), key=lambda p: p[0])
-    ax.scatter(
-        [p[0] for p in fx],
-        [p[1] for p in fx],
-        s=180,
-        facecolors="none",
-        edgecolors="black",
-        lw=1.2,
-        label=f"Pareto front ({len(fx)} row{'s' if len(fx) != 1 else ''})",
-        zorder=4,
+    return accuracy_latency_png(
+        points,
+        path,
+        xlabel="latency per image, p50 / batch (ms, log scale)",
+        ylabel=f"top-1 % on {result.get('data', {}).get('source')}",
+        title="edgeconv bench: latency vs accuracy",
+        figsize=(9, 5.5),
+        dpi=120,
+        layout_dpi=120,
+        log_x=True,
+        size=45,
+        font_size=7,
+        stagger=True,
+        pareto=True,
     )
-    if len(fx) > 1:
-        ax.step([p[0] for p in fx], [p[1] for p in fx], where="post", color="black", ls="--", lw=1, zorder=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per image, p50 / batch (ms, log scale)")
-    ax.set_ylabel(f"top-1 % on {result.get('data', {}).get('source')}")
-    ax.set_title("edgeconv bench: latency vs accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
 
 
 def load_result(path: Path) -> dict:

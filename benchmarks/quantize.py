@@ -155,7 +155,7 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> li
     from edgeconv.artifacts import load_model
     from edgeconv.data import load_samples
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
-    from edgeconv.quantize.tflite import TFLiteRunner
+    from edgeconv.tfliterun import TFLiteRunner
 
     ckpt, onx, data = make_224(name, work, epochs)
     ort_paths, records = ort_variants(onx, data, work, scored=epochs > 0)

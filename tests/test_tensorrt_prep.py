@@ -84,7 +84,7 @@ def test_qdq_onnx_runs_in_onnxruntime_within_a_point(qdq, routed_onnx, digits_pr
 
 
 def test_profiles_follow_the_dynamic_batch(routed_onnx):
-    from edgeconv.quantize.tensorrt import Profile, profile_for
+    from edgeconv.trtengine import Profile, profile_for
 
     p = profile_for(onnx.load(str(routed_onnx)), 1, 8, 32)
     assert p.input_name == "input" and p.shapes() == ((1, 1, 32, 32), (8, 1, 32, 32), (32, 1, 32, 32))
@@ -113,7 +113,7 @@ def test_engine_without_tensorrt_is_one_line_with_the_hint_and_no_output(routed_
 
 
 def test_no_gpu_is_a_clear_error():
-    from edgeconv.quantize.tensorrt import require_gpu
+    from edgeconv.trtengine import require_gpu
 
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python not installed")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,6 +37,7 @@ from edgeconv.quantize.common import (
     quiet,
     size_record,
 )
+from edgeconv.tfliterun import TFLiteRunner, interpreter_class, litert_version
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
 FP32_TOLERANCE = 1e-3  # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
@@ -82,55 +82,6 @@ def routing_patterns(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[bool
     return [tuple(c[i] for c in cols) for i in range(len(x))]
 
 
-# ----------------------------------------------------------------------------------------------- interpreter
-class TFLiteRunner:
-    """One ai_edge_litert interpreter at batch 1; quantizes int8 inputs and dequantizes int8 outputs."""
-
-    def __init__(self, path: str | Path, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
-            self.interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:  # e.g. an op the interpreter has no kernel for
-            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            raise EdgeconvError(f"{path}: the TFLite interpreter cannot run this model: {first[:200]}") from None
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
-
-    @property
-    def input_dtype(self) -> str:
-        return np.dtype(self.inp["dtype"]).name
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits for x [N, C, H, W] float32 (one invoke per sample: the converted graph has batch 1)."""
-        outs = []
-        for i in range(len(x)):
-            xi = x[i : i + 1].astype(np.float32)
-            if self.inp["dtype"] == np.int8:
-                s, z = self.inp["quantization"]
-                xi = np.clip(np.round(xi / s) + z, -128, 127).astype(np.int8)
-            self.interp.set_tensor(self.inp["index"], xi)
-            self.interp.invoke()
-            y = self.interp.get_tensor(self.out["index"]).copy()
-            if self.out["dtype"] == np.int8:
-                s, z = self.out["quantization"]
-                y = (y.astype(np.float32) - z) * s
-            outs.append(y.astype(np.float32))
-        return np.concatenate(outs)
-
-    def latency_ms(self, runs: int = 50) -> float:
-        x = np.zeros(self.inp["shape"], dtype=self.inp["dtype"])
-        self.interp.set_tensor(self.inp["index"], x)
-        self.interp.invoke()
-        ts = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self.interp.invoke()
-            ts.append(time.perf_counter() - t)
-        return float(np.min(ts) * 1e3)
-
-
 # ----------------------------------------------------------------------------------------------- conversion
 def convert_fp32(model: torch.nn.Module, pre: dict, out: Path) -> None:
     """litert-torch conversion at batch 1 (FP32)."""
@@ -156,8 +107,7 @@ def quantize_tflite(fp32: Path, out: Path, precision: str, calib_x: np.ndarray |
             q.add_weight_only_config(regex=".*", operation_name="*", num_bits=16, algorithm_key="float_casting")
             res = q.quantize(enable_progress_report=False)
         elif precision == "int8":
-            from ai_edge_litert.interpreter import Interpreter
-
+            Interpreter = interpreter_class()
             sigs = Interpreter(model_path=str(fp32)).get_signature_list()
             name = next(iter(sigs))
             inp = sigs[name]["inputs"][0]
@@ -269,9 +219,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             f_top1 = float((runner32(xe).argmax(1) == ye).mean() * 100)
             q_top1 = f_top1 if result == fp32 else float((runner(xe).argmax(1) == ye).mean() * 100)
             accuracy_record(rec, f_top1, q_top1)
-        import ai_edge_litert
-
-        rec["interpreter"] = f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+        rec["interpreter"] = litert_version()
         accuracy_runtime(rec, f"{rec['interpreter']} interpreter (default delegates)")
         rec["io"] = f"input {runner.input_dtype}, batch 1"
         size = result.stat().st_size

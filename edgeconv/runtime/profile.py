@@ -130,7 +130,7 @@ def _events(trace: Path, runs: int) -> list[dict]:
 
 
 def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
-    from edgeconv.quantize.tflite import TFLiteRunner
+    from edgeconv.tfliterun import TFLiteRunner
 
     runner = TFLiteRunner(path, threads=threads)
     one = x[:1]

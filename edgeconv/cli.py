@@ -120,15 +120,7 @@ def train_cmd(
     check_outputs({"-o": out}, {"--weights": weights})
     from edgeconv.training import TrainConfig, run_train
 
-    cfg = TrainConfig(
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        weight_decay=s.weight_decay,
-        label_smoothing=s.label_smoothing,
-        seed=seed,
-        augment=s.augment,
-    )
+    cfg = TrainConfig.from_settings(s, seed)
     res = run_train(
         model,
         data,
@@ -228,16 +220,7 @@ def prune_cmd(
     from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
 
     criterion = s.criterion
-    req = PruneRequest(
-        heads=s.heads,
-        channels=s.channels,
-        target_macs=s.target_macs,
-        criterion=criterion,
-        batches=s.batches,
-        batch_size=s.batch_size,
-        steps=s.steps,
-        seed=seed,
-    )
+    req = PruneRequest.from_settings(s, seed)
     if out is not None and not dry_run:
         json_out = json_out or out.with_suffix(".prune.json")
         heatmap = heatmap or out.with_suffix(".heads.png")
@@ -304,15 +287,15 @@ def distill_cmd(
     check_outputs({"-o": out, "--json": json_out}, {"--teacher": teacher, "--student": student})
     from edgeconv import artifacts
     from edgeconv.compress.distill import DistillConfig, run_distill
-    from edgeconv.training import TrainConfig
 
+    dcfg, tcfg = DistillConfig.from_settings(s, seed)
     res = run_distill(
         str(teacher),
         str(student),
         data,
         str(out),
-        dcfg=DistillConfig(alpha=s.alpha, temperature=s.temperature, feature=s.feature),
-        tcfg=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
+        dcfg=dcfg,
+        tcfg=tcfg,
         resume=resume,
         baseline=s.baseline,
         command=_command(),

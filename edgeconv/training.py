@@ -32,6 +32,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_settings(cls, s, seed: int) -> "TrainConfig":
+        """From `settings.TrainSettings` (what `edgeconv train` and the pipeline's [train] take)."""
+        return cls(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                   label_smoothing=s.label_smoothing, seed=seed, augment=s.augment)  # fmt: skip
+
     def check(self) -> None:
         """Ranges, before any data is loaded (each error names the CLI option)."""
         from edgeconv.checks import check_training

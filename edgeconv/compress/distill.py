@@ -32,6 +32,12 @@ class DistillConfig:
     feature: bool = False
     beta: float = 1.0  # weight of the feature term when --feature
 
+    @staticmethod
+    def from_settings(s, seed: int) -> tuple["DistillConfig", TrainConfig]:
+        """(distillation, training) configs from `settings.DistillSettings` (`edgeconv distill`, [distill])."""
+        return (DistillConfig(alpha=s.alpha, temperature=s.temperature, feature=s.feature),
+                TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed))  # fmt: skip
+
     def check(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise EdgeconvError(f"--alpha must be in [0, 1], got {self.alpha}")

@@ -40,6 +40,12 @@ class PruneRequest:
     normalise: str = "mean"  # per-layer normalisation before the global ranking (mean | l2)
     per_mac: bool = True  # --target-macs: rank by normalised score per MAC the unit costs
 
+    @classmethod
+    def from_settings(cls, s, seed: int) -> "PruneRequest":
+        """From `settings.PruneSettings` (what `edgeconv prune` and the pipeline's [prune] take)."""
+        return cls(heads=s.heads, channels=s.channels, target_macs=s.target_macs, criterion=s.criterion,
+                   batches=s.batches, batch_size=s.batch_size, steps=s.steps, seed=seed)  # fmt: skip
+
     def check(self) -> None:
         for name in ("heads", "channels", "target_macs"):
             v = getattr(self, name)

@@ -211,15 +211,7 @@ class Train(Step):
             with artifacts.atomic_path(out) as tmp:
                 shutil.copyfile(opts.checkpoint, tmp)
         else:
-            tc = TrainConfig(
-                epochs=opts.epochs,
-                batch_size=opts.batch_size,
-                lr=opts.lr,
-                weight_decay=opts.weight_decay,
-                label_smoothing=opts.label_smoothing,
-                seed=ctx.cfg.pipeline.seed,
-                augment=opts.augment,
-            )
+            tc = TrainConfig.from_settings(opts, ctx.cfg.pipeline.seed)
             run_train(
                 opts.model,
                 ctx.data,
@@ -283,16 +275,7 @@ class Prune(Step):
     def request(cls, opts: PruneOptions, seed: int):
         from edgeconv.compress.prune import PruneRequest
 
-        return PruneRequest(
-            heads=opts.heads,
-            channels=opts.channels,
-            target_macs=opts.target_macs,
-            criterion=opts.criterion,
-            batches=opts.batches,
-            batch_size=opts.batch_size,
-            steps=opts.steps,
-            seed=seed,
-        )
+        return PruneRequest.from_settings(opts, seed)
 
     @classmethod
     def check(cls, opts: PruneOptions, cfg: PipelineConfig) -> None:
@@ -364,17 +347,17 @@ class Distill(Step):
     @classmethod
     def run(cls, opts: DistillOptions, ctx: StepContext) -> StepResult:
         from edgeconv.compress.distill import DistillConfig, run_distill
-        from edgeconv.training import TrainConfig
 
         student, teacher = ctx.inputs["checkpoint"], ctx.inputs["float"]
         out = ctx.out_dir / "model.pt"
+        dcfg, tcfg = DistillConfig.from_settings(opts, ctx.cfg.pipeline.seed)
         res = run_distill(
             str(teacher.path),
             str(student.path),
             ctx.data,
             str(out),
-            dcfg=DistillConfig(alpha=opts.alpha, temperature=opts.temperature, feature=opts.feature),
-            tcfg=TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=ctx.cfg.pipeline.seed),
+            dcfg=dcfg,
+            tcfg=tcfg,
             baseline=opts.baseline,
             command=ctx.command,
             show_progress=ctx.show_progress,

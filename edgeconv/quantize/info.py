@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edgeconv.artifacts import file_sha256, register_describer, register_section, short_hash
-from edgeconv.card import QUANTIZATION_KEY, read_card, read_sidecar
+from edgeconv.card import QUANTIZATION_KEY, read_sidecar
 from edgeconv.errors import EdgeconvError
 from edgeconv.formats import FORMATS
 
@@ -84,9 +84,14 @@ def quantization_section(rec: dict) -> dict:
 def onnx_quantization(path: Path, desc: dict) -> None:
     """A quantized `.onnx`: its record as a `quantization` section instead of one long metadata line."""
     meta = desc.get("edgeconv metadata")
-    if isinstance(meta, dict) and meta.pop(QUANTIZATION_KEY, None) is not None:
-        rec = read_card(path).quantization
-        if rec:
+    raw = meta.pop(QUANTIZATION_KEY, None) if isinstance(meta, dict) else None
+    if raw is not None:
+        # the describer shows the decoded record as JSON text: read it back instead of parsing the file again
+        try:
+            rec = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and rec:
             desc["quantization"] = quantization_section(rec)
 
 

@@ -57,7 +57,6 @@ class Artifact:
     preprocessing: dict | None = None
     source_sha256s: list[str] = field(default_factory=list)  # the sha256 of every source its card records
     source_paths: list[str] = field(default_factory=list)
-    metadata: dict = field(default_factory=dict)
     precision: str = "?"
     card: ModelCard | None = None
 
@@ -74,7 +73,6 @@ def inspect_artifact(path: Path) -> Artifact:
     art = Artifact(path, kind, path.name, card=card, precision=card.precision, preprocessing=card.preprocessing)
     if kind == "torch":
         return art
-    art.metadata = {**card.props, "classes": card.classes or None, "config": card.config or None}
     for src_path, sha in card.sources():
         if sha:
             art.source_sha256s.append(sha)
@@ -278,7 +276,7 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
     classes = (
         ref_ck["classes"]
         if ref_ck
-        else next((a.metadata.get("classes") for a in arts if isinstance(a.metadata.get("classes"), list)), None)
+        else next((a.card.classes for a in arts if a.kind != "torch" and a.card and a.card.classes), None)
     )
     samples = load_samples(cfg.data, pre, cfg.split, limit=cfg.limit, classes=classes)
     if len(samples) == 0:
@@ -306,13 +304,11 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
             del m
         elif ref_sha and ref_sha in a.source_sha256s:
             params_macs[str(a.path)] = params_macs[str(ref_path)]
-        elif isinstance(a.metadata.get("config"), dict) and a.metadata["config"].get("family"):
+        elif a.card and a.card.config.get("family"):
             from edgeconv.models import create_model_from_config
 
             try:
-                params_macs[str(a.path)] = count_params_macs(
-                    create_model_from_config(a.metadata["config"]), a.preprocessing or pre
-                )
+                params_macs[str(a.path)] = count_params_macs(create_model_from_config(a.card.config), a.preprocessing or pre)
             except EdgeconvError:
                 pass
 

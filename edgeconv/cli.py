@@ -53,8 +53,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    workers: Optional[int] = typer.Option(
+        None, help="DataLoader worker processes that decode image folders (default: min(8, CPUs); 0: in process)."
+    ),
+    bad_images: str = typer.Option("skip", help="Unreadable files in image folders: skip (counted, listed) | fail."),
 ) -> None:
-    pass
+    from edgeconv.folders import configure
+
+    configure(workers=workers, bad_images=bad_images)
 
 
 # ------------------------------------------------------------------------------------------------ models / train / eval
@@ -132,7 +138,19 @@ def train_cmd(
         weights=str(weights) if weights else None,
         command=_command(),
     )
+    if res is None:  # a torchrun worker other than rank 0
+        return
+    data_rec = res.pop("train_data", None)
     console.print(rows_table([res], title="trained"))
+    _print_skipped(data_rec)
+
+
+def _print_skipped(rec: dict | None) -> None:
+    """One line about unreadable image files a step skipped (they are listed in its JSON / checkpoint)."""
+    if rec and rec.get("skipped"):
+        first = rec["skipped_files"][0]
+        example = f"{escape(first['path'])} ({escape(first['error'])})"
+        console.print(f"skipped {rec['skipped']} unreadable file(s) of {rec['files']}, e.g. {example}", highlight=False)
 
 
 @app.command("eval")
@@ -174,11 +192,13 @@ def eval_cmd(
                     "loss": res["loss"],
                     "worst class": f"{worst} ({pc.get(worst, float('nan')):.1f}%)",
                     "best class": f"{max(pc, key=pc.get)} ({max(pc.values()):.1f}%)" if pc else "-",
+                    "images/s": res["images_per_s"],
                 }
             ],
             title="evaluation",
         )
     )
+    _print_skipped(res.get("data"))
     if res["routing"]:
         console.print(
             rows_table(
@@ -302,6 +322,9 @@ def distill_cmd(
         eval_data=s.eval_data,
         allow_train_eval=s.eval_on_train,
     )
+    if res is None:  # a torchrun worker other than rank 0
+        return
+    _print_skipped(res["metrics"].get("train_data"))
     console.print(
         rows_table(
             res["rows"],

@@ -1,8 +1,9 @@
-"""Datasets as in-memory tensors: `digits` (scikit-learn's bundled handwritten digits), `imagefolder:PATH`, `npz:PATH`.
+"""Data sources: `digits` (scikit-learn's bundled handwritten digits), `imagefolder:PATH`, `npz:PATH`.
 
-Every source is turned into the model's preprocessing spec (size, channels, mean/std, NCHW). Images from disk must
-already have the model's size and channels: resizing a user's calibration or evaluation data silently changes what
-is measured, so a mismatch is an error that says what was expected.
+Every source is turned into the model's preprocessing spec (size, channels, mean/std, NCHW). `digits` and `npz` are
+in-memory tensors (`Samples`; an npz must already have the model's shape). Image folders are streamed from disk by
+a DataLoader and resized/centre-cropped by the preprocessing (`edgeconv.folders`); both offer `batches`, `y`,
+`classes`, `fingerprint` and `x`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 from edgeconv.errors import EdgeconvError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.32  # measured on the digits train split after scaling to [0, 1]
 
 
@@ -36,6 +36,18 @@ class Samples:
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
             yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+    def take(self, n: int) -> "Samples":
+        return Samples(self.x[:n], self.y[:n], self.classes, self.source)
+
+    def stratified(self, n: int, seed: int = 0) -> "Samples":
+        """A seeded subset of at most n samples with every class in proportion, in the original order."""
+        if n >= len(self):
+            return self
+        from edgeconv.folders import stratified_indices
+
+        keep = torch.from_numpy(stratified_indices(self.y.numpy(), n, seed))
+        return Samples(self.x[keep], self.y[keep], self.classes, self.source)
 
     def fingerprint(self) -> str:
         """A content hash of inputs and labels (recorded with calibration and evaluation results)."""
@@ -100,18 +112,29 @@ SPLIT_ROLES = ("train", "calibrate", "evaluate")
 def split_for(data: str, role: str, split: str | None = None) -> str:
     """The one rule for which split of `data` a step reads for `role` (train | calibrate | evaluate).
 
-    `digits` has fixed train/val/test splits: training and calibration read `train`, evaluation reads `split`
-    (default `test`). Any other source is one unsplit set and every role reads all of it (`all`), so a step that
-    trains or calibrates and also evaluates on it would score its own training data: `check_held_out` refuses that
-    unless asked for.
+    `digits` and image folders in the ImageNet layout (`train/`, `val/`) have splits: training and calibration read
+    `train`, evaluation reads `split` (default `test`, which is `val/` for a folder without `test/`). Any other
+    source is one unsplit set and every role reads all of it (`all`), so a step that trains or calibrates and also
+    evaluates on it would score its own training data: `check_held_out` refuses that unless asked for.
     """
     if role not in SPLIT_ROLES:
         raise ValueError(f"unknown split role {role!r}")
-    if data != "digits":
+    if not has_splits(data):
         return "all"
     if role == "evaluate":
         return split or "test"
     return "train"
+
+
+def has_splits(data: str) -> bool:
+    """Whether `data` has held-out splits: digits, or an image folder in the ImageNet layout."""
+    if data == "digits":
+        return True
+    if data.startswith("imagefolder:"):
+        from edgeconv.folders import is_split_layout
+
+        return is_split_layout(Path(data.split(":", 1)[1]))
+    return False
 
 
 def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, what: str) -> str:
@@ -119,7 +142,7 @@ def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, wha
     evaluation would reuse the step's own training data) unless `allow_train_eval`."""
     if eval_data:
         return eval_data
-    if data != "digits" and not allow_train_eval:
+    if not has_splits(data) and not allow_train_eval:
         raise EdgeconvError(
             f"{what}: --data {data} has no held-out split, so evaluating on it would score the "
             "step's own training data; give --eval-data SPEC, or --eval-on-train to accept that"
@@ -147,76 +170,22 @@ def load_samples(
             x01, y = digits_images01(split, pre["size"])
         s = Samples(normalise(x01, pre), y, [str(i) for i in range(10)], source=f"digits:{split}")
     elif spec.startswith("imagefolder:"):
-        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre, classes)
+        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre, classes, split)
     elif spec.startswith("npz:"):
         s = load_npz(Path(spec.split(":", 1)[1]), pre, classes)
     else:
         raise EdgeconvError(f"unknown data source {spec!r}: use digits, imagefolder:PATH or npz:PATH")
     if limit is not None:
-        s = Samples(s.x[:limit], s.y[:limit], s.classes, s.source)
+        s = s.take(limit)
     return s
 
 
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None, split: str = "all"):
+    """`root/<class>/*` (labelled), a flat folder of images (label -1), or the ImageNet layout (`train/`, `val/`):
+    streamed, see `edgeconv.folders`."""
+    from edgeconv.folders import load_folder
 
-
-def read_image01(path: Path, pre: dict) -> torch.Tensor:
-    """One image as [C, H, W] in [0, 1]; its size and channels must match the model's input spec."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode, (w, h) = im.mode, im.size
-            want_c = pre["channels"]
-            have_c = {"1": 1, "L": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4, "I;16": 1, "I": 1, "F": 1}.get(mode, 0)
-            if have_c == 4 and want_c == 3 and im.getextrema()[3][0] == 255:
-                have_c = 3  # fully opaque RGBA is plain RGB
-            if have_c != want_c:
-                raise EdgeconvError(f"{path}: image has {have_c} channel(s) (mode {mode}), the model expects {want_c}")
-            if (h, w) != (pre["size"], pre["size"]):
-                raise EdgeconvError(f"{path}: image is {w}x{h}, the model expects {pre['size']}x{pre['size']}")
-            arr = np.asarray(im.convert("L" if want_c == 1 else "RGB"), dtype=np.float32) / 255.0
-    except EdgeconvError:
-        raise
-    except UnidentifiedImageError:
-        raise EdgeconvError(f"{path}: unreadable image (not an image format Pillow recognises)") from None
-    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for broken files
-        raise EdgeconvError(f"{path}: unreadable image ({e.__class__.__name__}: {str(e)[:120]})") from None
-    t = torch.from_numpy(arr)
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-
-
-def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None) -> Samples:
-    """`root/<class>/*.png` (labelled) or a flat folder of images (label -1).
-
-    Labels index `classes` when given (a folder naming a class outside it is an error), else the sorted folder names.
-    """
-    if not root.exists():
-        raise EdgeconvError(f"no such folder: {root}")
-    if not root.is_dir():
-        raise EdgeconvError(f"{root} is not a folder of images")
-    try:
-        files = _image_files(root)
-    except OSError as e:
-        raise EdgeconvError(f"{root}: cannot list the folder ({e.strerror or e})") from None
-    if not files:
-        raise EdgeconvError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    class_dirs = sorted({f.parent.name for f in files if f.parent != root})
-    if classes is not None and class_dirs:
-        unknown = [c for c in class_dirs if c not in classes]
-        if unknown:
-            raise EdgeconvError(
-                f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes ({', '.join(classes)})"
-            )
-    classes = list(classes) if classes is not None else class_dirs
-    xs, ys = [], []
-    for f in files:
-        xs.append(read_image01(f, pre))
-        ys.append(classes.index(f.parent.name) if f.parent != root and class_dirs else -1)
-    x = normalise(torch.stack(xs), pre)
-    return Samples(x, torch.tensor(ys, dtype=torch.int64), classes, source=f"imagefolder:{root}")
+    return load_folder(root, pre, split, classes)
 
 
 def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples:

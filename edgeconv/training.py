@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -93,16 +93,58 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def supervised_loss(cfg: TrainConfig) -> LossFn:
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from edgeconv.distributed import unwrap
+
         loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-        aux = model.aux_loss() if hasattr(model, "aux_loss") else None
+        inner = unwrap(model)
+        aux = inner.aux_loss() if hasattr(inner, "aux_loss") else None
         return loss if aux is None else loss + aux
 
     return loss_fn
 
 
+def _epoch_batches(train, cfg: TrainConfig, gen: torch.Generator, epoch: int, ctx) -> Iterator:
+    """One epoch of (x, y) training batches for this process.
+
+    In memory and in one process: a seeded permutation and the affine jitter, drawn from `gen` (whose state the
+    checkpoint keeps). Image folders, and any source under torchrun: a DistributedSampler seeded by (seed, epoch),
+    batch/W samples per process; folders draw random resized crops seeded per (seed, epoch, file), in memory the
+    jitter is seeded per (seed, epoch, rank), so a resumed epoch is the same as an uninterrupted one.
+    """
+    from edgeconv import distributed
+
+    if not ctx.distributed and isinstance(train, Samples):
+        perm = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(train), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            x, y = train.x[idx], train.y[idx]
+            yield (augment_batch(x, gen) if cfg.augment else x), y
+        return
+    per_rank = ctx.per_rank_batch(cfg.batch_size)
+    sampler = distributed.sampler(len(train), ctx, cfg.seed, epoch)
+    if isinstance(train, Samples):
+        jitter = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        for i in range(0, len(order), per_rank):
+            idx = order[i : i + per_rank]
+            x, y = train.x[idx], train.y[idx]
+            yield (augment_batch(x, jitter) if cfg.augment else x), y
+        return
+    for batch in train.loader(per_rank, train=cfg.augment, seed=cfg.seed, epoch=epoch, sampler=sampler):
+        x, y = train.clean(batch)
+        if len(y):
+            yield x, y
+
+
+def steps_per_epoch(n: int, batch_size: int, ctx) -> int:
+    if not ctx.distributed:
+        return math.ceil(n / batch_size)
+    return math.ceil(math.ceil(n / ctx.world) / ctx.per_rank_batch(batch_size))
+
+
 def fit(
     model: nn.Module,
-    train: Samples,
+    train,
     cfg: TrainConfig,
     *,
     loss_fn: LossFn | None = None,
@@ -111,20 +153,32 @@ def fit(
     description: str = "train",
     on_epoch: Callable[[int, nn.Module, dict], None] | None = None,
     show_progress: bool = True,
+    ctx=None,
 ) -> list[dict]:
-    """Train for cfg.epochs (from start_epoch); `on_epoch(epoch, model, state)` can checkpoint. Returns history."""
+    """Train for cfg.epochs (from start_epoch); `on_epoch(epoch, model, state)` can checkpoint. Returns history.
+
+    `train` is in-memory `Samples` or a streamed `FolderSamples`. Under torchrun (`ctx`, see edgeconv.distributed)
+    the model runs as DistributedDataParallel and only rank 0 calls `on_epoch` and shows progress. Each epoch's
+    record has its loss, images/s (all processes together) and seconds.
+    """
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from edgeconv import distributed
+
+    ctx = ctx or distributed.Context()
     seed_everything(cfg.seed + start_epoch)
     gen = torch.Generator().manual_seed(cfg.seed + start_epoch)
     loss_fn = loss_fn or supervised_loss(cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch * cfg.epochs)
+    steps = steps_per_epoch(len(train), cfg.batch_size, ctx)
+    opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     if opt_state:
         opt.load_state_dict(opt_state["optimizer"])
         sched.load_state_dict(opt_state["scheduler"])
         if opt_state.get("rng") is not None:  # same batches and jitter as an uninterrupted run
             gen.set_state(opt_state["rng"])
+    net = distributed.wrap(model, ctx)
     history = []
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -132,79 +186,98 @@ def fit(
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
-        disable=not show_progress,
+        disable=not (show_progress and ctx.is_main),
         transient=False,
     ) as prog:
-        task = prog.add_task(description, total=cfg.epochs, completed=start_epoch, info="")
+        task = prog.add_task(description, total=steps * cfg.epochs, completed=steps * start_epoch, info="")
         for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            perm = torch.randperm(len(train), generator=gen)
-            total, n = 0.0, 0
-            for i in range(0, len(train), cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                x, y = train.x[idx], train.y[idx]
-                if cfg.augment:
-                    x = augment_batch(x, gen)
-                loss = loss_fn(model, x, y)
+            net.train()
+            total, n, t0 = 0.0, 0, time.perf_counter()
+            for x, y in _epoch_batches(train, cfg, gen, epoch, ctx):
+                loss = loss_fn(net, x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(idx)
-                n += len(idx)
-            rec = {"epoch": epoch + 1, "loss": total / max(n, 1)}
+                total += float(loss.detach()) * len(y)
+                n += len(y)
+                rate = n * ctx.world / max(time.perf_counter() - t0, 1e-9)
+                prog.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} {rate:,.0f} img/s")
+            total, n = ctx.all_sum([total, float(n)])
+            seconds = time.perf_counter() - t0
+            rec = {"epoch": epoch + 1, "loss": total / max(n, 1), "images_per_s": round(n / max(seconds, 1e-9), 1),
+                   "seconds": round(seconds, 2)}  # fmt: skip
             history.append(rec)
-            prog.update(task, advance=1, info=f"loss {rec['loss']:.3f}")
-            if on_epoch:
+            prog.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} {rec['images_per_s']:,.0f} img/s")
+            if on_epoch and ctx.is_main:
                 on_epoch(
                     epoch + 1,
                     model,
                     {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": gen.get_state()},
                 )
+            ctx.barrier()  # no process starts the next epoch before rank 0 has written this one
     model.eval()
     return history
 
 
 @torch.no_grad()
-def predict(model: nn.Module, samples: Samples, batch_size: int = 256) -> tuple[torch.Tensor, dict]:
-    """Logits for all samples, plus per-router counts of samples sent to each branch."""
+def predict(model: nn.Module, samples, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Logits and labels of every readable sample (a streamed folder skips unreadable files), plus per-router counts
+    of samples sent to each branch."""
     model.eval()
-    outs = []
+    outs, labels = [], []
     routes: dict[str, list[int]] = {name: [0, 0] for name, _ in routers(model)}
-    for x, _ in samples.batches(batch_size):
+    for x, y in samples.batches(batch_size):
         outs.append(model(x))
+        labels.append(y)
         for name, m in routers(model):
             if m.last_route is not None and m.mode in ROUTED_MODES:
                 routes[name][1] += int(m.last_route.sum())
                 routes[name][0] += int((~m.last_route).sum())
-    return torch.cat(outs), routes
+    if not outs:
+        from edgeconv.errors import EdgeconvError
+
+        bad = getattr(samples, "skipped", {})
+        if bad:
+            path, err = next(iter(bad.items()))
+            raise EdgeconvError(f"{samples.source}: no readable images ({len(bad)} unreadable, e.g. {path}: {err})")
+        raise EdgeconvError(f"{samples.source}: no samples to evaluate")
+    return torch.cat(outs), torch.cat(labels), routes
 
 
-def evaluate(model: nn.Module, samples: Samples, batch_size: int = 256) -> dict:
-    """Top-1, loss, per-class accuracy and (for routed models) the share of inputs per branch."""
-    logits, routes = predict(model, samples, batch_size)
-    labelled = samples.y >= 0
-    if labelled.any() and int(samples.y.max()) >= logits.shape[1]:
+def evaluate(model: nn.Module, samples, batch_size: int = 256) -> dict:
+    """Top-1, loss, per-class accuracy, (for routed models) the share of inputs per branch, and images/s."""
+    import time
+
+    t0 = time.perf_counter()
+    logits, y, routes = predict(model, samples, batch_size)
+    seconds = time.perf_counter() - t0
+    labelled = y >= 0
+    if labelled.any() and int(y.max()) >= logits.shape[1]:
         from edgeconv.errors import EdgeconvError
 
         raise EdgeconvError(
-            f"{samples.source}: label {int(samples.y.max())} does not exist for a model with {logits.shape[1]} classes"
+            f"{samples.source}: label {int(y.max())} does not exist for a model with {logits.shape[1]} classes"
         )
     pred = logits.argmax(1)
     res: dict = {
-        "n": len(samples),
-        "top1": float((pred[labelled] == samples.y[labelled]).float().mean() * 100) if labelled.any() else float("nan"),
+        "n": int(len(y)),
+        "top1": float((pred[labelled] == y[labelled]).float().mean() * 100) if labelled.any() else float("nan"),
     }
-    res["loss"] = float(F.cross_entropy(logits[labelled], samples.y[labelled])) if labelled.any() else float("nan")
+    res["loss"] = float(F.cross_entropy(logits[labelled], y[labelled])) if labelled.any() else float("nan")
     per_class = {}
     for c in range(len(samples.classes)):
-        sel = samples.y == c
+        sel = y == c
         if sel.any():
             per_class[samples.classes[c]] = float((pred[sel] == c).float().mean() * 100)
     res["per_class"] = per_class
     res["routing"] = {name: {"conv": n[0], "attn": n[1]} for name, n in routes.items()}
+    res["images_per_s"] = round(len(y) / max(seconds, 1e-9), 1)
+    res["seconds"] = round(seconds, 2)
+    if hasattr(samples, "report"):
+        res["data"] = samples.report()
     return res
 
 
@@ -230,7 +303,8 @@ def run_train(
     from pathlib import Path
 
     from edgeconv import artifacts
-    from edgeconv.data import digits_preprocessing, load_samples, split_for
+    from edgeconv import distributed
+    from edgeconv.data import digits_preprocessing, has_splits, load_samples, split_for
     from edgeconv.errors import EdgeconvError
     from edgeconv.models import create_model, parse_name
 
@@ -238,6 +312,8 @@ def run_train(
 
     cfg.check()
     check_input_shape(img_size, in_chans)
+    ctx = distributed.context()
+    ctx.per_rank_batch(cfg.batch_size)
     start_epoch, opt_state, seconds_before, parent_info = 0, None, 0.0, None
     if resume:
         model, ckpt = artifacts.load_model(resume)
@@ -295,7 +371,7 @@ def run_train(
             extra={"train_state": dict(last_state)},
         )
 
-    fit(
+    history = fit(
         model,
         train,
         cfg,
@@ -304,13 +380,21 @@ def run_train(
         on_epoch=save,
         description=f"train {model.cfg['family']}-{model.cfg.get('variant')}",
         show_progress=show_progress,
+        ctx=ctx,
     )
+    if not ctx.is_main:  # rank 0 alone evaluates and writes
+        return None
     seconds = seconds_before + time.perf_counter() - t0
     metrics: dict = {"train_seconds": round(seconds, 1), "epochs": cfg.epochs}
-    if data == "digits":
-        for split in ("val", "test"):
-            r = evaluate(model, load_samples(data, pre, split))
-            metrics[f"{split}_top1"] = r["top1"]
+    if history:
+        metrics["train_images_per_s"] = round(sum(h["images_per_s"] for h in history) / len(history), 1)
+    if ctx.distributed:
+        metrics["processes"] = ctx.world
+    if hasattr(train, "report"):
+        metrics["train_data"] = {k: v for k, v in train.report().items() if k != "images_per_s"}
+    for split in ("val", "test") if data == "digits" else ("val",) if has_splits(data) else ():
+        r = evaluate(model, load_samples(data, pre, split, classes=classes))
+        metrics[f"{split}_top1"] = r["top1"]
     if not last_state and resume:  # nothing left to train: keep the resumed state as it was
         last_state.update(parent_info["extra"]["train_state"])
     artifacts.save_checkpoint(
@@ -337,13 +421,19 @@ def _check_trainable(data: str, train: Samples) -> None:
         )
 
 
-def _measured_preprocessing(data: str, size: int, channels: int) -> tuple[dict, Samples]:
-    """Preprocessing for a user's data set: its own per-channel mean/std, measured on the training samples."""
-    from edgeconv.data import load_samples
+MEASURE_LIMIT = 2000  # images (a class-stratified subset) used to measure a folder's mean/std
 
-    raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels, "std": [1.0] * channels}, "all")
-    mean = raw.x.mean(dim=(0, 2, 3))
-    std = raw.x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+
+def _measured_preprocessing(data: str, size: int, channels: int):
+    """Preprocessing for a user's data set: its own per-channel mean/std, measured on (a stratified subset of at
+    most MEASURE_LIMIT of) the training samples by the evaluation geometry; returns it and the training set."""
+    from edgeconv.data import load_samples, split_for
+
+    split = split_for(data, "train")
+    raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels, "std": [1.0] * channels}, split)
+    x = raw.stratified(MEASURE_LIMIT, seed=0).x
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     pre = {
         "size": size,
         "channels": channels,
@@ -353,5 +443,4 @@ def _measured_preprocessing(data: str, size: int, channels: int) -> tuple[dict, 
         "pixel_range": "[0,1] before normalisation",
         "dataset": data,
     }
-    x = (raw.x - torch.tensor(pre["mean"]).view(1, -1, 1, 1)) / torch.tensor(pre["std"]).view(1, -1, 1, 1)
-    return pre, Samples(x, raw.y, raw.classes, raw.source)
+    return pre, load_samples(data, pre, split)

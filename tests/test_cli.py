@@ -3,6 +3,7 @@ readable line and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -186,15 +187,16 @@ def test_a_code_executing_pickle_is_refused_through_the_installed_command(tmp_pa
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
 
 
-def test_image_of_the_wrong_size_or_channels(trained, monkeypatch, capsys, tmp_path):
-    (tmp_path / "small" / "3").mkdir(parents=True)
-    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(tmp_path / "small" / "3" / "a.png")
-    (tmp_path / "rgb" / "3").mkdir(parents=True)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8), "RGB").save(tmp_path / "rgb" / "3" / "a.png")
-    code, _, err = run_cli(monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'small'}")
-    assert_one_line_error(code, err, "a.png", "28x28", "expects 32x32")
-    code, _, err = run_cli(monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'rgb'}")
-    assert_one_line_error(code, err, "a.png", "3 channel(s)", "expects 1")
+def test_images_of_other_sizes_and_channels_are_resized_and_converted(trained, monkeypatch, capsys, tmp_path):
+    (tmp_path / "mixed" / "3").mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 40), np.uint8), "L").save(tmp_path / "mixed" / "3" / "a.png")
+    Image.fromarray(np.zeros((90, 60, 3), np.uint8), "RGB").save(tmp_path / "mixed" / "3" / "b.jpg")
+    code, _, _ = run_cli(
+        monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'mixed'}", "--json", tmp_path / "r.json"
+    )
+    assert code == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["n"] == 2 and res["data"]["skipped"] == 0 and len(res["data"]["file_list_sha256"]) == 64
 
 
 def test_empty_or_unreadable_image_folder(trained, monkeypatch, capsys, tmp_path):
@@ -204,7 +206,7 @@ def test_empty_or_unreadable_image_folder(trained, monkeypatch, capsys, tmp_path
     (tmp_path / "broken" / "1").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     code, _, err = run_cli(monkeypatch, capsys, "eval", trained(), "--data", f"imagefolder:{tmp_path / 'broken'}")
-    assert_one_line_error(code, err, "x.png", "unreadable image")
+    assert_one_line_error(code, err, "no readable images (1 unreadable", "x.png")
     code, _, err = run_cli(
         monkeypatch,
         capsys,

@@ -164,9 +164,11 @@ def test_image_inputs_are_checked(tmp_path, digits_pre):
         load_image("digits:x", digits_pre)
     with pytest.raises(EdgeconvError, match="no such image"):
         load_image(str(tmp_path / "missing.png"), digits_pre)
-    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "small.png")
-    with pytest.raises(EdgeconvError, match="16x16"):
-        load_image(str(tmp_path / "small.png"), digits_pre)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(EdgeconvError, match="junk.png: unreadable image"):
+        load_image(str(tmp_path / "junk.png"), digits_pre)
+    Image.fromarray(np.zeros((16, 24), np.uint8), mode="L").save(tmp_path / "small.png")
+    assert load_image(str(tmp_path / "small.png"), digits_pre)[1].shape == (1, 32, 32)  # resized, centre-cropped
     Image.fromarray(np.full((32, 32), 200, np.uint8), mode="L").save(tmp_path / "ok.png")
     name, x01, label = load_image(str(tmp_path / "ok.png"), digits_pre)
     assert label is None and torch.allclose(x01, torch.full((1, 32, 32), 200 / 255))

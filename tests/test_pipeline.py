@@ -183,11 +183,13 @@ def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained
 
     bad_dir = tmp_path / "imgs" / "3"
     bad_dir.mkdir(parents=True)
-    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(bad_dir / "a.png")  # model expects 32x32
+    (bad_dir / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # not a readable image
     run_dir = tmp_path / "run"
     ckpt = own_copy(trained, tmp_path)
     text = f"[train]\ncheckpoint = '{ckpt}'\n[eval]\ndata = 'imagefolder:{tmp_path / 'imgs'}'\n"
-    with pytest.raises(PipelineStepError, match=r"step 'eval' failed: .*16x16.*artifacts of train are kept") as ei:
+    with pytest.raises(
+        PipelineStepError, match=r"step 'eval' failed: .*no readable images.*artifacts of train are kept"
+    ) as ei:
         run(write(tmp_path, text), run_dir)
     assert [(o.step, o.status) for o in ei.value.outcomes] == [("train", "ran"), ("eval", "failed")]
     model = run_dir / "train" / "model.pt"

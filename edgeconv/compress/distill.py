@@ -70,8 +70,14 @@ class StudentWithProjector(nn.Module):
         self.student = student
         self.projector = projector
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits; with `features`, (logits, projected pooled features, pooled features). The feature path runs in
+        forward so that DistributedDataParallel sees every parameter that gets a gradient."""
+        if not features:
+            return self.student(x)
+        f = pooled_features(self.student, x)
+        logits = self.student.head.fc(self.student.head.norm(f))
+        return logits, (self.projector(f) if self.projector is not None else f)
 
     def aux_loss(self):
         return self.student.aux_loss() if hasattr(self.student, "aux_loss") else None
@@ -91,6 +97,8 @@ def check_compatible(teacher_ck: dict, student_ck: dict, teacher_path, student_p
 
 
 def kd_loss_fn(teacher: nn.Module, dcfg: DistillConfig, tcfg: TrainConfig):
+    from edgeconv.distributed import unwrap
+
     teacher.eval()
     T = dcfg.temperature
 
@@ -99,8 +107,7 @@ def kd_loss_fn(teacher: nn.Module, dcfg: DistillConfig, tcfg: TrainConfig):
             t_logits = teacher(x)
             t_feat = pooled_features(teacher, x) if dcfg.feature else None
         if dcfg.feature:
-            s_feat = pooled_features(model.student, x)
-            s_logits = model.student.head.fc(model.student.head.norm(s_feat))
+            s_logits, proj = model(x, features=True)
         else:
             s_logits = model(x)
         soft = F.kl_div(F.log_softmax(s_logits / T, dim=-1), F.softmax(t_logits / T, dim=-1), reduction="batchmean") * (
@@ -109,9 +116,8 @@ def kd_loss_fn(teacher: nn.Module, dcfg: DistillConfig, tcfg: TrainConfig):
         hard = F.cross_entropy(s_logits, y, label_smoothing=tcfg.label_smoothing)
         loss = dcfg.alpha * soft + (1 - dcfg.alpha) * hard
         if dcfg.feature:
-            proj = model.projector(s_feat) if model.projector is not None else s_feat
             loss = loss + dcfg.beta * F.mse_loss(proj, t_feat)
-        aux = model.aux_loss()
+        aux = unwrap(model).aux_loss()
         return loss if aux is None else loss + aux
 
     return loss_fn
@@ -141,11 +147,13 @@ def run_distill(
     With `baseline`, the same student is also fine-tuned without KD for the same epochs (same seed and schedule),
     so the table shows what distillation itself adds.
     """
-    from edgeconv import artifacts
+    from edgeconv import artifacts, distributed
     from edgeconv.data import check_held_out, load_samples, split_for
     from edgeconv.training import evaluate, fit
 
     dcfg.check()
+    ctx = distributed.context()
+    ctx.per_rank_batch(tcfg.batch_size)
     teacher, t_ck = artifacts.load_model(teacher_path)
     student0, s_ck = artifacts.load_model(student_path)
     check_compatible(t_ck, s_ck, teacher_path, student_path)
@@ -207,7 +215,7 @@ def run_distill(
         with artifacts.atomic_path(sp) as tmp:
             torch.save(buf, tmp)
 
-    fit(
+    history = fit(
         wrapped,
         train,
         tcfg,
@@ -217,17 +225,23 @@ def run_distill(
         on_epoch=save,
         description="distill",
         show_progress=show_progress,
+        ctx=ctx,
     )
     student = wrapped.student
+    plain = None
+    if baseline:  # every process takes part in the baseline's training too
+        plain = copy.deepcopy(student0)
+        fit(plain, train, TrainConfig(**{**tcfg.to_dict()}), description="fine-tune without KD",
+            show_progress=show_progress, ctx=ctx)  # fmt: skip
+    if not ctx.is_main:  # rank 0 alone evaluates and writes
+        return None
 
     rows = [
         {"model": "teacher", "path": str(teacher_path), "top1 %": evaluate(teacher, test)["top1"]},
         {"model": "student before KD", "path": str(student_path), "top1 %": evaluate(student0, test)["top1"]},
         {"model": "student after KD", "path": str(out), "top1 %": evaluate(student, test)["top1"]},
     ]
-    if baseline:
-        plain = copy.deepcopy(student0)
-        fit(plain, train, TrainConfig(**{**tcfg.to_dict()}), description="fine-tune without KD", show_progress=show_progress)
+    if plain is not None:
         rows.append(
             {
                 "model": f"student fine-tuned without KD ({tcfg.epochs} ep)",
@@ -241,6 +255,13 @@ def run_distill(
         "teacher_top1": rows[0]["top1 %"],
         "student_before_top1": rows[1]["top1 %"],
         "epochs": tcfg.epochs,
+        "train_images_per_s": history[-1]["images_per_s"] if history else None,
+        **({"processes": ctx.world} if ctx.distributed else {}),
+        **(
+            {"train_data": {k: v for k, v in train.report().items() if k != "images_per_s"}}
+            if hasattr(train, "report")
+            else {}
+        ),
     }
     if baseline:
         metrics["finetune_no_kd_top1"] = rows[3]["top1 %"]

@@ -49,7 +49,8 @@ __all__ = [  # re-exported: the library's inspection API
 
 def load_image(spec: str, pre: dict) -> tuple[str, torch.Tensor, int | None]:
     """(display name, image [C, H, W] in [0, 1], label or None) for `digits:N` (N-th test digit) or an image path."""
-    from edgeconv.data import digits_images01, read_image01
+    from edgeconv.data import digits_images01
+    from edgeconv.folders import read_image01
 
     if spec.startswith("digits:"):
         n = spec.split(":", 1)[1]

@@ -80,7 +80,9 @@ class QuantizeSettings:
         help="Folder of real calibration images (default for digits "
         "models: calib_data/digits; else the data's train split).",
     )
-    calib_limit: Optional[int] = option(None, min=1, help="Use at most this many calibration samples.")
+    calib_limit: Optional[int] = option(
+        None, min=1, help="Use at most this many calibration samples: a seeded, class-stratified subset."
+    )
     method: str = option("minmax", choices=METHODS, help="Calibration method.")
     per_channel: Optional[bool] = option(
         None, cli="--per-channel/--per-tensor", help="Weight scales per output channel (default) or one per tensor."

@@ -2,8 +2,11 @@
 
 Calibration data is always real images matching the model's input spec: the digits PNGs shipped in
 `calib_data/digits` (the default for models trained on digits), a folder given with `--calib`, or a data spec given
-with `--data` (digits | imagefolder:PATH | npz:PATH; its train split). Nothing is resized or synthesised: a folder of
-the wrong size, an empty folder or a model with no applicable default is an error naming what is missing.
+with `--data` (digits | imagefolder:PATH | npz:PATH; its train split). Folder images are resized and centre-cropped
+by the model's preprocessing (edgeconv.folders); nothing is synthesised: an empty folder or a model with no
+applicable default is an error naming what is missing. `--calib-limit N` draws a seeded, class-stratified subset;
+a folder of more than DEFAULT_FOLDER_LIMIT files is drawn down to that many unless a limit is given. The record
+keeps the hash of the decoded tensors and, for folders, the hash of the file list and the unreadable files skipped.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import numpy as np
 import torch
 
 from edgeconv.data import Samples, default_calib_dir, load_imagefolder, load_samples
+from edgeconv.folders import FolderSamples
 from edgeconv.errors import EdgeconvError
 
 # Calibration batches: every sample alone (so each routed sample reaches its own `If` branch, as at batch 1) and
 # shuffled mixed batches of this size (so the per-sample select branch of a mixed batch is calibrated too).
 MIXED_BATCH = 8
+DEFAULT_FOLDER_LIMIT = 1000
 
 
 @dataclass
@@ -29,6 +34,7 @@ class CalibrationSet:
 
     samples: Samples
     source: str
+    files: dict | None = None  # for folders: files, file_list_sha256, skipped
 
     @property
     def size(self) -> int:
@@ -39,7 +45,7 @@ class CalibrationSet:
         return self.samples.fingerprint()
 
     def record(self) -> dict:
-        return {"source": self.source, "size": self.size, "sha256": self.sha256}
+        return {"source": self.source, "size": self.size, "sha256": self.sha256, **(self.files or {})}
 
     def feeds(self, input_name: str, mixed_batch: int = MIXED_BATCH, seed: int = 0) -> list[dict[str, np.ndarray]]:
         """Input dicts for onnxruntime: each sample alone, then shuffled batches of `mixed_batch` samples."""
@@ -90,13 +96,34 @@ def load_calibration(
     except EdgeconvError as e:
         msg = str(e)
         raise EdgeconvError(msg if msg.startswith("no calibration") else f"calibration data: {msg}") from None
-    if limit is not None:
-        samples = Samples(samples.x[:limit], samples.y[:limit], samples.classes, samples.source)
+    files = None
+    if isinstance(samples, FolderSamples):
+        if limit is None and len(samples) > DEFAULT_FOLDER_LIMIT:
+            limit = DEFAULT_FOLDER_LIMIT
+            source += f" (a stratified {limit} of {len(samples)} files; --calib-limit N to change)"
+        elif limit is not None and limit < len(samples):
+            source += f" (a stratified {limit} of {len(samples)} files)"
+        if limit is not None:
+            samples = samples.stratified(limit, seed=0)
+        try:
+            x, y = samples.x, samples.y
+        except EdgeconvError as e:
+            raise EdgeconvError(f"calibration data: {e}") from None
+        rec = samples.report()
+        if len(y) == 0 and samples.skipped:
+            path, err = next(iter(samples.skipped.items()))
+            raise EdgeconvError(
+                f"calibration data: {source}: no readable images ({len(samples.skipped)} unreadable, e.g. {path}: {err})"
+            )
+        files = {k: rec[k] for k in ("files", "file_list_sha256", "skipped")}
+        samples = Samples(x, y, samples.classes, samples.source)
+    elif limit is not None:
+        samples = samples.stratified(limit, seed=0)
     if len(samples) == 0:
         raise EdgeconvError(f"calibration data: {source} holds no samples")
     if not torch.isfinite(samples.x).all():
         raise EdgeconvError(f"calibration data: {source} contains NaN or infinite values")
-    return CalibrationSet(samples, source)
+    return CalibrationSet(samples, source, files)
 
 
 def load_evaluation(pre: dict, spec: str | None, split: str = "test", classes: list[str] | None = None) -> Samples | None:

@@ -1,0 +1,148 @@
+"""Image folders as users have them: the ImageNet layout, mixed sizes resized by the preprocessing, streaming through
+DataLoader workers, unreadable files counted and skipped, stratified calibration subsets with a file-list hash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgeconv.data import check_held_out, has_splits, load_samples, split_for
+from edgeconv.errors import EdgeconvError
+from edgeconv.folders import FolderSamples, eval_geometry, scan, stratified_indices
+
+RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A small ImageNet-layout folder of mixed-size JPEG digits, with 2 corrupt and 1 truncated files per split."""
+    from edgeconv.digitsfolder import write_digits_folder
+
+    root = tmp_path_factory.mktemp("folder") / "digits"
+    write_digits_folder(root, 300, 100, seed=0, corrupt=2, truncated=1, progress=False)
+    return root
+
+
+def test_imagenet_layout_has_splits_and_each_split_is_its_subfolder(folder):
+    spec = f"imagefolder:{folder}"
+    assert has_splits(spec) and split_for(spec, "train") == "train" and split_for(spec, "evaluate") == "test"
+    assert check_held_out(spec, None, False, "distill") == spec  # no --eval-data needed: val/ is held out
+    train, val = scan(folder, "train"), scan(folder, "val")
+    assert len(train) == 303 and len(val) == 103 and train.classes == [str(i) for i in range(10)]
+    assert all("/train/" in f for f in train.files) and all("/val/" in f for f in val.files)
+    assert len(scan(folder, "test")) == len(val)  # no test/: evaluation reads val/
+    assert len(scan(folder, "all")) == 406
+    with pytest.raises(EdgeconvError, match="a folder"):
+        load_samples("imagefolder:", RGB32)  # not the current folder
+
+
+def test_flat_folder_stays_one_unsplit_set(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (20, 30), (10, 20, 30)).save(tmp_path / c / "x.png")
+    spec = f"imagefolder:{tmp_path}"
+    assert not has_splits(spec) and split_for(spec, "evaluate") == "all"
+    with pytest.raises(EdgeconvError, match="no held-out split"):
+        check_held_out(spec, None, False, "prune")
+
+
+def test_evaluation_geometry_resizes_the_shorter_side_and_centre_crops():
+    assert eval_geometry(32, 32, {"size": 32}) == (None, (0, 0, 32, 32))  # already the input: untouched
+    resize, box = eval_geometry(64, 128, {"size": 32})
+    assert resize == (32, 64) and box == (0, 16, 32, 48)
+    resize, box = eval_geometry(100, 100, {"size": 224, "crop_pct": 0.875})  # timm's convention
+    assert resize == (256, 256) and box == (16, 16, 240, 240)
+
+
+def test_streamed_batches_skip_and_list_unreadable_files_and_do_not_depend_on_workers(folder):
+    from edgeconv.folders import configure, SETTINGS
+
+    before = SETTINGS.workers
+    try:
+        outs = {}
+        for w in (0, 2):
+            configure(workers=w)
+            s = load_samples(f"imagefolder:{folder}", RGB32, "val")
+            assert isinstance(s, FolderSamples)
+            xs, ys = zip(*s.batches(16))
+            outs[w] = torch.cat(xs), torch.cat(ys)
+            assert len(s.skipped) == 3 and all("bad_" in p or "trunc_" in p for p in s.skipped)
+            assert s.report()["skipped"] == 3 and s.images_per_s > 0
+        assert torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])
+        assert outs[0][0].shape == (100, 3, 32, 32) and torch.isfinite(outs[0][0]).all()
+    finally:
+        SETTINGS.workers = before
+
+
+def test_training_crops_are_seeded_per_epoch_and_file(folder):
+    s = load_samples(f"imagefolder:{folder}", RGB32, "train")
+    good = [i for i, f in enumerate(s.index.files) if "/img_" in f][:4]
+    sub = FolderSamples(s.index.subset(np.array(good)), RGB32, s.source)
+
+    def crops(epoch):
+        (batch,) = list(sub.loader(4, train=True, seed=0, epoch=epoch, workers=0))
+        return batch[0]
+
+    assert torch.equal(crops(0), crops(0)) and not torch.equal(crops(0), crops(1))
+    (plain,) = list(sub.loader(4, workers=0))
+    assert not torch.equal(crops(0), plain[0])
+
+
+def test_stratified_subsets_keep_class_proportions_and_are_seeded():
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    idx = stratified_indices(labels, 20, seed=0)
+    assert len(idx) == 20 and np.bincount(labels[idx]).tolist() == [10, 6, 3, 1]
+    assert np.array_equal(idx, stratified_indices(labels, 20, seed=0))
+    assert not np.array_equal(idx, stratified_indices(labels, 20, seed=1))
+    assert np.array_equal(np.sort(idx), idx)
+
+
+def test_calibration_limit_is_stratified_and_records_the_file_list(folder):
+    from edgeconv.quantize.calibration import load_calibration
+
+    calib = load_calibration(RGB32, data=f"imagefolder:{folder}", limit=40)
+    rec = calib.record()
+    assert calib.size == 40 and "stratified 40 of 303" in rec["source"]
+    assert len(rec["file_list_sha256"]) == 64 and rec["files"] == 40
+    counts = np.bincount(calib.samples.y.numpy(), minlength=10)
+    assert counts.min() >= 3 and counts.max() <= 5  # 40 of ~30 per class
+    again = load_calibration(RGB32, data=f"imagefolder:{folder}", limit=40).record()
+    assert again["file_list_sha256"] == rec["file_list_sha256"] and again["sha256"] == rec["sha256"]
+    other = load_calibration(RGB32, data=f"imagefolder:{folder}", limit=41).record()
+    assert other["file_list_sha256"] != rec["file_list_sha256"]
+
+
+def test_holding_a_folder_in_memory_is_refused_above_the_limit(folder, monkeypatch):
+    import edgeconv.folders as folders
+
+    monkeypatch.setattr(folders, "MEMORY_LIMIT_BYTES", 1000)
+    with pytest.raises(EdgeconvError, match=r"need .* GiB in memory.*--limit"):
+        load_samples(f"imagefolder:{folder}", RGB32, "val").x
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_an_imagenet_layout_folder(folder, tmp_path):
+    from edgeconv.cli import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "m.pt"
+    r = CliRunner().invoke(
+        app,
+        ["train", "-m", "resformer-tiny", "--data", f"imagefolder:{folder}", "--img-size", "32", "--in-chans", "3",
+         "--epochs", "3", "--batch-size", "32", "-o", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "skipped 3 unreadable file(s) of 303" in r.output
+    from edgeconv.artifacts import read_checkpoint
+
+    metrics = read_checkpoint(out)["metrics"]
+    assert metrics["train_data"]["skipped"] == 3 and metrics["train_images_per_s"] > 0
+    assert 0 <= metrics["val_top1"] <= 100
+    r = CliRunner().invoke(app, ["eval", str(out), "--data", f"imagefolder:{folder}", "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["n"] == 100 and res["data"]["skipped"] == 3 and res["images_per_s"] > 0

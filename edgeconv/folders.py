@@ -296,6 +296,31 @@ class ImageDataset(torch.utils.data.Dataset):
         return x, int(self.labels[i]), int(i), err
 
 
+TRIM_EVERY = 1  # batches (measured: every 16 left eval's peak RSS 1.19x from 20k to 80k files; every batch, flat)
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6")
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc's malloc_trim; no-op elsewhere).
+
+    Called every TRIM_EVERY batches while streaming (no measurable cost in throughput): glibc raises its mmap
+    threshold after the first large free, so batch-sized tensors come from the heap, where the small results kept
+    between them stop it from shrinking, and memory would grow with the number of files."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
 # ------------------------------------------------------------------------------------------------------------ samples
 @dataclass
 class FolderSamples:
@@ -369,7 +394,9 @@ class FolderSamples:
                 yield self._x[i : i + batch_size], self._y[i : i + batch_size]
             return
         t0, n = time.perf_counter(), 0
-        for batch in self.loader(batch_size):
+        for i, batch in enumerate(self.loader(batch_size)):
+            if i % TRIM_EVERY == TRIM_EVERY - 1:
+                trim_heap()
             x, y = self.clean(batch)
             n += len(y)
             if len(y):

@@ -225,18 +225,28 @@ def fit(
 @torch.no_grad()
 def predict(model: nn.Module, samples, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Logits and labels of every readable sample (a streamed folder skips unreadable files), plus per-router counts
-    of samples sent to each branch."""
+    of samples sent to each branch.
+
+    Results go into buffers allocated once for the whole set: small per-batch tensors kept alive between the large
+    short-lived ones would pin the heap, and memory would grow with the number of files instead of staying flat.
+    """
     model.eval()
-    outs, labels = [], []
+    logits = labels = None
+    n = 0
     routes: dict[str, list[int]] = {name: [0, 0] for name, _ in routers(model)}
     for x, y in samples.batches(batch_size):
-        outs.append(model(x))
-        labels.append(y)
+        out = model(x)
+        if logits is None:
+            logits = torch.empty(len(samples), out.shape[1], dtype=out.dtype)
+            labels = torch.empty(len(samples), dtype=torch.int64)
+        logits[n : n + len(y)] = out
+        labels[n : n + len(y)] = y
+        n += len(y)
         for name, m in routers(model):
             if m.last_route is not None and m.mode in ROUTED_MODES:
                 routes[name][1] += int(m.last_route.sum())
                 routes[name][0] += int((~m.last_route).sum())
-    if not outs:
+    if logits is None:
         from edgeconv.errors import EdgeconvError
 
         bad = getattr(samples, "skipped", {})
@@ -244,7 +254,7 @@ def predict(model: nn.Module, samples, batch_size: int = 256) -> tuple[torch.Ten
             path, err = next(iter(bad.items()))
             raise EdgeconvError(f"{samples.source}: no readable images ({len(bad)} unreadable, e.g. {path}: {err})")
         raise EdgeconvError(f"{samples.source}: no samples to evaluate")
-    return torch.cat(outs), torch.cat(labels), routes
+    return logits[:n], labels[:n], routes
 
 
 def evaluate(model: nn.Module, samples, batch_size: int = 256) -> dict:

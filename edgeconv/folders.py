@@ -360,6 +360,11 @@ class FolderSamples:
             raise EdgeconvError(f"{path}: unreadable image ({err}); --bad-images skip counts and skips such files")
         self.skipped[path] = err
 
+    def nothing_readable(self, where: str) -> EdgeconvError:
+        """The error for a set in which every file was unreadable, naming one of them."""
+        path, err = next(iter(self.skipped.items()))
+        return EdgeconvError(f"{where}: no readable images ({len(self.skipped)} unreadable, e.g. {path}: {err})")
+
     def loader(self, batch_size: int, *, train: bool = False, seed: int = 0, epoch: int = 0, sampler=None, workers=None):
         """The DataLoader over this folder (workers decode; a training loader draws random crops per epoch)."""
         ds = ImageDataset(self.index, self.pre, train=train, seed=seed)

@@ -113,23 +113,20 @@ def _epoch_batches(train, cfg: TrainConfig, gen: torch.Generator, epoch: int, ct
     """
     from edgeconv import distributed
 
-    if not ctx.distributed and isinstance(train, Samples):
-        perm = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(train), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            x, y = train.x[idx], train.y[idx]
-            yield (augment_batch(x, gen) if cfg.augment else x), y
-        return
-    per_rank = ctx.per_rank_batch(cfg.batch_size)
-    sampler = distributed.sampler(len(train), ctx, cfg.seed, epoch)
     if isinstance(train, Samples):
-        jitter = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
-        for i in range(0, len(order), per_rank):
-            idx = order[i : i + per_rank]
+        if ctx.distributed:
+            step = ctx.per_rank_batch(cfg.batch_size)
+            order = torch.tensor(list(distributed.sampler(len(train), ctx, cfg.seed, epoch)), dtype=torch.int64)
+            jitter = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
+        else:
+            step, order, jitter = cfg.batch_size, torch.randperm(len(train), generator=gen), gen
+        for i in range(0, len(order), step):
+            idx = order[i : i + step]
             x, y = train.x[idx], train.y[idx]
             yield (augment_batch(x, jitter) if cfg.augment else x), y
         return
+    per_rank = ctx.per_rank_batch(cfg.batch_size)
+    sampler = distributed.sampler(len(train), ctx, cfg.seed, epoch)
     for batch in train.loader(per_rank, train=cfg.augment, seed=cfg.seed, epoch=epoch, sampler=sampler):
         x, y = train.clean(batch)
         if len(y):
@@ -248,11 +245,10 @@ def predict(model: nn.Module, samples, batch_size: int = 256) -> tuple[torch.Ten
                 routes[name][0] += int((~m.last_route).sum())
     if logits is None:
         from edgeconv.errors import EdgeconvError
+        from edgeconv.folders import FolderSamples
 
-        bad = getattr(samples, "skipped", {})
-        if bad:
-            path, err = next(iter(bad.items()))
-            raise EdgeconvError(f"{samples.source}: no readable images ({len(bad)} unreadable, e.g. {path}: {err})")
+        if isinstance(samples, FolderSamples) and samples.skipped:
+            raise samples.nothing_readable(samples.source)
         raise EdgeconvError(f"{samples.source}: no samples to evaluate")
     return logits[:n], labels[:n], routes
 

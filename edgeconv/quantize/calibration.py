@@ -111,10 +111,7 @@ def load_calibration(
             raise EdgeconvError(f"calibration data: {e}") from None
         rec = samples.report()
         if len(y) == 0 and samples.skipped:
-            path, err = next(iter(samples.skipped.items()))
-            raise EdgeconvError(
-                f"calibration data: {source}: no readable images ({len(samples.skipped)} unreadable, e.g. {path}: {err})"
-            )
+            raise samples.nothing_readable(f"calibration data: {source}")
         files = {k: rec[k] for k in ("files", "file_list_sha256", "skipped")}
         samples = Samples(x, y, samples.classes, samples.source)
     elif limit is not None:

@@ -428,15 +428,16 @@ class FolderSamples:
             self._y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
         return self._x
 
-    def report(self) -> dict:
-        """What is recorded about the data: source, files, the file list's hash, skipped files (up to 50 listed)."""
+    def report(self, speed: bool = True) -> dict:
+        """What is recorded about the data: source, files, the file list's hash, skipped files (up to 50 listed),
+        and with `speed` the images/s of the last pass (training records their own per epoch)."""
         return {
             "source": self.source,
             "files": len(self.index),
             "file_list_sha256": self.fingerprint(),
             "skipped": len(self.skipped),
             "skipped_files": [{"path": p, "error": e} for p, e in list(self.skipped.items())[:50]],
-            **({"images_per_s": round(self.images_per_s, 1)} if self.images_per_s else {}),
+            **({"images_per_s": round(self.images_per_s, 1)} if speed and self.images_per_s else {}),
         }
 
 

@@ -397,7 +397,7 @@ def run_train(
     if ctx.distributed:
         metrics["processes"] = ctx.world
     if hasattr(train, "report"):
-        metrics["train_data"] = {k: v for k, v in train.report().items() if k != "images_per_s"}
+        metrics["train_data"] = train.report(speed=False)
     for split in ("val", "test") if data == "digits" else ("val",) if has_splits(data) else ():
         r = evaluate(model, load_samples(data, pre, split, classes=classes))
         metrics[f"{split}_top1"] = r["top1"]

@@ -71,8 +71,8 @@ class StudentWithProjector(nn.Module):
         self.projector = projector
 
     def forward(self, x: torch.Tensor, features: bool = False):
-        """Logits; with `features`, (logits, projected pooled features, pooled features). The feature path runs in
-        forward so that DistributedDataParallel sees every parameter that gets a gradient."""
+        """Logits; with `features`, (logits, projected pooled features). The feature path runs in forward so that
+        DistributedDataParallel sees every parameter that gets a gradient."""
         if not features:
             return self.student(x)
         f = pooled_features(self.student, x)
@@ -257,11 +257,7 @@ def run_distill(
         "epochs": tcfg.epochs,
         "train_images_per_s": history[-1]["images_per_s"] if history else None,
         **({"processes": ctx.world} if ctx.distributed else {}),
-        **(
-            {"train_data": {k: v for k, v in train.report().items() if k != "images_per_s"}}
-            if hasattr(train, "report")
-            else {}
-        ),
+        **({"train_data": train.report(speed=False)} if hasattr(train, "report") else {}),
     }
     if baseline:
         metrics["finetune_no_kd_top1"] = rows[3]["top1 %"]

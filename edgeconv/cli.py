@@ -57,10 +57,12 @@ def _root(
         None, help="DataLoader worker processes that decode image folders (default: min(8, CPUs); 0: in process)."
     ),
     bad_images: str = typer.Option("skip", help="Unreadable files in image folders: skip (counted, listed) | fail."),
+    holdout: float = typer.Option(0.2, help="Share of each class a flat class-folder tree holds out for evaluation."),
+    split_seed: int = typer.Option(0, help="Seed of a flat class-folder tree's train/held-out split."),
 ) -> None:
     from edgeconv.folders import configure
 
-    configure(workers=workers, bad_images=bad_images)
+    configure(workers=workers, bad_images=bad_images, holdout=holdout, split_seed=split_seed)
 
 
 # ------------------------------------------------------------------------------------------------ models / train / eval
@@ -157,7 +159,10 @@ def _print_skipped(rec: dict | None) -> None:
 def eval_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
     data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
-    split: str = typer.Option("test", help="train | val | test | all (digits)"),
+    split: str = typer.Option(
+        "test",
+        help="train | val | test | all: a split of digits, of an ImageNet-layout folder, or of a class tree's seeded split.",
+    ),
     routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ) -> None:

@@ -112,10 +112,11 @@ SPLIT_ROLES = ("train", "calibrate", "evaluate")
 def split_for(data: str, role: str, split: str | None = None) -> str:
     """The one rule for which split of `data` a step reads for `role` (train | calibrate | evaluate).
 
-    `digits` and image folders in the ImageNet layout (`train/`, `val/`) have splits: training and calibration read
-    `train`, evaluation reads `split` (default `test`, which is `val/` for a folder without `test/`). Any other
-    source is one unsplit set and every role reads all of it (`all`), so a step that trains or calibrates and also
-    evaluates on it would score its own training data: `check_held_out` refuses that unless asked for.
+    `digits`, image folders in the ImageNet layout (`train/`, `val/`) and flat class trees (a seeded split) have
+    splits: training and calibration read `train`, evaluation reads `split` (default `test`, which is `val/` for a
+    folder without `test/`, and the held-out part of a class tree). Any other source is one unsplit set and every
+    role reads all of it (`all`), so a step that trains or calibrates and also evaluates on it would score its own
+    training data: `check_held_out` refuses that unless asked for.
     """
     if role not in SPLIT_ROLES:
         raise ValueError(f"unknown split role {role!r}")
@@ -127,13 +128,15 @@ def split_for(data: str, role: str, split: str | None = None) -> str:
 
 
 def has_splits(data: str) -> bool:
-    """Whether `data` has held-out splits: digits, or an image folder in the ImageNet layout."""
+    """Whether `data` has held-out splits: digits, an image folder in the ImageNet layout, or a flat class tree
+    (seeded split, see `edgeconv.folders`)."""
     if data == "digits":
         return True
     if data.startswith("imagefolder:"):
-        from edgeconv.folders import is_split_layout
+        from edgeconv.folders import has_split
 
-        return is_split_layout(Path(data.split(":", 1)[1]))
+        path = data.split(":", 1)[1]
+        return bool(path) and has_split(Path(path))
     return False
 
 

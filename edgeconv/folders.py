@@ -4,7 +4,12 @@ Two layouts are understood:
 
 - the ImageNet layout, `ROOT/train/<class>/*` and `ROOT/val/<class>/*` (and optionally `ROOT/test/<class>/*`): the
   split a step asks for is a subfolder (`test` falls back to `val` when there is no `test/`, `all` is every split);
-- a flat tree, `ROOT/<class>/*` or a folder of unlabelled images: one unsplit set.
+- a flat class tree, `ROOT/<class>/*` (two or more class folders, no loose images): a seeded split, per class,
+  of `holdout` (default 20 %) of the files into the held-out part (`val` and `test`) and the rest into `train`.
+  Each file's side is decided by ranking a hash of (seed, its path below ROOT) within its class, so the split is
+  the same on every machine and a file added later moves at most one other file of its class
+  (`edgeconv --split-seed N --holdout F`);
+- a folder of unlabelled images (for calibration): one unsplit set.
 
 Images of any size are turned into the model's input by its preprocessing: shorter side resized to
 `size / crop_pct` with the recorded interpolation, then a centre crop of `size` (an image already `size x size`
@@ -41,6 +46,8 @@ TRAIN_RATIO = (3 / 4, 4 / 3)
 class LoaderSettings:
     workers: int | None = None  # None: min(8, CPUs)
     bad_images: str = "skip"
+    holdout: float = 0.2  # share of each class held out of a flat class tree
+    split_seed: int = 0
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -51,8 +58,13 @@ class LoaderSettings:
 SETTINGS = LoaderSettings()
 
 
-def configure(workers: int | None = None, bad_images: str | None = None) -> None:
-    """Process-wide loader settings (`edgeconv --workers N --bad-images skip|fail`, the pipeline's [pipeline])."""
+def configure(
+    workers: int | None = None,
+    bad_images: str | None = None,
+    holdout: float | None = None,
+    split_seed: int | None = None,
+) -> None:
+    """Process-wide loader settings (`edgeconv --workers N --bad-images skip|fail --holdout F --split-seed N`)."""
     if workers is not None:
         if workers < 0 or workers > 256:
             raise EdgeconvError(f"--workers must be in [0, 256], got {workers}")
@@ -61,12 +73,48 @@ def configure(workers: int | None = None, bad_images: str | None = None) -> None
         if bad_images not in BAD_IMAGES:
             raise EdgeconvError(f"--bad-images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
         SETTINGS.bad_images = bad_images
+    if holdout is not None:
+        if not 0.0 < holdout < 1.0:  # also false for NaN
+            raise EdgeconvError(f"--holdout must be a fraction in (0, 1), got {holdout}")
+        SETTINGS.holdout = float(holdout)
+    if split_seed is not None:
+        if not 0 <= split_seed < 2**32:
+            raise EdgeconvError(f"--split-seed must be in [0, 2**32), got {split_seed}")
+        SETTINGS.split_seed = int(split_seed)
 
 
 # ------------------------------------------------------------------------------------------------------ the file index
 def is_split_layout(root: Path) -> bool:
     """True for the ImageNet layout: a `train/` folder and a `val/` or `test/` folder beside it."""
     return (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+
+
+def is_class_tree(root: Path) -> bool:
+    """True for a flat class tree: two or more class folders and no loose images beside them (top level only)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return False
+    dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    loose = [e for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+    return len(dirs) >= 2 and not loose
+
+
+def has_split(root: Path) -> bool:
+    """Whether a folder has held-out files: the ImageNet layout, or a flat class tree (seeded split)."""
+    return is_split_layout(root) or is_class_tree(root)
+
+
+def held_out_mask(rel_paths: list[str], labels: np.ndarray, holdout: float, seed: int) -> np.ndarray:
+    """The seeded split of a flat class tree: True for held-out files. Within each class the files are ranked by
+    sha256(seed, relative path) and the first round(holdout * n) are held out (none of a one-file class)."""
+    keys = np.array([hashlib.sha256(f"{seed}\0{p}".encode()).hexdigest() for p in rel_paths])
+    mask = np.zeros(len(rel_paths), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(holdout * len(idx))) if len(idx) > 1 else 0
+        mask[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
+    return mask
 
 
 def _walk_images(root: Path) -> list[tuple[str, int]]:
@@ -176,7 +224,7 @@ def scan(root: Path, split: str = "all", classes: list[str] | None = None) -> Fo
     classes = list(classes) if classes is not None else class_dirs
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[c] if c is not None and class_dirs else -1 for c in names], dtype=np.int64)
-    return FolderIndex(
+    index = FolderIndex(
         root,
         split if is_split_layout(root) else "all",
         [f for f, _, _ in entries],
@@ -184,6 +232,16 @@ def scan(root: Path, split: str = "all", classes: list[str] | None = None) -> Fo
         np.array([s for _, s, _ in entries], dtype=np.int64),
         classes,
     )
+    if split == "all" or is_split_layout(root) or not is_class_tree(root):
+        return index
+    if split not in SPLIT_DIRS:
+        raise EdgeconvError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_DIRS)}, all)")
+    held = held_out_mask([os.path.relpath(f, root) for f in index.files], labels, SETTINGS.holdout, SETTINGS.split_seed)
+    part = index.subset(np.flatnonzero(~held if split == "train" else held))
+    part.split = f"{split}: seeded split, holdout {SETTINGS.holdout:g}, seed {SETTINGS.split_seed}"
+    if not len(part):
+        raise EdgeconvError(f"{root}: the seeded split left no files in {split} (too few images per class)")
+    return part
 
 
 # ---------------------------------------------------------------------------------------------------------- transforms
@@ -433,6 +491,7 @@ class FolderSamples:
         and with `speed` the images/s of the last pass (training records their own per epoch)."""
         return {
             "source": self.source,
+            "split": self.index.split,
             "files": len(self.index),
             "file_list_sha256": self.fingerprint(),
             "skipped": len(self.skipped),

@@ -61,7 +61,7 @@ def test_digits_refuse_a_three_channel_model_and_unknown_splits(digits_pre):
 
 # --------------------------------------------------------------------------------------------------- image folders
 def test_shipped_calibration_set_is_real_digits_in_the_model_spec(digits_pre):
-    s = load_samples(f"imagefolder:{default_calib_dir()}", digits_pre)
+    s = load_samples(f"imagefolder:{default_calib_dir()}", digits_pre, "all")
     assert len(s) == 100 and s.classes == [str(i) for i in range(10)]
     assert np.bincount(s.y.numpy()).tolist() == [10] * 10
     x01, _ = digits_images01("train", 32)
@@ -70,7 +70,7 @@ def test_shipped_calibration_set_is_real_digits_in_the_model_spec(digits_pre):
 
 def test_written_calibration_pngs_reload_as_the_same_pixels(tmp_path, digits_pre):
     assert write_digits_calibration(tmp_path, per_class=2) == 20
-    s = load_samples(f"imagefolder:{tmp_path}", digits_pre)
+    s = load_samples(f"imagefolder:{tmp_path}", digits_pre, "all")
     x01, y = digits_images01("train", 32)
     first0 = int(torch.nonzero(y == 0)[0])
     expect = (x01[first0] * 255).round() / 255
@@ -81,12 +81,12 @@ def test_written_calibration_pngs_reload_as_the_same_pixels(tmp_path, digits_pre
 def test_folder_labels_follow_the_model_classes_not_the_folder_order(tmp_path, digits_pre):
     _png(tmp_path / "3" / "a.png")
     _png(tmp_path / "7" / "b.png")
-    own = load_samples(f"imagefolder:{tmp_path}", digits_pre)
+    own = load_samples(f"imagefolder:{tmp_path}", digits_pre, "all")  # a class tree: the whole of it
     assert own.classes == ["3", "7"] and own.y.tolist() == [0, 1]
-    model_order = load_samples(f"imagefolder:{tmp_path}", digits_pre, classes=[str(i) for i in range(10)])
+    model_order = load_samples(f"imagefolder:{tmp_path}", digits_pre, "all", classes=[str(i) for i in range(10)])
     assert model_order.y.tolist() == [3, 7]
     with pytest.raises(EdgeconvError, match="not among the model's classes"):
-        load_samples(f"imagefolder:{tmp_path}", digits_pre, classes=["cat", "dog"])
+        load_samples(f"imagefolder:{tmp_path}", digits_pre, "all", classes=["cat", "dog"])
 
 
 def test_flat_folder_is_unlabelled(tmp_path, digits_pre):

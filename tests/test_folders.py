@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgeconv.data import check_held_out, has_splits, load_samples, split_for
 from edgeconv.errors import EdgeconvError
-from edgeconv.folders import FolderSamples, eval_geometry, scan, stratified_indices
+from edgeconv.folders import FolderSamples, configure, eval_geometry, scan, stratified_indices
 
 RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -40,14 +40,48 @@ def test_imagenet_layout_has_splits_and_each_split_is_its_subfolder(folder):
         load_samples("imagefolder:", RGB32)  # not the current folder
 
 
-def test_flat_folder_stays_one_unsplit_set(tmp_path):
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        Image.new("RGB", (20, 30), (10, 20, 30)).save(tmp_path / c / "x.png")
+def _class_tree(root, per_class: dict[str, int]):
+    for c, n in per_class.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (20, 30), (10 * i % 255, 20, 30)).save(root / c / f"{i:03d}.png")
+
+
+def test_flat_class_tree_gets_a_seeded_stratified_split(tmp_path):
+    _class_tree(tmp_path, {"a": 50, "b": 10, "c": 1})
+    spec = f"imagefolder:{tmp_path}"
+    assert has_splits(spec) and split_for(spec, "evaluate") == "test"
+    assert check_held_out(spec, None, False, "prune") == spec  # the held-out part is evaluated, not training data
+    train, test, every = scan(tmp_path, "train"), scan(tmp_path, "test"), scan(tmp_path, "all")
+    assert scan(tmp_path, "val").files == test.files and len(every) == 61
+    assert not set(train.files) & set(test.files) and len(train) + len(test) == 61
+    held = np.bincount(test.labels, minlength=3).tolist()
+    assert held == [10, 2, 0]  # 20 % of every class, none of a one-file class
+    assert "seeded split" in test.split
+    # the same split on every call; another seed or holdout gives another
+    assert scan(tmp_path, "test").files == test.files
+    try:
+        configure(split_seed=1)
+        assert scan(tmp_path, "test").files != test.files
+        configure(split_seed=0, holdout=0.5)
+        assert np.bincount(scan(tmp_path, "test").labels, minlength=3).tolist() == [25, 5, 0]
+    finally:
+        configure(split_seed=0, holdout=0.2)
+    # a file added later moves at most one other file of its class across the split
+    Image.new("RGB", (20, 30)).save(tmp_path / "a" / "new.png")
+    moved = set(test.files) ^ (set(scan(tmp_path, "test").files) - {str(tmp_path / "a" / "new.png")})
+    assert len(moved) <= 1
+
+
+def test_unlabelled_folder_stays_one_unsplit_set(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (20, 30)).save(tmp_path / f"{i}.png")
     spec = f"imagefolder:{tmp_path}"
     assert not has_splits(spec) and split_for(spec, "evaluate") == "all"
     with pytest.raises(EdgeconvError, match="no held-out split"):
         check_held_out(spec, None, False, "prune")
+    with pytest.raises(EdgeconvError, match="holdout"):
+        configure(holdout=1.5)
 
 
 def test_evaluation_geometry_resizes_the_shorter_side_and_centre_crops():

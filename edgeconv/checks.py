@@ -92,6 +92,19 @@ def check_number(
         raise EdgeconvError(f"{name} must be in {rng}, got {value}")
 
 
+def check_number_list(name: str, text: str | None, *, positive: bool = False) -> list[float] | None:
+    """A comma-separated list of finite numbers (`--mean 0.5,0.5,0.5`), positive where asked; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise EdgeconvError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    for v in values:
+        check_number(name, v, min=0 if positive else None, min_open=positive)
+    return values
+
+
 MAX_IMG_SIZE = 2048  # the largest input edge a model is built for (a 2048x2048 stem already needs GBs per batch)
 MAX_IN_CHANS = 16
 

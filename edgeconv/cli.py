@@ -59,10 +59,16 @@ def _root(
     bad_images: str = typer.Option("skip", help="Unreadable files in image folders: skip (counted, listed) | fail."),
     holdout: float = typer.Option(0.2, help="Share of each class a flat class-folder tree holds out for evaluation."),
     split_seed: int = typer.Option(0, help="Seed of a flat class-folder tree's train/held-out split."),
+    trust_module: list[str] = typer.Option(
+        [], help="package.module:factory whose code may be imported to rebuild a checkpoint (repeatable)."
+    ),
 ) -> None:
     from edgeconv.folders import configure
+    from edgeconv.models.user_module import trust
 
     configure(workers=workers, bad_images=bad_images, holdout=holdout, split_seed=split_seed)
+    for name in trust_module:
+        trust(name)
 
 
 # ------------------------------------------------------------------------------------------------ models / train / eval
@@ -92,15 +98,11 @@ def models_cmd(
                     "what": fam.description,
                 }
             )
-    rows.append(
-        {
-            "model": "timm:NAME",
-            "params": "",
-            "MACs": "",
-            "routed": "",
-            "what": "any timm model (optional extra), pretrained=False, weights from a local file",
-        }
-    )
+    for name, what in (
+        ("timm:NAME", "any timm model (optional extra), pretrained=False, weights from a local file"),
+        ("package.module:factory", "your own nn.Module, built by your function (edgeconv import ... brings weights)"),
+    ):
+        rows.append({"model": name, "params": "", "MACs": "", "routed": "", "what": what})
     console.print(rows_table(rows, title=f"edgeconv model zoo at {in_chans}x{img_size}x{img_size}"))
 
 
@@ -145,6 +147,54 @@ def train_cmd(
     data_rec = res.pop("train_data", None)
     console.print(rows_table([res], title="trained"))
     _print_skipped(data_rec)
+
+
+@app.command("import")
+def import_cmd(
+    model: str = typer.Argument(..., help="timm:NAME or package.module:factory (your function returning the nn.Module)."),
+    weights: Path = typer.Argument(..., help="State dict, timm training file ({'state_dict': ...}) or {'model': ...}."),
+    out: Path = typer.Option(..., "-o", "--out", help="edgeconv checkpoint to write (.pt)."),
+    classes: str = typer.Option(..., help="Class count (10), names (cat,dog,...) or @file with one name per line."),
+    img_size: Optional[int] = typer.Option(None, help="Input size (default: timm's pretrained config)."),
+    in_chans: int = typer.Option(3, help="Input channels."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (default: timm's config)."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated (default: timm's config)."),
+    interpolation: Optional[str] = typer.Option(None, help="Resize filter: bilinear | bicubic | ... (default: timm's)."),
+    crop_pct: Optional[float] = typer.Option(None, help="Centre-crop fraction for evaluation (default: timm's)."),
+    ema: bool = typer.Option(False, help="Take the EMA weights (state_dict_ema) of a timm training file."),
+) -> None:
+    """Bring your own trained model: weights + how to build it become a self-describing checkpoint.
+
+    Example: edgeconv import timm:deit_tiny_patch16_224 model_best.pth.tar --classes 10 -o deit.pt
+    """
+    from edgeconv.checks import check_number_list
+    from edgeconv.folders import INTERPOLATIONS
+    from edgeconv.importer import import_checkpoint, parse_classes
+
+    check_input_shape(img_size, in_chans)
+    check_inputs({"WEIGHTS": weights})
+    check_outputs({"-o": out}, {"WEIGHTS": weights})
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise EdgeconvError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    check_number("--crop-pct", crop_pct, min=0.05, max=1.0)
+    overrides = {
+        "mean": check_number_list("--mean", mean),
+        "std": check_number_list("--std", std, positive=True),
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+    }
+    res = import_checkpoint(
+        model,
+        weights,
+        out,
+        classes=parse_classes(classes),
+        img_size=img_size,
+        in_chans=in_chans,
+        overrides=overrides,
+        ema=ema,
+        command=_command(),
+    )
+    console.print(rows_table([{k: v for k, v in res.items() if k != "sha256"}], title="imported"))
 
 
 def _print_skipped(rec: dict | None) -> None:

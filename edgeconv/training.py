@@ -335,13 +335,20 @@ def run_train(
         _check_trainable(data, train)
     else:
         parse_name(model_name)  # an unknown name fails before any data is loaded
-        if data != "digits" and img_size is None:
+        timm_name = model_name[5:] if model_name.startswith("timm:") else None
+        if data != "digits" and img_size is None and not timm_name:
             raise EdgeconvError("--img-size is required for data other than digits")
         if weights and not model_name.startswith("timm:"):
             raise EdgeconvError("--weights initialises timm:NAME models; zoo models train from scratch or --resume")
         if data == "digits":
             pre, classes = digits_preprocessing(img_size or 32), [str(i) for i in range(10)]
             train = load_samples(data, pre, "train")
+        elif timm_name:  # timm's convention for the model: its pretrained config's size, filter, crop, mean/std
+            from edgeconv.models.timm_adapter import pretrained_preprocessing
+
+            pre = {**pretrained_preprocessing(timm_name, img_size, in_chans), "dataset": data}
+            train = load_samples(data, pre, split_for(data, "train"))
+            classes = train.classes
         else:
             pre, train = _measured_preprocessing(data, int(img_size), in_chans)
             classes = train.classes

@@ -120,3 +120,36 @@ def test_a_timm_vit_is_pruned_to_half_the_macs_with_num_heads_kept_true_and_relo
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(out - ref.numpy()).max() <= 1e-4
+
+
+def test_import_of_a_timm_training_file_records_timms_preprocessing(tmp_path):
+    """timm's train.py output ({'state_dict', 'state_dict_ema', 'args': Namespace, 'epoch'}) becomes a checkpoint
+    read with weights_only, giving the same logits, with timm's pretrained input size, filter, crop and mean/std."""
+    import argparse
+
+    from edgeconv.artifacts import load_model
+    from edgeconv.importer import import_checkpoint
+
+    torch.manual_seed(0)
+    net = timm.create_model("efficientvit_m0", pretrained=False, num_classes=4).eval()
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    args = argparse.Namespace(model="efficientvit_m0", lr=1e-3, epochs=3)
+    torch.save({"epoch": 3, "arch": "efficientvit_m0", "state_dict": net.state_dict(), "state_dict_ema": ema,
+                "args": args, "version": 2}, tmp_path / "model_best.pth.tar")  # fmt: skip
+    res = import_checkpoint("timm:efficientvit_m0", tmp_path / "model_best.pth.tar", tmp_path / "m.pt",
+                            classes=["a", "b", "c", "d"], img_size=None, in_chans=3)  # fmt: skip
+    assert res["weights"] == "state_dict, epoch 3"
+    model, ckpt = load_model(tmp_path / "m.pt")
+    pre = ckpt["preprocessing"]
+    assert pre["size"] == 224 and pre["interpolation"] == "bicubic" and pre["crop_pct"] == 0.875
+    assert pre["mean"] == [0.485, 0.456, 0.406] and "pretrained_cfg" in pre["source"]
+    assert ckpt["config"]["timm_version"] == timm.__version__
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x))
+    res = import_checkpoint("timm:efficientvit_m0", tmp_path / "model_best.pth.tar", tmp_path / "e.pt",
+                            classes=["a", "b", "c", "d"], img_size=160, in_chans=3, ema=True)  # fmt: skip
+    assert "checkpoint_filter_fn" in res["weights"]  # attention-bias tables resampled from 224 to 160 by timm
+    ema_model, ckpt = load_model(tmp_path / "e.pt")
+    assert ckpt["preprocessing"]["size"] == 160
+    assert torch.equal(ema_model.net.state_dict()["head.linear.weight"], ema["head.linear.weight"])

@@ -1,8 +1,9 @@
 """Model zoo: a registry of hybrid conv + attention families, each one module.
 
 `create_model("routed-tiny", num_classes=10, in_chans=1, img_size=32)` builds a variant; `create_model("timm:NAME")`
-wraps a timm model; `create_model_from_config(cfg)` rebuilds exactly what a checkpoint recorded (pruned widths
-included). A family registers itself with `@register_family`, so adding one touches one file.
+wraps a timm model and `create_model("package.module:factory")` a user's own module (`models/user_module.py`);
+`create_model_from_config(cfg)` rebuilds exactly what a checkpoint recorded (pruned widths included). A family
+registers itself with `@register_family`, so adding one touches one file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from edgeconv.errors import EdgeconvError
 
-FAMILY_MODULES = ("routed", "acmix", "can", "hvt", "resformer", "saliency", "timm_adapter")
+FAMILY_MODULES = ("routed", "acmix", "can", "hvt", "resformer", "saliency", "timm_adapter", "user_module")
 
 
 @dataclass
@@ -60,20 +61,32 @@ def list_models() -> list[str]:
 
 
 def parse_name(name: str) -> tuple[str, str]:
+    from edgeconv.models.user_module import is_factory_name
+
     if name.startswith("timm:"):
         return "timm", name[5:]
+    if is_factory_name(name):
+        return "module", name
     fams = families()
     fam, _, variant = name.rpartition("-")
     if fam not in fams or variant not in fams[fam].variants:
-        raise EdgeconvError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or timm:NAME")
+        raise EdgeconvError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())}, timm:NAME or package.module:factory"
+        )
     return fam, variant
 
 
 def create_model(name: str, *, num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **overrides) -> nn.Module:
-    """Build a zoo variant (`family-size`) or a timm model (`timm:NAME`) with freshly initialised weights."""
+    """Build a zoo variant (`family-size`), a timm model (`timm:NAME`) or a user's module (`package.module:factory`,
+    which naming it here allows to be imported) with freshly initialised weights."""
     fam, variant = parse_name(name)
     if fam == "timm":
         cfg = {"family": "timm", "variant": variant, "timm_name": variant}
+    elif fam == "module":
+        from edgeconv.models.user_module import trust
+
+        trust(name)
+        cfg = {"family": "module", "variant": name.rpartition(":")[2], "factory": name}
     else:
         cfg = {"family": fam, "variant": variant, **families()[fam].variants[variant]}
     cfg.update(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
@@ -89,7 +102,7 @@ def create_model_from_config(cfg: dict) -> nn.Module:
     if fam not in fams:
         raise EdgeconvError(f"unknown model family {fam!r} in config (known: {', '.join(sorted(fams))})")
     model = fams[fam].build(dict(cfg))
-    model.cfg = dict(cfg)
+    model.cfg = {**cfg, **(getattr(model, "cfg", None) or {})}  # what the builder adds (e.g. timm_version) is kept
     if cfg.get("structure"):
         from edgeconv.models.adapters import adapt
 

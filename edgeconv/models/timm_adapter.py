@@ -40,6 +40,7 @@ class TimmModel(nn.Module):
             self.net = timm.create_model(name, img_size=cfg["img_size"], **kwargs)
         except TypeError:  # families without an img_size argument adapt to any input size
             self.net = timm.create_model(name, **kwargs)
+        cfg.setdefault("timm_version", timm.__version__)  # informational: the version that built it first
         self.cfg = cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,19 +52,32 @@ def build(cfg: dict) -> nn.Module:
     return TimmModel(cfg)
 
 
-def load_timm_weights(model: nn.Module, path: str) -> None:
-    """Load a plain state dict (or {'state_dict': ...}) into a timm model, safely."""
-    from pathlib import Path
+def pretrained_preprocessing(name: str, size: int | None = None, channels: int = 3) -> dict:
+    """The preprocessing timm's pretrained config gives `name` (input size, interpolation, crop fraction, mean/std),
+    at `size` when given. For a 1-channel model the RGB mean/std are averaged (timm's in_chans=1 convention)."""
+    timm = _timm()
+    from timm.data import resolve_data_config
 
-    p = Path(path)
-    if not p.exists():
-        raise EdgeconvError(f"no such file: {p}")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same user error
-        raise EdgeconvError(f"{p}: cannot read weights ({str(e).splitlines()[0][:160]})")
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    try:
-        model.net.load_state_dict(sd)
-    except RuntimeError as e:
-        raise EdgeconvError(f"{p}: weights do not fit {model.cfg['timm_name']} ({str(e).splitlines()[0][:160]})")
+    pcfg = timm.models.get_pretrained_cfg(name)
+    dc = resolve_data_config(pretrained_cfg=pcfg.to_dict() if pcfg is not None else {}, use_test_size=False)
+    mean, std = [float(v) for v in dc["mean"]], [float(v) for v in dc["std"]]
+    if channels != len(mean):
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    return {
+        "size": int(size or dc["input_size"][-1]),
+        "channels": int(channels),
+        "mean": [round(v, 6) for v in mean],
+        "std": [round(v, 6) for v in std],
+        "interpolation": str(dc.get("interpolation", "bilinear")),
+        "crop_pct": float(dc.get("crop_pct", 1.0)),
+        "layout": "NCHW",
+        "pixel_range": "[0,1] before normalisation",
+        "source": f"timm {timm.__version__} pretrained_cfg of {name}",
+    }
+
+
+def load_timm_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict, timm's training file ({'state_dict': ...}) or a {'model': ...} file into a timm model."""
+    from edgeconv.importer import load_into
+
+    load_into(model, path)

@@ -6,12 +6,39 @@ Set EDGECONV_TEST_CACHE=DIR to keep the trained checkpoints between runs while d
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `edgeconv ARGS` in this process through the real entry point; returns (exit code, stdout, stderr)."""
+    from edgeconv.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgeconv", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*ARGS) -> (exit code, stdout + stderr) of `edgeconv ARGS` through the real entry point."""
+
+    def run(*args):
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        return code, out + err
+
+    return run
 
 
 @pytest.fixture(scope="session")

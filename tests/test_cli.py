@@ -16,22 +16,10 @@ import torch
 from PIL import Image
 
 from edgeconv import artifacts
-from edgeconv.cli import app, main
+from conftest import run_cli
+from edgeconv.cli import app
 
 EDGECONV = Path(sys.executable).with_name("edgeconv")
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `edgeconv ARGS` in this process through the real entry point; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["edgeconv", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

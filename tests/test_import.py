@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 import torch
-from edgeconv.cli import main
 from edgeconv.errors import EdgeconvError
 
 MODULE = textwrap.dedent(
@@ -56,6 +55,11 @@ def user_code(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
+def IMPORT(factory, weights, out):
+    """`edgeconv import` arguments for the fixture module at digits' 1x32x32 with 10 classes."""
+    return ("import", factory, weights, "--classes", "10", "--img-size", "32", "--in-chans", "1", "-o", out)
+
+
 def _reference(user_code: str):
     """The user's module loaded apart (not as `mynets_*`, so edgeconv's own import from the folder is tested)."""
     import importlib.util
@@ -67,24 +71,6 @@ def _reference(user_code: str):
     return mod
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """`edgeconv ARGS` through the real entry point (one-line errors, exit 2); returns (exit code, stdout + stderr)."""
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["edgeconv", *map(str, args)])
-        monkeypatch.setenv("COLUMNS", "200")
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out = capsys.readouterr()
-        return code, out.out + out.err
-
-    return run
-
-
 def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, user_code, tmp_path, monkeypatch):
     from edgeconv.artifacts import load_model
     from edgeconv.models import user_module
@@ -93,19 +79,7 @@ def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, us
     torch.manual_seed(1)
     net = mod.build(10, 1).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 7}, tmp_path / "w.pth")
-    code, out = cli(
-        "import",
-        user_code,
-        tmp_path / "w.pth",
-        "--classes",
-        "10",
-        "--img-size",
-        "32",
-        "--in-chans",
-        "1",
-        "-o",
-        tmp_path / "m.pt",
-    )
+    code, out = cli(*IMPORT(user_code, tmp_path / "w.pth", tmp_path / "m.pt"))
     assert code == 0, out
     assert "imported" in out and "DDP" in out
     model, ckpt = load_model(tmp_path / "m.pt")  # named on the command line above: trusted in this process
@@ -135,22 +109,7 @@ def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_pat
     mod = _reference(user_code)
     torch.manual_seed(0)
     torch.save(mod.build(10, 1).state_dict(), tmp_path / "w.pt")
-    assert (
-        cli(
-            "import",
-            user_code,
-            tmp_path / "w.pt",
-            "--classes",
-            "10",
-            "--img-size",
-            "32",
-            "--in-chans",
-            "1",
-            "-o",
-            tmp_path / "m.pt",
-        )[0]
-        == 0
-    )
+    assert cli(*IMPORT(user_code, tmp_path / "w.pt", tmp_path / "m.pt"))[0] == 0
     code, out = cli(
         "--trust-module",
         user_code,
@@ -196,9 +155,7 @@ def test_import_refuses_bad_weights_in_one_line_and_writes_nothing(cli, user_cod
         torch.save({"embed.weight": torch.zeros(3, 3)}, w)
     else:
         w.write_bytes(content)
-    code, out = cli(
-        "import", user_code, w, "--classes", "10", "--img-size", "32", "--in-chans", "1", "-o", tmp_path / "m.pt"
-    )
+    code, out = cli(*IMPORT(user_code, w, tmp_path / "m.pt"))
     assert code == 2 and message in out and "Traceback" not in out and "pwned" not in out
     assert not (tmp_path / "m.pt").exists()
 

@@ -103,7 +103,8 @@ def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, us
 
 def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_path):
     """The chain on a user's own nn.MultiheadAttention model: heads pruned structurally with num_heads/head_dim
-    true, and the pruned checkpoint exports to ONNX that `validate` finds equal to PyTorch."""
+    true, the plain MLP's hidden channels found by Torch-Pruning's graph and pruned, the checkpoint reloads without
+    tracing, and exports to ONNX that `validate` finds equal to PyTorch."""
     from edgeconv.artifacts import load_model
 
     mod = _reference(user_code)
@@ -117,6 +118,8 @@ def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_pat
         tmp_path / "m.pt",
         "--heads",
         "0.5",
+        "--channels",
+        "0.5",
         "--batches",
         "4",
         "--eval-on-train",
@@ -129,6 +132,8 @@ def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_pat
     pruned, ckpt = load_model(tmp_path / "p.pt")
     attn = pruned.net.attn
     assert attn.num_heads == 2 and attn.head_dim == 8 and attn.embed_dim == 32
+    assert pruned.net.mlp[0].out_features == pruned.net.mlp[2].in_features == 32  # found by the dependency graph
+    assert ckpt["config"]["structure"]["net.mlp.2"]["graph"] == [["net.mlp.0", "out"]]
     code, out = cli("--trust-module", user_code, "export", tmp_path / "p.pt", "-o", tmp_path / "p.onnx")
     assert code == 0, out
     code, out = cli("--trust-module", user_code, "validate", tmp_path / "p.onnx")

@@ -303,3 +303,72 @@ def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "dry run: nothing written" in dry.stdout and "blocks.0.attn" in dry.stdout
     assert not list(tmp_path.iterdir())
+
+
+class _ConvUserModel(nn.Module):
+    """A user's hybrid: an inverted-residual conv block (expand, BN, act, depthwise, BN, act, project) on a residual
+    stream, nn.MultiheadAttention, and a plain MLP written as nn.Sequential."""
+
+    def __init__(self, dim=32, classes=10):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 8, stride=8)
+        self.conv = nn.Sequential(
+            nn.Conv2d(dim, 48, 1), nn.BatchNorm2d(48), nn.ReLU(),
+            nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.BatchNorm2d(48), nn.Hardswish(),
+            nn.Conv2d(48, dim, 1),
+        )  # fmt: skip
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Dropout(0.0), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.conv(x)
+        t = x.flatten(2).transpose(1, 2)
+        t = self.norm(t + self.attn(t, t, t)[0])
+        return self.head((t + self.mlp(t)).mean(1))
+
+
+def test_the_dependency_graph_finds_hidden_channels_in_a_users_model_and_leaves_residual_widths(digits_pre):
+    """Torch-Pruning's graph gives the expand->BN->depthwise->BN->project channels and the MLP's hidden width as units;
+    the residual stream (embed, project, MLP output) and the classifier are left alone; pruning them equals masking
+    them, and the recorded structure rebuilds the same model without tracing."""
+    from edgeconv.compress.dependency import add_graph_units
+    from edgeconv.models.adapters import adapt
+    from edgeconv.models.structure import apply_structure, current_structure
+
+    torch.manual_seed(0)
+    model = _ConvUserModel().eval()
+    for bn in (model.conv[1], model.conv[4]):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    model.cfg = {"family": "module"}
+    adapt(model)
+    made = add_graph_units(model, torch.randn(2, 1, 32, 32))
+    assert sorted(made) == ["conv.6", "mlp.3"]
+    assert model.conv[6].graph_members == [["conv.0", "out"], ["conv.1", "norm"], ["conv.3", "dw"], ["conv.4", "norm"]]
+    calib = load_samples("digits", digits_pre, "train", limit=64)
+    pruned, plan = prune_model(model, digits_pre, calib, PruneRequest(channels=0.5, criterion="gradient", batches=4))
+    kept = {lp.unit: lp.keep for lp in plan.layers}
+    assert len(kept["conv.6"]) + len(kept["mlp.3"]) == (48 + 64) // 2
+    conv = pruned.conv
+    assert conv[0].out_channels == conv[3].groups == conv[3].out_channels == conv[6].in_channels == len(kept["conv.6"])
+    assert conv[1].num_features == conv[4].num_features == len(kept["conv.6"]) and conv[6].out_channels == 32
+    assert pruned.mlp[0].out_features == pruned.mlp[3].in_features == len(kept["mlp.3"])
+    # the pruned model is the unpruned one with those channels' gates at zero
+    x = torch.randn(3, 1, 32, 32)
+    for name in ("conv.6", "mlp.3"):
+        gate = torch.zeros(dict(model.named_modules())[name].hidden)
+        gate[kept[name]] = 1.0
+        dict(model.named_modules())[name].hidden_gate = gate
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
+    # reload: a fresh model takes the recorded structure (no graph tracing) and the weights
+    structure = current_structure(pruned)
+    fresh = _ConvUserModel().eval()
+    adapt(fresh)
+    apply_structure(fresh, structure)
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), pruned(x))

@@ -134,7 +134,9 @@ def _group(v: torch.Tensor, n_units: int, groups: int = 1) -> torch.Tensor:
 
 
 def unit_weight_l1(m: nn.Module, kind: str) -> torch.Tensor:
-    """Weight magnitude per unit of one module, for the unit layouts of edgeconv's layers."""
+    """Weight magnitude per unit of one module, for the unit layouts of edgeconv's layers (or the module's own)."""
+    if hasattr(m, "unit_weight_l1"):
+        return m.unit_weight_l1()
     if kind == "heads":
         n = int(m.num_heads)
         parts = []

@@ -24,7 +24,7 @@ from edgeconv.compress.importance import get_criterion, normalise_per_layer
 from edgeconv.data import Samples
 from edgeconv.errors import EdgeconvError
 from edgeconv.models import count_params_macs
-from edgeconv.models.structure import Unit, current_structure, keep_unit, prunable_units
+from edgeconv.models.structure import Unit, current_structure, is_channel_module, keep_unit, prunable_units
 
 
 @dataclass
@@ -86,6 +86,7 @@ class PrunePlan:
     macs_before: int = 0
     params_after: int = 0
     macs_after: int = 0
+    graph_units: dict = field(default_factory=dict)  # consumer path -> [[path, role]]: units the graph found
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -95,18 +96,18 @@ class PrunePlan:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def ensure_prunable(model: nn.Module) -> list[Unit]:
-    """The model's prunable units (users' timm / nn.MultiheadAttention modules adapted in place first), or an error
-    naming the first attention module edgeconv cannot prune (nothing is pruned then)."""
+GRAPH_FAMILIES = ("timm", "module")  # users' models: hidden channels are also found by the dependency graph
+
+
+def ensure_prunable(model: nn.Module, pre: dict | None = None) -> list[Unit]:
+    """The model's prunable units (users' timm / nn.MultiheadAttention modules adapted in place first, and for users'
+    models given `pre` the hidden channels Torch-Pruning's dependency graph finds), or an error naming the first
+    attention module edgeconv cannot prune (nothing is pruned then)."""
     from edgeconv.models.adapters import adapt, unknown_attention
 
     adapt(model)
-    units = prunable_units(model)
-    name = (
-        (model.cfg.get("timm_name") or model.cfg.get("family"))
-        if isinstance(getattr(model, "cfg", None), dict)
-        else type(model).__name__
-    )
+    cfg = getattr(model, "cfg", None)
+    name = (cfg.get("timm_name") or cfg.get("family")) if isinstance(cfg, dict) else type(model).__name__
     unknown = unknown_attention(model)
     if unknown:
         p, cls = unknown[0]
@@ -115,6 +116,12 @@ def ensure_prunable(model: nn.Module) -> list[Unit]:
             f"({len(unknown)} such module(s)): edgeconv knows the heads of its own families, timm's Attention and "
             "torch's nn.MultiheadAttention; nothing was pruned"
         )
+    if pre is not None and isinstance(cfg, dict) and cfg.get("family") in GRAPH_FAMILIES:
+        from edgeconv.compress.dependency import add_graph_units
+
+        g = torch.Generator().manual_seed(0)
+        add_graph_units(model, torch.randn(2, int(pre["channels"]), int(pre["size"]), int(pre["size"]), generator=g))
+    units = prunable_units(model)
     if units:
         return units
     raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
@@ -209,7 +216,7 @@ def plan_pruning(
     """Score, rank and select on a copy of `model`; the model itself is not changed."""
     req.check()
     work = copy.deepcopy(model).eval()
-    units = ensure_prunable(work)
+    units = ensure_prunable(work, pre)
     criterion = get_criterion(req.criterion, **({"seed": req.seed} if req.criterion == "random" else {}))
     batches = calibration_batches(calib, req.batches, req.batch_size, req.seed) if criterion.needs_data else []
     params0, macs0 = count_params_macs(work, pre)
@@ -307,14 +314,23 @@ def plan_pruning(
         macs_before=macs0,
         params_after=params1,
         macs_after=macs1,
+        graph_units={
+            path: [list(x) for x in m.graph_members]
+            for path, m in work.named_modules()
+            if is_channel_module(m) and getattr(m, "graph_members", None)
+        },
     )
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Remove every unit the plan does not keep (in place) and record the new structure in `model.cfg`."""
-    from edgeconv.models.adapters import adapt
+    from edgeconv.models.adapters import adapt, make_graph_unit
 
     adapt(model)
+    mods = dict(model.named_modules())
+    for consumer, members in plan.graph_units.items():
+        if not is_channel_module(mods[consumer]):
+            make_graph_unit(model, consumer, [tuple(x) for x in members])
     units = {u.name: u for u in prunable_units(model)}
     for lp in plan.layers:
         u = units.get(lp.unit)
@@ -427,7 +443,7 @@ def run_prune(
         raise EdgeconvError("give -o/--out for the pruned checkpoint (or --dry-run to only print the plan)")
     model, ck = artifacts.load_model(ckpt_path)
     pre = ck["preprocessing"]
-    ensure_prunable(model)
+    ensure_prunable(model, pre)
     calib = load_samples(data, pre, split_for(data, "calibrate"), classes=ck["classes"])
     test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)

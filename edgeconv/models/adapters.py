@@ -1,4 +1,5 @@
-"""Users' attention and MLP modules made prunable: timm's `Attention` and `Mlp`, and `nn.MultiheadAttention`.
+"""Users' attention and MLP modules made prunable: timm's `Attention` and `Mlp`, `nn.MultiheadAttention`, and
+hidden channels between two plain layers that a dependency graph found (`make_graph_unit`).
 
 `adapt(model)` gives every module it knows the head (or hidden-channel) protocol of `models/structure.py` in place:
 the instance's class becomes a subclass of its own class that adds `head_gate` / `keep_heads(idx)` (or
@@ -141,6 +142,89 @@ class _TorchMHA:
                 self.in_proj_bias = nn.Parameter(self.in_proj_bias[rows].clone())
         _keep_cols(self.out_proj, ch)
         self.num_heads = len(heads)
+
+
+# ----------------------------------------------------------------------------------------------- graph channel units
+GRAPH_ROLES = ("out", "norm", "dw")  # producer rows, a norm over the channels, a depthwise conv between
+
+
+def _keep_graph_member(m: nn.Module, role: str, idx: torch.Tensor) -> None:
+    if isinstance(m, nn.LayerNorm):
+        _keep_norm(m, idx)
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        with torch.no_grad():
+            if m.weight is not None:
+                m.weight = nn.Parameter(m.weight[idx].clone())
+                m.bias = nn.Parameter(m.bias[idx].clone())
+            if m.running_mean is not None:
+                m.running_mean = m.running_mean[idx].clone()
+                m.running_var = m.running_var[idx].clone()
+        m.num_features = len(idx)
+    else:
+        _keep_rows(m, idx)  # Linear / Conv2d rows; a depthwise conv keeps its groups equal to its channels
+
+
+class _GraphChannels:
+    """Mixed into the consuming layer (nn.Linear, or nn.Conv2d with groups 1) of a hidden-channel unit: the channels
+    its input shares with the producing layer (and the norms and depthwise convs between them). The gate multiplies
+    the consumer's input, which is what removing those channels leaves; `keep_hidden` slices every member."""
+
+    hidden_gate: torch.Tensor | None = None
+    graph_members: list = []  # [(path, role)] as recorded
+    _graph_modules: list = []  # [(module, role)]
+
+    @property
+    def hidden(self) -> int:
+        return self.in_features if isinstance(self, nn.Linear) else self.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hidden_gate is not None:
+            g = self.hidden_gate
+            x = x * (g.view(1, -1, *([1] * (x.dim() - 2))) if isinstance(self, nn.Conv2d) else g)
+        return super().forward(x)
+
+    def keep_hidden(self, idx: torch.Tensor) -> None:
+        idx = torch.as_tensor(idx, dtype=torch.long).sort().values
+        for m, role in self._graph_modules:
+            _keep_graph_member(m, role, idx)
+        _keep_cols(self, idx)
+
+    def unit_weight_l1(self) -> torch.Tensor:
+        rows = [m.weight.detach().abs().reshape(m.weight.shape[0], -1).sum(1) for m, r in self._graph_modules if r != "norm"]
+        cols = self.weight.detach().abs().transpose(0, 1).reshape(self.hidden, -1).sum(1)
+        return cols + sum(rows)
+
+
+def make_graph_unit(model: nn.Module, consumer: str, members: list) -> None:
+    """Make `consumer` (a path in `model`) the holder of a hidden-channel unit with `members` [(path, role)]."""
+    from edgeconv.errors import EdgeconvError
+
+    mods = dict(model.named_modules())
+    c = mods.get(consumer)
+    ok = isinstance(c, nn.Linear) or (isinstance(c, nn.Conv2d) and c.groups == 1)
+    if not ok or not members:
+        raise EdgeconvError(f"recorded channel unit {consumer!r} is not a Linear/Conv2d of this model")
+    resolved = []
+    for path, role in members:
+        m = mods.get(path)
+        if m is None or role not in GRAPH_ROLES:
+            raise EdgeconvError(f"recorded channel unit {consumer!r} names {path!r} ({role}), not in this model")
+        resolved.append((m, role))
+    if not isinstance(c, _GraphChannels):
+        key = (type(c), _GraphChannels)
+        if key not in _SUBCLASSES:
+            _SUBCLASSES[key] = type(f"Prunable{type(c).__name__}", (_GraphChannels, type(c)), {})
+        c.__class__ = _SUBCLASSES[key]
+    c.graph_members = [[str(p), str(r)] for p, r in members]
+    c._graph_modules = resolved
+
+
+def unmake_graph_unit(m: nn.Module) -> None:
+    """Give a layer its own class back (a candidate unit that did not pass its check)."""
+    if isinstance(m, _GraphChannels):
+        m.__class__ = next(b for b in type(m).__mro__[1:] if b is not _GraphChannels and issubclass(b, nn.Module))
+        for attr in ("graph_members", "_graph_modules", "hidden_gate"):
+            m.__dict__.pop(attr, None)
 
 
 def _timm_classes() -> dict[type, type]:

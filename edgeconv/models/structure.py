@@ -5,8 +5,10 @@ A unit is a set of modules whose heads (or hidden channels) must be removed toge
 `hidden_gate` and `keep_hidden(idx)`. Couplings across modules (a layer that reuses another layer's attention map)
 are declared by the module with `couples_heads_with` (the path of the module it shares heads with).
 
-The dependencies are declared by our own families rather than traced: every unit is internal to one block, and the
-residual widths (which would couple whole stages) are never pruned.
+Our own families declare their units rather than trace them: every unit is internal to one block, and the residual
+widths (which would couple whole stages) are never pruned. Users' models also get the hidden channels that
+Torch-Pruning's dependency graph finds between two plain layers (`compress/dependency.py`); such a unit is recorded
+with its members (`{"hidden": n, "graph": [[path, role], ...]}`), so reloading needs no tracing.
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ def prunable_units(model: nn.Module) -> list[Unit]:
 
 def current_structure(model: nn.Module) -> dict[str, dict]:
     """{module path: {"heads": n} | {"hidden": n}} for every unit narrower than the family's config built it."""
-    return {
-        p: ({"heads": int(m.num_heads)} if is_head_module(m) else {"hidden": int(m.hidden)})
-        for p, m in model.named_modules()
-        if is_head_module(m) or is_channel_module(m)
-    }
+    out = {}
+    for p, m in model.named_modules():
+        if is_head_module(m):
+            out[p] = {"heads": int(m.num_heads)}
+        elif is_channel_module(m):
+            out[p] = {"hidden": int(m.hidden)}
+            if getattr(m, "graph_members", None):
+                out[p]["graph"] = [list(x) for x in m.graph_members]
+    return out
 
 
 def keep_unit(model: nn.Module, unit: Unit, keep: torch.Tensor) -> None:
@@ -73,12 +79,23 @@ def keep_unit(model: nn.Module, unit: Unit, keep: torch.Tensor) -> None:
 
 def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
     """Shrink a freshly built model to the recorded widths (weights are loaded afterwards)."""
+    from edgeconv.models.adapters import make_graph_unit
+
     mods = dict(model.named_modules())
     for path, spec in structure.items():
         m = mods.get(path)
         if m is None:
             raise EdgeconvError(f"recorded structure names {path!r}, which this model does not have")
-        if "heads" in spec and is_head_module(m) and spec["heads"] != m.num_heads:
-            m.keep_heads(torch.arange(int(spec["heads"])))
-        elif "hidden" in spec and is_channel_module(m) and spec["hidden"] != m.hidden:
-            m.keep_hidden(torch.arange(int(spec["hidden"])))
+        if spec.get("graph") and not is_channel_module(m):
+            graph = spec["graph"]
+            if not isinstance(graph, list) or not all(isinstance(x, list) and len(x) == 2 for x in graph):
+                raise EdgeconvError(f"recorded channel unit {path!r} has a malformed member list")
+            make_graph_unit(model, path, [(str(a), str(b)) for a, b in graph])
+        for key, holds, width in (("heads", is_head_module, "num_heads"), ("hidden", is_channel_module, "hidden")):
+            if key in spec and holds(m):
+                n, full = spec[key], int(getattr(m, width))
+                if not isinstance(n, int) or not 1 <= n <= full:
+                    raise EdgeconvError(f"recorded structure gives {path!r} {n!r} {key}; the model builds 1..{full}")
+                if n != full:
+                    (m.keep_heads if key == "heads" else m.keep_hidden)(torch.arange(n))
+                break

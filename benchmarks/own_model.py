@@ -1,7 +1,7 @@
 """The "your own model" walkthrough, end to end: a model trained with timm's own tools -> edgeconv -> INT8 + bench.
 
-    .venv-timm/bin/python benchmarks/own_model.py [--work DIR] [--model deit_tiny_patch16_224] [--size 64]
-        [--epochs 4] [--train 3000] [--val 600]
+    .venv-timm/bin/python benchmarks/own_model.py [--work DIR] [--model efficientvit_m0] [--size 64]
+        [--epochs 8] [--train 3000] [--val 600]
 
 1. writes an ImageNet-layout folder of digits JPEGs of mixed sizes (`python -m edgeconv.digitsfolder`);
 2. trains the timm model the way a timm user does (torchvision's ImageFolder, timm's `create_transform` from the
@@ -47,8 +47,8 @@ def train_with_timm(name: str, folder: Path, size: int, epochs: int, out: Path) 
     cfg = {**resolve_data_config(model=model), "input_size": (3, size, size)}
     ds = ImageFolder(str(folder / "train"), transform=create_transform(**cfg, is_training=True, auto_augment=None))
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * len(loader))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * len(loader))
     model.train()
     for epoch in range(epochs):
         t0, seen = time.perf_counter(), 0
@@ -61,16 +61,16 @@ def train_with_timm(name: str, folder: Path, size: int, epochs: int, out: Path) 
             seen += len(y)
         print(f"  timm training epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, "
               f"{seen / (time.perf_counter() - t0):.0f} img/s", flush=True)  # fmt: skip
-    args = argparse.Namespace(model=name, epochs=epochs, lr=1e-3, img_size=size)
+    args = argparse.Namespace(model=name, epochs=epochs, lr=2e-3, img_size=size)
     torch.save({"epoch": epochs, "arch": name, "state_dict": model.state_dict(), "args": args, "version": 2}, out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("runs/own-model"))
-    ap.add_argument("--model", default="deit_tiny_patch16_224")
+    ap.add_argument("--model", default="efficientvit_m0")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--val", type=int, default=600)
     a = ap.parse_args()
@@ -88,12 +88,12 @@ def main() -> None:
     data = f"imagefolder:{folder}"
     classes = ",".join(str(i) for i in range(10))
     run("import", f"timm:{a.model}", str(ckpt), "--classes", classes, "--img-size", str(a.size), "-o", str(w / "m.pt"))
-    run("eval", str(w / "m.pt"), "--data", data)
+    print(run("eval", str(w / "m.pt"), "--data", data))
     run("prune", str(w / "m.pt"), "--data", data, "--target-macs", "0.5", "-o", str(w / "pruned.pt"))
     run("distill", "--teacher", str(w / "m.pt"), "--student", str(w / "pruned.pt"), "--data", data,
-        "--epochs", str(a.epochs), "-o", str(w / "student.pt"))  # fmt: skip
+        "--epochs", str(max(2, a.epochs // 2)), "-o", str(w / "student.pt"))  # fmt: skip
     run("export", str(w / "student.pt"), "-o", str(w / "student.onnx"))
-    run("validate", str(w / "student.onnx"))
+    run("validate", str(w / "student.onnx"), "--data", data)
     run("quantize", str(w / "student.onnx"), "--int8", "--data", data, "--calib-limit", "500",
         "-o", str(w / "student.int8.onnx"))  # fmt: skip
     out = run("bench", str(w / "m.pt"), str(w / "student.pt"), str(w / "student.onnx"), str(w / "student.int8.onnx"),

@@ -208,7 +208,7 @@ def _print_skipped(rec: dict | None) -> None:
 @app.command("eval")
 def eval_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
-    data: str = typer.Option("digits", help="digits | imagefolder:PATH | npz:PATH"),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP + " (default: what the model was trained on)"),
     split: str = typer.Option(
         "test",
         help="train | val | test | all: a split of digits, of an ImageNet-layout folder, or of a class tree's seeded split.",
@@ -223,7 +223,7 @@ def eval_cmd(
     check_inputs({"CKPT": ckpt})
     check_outputs({"--json": json_out}, {"CKPT": ckpt})
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.data import data_for, load_samples
     from edgeconv.models import set_routing
     from edgeconv.training import evaluate
 
@@ -232,6 +232,7 @@ def eval_cmd(
     if routing:
         if not set_routing(model, routing):
             raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
+    data = data_for(data, ck["preprocessing"], "eval")
     samples = load_samples(data, ck["preprocessing"], split, classes=ck["classes"])
     res = evaluate(model, samples)
     pc = res["per_class"]
@@ -509,7 +510,7 @@ def validate_cmd(
     against: Optional[Path] = typer.Option(
         None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."
     ),
-    data: str = typer.Option("digits", help=DATA_HELP),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP + " (default: what the model was trained on)"),
     batch: int = typer.Option(16, min=2, help="Batch size of the dynamic-batch check."),
     ort_level: str = typer.Option("all", help="onnxruntime optimisation: disable|basic|extended|all"),
     junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one test case per check)."),

@@ -140,6 +140,18 @@ def has_splits(data: str) -> bool:
     return False
 
 
+def data_for(data: str | None, pre: dict, what: str) -> str:
+    """The data a command reads when `--data` is not given: digits for a model trained on digits, the source a
+    model was trained on when its preprocessing recorded one, else a clear request for `--data`."""
+    if data:
+        return data
+    recorded = str(pre.get("dataset") or "")
+    if recorded == "digits" or recorded.startswith(("imagefolder:", "npz:")):
+        return recorded
+    c, s = pre.get("channels", "?"), pre.get("size", "?")
+    raise EdgeconvError(f"{what}: the model (input {c}x{s}x{s}) records no data it was trained on; pass --data SPEC")
+
+
 def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, what: str) -> str:
     """The data a step evaluates on: `eval_data` when given, else `data` - refused for an unsplit source (its
     evaluation would reuse the step's own training data) unless `allow_train_eval`."""

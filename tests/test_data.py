@@ -233,3 +233,13 @@ def test_prune_on_an_unsplit_folder_refuses_before_any_work(trained, tmp_path):
     with pytest.raises(EdgeconvError, match="no held-out split"):
         run_prune(str(trained("routed-tiny")), f"imagefolder:{tmp_path}", PruneRequest(heads=0.25), str(tmp_path / "p.pt"))
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_commands_read_the_data_a_model_was_trained_on_unless_told():
+    from edgeconv.data import data_for
+
+    assert data_for(None, {"dataset": "digits"}, "eval") == "digits"
+    assert data_for(None, {"dataset": "imagefolder:/data/pets"}, "eval") == "imagefolder:/data/pets"
+    assert data_for("npz:x.npz", {"dataset": "digits"}, "eval") == "npz:x.npz"
+    with pytest.raises(EdgeconvError, match=r"validate: the model \(input 3x224x224\) records no data .* --data SPEC"):
+        data_for(None, {"channels": 3, "size": 224, "source": "timm pretrained_cfg"}, "validate")

@@ -136,7 +136,7 @@ def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_pat
     assert ckpt["config"]["structure"]["net.mlp.2"]["graph"] == [["net.mlp.0", "out"]]
     code, out = cli("--trust-module", user_code, "export", tmp_path / "p.pt", "-o", tmp_path / "p.onnx")
     assert code == 0, out
-    code, out = cli("--trust-module", user_code, "validate", tmp_path / "p.onnx")
+    code, out = cli("--trust-module", user_code, "validate", tmp_path / "p.onnx", "--data", "digits")
     assert code == 0, out
 
 

@@ -24,7 +24,7 @@ from edgeconv.inspection import (
 from edgeconv.models import create_model, families, routers
 from edgeconv.models.layers import window_merge
 
-ATTENTION_FAMILIES = [f"{name}-tiny" for name, fam in families().items() if fam.has_attention and name != "timm"]
+ATTENTION_FAMILIES = [f"{name}-tiny" for name, fam in families().items() if fam.has_attention and "tiny" in fam.variants]
 
 
 def _digit(pre: dict, i: int = 0) -> torch.Tensor:

@@ -5,6 +5,9 @@ Runs in the timm venv (`make test-timm`): timm needs torchvision, which only imp
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -75,13 +78,86 @@ def test_unknown_timm_name_is_a_clear_error():
         create_model("timm:not_a_real_model_xyz")
 
 
-def test_pruning_a_timm_vit_names_the_attention_module_it_cannot_prune():
+def test_pruning_a_timm_model_with_unknown_attention_names_the_module_and_writes_nothing(tmp_path):
+    """Swin's window attention (relative-position tables per window) is not known: refused before any tracing, with
+    the module's class and path; the CLI writes no file."""
+    from edgeconv.artifacts import provenance, save_checkpoint
     from edgeconv.compress.prune import PruneRequest, prune_model
     from edgeconv.errors import EdgeconvError
 
-    model = _model("levit_128s")
-    with pytest.raises(EdgeconvError, match=r"levit_128s: cannot prune attention module timm\.models\.levit\.\w+"):
+    from edgeconv.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("timm:swin_tiny_patch4_window7_224", num_classes=10, in_chans=3, img_size=224).eval()
+    match = r"swin_tiny_patch4_window7_224: cannot prune attention module timm\.models\.swin_transformer\.WindowAttention"
+    with pytest.raises(EdgeconvError, match=match):
         prune_model(model, PRE, None, PruneRequest(heads=0.3, criterion="l1"))
+    ckpt = save_checkpoint(tmp_path / "swin.pt", model, preprocessing={**PRE, "size": 224},
+                           classes=[str(i) for i in range(10)], provenance_rec=provenance("pytest"))  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "edgeconv.cli", "prune", str(ckpt), "--heads", "0.3", "--criterion", "l1",
+                        "--eval-on-train", "-o", str(tmp_path / "p.pt")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "WindowAttention" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "p.pt").exists()
+
+
+def _perturbed(model):
+    """Random-init timm hybrids zero-init their BN scales and bias tables (outputs ~0): give them values, so the
+    equalities below compare real numbers."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.normal_(0, 0.1, generator=g)
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            if hasattr(m, "attention_biases"):
+                m.attention_biases.normal_(0, 0.5, generator=g)
+    return model
+
+
+@pytest.mark.parametrize("name, target", [("levit_128s", 0.5), ("efficientvit_m0", 0.5), ("mobilevitv2_050", 0.65)])
+def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, target, tmp_path):
+    """LeViT's attention (bias tables per head), EfficientViT's cascaded group attention (each head its own input
+    slice and cascade link) and MobileViTv2's separable attention (channels), plus the MLP and conv-expansion channels
+    the dependency graph finds: the pruned model is the unpruned one with those units' gates at zero, meets the MACs
+    target, reloads from a weights_only checkpoint and exports to matching ONNX."""
+    import onnxruntime as ort
+
+    from edgeconv.artifacts import load_model, provenance, save_checkpoint
+    from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
+    from edgeconv.data import Samples
+    from edgeconv.export.onnx import export_onnx
+    from edgeconv.models import count_params_macs
+
+    model = _perturbed(_model(name))
+    ensure_prunable(model, PRE)  # adapts in place (same arithmetic) so the gates below apply to it
+    g = torch.Generator().manual_seed(0)
+    calib = Samples(torch.randn(32, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (32,), generator=g),
+                    [str(i) for i in range(10)], "random")  # fmt: skip
+    pruned, plan = prune_model(model, PRE, calib, PruneRequest(target_macs=target, criterion="gradient", batches=4))
+    assert count_params_macs(pruned, PRE)[1] <= (target + 0.01) * count_params_macs(model, PRE)[1]
+    assert any(lp.kind == "heads" and len(lp.keep) < lp.size for lp in plan.layers) or name.startswith("mobilevit")
+    mods = dict(model.named_modules())
+    for lp in plan.layers:
+        gate = torch.zeros(lp.size)
+        gate[lp.keep] = 1.0
+        for path in lp.paths:
+            setattr(mods[path], "head_gate" if lp.kind == "heads" else "hidden_gate", gate)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        masked, ref = model(x), pruned(x)
+    assert ref.abs().max() > 1e-2
+    torch.testing.assert_close(ref, masked, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+    path = save_checkpoint(tmp_path / "p.pt", pruned, preprocessing=PRE, classes=[str(i) for i in range(10)],
+                           provenance_rec=provenance("pytest"))  # fmt: skip
+    again, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ref)
+    res = export_onnx(path, tmp_path / "p.onnx")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() <= 1e-4 * max(1.0, float(ref.abs().max()))
 
 
 def test_a_timm_vit_is_pruned_to_half_the_macs_with_num_heads_kept_true_and_reloads(tmp_path):

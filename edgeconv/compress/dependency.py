@@ -16,6 +16,7 @@ reloads without tracing) is edgeconv's.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn as nn
@@ -47,7 +48,9 @@ def _candidates(model: nn.Module, example: torch.Tensor) -> list[tuple[str, list
     names = {id(m): n for n, m in model.named_modules()}
     covered = _covered(model)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with warnings.catch_warnings():  # it warns about every bias table it would prune on its last dimension
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as e:  # noqa: BLE001 - a model Torch-Pruning cannot trace: no graph units, said once
         raise EdgeconvError(f"the dependency graph could not trace this model ({type(e).__name__}: {e})") from None
     found = []
@@ -111,6 +114,8 @@ def add_graph_units(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Find, check and make the hidden-channel units of `model` (in place); the consumers' paths."""
     from edgeconv.models.adapters import make_graph_unit, unmake_graph_unit
 
+    if model.__dict__.get("_graph_units_traced"):  # found once (copies inherit the flag): no second trace
+        return []
     was_training = model.training
     model.eval()
     made = []
@@ -129,4 +134,5 @@ def add_graph_units(model: nn.Module, example: torch.Tensor) -> list[str]:
                 unmake_graph_unit(mods[consumer])
     finally:
         model.train(was_training)
+    model.__dict__["_graph_units_traced"] = True
     return made

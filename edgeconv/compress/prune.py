@@ -127,6 +127,16 @@ def ensure_prunable(model: nn.Module, pre: dict | None = None) -> list[Unit]:
     raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
 
 
+REFINE_ROUNDS = 4  # a MACs target is re-measured and topped up this many times per step at most
+
+
+def _rounds(steps: int, rounds: int):
+    """(step, attempt) pairs: each step's first selection, then its refinement rounds."""
+    for step in range(1, steps + 1):
+        for attempt in range(rounds):
+            yield step, attempt
+
+
 def calibration_batches(samples: Samples, n_batches: int, batch_size: int, seed: int = 0) -> list:
     """The same `n_batches` shuffled batches every time they are asked for (deterministic by seed)."""
     if len(samples) == 0:
@@ -243,15 +253,21 @@ def plan_pruning(
                 "are not pruned)"
             )
 
-    for step in range(1, req.steps + 1):
+    first: dict = {}
+    for step, attempt in _rounds(req.steps, REFINE_ROUNDS if req.target_macs is not None else 1):
         frac = step / req.steps
-        raw = criterion.scores(work, units, batches)
-        norm = normalise_per_layer(raw, req.normalise)
-        if step == 1:
-            first = {n: (raw[n].clone(), norm[n].clone()) for n in raw}
         if req.target_macs is not None:
             macs_now = count_params_macs(work, pre)[1]
             goal = macs0 * (1 - (1 - req.target_macs) * frac)
+            if first and macs_now <= goal:
+                continue  # this step's goal is met; a refinement round is needed only when it is not
+            if attempt > 0:  # per-unit costs changed where coupled units shrank together: measure them again
+                costs = unit_costs(work, units, pre)
+        raw = criterion.scores(work, units, batches)
+        norm = normalise_per_layer(raw, req.normalise)
+        if not first:
+            first = {n: (raw[n].clone(), norm[n].clone()) for n in raw}
+        if req.target_macs is not None:
             removed = _select(
                 units,
                 norm,

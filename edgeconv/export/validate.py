@@ -92,7 +92,7 @@ def validate_onnx(
     model_path: str | Path,
     *,
     against: str | Path | None = None,
-    data: str = "digits",
+    data: str | None = None,
     split: str = "test",
     tolerance: float = 1e-4,
     min_agreement: float = 100.0,
@@ -166,9 +166,9 @@ def validate_onnx(
             f"{path}: no preprocessing recorded in the ONNX metadata; pass --against CKPT "
             "(an edgeconv checkpoint) so validate knows how to prepare the data"
         )
-    from edgeconv.data import load_samples
+    from edgeconv.data import data_for, load_samples
 
-    samples = load_samples(data, pre, split, limit, classes=classes)
+    samples = load_samples(data_for(data, pre, "validate"), pre, split, limit, classes=classes)
     report.data = samples.source
     x = samples.x.numpy().astype(np.float32)
     _check_input_shape(inp.shape, x.shape, path)

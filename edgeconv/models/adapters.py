@@ -1,4 +1,6 @@
-"""Users' attention and MLP modules made prunable: timm's `Attention` and `Mlp`, `nn.MultiheadAttention`, and
+"""Users' attention and MLP modules made prunable: timm's `Attention` and `Mlp`, LeViT's attention (and its
+downsampling attention), EfficientViT's cascaded group attention, MobileViTv2's separable attention (channels: it
+has no heads), `nn.MultiheadAttention`, and
 hidden channels between two plain layers that a dependency graph found (`make_graph_unit`).
 
 `adapt(model)` gives every module it knows the head (or hidden-channel) protocol of `models/structure.py` in place:
@@ -144,6 +146,177 @@ class _TorchMHA:
         self.num_heads = len(heads)
 
 
+# ----------------------------------------------------------------------------------------------- timm LeViT
+def _keep_linear_norm_rows(ln: nn.Module, idx: torch.Tensor) -> None:
+    """LeViT's LinearNorm / ConvNorm (a bias-free layer then a BatchNorm over its outputs): keep outputs `idx`."""
+    _keep_rows(ln.linear, idx)
+    _keep_graph_member(ln.bn, "norm", idx)
+
+
+def _per_head(heads: torch.Tensor, block: int, offset: int = 0, stride: int | None = None) -> torch.Tensor:
+    """Channels [h * stride + offset, h * stride + offset + block) for every head h (stride defaults to block)."""
+    stride = block if stride is None else stride
+    return (heads.view(-1, 1) * stride + offset + torch.arange(block).view(1, -1)).flatten()
+
+
+def _keep_bias_rows(m: nn.Module, heads: torch.Tensor) -> None:
+    """The per-head rows of a LeViT / EfficientViT attention-bias table (its cache dropped) and the head count."""
+    with torch.no_grad():
+        m.attention_biases = nn.Parameter(m.attention_biases[heads].clone())
+    m.attention_bias_cache = {}
+    m.num_heads = len(heads)
+
+
+class _LevitAttention:
+    """Mixed into timm.models.levit.Attention: qkv is one LinearNorm laid out per head as [q | k | v]; the attention
+    bias table has one row per head; proj's LinearNorm reads val_dim channels per head."""
+
+    head_gate: torch.Tensor | None = None
+
+    def forward(self, x):
+        gate = None if self.head_gate is None else self.head_gate.view(1, -1, 1, 1)
+        if self.use_conv:
+            B, C, H, W = x.shape
+            q, k, v = self.qkv(x).view(B, self.num_heads, -1, H * W).split([self.key_dim, self.key_dim, self.val_dim], 2)
+            attn = ((q.transpose(-2, -1) @ k) * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+            out = v @ attn.transpose(-2, -1)
+            x = (out if gate is None else out * gate).reshape(B, -1, H, W)
+        else:
+            B, N, C = x.shape
+            q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], 3)
+            q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+            attn = (q @ k * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+            out = attn @ v
+            x = (out if gate is None else out * gate).transpose(1, 2).reshape(B, N, self.val_attn_dim)
+        return self.proj(x)
+
+    def keep_heads(self, heads: torch.Tensor) -> None:
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        _keep_linear_norm_rows(self.qkv, _per_head(heads, 2 * self.key_dim + self.val_dim))
+        _keep_cols(self.proj.ln.linear, _per_head(heads, self.val_dim))
+        _keep_bias_rows(self, heads)
+        self.key_attn_dim = self.key_dim * self.num_heads
+        self.val_attn_dim = self.val_dim * self.num_heads
+
+
+class _LevitAttentionDownsample:
+    """Mixed into timm.models.levit.AttentionDownsample: kv laid out per head as [k | v], q per head; the output
+    width (the next stage's) is unchanged."""
+
+    head_gate: torch.Tensor | None = None
+
+    def forward(self, x):
+        gate = None if self.head_gate is None else self.head_gate.view(1, -1, 1, 1)
+        if self.use_conv:
+            B, C, H, W = x.shape
+            HH, WW = (H - 1) // self.stride + 1, (W - 1) // self.stride + 1
+            k, v = self.kv(x).view(B, self.num_heads, -1, H * W).split([self.key_dim, self.val_dim], dim=2)
+            q = self.q(x).view(B, self.num_heads, self.key_dim, -1)
+            attn = ((q.transpose(-2, -1) @ k) * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+            out = v @ attn.transpose(-2, -1)
+            x = (out if gate is None else out * gate).reshape(B, self.val_attn_dim, HH, WW)
+        else:
+            B, N, C = x.shape
+            k, v = self.kv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.val_dim], dim=3)
+            k, v = k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+            q = self.q(x).view(B, -1, self.num_heads, self.key_dim).permute(0, 2, 1, 3)
+            attn = (q @ k * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+            out = attn @ v
+            x = (out if gate is None else out * gate).transpose(1, 2).reshape(B, -1, self.val_attn_dim)
+        return self.proj(x)
+
+    def keep_heads(self, heads: torch.Tensor) -> None:
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        _keep_linear_norm_rows(self.kv, _per_head(heads, self.key_dim + self.val_dim))
+        _keep_linear_norm_rows(self.q.ln, _per_head(heads, self.key_dim))
+        _keep_cols(self.proj.ln.linear, _per_head(heads, self.val_dim))
+        _keep_bias_rows(self, heads)
+        self.key_attn_dim = self.key_dim * self.num_heads
+        self.val_attn_dim = self.val_dim * self.num_heads
+
+
+# ----------------------------------------------------------------------------------------------- timm EfficientViT
+class _CascadedGroupAttention:
+    """Mixed into timm.models.efficientvit_msra.CascadedGroupAttention. Head h reads its own slice of the input
+    (chunk h) plus the output of head h-1 (the cascade), has its own qkv and depthwise q conv, and one row of the
+    attention-bias table; proj reads val_dim channels per head. A removed head's link in the cascade is gone, which
+    is what its gate at zero gives: `head_ids` keeps each remaining head's original index (its input slice and its
+    cascade partner), and the structure records it."""
+
+    head_gate: torch.Tensor | None = None
+
+    @property
+    def head_ids(self) -> list[int]:
+        return self.__dict__.get("_head_ids") or list(range(self.num_heads))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        ids = self.head_ids
+        width = C // self.__dict__.get("_heads_built", self.num_heads)
+        attn_bias = self.get_attention_biases(x.device)
+        outs, prev, prev_id = [], None, None
+        for t, (qkv, dws) in enumerate(zip(self.qkvs, self.dws)):
+            h = ids[t]
+            feat = x[:, h * width : (h + 1) * width]
+            if prev is not None and prev_id == h - 1:
+                feat = feat + prev
+            q, k, v = qkv(feat).view(B, -1, H, W).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q, k, v = dws(q).flatten(2) * self.scale, k.flatten(2), v.flatten(2)
+            attn = (q.transpose(-2, -1) @ k + attn_bias[t]).softmax(dim=-1)
+            out = (v @ attn.transpose(-2, -1)).view(B, self.val_dim, H, W)
+            if self.head_gate is not None:
+                out = out * self.head_gate[t]
+            outs.append(out)
+            prev, prev_id = out, h
+        return self.proj(torch.cat(outs, 1))
+
+    def keep_heads(self, heads: torch.Tensor) -> None:
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        ids = self.head_ids
+        self.__dict__.setdefault("_heads_built", self.num_heads)
+        self.qkvs = nn.ModuleList([self.qkvs[int(t)] for t in heads])
+        self.dws = nn.ModuleList([self.dws[int(t)] for t in heads])
+        _keep_cols(self.proj[1].conv, _per_head(heads, self.val_dim))
+        _keep_bias_rows(self, heads)
+        self.__dict__["_head_ids"] = [ids[int(t)] for t in heads]
+
+
+# ----------------------------------------------------------------------------------------------- timm MobileViTv2
+class _LinearSelfAttention:
+    """Mixed into timm.models.mobilevit.LinearSelfAttention (separable attention: one context score per token, no
+    heads). Channel c of its key and value meet only each other (context_vector[c] * relu(value[c])) before out_proj,
+    so (key c, value c, out_proj column c) is a hidden-channel unit; the scores row and the input width stay."""
+
+    hidden_gate: torch.Tensor | None = None
+
+    @property
+    def hidden(self) -> int:
+        return int(self.embed_dim)
+
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
+        if x_prev is not None:
+            raise NotImplementedError("edgeconv's pruned LinearSelfAttention supports self-attention only")
+        query, key, value = self.qkv_proj(x).split([1, self.embed_dim, self.embed_dim], dim=1)
+        scores = self.attn_drop(F.softmax(query, dim=-1))
+        context = (key * scores).sum(dim=-1, keepdim=True)
+        out = F.relu(value) * context.expand_as(value)
+        if self.hidden_gate is not None:
+            out = out * self.hidden_gate.view(1, -1, 1, 1)
+        return self.out_drop(self.out_proj(out))
+
+    def keep_hidden(self, idx: torch.Tensor) -> None:
+        idx = torch.as_tensor(idx, dtype=torch.long).sort().values
+        e = self.embed_dim
+        _keep_rows(self.qkv_proj, torch.cat([torch.zeros(1, dtype=torch.long), 1 + idx, 1 + e + idx]))
+        _keep_cols(self.out_proj, idx)
+        self.embed_dim = len(idx)
+
+    def unit_weight_l1(self) -> torch.Tensor:
+        w = self.qkv_proj.weight.detach().abs().flatten(1).sum(1)
+        e = self.embed_dim
+        return w[1 : 1 + e] + w[1 + e :] + self.out_proj.weight.detach().abs().transpose(0, 1).flatten(1).sum(1)
+
+
 # ----------------------------------------------------------------------------------------------- graph channel units
 GRAPH_ROLES = ("out", "norm", "dw")  # producer rows, a norm over the channels, a depthwise conv between
 
@@ -230,9 +403,17 @@ def unmake_graph_unit(m: nn.Module) -> None:
 def _timm_classes() -> dict[type, type]:
     try:
         from timm.layers import Attention, Mlp
+        from timm.models import efficientvit_msra, levit, mobilevit
     except ImportError:
         return {}
-    return {Attention: _TimmAttention, Mlp: _TimmMlp}
+    return {
+        mobilevit.LinearSelfAttention: _LinearSelfAttention,
+        efficientvit_msra.CascadedGroupAttention: _CascadedGroupAttention,
+        Attention: _TimmAttention,
+        Mlp: _TimmMlp,
+        levit.Attention: _LevitAttention,
+        levit.AttentionDownsample: _LevitAttentionDownsample,
+    }
 
 
 def _mixin_for(m: nn.Module) -> type | None:
@@ -263,12 +444,15 @@ def adapt(model: nn.Module) -> list[str]:
 
 def unknown_attention(model: nn.Module) -> list[tuple[str, type]]:
     """(path, class) of modules that look like attention and have no head structure edgeconv can prune."""
-    from edgeconv.models.structure import is_head_module
+    from edgeconv.models.structure import is_channel_module, is_head_module
+
+    def known(m: nn.Module) -> bool:
+        return is_head_module(m) or is_channel_module(m)
 
     out = []
     for path, m in model.named_modules():
         name = type(m).__name__.lower()
-        if ("attention" in name or "attn" in name.split(".")[-1]) and not is_head_module(m):
-            if not any(is_head_module(c) for c in m.modules() if c is not m):
+        if ("attention" in name or "attn" in name.split(".")[-1]) and not known(m):
+            if not any(known(c) for c in m.modules() if c is not m):
                 out.append((path, type(m)))
     return out

@@ -61,6 +61,8 @@ def current_structure(model: nn.Module) -> dict[str, dict]:
     for p, m in model.named_modules():
         if is_head_module(m):
             out[p] = {"heads": int(m.num_heads)}
+            if hasattr(m, "head_ids"):  # heads that are not interchangeable (a cascade): which ones remain
+                out[p]["head_ids"] = [int(h) for h in m.head_ids]
         elif is_channel_module(m):
             out[p] = {"hidden": int(m.hidden)}
             if getattr(m, "graph_members", None):
@@ -91,6 +93,13 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
             if not isinstance(graph, list) or not all(isinstance(x, list) and len(x) == 2 for x in graph):
                 raise EdgeconvError(f"recorded channel unit {path!r} has a malformed member list")
             make_graph_unit(model, path, [(str(a), str(b)) for a, b in graph])
+        if "head_ids" in spec and is_head_module(m) and hasattr(m, "head_ids"):
+            ids = spec["head_ids"]
+            if not isinstance(ids, list) or not ids or any(not isinstance(h, int) or not 0 <= h < m.num_heads for h in ids):
+                raise EdgeconvError(f"recorded structure gives {path!r} head ids {ids!r}; the model builds {m.num_heads}")
+            if len(ids) != m.num_heads:
+                m.keep_heads(torch.tensor(sorted(set(ids))))
+            continue
         for key, holds, width in (("heads", is_head_module, "num_heads"), ("hidden", is_channel_module, "hidden")):
             if key in spec and holds(m):
                 n, full = spec[key], int(getattr(m, width))

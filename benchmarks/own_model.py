@@ -45,7 +45,9 @@ def train_with_timm(name: str, folder: Path, size: int, epochs: int, out: Path) 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size)
     cfg = {**resolve_data_config(model=model), "input_size": (3, size, size)}
-    ds = ImageFolder(str(folder / "train"), transform=create_transform(**cfg, is_training=True, auto_augment=None))
+    # timm's training transform with a digit-friendly recipe: no flips, crops that keep most of the digit
+    train_tf = create_transform(**cfg, is_training=True, scale=(0.6, 1.0), hflip=0.0, auto_augment=None, re_prob=0.0)
+    ds = ImageFolder(str(folder / "train"), transform=train_tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * len(loader))

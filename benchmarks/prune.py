@@ -8,7 +8,8 @@ MAC reduction r means `--target-macs 1-r` (MACs counted with count_params_macs, 
 original as teacher; its row also shows the same student fine-tuned without KD. Latency: ONNX (edgeconv export, routing
 as If) in onnxruntime, batch 1, --ort-threads intra-op threads, rounds interleaved across models, median per model;
 every exported file also goes through `validate_onnx` (checker, shapes, parity with PyTorch, If coverage, batch).
-Writes results.json, curves.png and the checkpoints/ONNX files under --out; prints the tables.
+Writes results.json, curves.png and the checkpoints/ONNX files under --out; prints the tables. Users' timm hybrids
+have their own section: benchmarks/prune_timm.py (an image folder, streamed, in the timm venv).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -260,6 +261,16 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     bad = next((k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         return f"state_dict entry {bad!r} is not a tensor"
+    for key in ("mean", "std"):
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in pre[key]):
+            return f"preprocessing {key!r} holds a value that is not a finite number"
+    if not all(v > 0 for v in pre["std"]):
+        return "preprocessing 'std' must be positive"
+    bad = next(
+        (k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None
+    )
+    if bad is not None:
+        return f"state_dict entry {bad!r} holds NaN or infinite values (a diverged training run?)"
     return None
 
 

@@ -241,6 +241,9 @@ def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or x.shape[1:] != (c, s, s):
         raise EdgeconvError(f"{path}: x has shape {list(x.shape)}, the model expects [N, {c}, {s}, {s}]")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise EdgeconvError(f"{path}: x holds {bad} NaN or infinite value(s); every pixel must be a finite number")
     x01 = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
     if classes and (y >= len(classes)).any():
         raise EdgeconvError(f"{path}: label {int(y.max())} is out of range for {len(classes)} classes")

@@ -192,6 +192,13 @@ def fit(
             total, n, t0 = 0.0, 0, time.perf_counter()
             for x, y in _epoch_batches(train, cfg, gen, epoch, ctx):
                 loss = loss_fn(net, x, y)
+                if not torch.isfinite(loss.detach()):
+                    from edgeconv.errors import EdgeconvError
+
+                    raise EdgeconvError(
+                        f"training diverged in epoch {epoch + 1}: the loss is {float(loss.detach())} (non-finite inputs "
+                        f"or too high a learning rate, --lr {cfg.lr:g}); the last finished epoch's checkpoint is kept"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:

@@ -235,3 +235,35 @@ def test_temp_files_of_killed_writers_are_cleaned(tmp_path):
     live.write_text("in progress")
     atomic_write_text(tmp_path / "r.json", "{}")
     assert not orphan.exists() and live.exists()
+
+
+def test_nan_data_and_nan_weights_are_refused_in_one_line(ckpt, tmp_path, monkeypatch, capsys):
+    """NaN pixels in an npz stop train/eval before any work; a checkpoint holding NaN weights (or a NaN mean/std)
+    is refused by every command that reads it; a training run whose loss turns NaN stops and says so."""
+    import numpy as np
+
+    from edgeconv import artifacts
+    from edgeconv.data import Samples
+    from edgeconv.training import TrainConfig, fit
+
+    x = np.random.default_rng(0).random((20, 1, 32, 32)).astype(np.float32)
+    x[3, 0, 5, 5] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 10)
+    for args in (["train", "--data", f"npz:{tmp_path / 'nan.npz'}", "--img-size", "32", "-o",
+                  tmp_path / "t.pt"], ["eval", ckpt, "--data", f"npz:{tmp_path / 'nan.npz'}"]):  # fmt: skip
+        _one_line(*_cli(monkeypatch, capsys, *args), "1 NaN or infinite value(s)")
+    assert not (tmp_path / "t.pt").exists()
+
+    c = artifacts.read_checkpoint(ckpt)
+    name = next(k for k, v in c["state_dict"].items() if v.is_floating_point())
+    c["state_dict"][name] = c["state_dict"][name].clone().fill_(float("nan"))
+    torch.save(c, tmp_path / "nan.pt")
+    before = (tmp_path / "nan.pt").read_bytes()
+    for cmd in (["info"], ["eval"], ["export", "-o", tmp_path / "nan.onnx"]):
+        _one_line(*_cli(monkeypatch, capsys, cmd[0], tmp_path / "nan.pt", *cmd[1:]), f"entry {name!r} holds NaN")
+    assert (tmp_path / "nan.pt").read_bytes() == before and not (tmp_path / "nan.onnx").exists()
+
+    model, _ = artifacts.load_model(ckpt)
+    bad = Samples(torch.full((16, 1, 32, 32), float("inf")), torch.zeros(16, dtype=torch.long), [str(i) for i in range(10)])
+    with pytest.raises(EdgeconvError, match="training diverged in epoch 1"):
+        fit(model, bad, TrainConfig(epochs=1, batch_size=8), show_progress=False)

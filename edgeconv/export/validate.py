@@ -376,7 +376,10 @@ def _check_parity(
         detail += f", ONNX top-1 {acc:.2f}%"
     if note:
         detail += f"; {note}"
-    if not ok:
+    if not np.isfinite(max_abs):
+        side = "PyTorch" if not np.isfinite(ref).all() else "ONNX"
+        detail = f"{side} gives NaN or infinite outputs on {len(ref)} samples (non-finite weights or inputs); {detail}"
+    elif not ok:
         worst = int(np.unravel_index(diff.argmax(), diff.shape)[0]) if diff.size else -1
         detail = f"outputs differ from PyTorch ({detail}; worst sample #{worst})"
     return Check("parity", PASSED if ok else FAILED, detail, data, seconds + time.perf_counter() - t0)

@@ -267,3 +267,13 @@ def test_nan_data_and_nan_weights_are_refused_in_one_line(ckpt, tmp_path, monkey
     bad = Samples(torch.full((16, 1, 32, 32), float("inf")), torch.zeros(16, dtype=torch.long), [str(i) for i in range(10)])
     with pytest.raises(EdgeconvError, match="training diverged in epoch 1"):
         fit(model, bad, TrainConfig(epochs=1, batch_size=8), show_progress=False)
+
+
+def test_late_failures_come_first(ckpt, tmp_path, monkeypatch, capsys):
+    """An opset no onnx release has is refused before the export's tracing; a folder given as the pipeline file
+    and --holdout outside (0, 1) are one line each."""
+    t = time.perf_counter()
+    _one_line(*_cli(monkeypatch, capsys, "export", ckpt, "-o", tmp_path / "m.onnx", "--opset", "999"), "opset 999")
+    assert time.perf_counter() - t < 5.0 and not (tmp_path / "m.onnx").exists()  # the export itself takes ~45 s
+    _one_line(*_cli(monkeypatch, capsys, "pipeline", tmp_path), "is a directory")
+    _one_line(*_cli(monkeypatch, capsys, "--holdout", "1.5", "models"), "--holdout must be a fraction")

@@ -121,6 +121,12 @@ def export_onnx(
     class_names = [str(c) for c in (classes or ckpt.get("classes") or range(int(cfg.get("num_classes", 0))))]
     if opset is not None and opset < MIN_OPSET:
         raise EdgeconvError(f"opset {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer")
+    if opset is not None:
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise EdgeconvError(f"opset {opset} does not exist yet: the installed onnx knows opsets up to {newest}")
 
     has_routers = bool(routers(model))
     if routing is None:

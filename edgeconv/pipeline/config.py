@@ -220,10 +220,14 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     p = Path(path)
     if not p.exists():
         raise PipelineConfigError(f"no such pipeline file: {p}")
+    if p.is_dir():
+        raise PipelineConfigError(f"{p} is a directory; give the pipeline's .toml file")
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise PipelineConfigError(f"{p}: not valid TOML ({e})")
     except UnicodeDecodeError:
         raise PipelineConfigError(f"{p}: not a text file")
+    except OSError as e:
+        raise PipelineConfigError(f"{p}: cannot read ({e.strerror or e})")
     return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p))

@@ -165,21 +165,27 @@ def _storable(obj: Any) -> Any:
     return _plain(obj)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint dict safely, turning every way a file can be wrong into one readable error."""
+def safe_torch_load(path: str | os.PathLike, allowed: tuple = (), what: str = "checkpoint"):
+    """`torch.load(weights_only=True)` (plus the classes in `allowed`), every way a file can be wrong one line."""
     p = Path(path)
     if not p.exists():
         raise EdgeconvError(f"no such file: {p}")
     if p.is_dir():
-        raise EdgeconvError(f"{p} is a directory, expected a checkpoint file")
+        raise EdgeconvError(f"{p} is a directory, expected a {what} file")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing; the error says it
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise EdgeconvError(_unpickling_error(p, str(e))) from None
+        raise EdgeconvError(_unpickling_error(p, str(e), what)) from None
     except Exception as e:  # noqa: BLE001 - arbitrary bytes fail inside torch.load in many ways (IndexError, ...)
-        raise EdgeconvError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise EdgeconvError(f"{p}: corrupt or truncated {what} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint dict safely, turning every way a file can be wrong into one readable error."""
+    p = Path(path)
+    ckpt = safe_torch_load(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise EdgeconvError(
             f"{p}: not an edgeconv checkpoint (expected format {FORMAT!r}); "
@@ -196,7 +202,7 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
-def _unpickling_error(p: Path, text: str) -> str:
+def _unpickling_error(p: Path, text: str, what: str = "checkpoint") -> str:
     """Name what the file asked for: torch's weights-only unpickler explains at length, we say it in one line."""
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
@@ -208,8 +214,8 @@ def _unpickling_error(p: Path, text: str) -> str:
         detail = next(
             (ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "an object weights-only loading does not allow"
         )
-        return f"{p}: corrupt or truncated checkpoint, or a pickle that weights-only loading refuses ({detail[:120]})"
-    return f"{p}: corrupt or truncated checkpoint ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
+        return f"{p}: corrupt or truncated {what}, or a pickle that weights-only loading refuses ({detail[:120]})"
+    return f"{p}: corrupt or truncated {what} ({text.splitlines()[0][:160] if text else 'unpickling failed'})"
 
 
 # Bounds on what a recorded config may ask the builder for: a file must not make `info` build a model for hours.

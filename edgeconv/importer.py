@@ -29,17 +29,10 @@ def _tensors_only(d: dict) -> bool:
 
 def read_state_dict(path: str | Path, ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict inside a weights file and a word on where it was found."""
+    from edgeconv.artifacts import safe_torch_load
+
     p = Path(path)
-    if not p.exists():
-        raise EdgeconvError(f"no such file: {p}")
-    if p.is_dir():
-        raise EdgeconvError(f"{p} is a directory, expected a weights file (.pt/.pth)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same user error
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgeconvError(f"{p}: cannot read weights safely ({first[:160]})") from None
+    obj = safe_torch_load(p, allowed=(argparse.Namespace,), what="weights file")
     if not isinstance(obj, dict):
         raise EdgeconvError(f"{p}: holds a {type(obj).__name__}, expected a state dict")
     if ema:

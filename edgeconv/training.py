@@ -171,10 +171,15 @@ def fit(
     steps = steps_per_epoch(len(train), cfg.batch_size, ctx)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     if opt_state:
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        if opt_state.get("rng") is not None:  # same batches and jitter as an uninterrupted run
-            gen.set_state(opt_state["rng"])
+        try:
+            opt.load_state_dict(opt_state["optimizer"])
+            sched.load_state_dict(opt_state["scheduler"])
+            if opt_state.get("rng") is not None:  # same batches and jitter as an uninterrupted run
+                gen.set_state(opt_state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            from edgeconv.errors import EdgeconvError
+
+            raise EdgeconvError(f"--resume: the recorded optimizer state does not fit ({type(e).__name__}: {e})") from None
     net = distributed.wrap(model, ctx)
     history = []
     with Progress(
@@ -331,13 +336,24 @@ def run_train(
     if resume:
         model, ckpt = artifacts.load_model(resume)
         pre, classes, parent_info = ckpt["preprocessing"], ckpt["classes"], ckpt
-        state = ckpt.get("extra", {}).get("train_state")
+        extra = ckpt.get("extra")
+        state = extra.get("train_state") if isinstance(extra, dict) else None
         if state is None:
             raise EdgeconvError(f"{resume}: has no training state to resume from (it was not written by train)")
-        start_epoch, seconds_before = int(state["epoch"]), float(state.get("seconds", 0.0))
-        cfg = TrainConfig(**{**state["config"], "epochs": max(cfg.epochs, start_epoch)})
-        opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"], "rng": state.get("rng")}
-        data = state.get("data", data)
+        try:
+            start_epoch, seconds_before = int(state["epoch"]), float(state.get("seconds", 0.0))
+            if not 0 <= start_epoch <= 100_000:
+                raise ValueError(f"epoch {start_epoch}")
+            cfg = TrainConfig(**{**state["config"], "epochs": max(cfg.epochs, start_epoch)})
+            cfg.check()
+            opt_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"], "rng": state.get("rng")}
+            data = state.get("data", data)
+            if not isinstance(data, str):
+                raise TypeError("data is not a string")
+        except EdgeconvError as e:
+            raise EdgeconvError(f"{resume}: its training state records settings that cannot be used ({e})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise EdgeconvError(f"{resume}: malformed training state ({type(e).__name__}: {e})") from None
         train = load_samples(data, pre, split_for(data, "train"), classes=classes)
         _check_trainable(data, train)
     else:

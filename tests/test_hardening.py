@@ -277,3 +277,43 @@ def test_late_failures_come_first(ckpt, tmp_path, monkeypatch, capsys):
     assert time.perf_counter() - t < 5.0 and not (tmp_path / "m.onnx").exists()  # the export itself takes ~45 s
     _one_line(*_cli(monkeypatch, capsys, "pipeline", tmp_path), "is a directory")
     _one_line(*_cli(monkeypatch, capsys, "--holdout", "1.5", "models"), "--holdout must be a fraction")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_crafted_resume_states_are_one_line(ckpt, tmp_path, monkeypatch, capsys):
+    """distill --resume with a state file that is random bytes, a pickle asking for code, or a dict with the right
+    teacher hash and nonsense values; train --resume with a crafted train_state: one line each, nothing run."""
+    import pickle
+
+    from edgeconv import artifacts
+    from edgeconv.compress.distill import state_path
+
+    out = tmp_path / "s.pt"
+    out.write_bytes(ckpt.read_bytes())
+    crafted = {"teacher_sha256": artifacts.file_sha256(ckpt), "epoch": "many", "train_config": {}, "distill_config": {}}
+    for content, frag in (
+        (b"\x00\x01garbage" * 20, "corrupt or truncated distillation state"),
+        (pickle.dumps({"x": _Evil()}, protocol=2), "refusing to load"),
+        (None, "is malformed"),
+    ):
+        if content is None:
+            torch.save(crafted, state_path(out))
+        else:
+            state_path(out).write_bytes(content)
+        args = ("distill", "--teacher", ckpt, "--student", ckpt, "--resume", "-o", out)
+        code, err = _cli(monkeypatch, capsys, *args)
+        _one_line(code, err, frag)
+        assert "pwned" not in capsys.readouterr().out
+
+    c = artifacts.read_checkpoint(ckpt)
+    c["extra"] = {"train_state": {"epoch": -3, "config": {"lr": 1e-3}, "optimizer": {}, "scheduler": {}}}
+    torch.save(c, tmp_path / "r.pt")
+    _one_line(*_cli(monkeypatch, capsys, "train", "--resume", tmp_path / "r.pt", "-o", tmp_path / "r2.pt"), "malformed")
+    c["extra"] = {"train_state": {"epoch": 1, "config": {"lr": -1.0}, "optimizer": {}, "scheduler": {}}}
+    torch.save(c, tmp_path / "r.pt")
+    _one_line(*_cli(monkeypatch, capsys, "train", "--resume", tmp_path / "r.pt", "-o", tmp_path / "r2.pt"), "cannot be used")
+    assert not (tmp_path / "r2.pt").exists()

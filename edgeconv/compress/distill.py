@@ -177,17 +177,28 @@ def run_distill(
     if resume:
         if not sp.exists() or not Path(out).exists():
             raise EdgeconvError(f"--resume: no unfinished distillation at {out} (missing {sp.name})")
-        st = torch.load(sp, map_location="cpu", weights_only=True)
+        st = artifacts.safe_torch_load(sp, what="distillation state")
+        if not isinstance(st, dict):
+            raise EdgeconvError(f"--resume: {sp} is not a distillation state")
         if st.get("teacher_sha256") != artifacts.file_sha256(teacher_path):
             raise EdgeconvError(f"--resume: {out} was distilled from a different teacher")
         resumed, _ = artifacts.load_model(out)
         wrapped.student = resumed
-        if projector is not None:
-            projector.load_state_dict(st["projector"])
-        start_epoch = int(st["epoch"])
-        tcfg = TrainConfig(**{**st["train_config"], "epochs": max(tcfg.epochs, start_epoch)})
-        dcfg = DistillConfig(**st["distill_config"])
-        opt_state = {"optimizer": st["optimizer"], "scheduler": st["scheduler"]}
+        try:
+            if projector is not None:
+                projector.load_state_dict(st["projector"])
+            start_epoch = int(st["epoch"])
+            if not 0 <= start_epoch <= 100_000:
+                raise ValueError(f"epoch {start_epoch}")
+            tcfg = TrainConfig(**{**st["train_config"], "epochs": max(tcfg.epochs, start_epoch)})
+            dcfg = DistillConfig(**st["distill_config"])
+            tcfg.check()
+            dcfg.check()
+            opt_state = {"optimizer": st["optimizer"], "scheduler": st["scheduler"]}
+        except EdgeconvError as e:
+            raise EdgeconvError(f"--resume: {sp} records settings that cannot be used ({e})") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise EdgeconvError(f"--resume: {sp} is malformed ({type(e).__name__}: {e})") from None
 
     prov = artifacts.provenance(command, student_path, s_ck)
     prov["teacher_sha256"] = artifacts.file_sha256(teacher_path)

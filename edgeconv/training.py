@@ -361,8 +361,11 @@ def run_train(
         timm_name = model_name[5:] if model_name.startswith("timm:") else None
         if data != "digits" and img_size is None and not timm_name:
             raise EdgeconvError("--img-size is required for data other than digits")
-        if weights and not model_name.startswith("timm:"):
-            raise EdgeconvError("--weights initialises timm:NAME models; zoo models train from scratch or --resume")
+        if weights and parse_name(model_name)[0] not in ("timm", "module"):
+            raise EdgeconvError(
+                "--weights initialises timm:NAME and package.module:factory models; zoo models train from scratch "
+                "or --resume"
+            )
         if data == "digits":
             pre, classes = digits_preprocessing(img_size or 32), [str(i) for i in range(10)]
             train = load_samples(data, pre, "train")
@@ -379,9 +382,9 @@ def run_train(
         seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
         model = create_model(model_name, num_classes=len(classes), in_chans=pre["channels"], img_size=pre["size"])
         if weights:
-            from edgeconv.models.timm_adapter import load_timm_weights
+            from edgeconv.importer import load_into
 
-            load_timm_weights(model, weights)
+            load_into(model, weights)
     seed_everything(cfg.seed)
     prov = artifacts.provenance(command, resume, parent_info)  # hashed once: `out` may be the resumed file itself
     t0 = time.perf_counter()

@@ -74,10 +74,3 @@ def pretrained_preprocessing(name: str, size: int | None = None, channels: int =
         "pixel_range": "[0,1] before normalisation",
         "source": f"timm {timm.__version__} pretrained_cfg of {name}",
     }
-
-
-def load_timm_weights(model: nn.Module, path: str) -> None:
-    """Load a state dict, timm's training file ({'state_dict': ...}) or a {'model': ...} file into a timm model."""
-    from edgeconv.importer import load_into
-
-    load_into(model, path)

@@ -32,10 +32,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument("--work", type=Path, default=Path("runs/bench-prune-timm"))
+    ap.add_argument("--data", default=None, help="digits, or a data spec (default: a generated digits JPEG folder)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--val", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--kd-epochs", type=int, default=3)
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--random-seeds", type=int, default=2)
@@ -56,18 +58,21 @@ def main() -> None:
 
     a.work.mkdir(parents=True, exist_ok=True)
     console.print(f"CPU: {cpu_class()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    folder = a.work / "digits"
-    if not folder.exists():
-        subprocess.run([sys.executable, "-m", "edgeconv.digitsfolder", str(folder), "--train", str(a.train),
-                        "--val", str(a.val), "--no-progress"], check=True)  # fmt: skip
-    data = f"imagefolder:{folder}"
+    data = a.data
+    if data is None:
+        folder = a.work / "digits"
+        if not folder.exists():
+            subprocess.run([sys.executable, "-m", "edgeconv.digitsfolder", str(folder), "--train", str(a.train),
+                            "--val", str(a.val), "--no-progress"], check=True)  # fmt: skip
+        data = f"imagefolder:{folder}"
+    chans = 1 if data == "digits" else 3
     rows, records = [], []
     for name in a.models.split(","):
         t0 = time.perf_counter()
         teacher = a.work / f"{name}.pt"
         if not teacher.exists():
-            run_train(f"timm:{name}", data, str(teacher), cfg=TrainConfig(epochs=a.epochs, lr=2e-3, batch_size=64),
-                      img_size=a.size, in_chans=3, command="benchmarks/prune_timm.py")  # fmt: skip
+            run_train(f"timm:{name}", data, str(teacher), cfg=TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=64),
+                      img_size=a.size, in_chans=chans, command="benchmarks/prune_timm.py")  # fmt: skip
         model, ck = artifacts.load_model(teacher)
         pre = ck["preprocessing"]
         calib = load_samples(data, pre, "train", classes=ck["classes"]).stratified(512, seed=0)

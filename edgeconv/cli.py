@@ -57,8 +57,12 @@ def _root(
         None, help="DataLoader worker processes that decode image folders (default: min(8, CPUs); 0: in process)."
     ),
     bad_images: str = typer.Option("skip", help="Unreadable files in image folders: skip (counted, listed) | fail."),
-    holdout: float = typer.Option(0.2, help="Share of each class a flat class-folder tree holds out for evaluation."),
-    split_seed: int = typer.Option(0, help="Seed of a flat class-folder tree's train/held-out split."),
+    holdout: Optional[float] = typer.Option(
+        None, help="Share of each class a flat class-folder tree holds out (default: the model's recorded, else 0.2)."
+    ),
+    split_seed: Optional[int] = typer.Option(
+        None, help="Seed of a flat class-folder tree's train/held-out split (default: the model's recorded, else 0)."
+    ),
     trust_module: list[str] = typer.Option(
         [], help="package.module:factory whose code may be imported to rebuild a checkpoint (repeatable)."
     ),
@@ -209,9 +213,9 @@ def _print_skipped(rec: dict | None) -> None:
 def eval_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
     data: Optional[str] = typer.Option(None, help=DATA_HELP + " (default: what the model was trained on)"),
-    split: str = typer.Option(
-        "test",
-        help="train | val | test | all: a split of digits, of an ImageNet-layout folder, or of a class tree's seeded split.",
+    split: Optional[str] = typer.Option(
+        None,
+        help="train | val | test | all (default: test; a class tree the model was not trained on: all of it).",
     ),
     routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
@@ -223,7 +227,7 @@ def eval_cmd(
     check_inputs({"CKPT": ckpt})
     check_outputs({"--json": json_out}, {"CKPT": ckpt})
     from edgeconv import artifacts
-    from edgeconv.data import data_for, load_samples
+    from edgeconv.data import data_for, load_samples, split_for
     from edgeconv.models import set_routing
     from edgeconv.training import evaluate
 
@@ -233,6 +237,7 @@ def eval_cmd(
         if not set_routing(model, routing):
             raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
     data = data_for(data, ck["preprocessing"], "eval")
+    split = split_for(data, "evaluate", split, trained_on=ck["preprocessing"].get("dataset") or "")
     samples = load_samples(data, ck["preprocessing"], split, classes=ck["classes"])
     res = evaluate(model, samples)
     pc = res["per_class"]

@@ -109,22 +109,32 @@ def digits_images01(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 SPLIT_ROLES = ("train", "calibrate", "evaluate")
 
 
-def split_for(data: str, role: str, split: str | None = None) -> str:
+def split_for(data: str, role: str, split: str | None = None, trained_on: str | None = None) -> str:
     """The one rule for which split of `data` a step reads for `role` (train | calibrate | evaluate).
 
     `digits`, image folders in the ImageNet layout (`train/`, `val/`) and flat class trees (a seeded split) have
     splits: training and calibration read `train`, evaluation reads `split` (default `test`, which is `val/` for a
     folder without `test/`, and the held-out part of a class tree). Any other source is one unsplit set and every
     role reads all of it (`all`), so a step that trains or calibrates and also evaluates on it would score its own
-    training data: `check_held_out` refuses that unless asked for.
+    training data: `check_held_out` refuses that unless asked for. A class tree evaluated on by a model that was
+    not trained on it (`trained_on`, another source) is read whole.
     """
     if role not in SPLIT_ROLES:
         raise ValueError(f"unknown split role {role!r}")
     if not has_splits(data):
         return "all"
     if role == "evaluate":
+        if split is None and trained_on is not None and data != trained_on and _is_class_tree(data):
+            return "all"  # a separate class tree given to evaluate on is held out as a whole
         return split or "test"
     return "train"
+
+
+def _is_class_tree(data: str) -> bool:
+    from edgeconv.folders import is_class_tree, is_split_layout
+
+    root = Path(data.split(":", 1)[1]) if data.startswith("imagefolder:") else None
+    return root is not None and not is_split_layout(root) and is_class_tree(root)
 
 
 def has_splits(data: str) -> bool:

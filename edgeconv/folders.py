@@ -46,8 +46,8 @@ TRAIN_RATIO = (3 / 4, 4 / 3)
 class LoaderSettings:
     workers: int | None = None  # None: min(8, CPUs)
     bad_images: str = "skip"
-    holdout: float = 0.2  # share of each class held out of a flat class tree
-    split_seed: int = 0
+    holdout: float | None = None  # share of each class a flat class tree holds out (None: recorded, else 0.2)
+    split_seed: int | None = None
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -112,7 +112,7 @@ def held_out_mask(rel_paths: list[str], labels: np.ndarray, holdout: float, seed
     mask = np.zeros(len(rel_paths), dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = int(round(holdout * len(idx))) if len(idx) > 1 else 0
+        k = min(int(round(holdout * len(idx))), len(idx) - 1)  # every class keeps a training file
         mask[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
     return mask
 
@@ -182,7 +182,36 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate([rng.permutation(g)[:k] for g, k in zip(groups, take)]))
 
 
-def scan(root: Path, split: str = "all", classes: list[str] | None = None) -> FolderIndex:
+DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED = 0.2, 0
+
+
+def split_rule(pre: dict | None = None) -> tuple[float, int]:
+    """(holdout, seed) of a class tree's split: the command line's, else the one `pre` recorded, else the defaults,
+    so a model evaluated on the tree it was trained on is scored on the files it did not see."""
+    rec = (pre or {}).get("split_rule") or {}
+    holdout = SETTINGS.holdout if SETTINGS.holdout is not None else rec.get("holdout", DEFAULT_HOLDOUT)
+    seed = SETTINGS.split_seed if SETTINGS.split_seed is not None else rec.get("seed", DEFAULT_SPLIT_SEED)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise EdgeconvError(f"recorded split holdout {holdout!r} is not a fraction in (0, 1)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise EdgeconvError(f"recorded split seed {seed!r} is not an integer in [0, 2**32)")
+    return float(holdout), int(seed)
+
+
+def split_record(data: str) -> dict:
+    """What a model trained on `data` records about its split ({} unless `data` is a flat class tree)."""
+    if not data.startswith("imagefolder:"):
+        return {}
+    root = Path(data.split(":", 1)[1])
+    if is_split_layout(root) or not is_class_tree(root):
+        return {}
+    holdout, seed = split_rule()
+    return {"split_rule": {"holdout": holdout, "seed": seed}}
+
+
+def scan(
+    root: Path, split: str = "all", classes: list[str] | None = None, rule: tuple[float, int] | None = None
+) -> FolderIndex:
     """Index `root` for `split` (train | val | test | all); see the module docstring for the layouts."""
     if not str(root) or str(root) == ".":
         raise EdgeconvError("imagefolder: needs a folder, e.g. imagefolder:data/pets")
@@ -236,9 +265,10 @@ def scan(root: Path, split: str = "all", classes: list[str] | None = None) -> Fo
         return index
     if split not in SPLIT_DIRS:
         raise EdgeconvError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_DIRS)}, all)")
-    held = held_out_mask([os.path.relpath(f, root) for f in index.files], labels, SETTINGS.holdout, SETTINGS.split_seed)
+    holdout, seed = rule or split_rule()
+    held = held_out_mask([os.path.relpath(f, root) for f in index.files], labels, holdout, seed)
     part = index.subset(np.flatnonzero(~held if split == "train" else held))
-    part.split = f"{split}: seeded split, holdout {SETTINGS.holdout:g}, seed {SETTINGS.split_seed}"
+    part.split = f"{split}: seeded split, holdout {holdout:g}, seed {seed}"
     if not len(part):
         raise EdgeconvError(f"{root}: the seeded split left no files in {split} (too few images per class)")
     return part
@@ -504,6 +534,6 @@ def load_folder(root: Path, pre: dict, split: str = "all", classes: list[str] | 
     """`imagefolder:ROOT` for one split, streamed (see the module docstring)."""
     _mode_for(int(pre["channels"]))
     _resample(pre)
-    index = scan(root, split, classes)
+    index = scan(root, split, classes, split_rule(pre))
     where = f"imagefolder:{root}" + (f" ({index.split})" if index.split != "all" else "")
     return FolderSamples(index, pre, where)

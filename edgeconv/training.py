@@ -41,6 +41,16 @@ class TrainConfig:
     def check(self) -> None:
         """Ranges, before any data is loaded (each error names the CLI option)."""
         from edgeconv.checks import check_training
+        from edgeconv.errors import EdgeconvError
+
+        for name, value, kind in (("epochs", self.epochs, int), ("batch_size", self.batch_size, int),
+                                  ("warmup_epochs", self.warmup_epochs, int), ("seed", self.seed, int),
+                                  ("augment", self.augment, bool)):  # fmt: skip
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise EdgeconvError(f"{name} must be {'an integer' if kind is int else 'true or false'}, got {value!r}")
+        if not 0 <= self.seed < 2**32 or not 0 <= self.warmup_epochs <= 100_000:
+            raise EdgeconvError(f"seed must be in [0, 2**32) and warmup_epochs in [0, 100000], got {self.seed}, "
+                                f"{self.warmup_epochs}")  # fmt: skip
 
         check_training(
             epochs=self.epochs,
@@ -324,6 +334,7 @@ def run_train(
     from edgeconv import distributed
     from edgeconv.data import digits_preprocessing, has_splits, load_samples, split_for
     from edgeconv.errors import EdgeconvError
+    from edgeconv.folders import split_record
     from edgeconv.models import create_model, parse_name
 
     from edgeconv.checks import check_input_shape
@@ -372,7 +383,7 @@ def run_train(
         elif timm_name:  # timm's convention for the model: its pretrained config's size, filter, crop, mean/std
             from edgeconv.models.timm_adapter import pretrained_preprocessing
 
-            pre = {**pretrained_preprocessing(timm_name, img_size, in_chans), "dataset": data}
+            pre = {**pretrained_preprocessing(timm_name, img_size, in_chans), "dataset": data, **split_record(data)}
             train = load_samples(data, pre, split_for(data, "train"))
             classes = train.classes
         else:
@@ -467,6 +478,7 @@ def _measured_preprocessing(data: str, size: int, channels: int):
     """Preprocessing for a user's data set: its own per-channel mean/std, measured on (a stratified subset of at
     most MEASURE_LIMIT of) the training samples by the evaluation geometry; returns it and the training set."""
     from edgeconv.data import load_samples, split_for
+    from edgeconv.folders import split_record
 
     split = split_for(data, "train")
     raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels, "std": [1.0] * channels}, split)
@@ -481,5 +493,6 @@ def _measured_preprocessing(data: str, size: int, channels: int):
         "layout": "NCHW",
         "pixel_range": "[0,1] before normalisation",
         "dataset": data,
+        **split_record(data),
     }
     return pre, load_samples(data, pre, split)

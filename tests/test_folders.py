@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgeconv.data import check_held_out, has_splits, load_samples, split_for
 from edgeconv.errors import EdgeconvError
-from edgeconv.folders import FolderSamples, configure, eval_geometry, scan, stratified_indices
+from edgeconv.folders import SETTINGS, FolderSamples, configure, eval_geometry, scan, stratified_indices
 
 RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -66,11 +66,30 @@ def test_flat_class_tree_gets_a_seeded_stratified_split(tmp_path):
         configure(split_seed=0, holdout=0.5)
         assert np.bincount(scan(tmp_path, "test").labels, minlength=3).tolist() == [25, 5, 0]
     finally:
-        configure(split_seed=0, holdout=0.2)
+        SETTINGS.holdout = SETTINGS.split_seed = None
     # a file added later moves at most one other file of its class across the split
     Image.new("RGB", (20, 30)).save(tmp_path / "a" / "new.png")
     moved = set(test.files) ^ (set(scan(tmp_path, "test").files) - {str(tmp_path / "a" / "new.png")})
     assert len(moved) <= 1
+
+
+def test_a_class_trees_split_rule_travels_with_the_model_and_another_tree_is_read_whole(tmp_path):
+    from edgeconv.folders import split_record, split_rule
+
+    _class_tree(tmp_path / "a", {"x": 10, "y": 10})
+    _class_tree(tmp_path / "b", {"x": 5, "y": 5})
+    spec_a, spec_b = f"imagefolder:{tmp_path / 'a'}", f"imagefolder:{tmp_path / 'b'}"
+    try:
+        configure(split_seed=7, holdout=0.3)  # `edgeconv --split-seed 7 --holdout 0.3 train ...`
+        rec = split_record(spec_a)
+    finally:
+        SETTINGS.holdout = SETTINGS.split_seed = None
+    assert rec == {"split_rule": {"holdout": 0.3, "seed": 7}} and split_record(f"imagefolder:{tmp_path / 'b' / 'x'}") == {}
+    assert split_rule(rec) == (0.3, 7)  # a later `eval` without the flags uses the model's recorded rule
+    held = load_samples(spec_a, {**RGB32, **rec}, "test")
+    assert len(held) == 6 and "holdout 0.3, seed 7" in held.source
+    assert split_for(spec_a, "evaluate", trained_on=spec_a) == "test"
+    assert split_for(spec_b, "evaluate", trained_on=spec_a) == "all"  # a separate tree to evaluate on: all of it
 
 
 def test_unlabelled_folder_stays_one_unsplit_set(tmp_path):

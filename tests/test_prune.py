@@ -372,3 +372,20 @@ def test_the_dependency_graph_finds_hidden_channels_in_a_users_model_and_leaves_
     fresh.load_state_dict(pruned.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), pruned(x))
+
+
+def test_a_flatten_into_a_linear_is_not_a_channel_unit(digits_pre):
+    """LeNet-style: conv -> BN -> ReLU -> conv -> ReLU -> flatten -> Linear. The graph maps the flatten, so the last
+    conv's channels reach the Linear as C x H x W columns: not a unit (no crash); the first conv pair is one."""
+    from edgeconv.compress.dependency import add_graph_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 7 * 7, 10),
+    ).eval()  # fmt: skip
+    assert add_graph_units(model, torch.randn(2, 1, 32, 32)) == ["3"]
+    model.cfg = {"family": "module"}
+    calib = load_samples("digits", digits_pre, "train", limit=32)
+    pruned, plan = prune_model(model, digits_pre, calib, PruneRequest(channels=0.5, criterion="gradient", batches=2))
+    assert pruned[0].out_channels == pruned[3].in_channels == 4 and pruned[6].in_features == 196

@@ -51,9 +51,12 @@ def _candidates(model: nn.Module, example: torch.Tensor) -> list[tuple[str, list
         with warnings.catch_warnings():  # it warns about every bias table it would prune on its last dimension
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as e:  # noqa: BLE001 - a model Torch-Pruning cannot trace: no graph units, said once
-        raise EdgeconvError(f"the dependency graph could not trace this model ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - a model Torch-Pruning cannot trace: the known units only, said once
+        warnings.warn(f"the dependency graph could not trace this model ({type(e).__name__}: {e}); only heads and "
+                      "channels of known modules are pruned", stacklevel=2)  # fmt: skip
+        return []
     found = []
+    mods = dict(model.named_modules())
     for path, m in model.named_modules():
         if not _plain(m) or id(m) in covered or m not in dg.module2node:
             continue
@@ -82,32 +85,66 @@ def _candidates(model: nn.Module, example: torch.Tensor) -> list[tuple[str, list
             if not ok:
                 break
         if ok and len(consumers) == 1 and consumers[0] != path:
-            found.append((consumers[0], [(path, "out"), *dict.fromkeys(members)]))
+            width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            widths = {_width(mods[p]) for p, _ in members} | {_in_width(mods[consumers[0]])}
+            if widths == {width}:  # a flatten or reshape between them maps channels to other widths: not a unit
+                found.append((consumers[0], [(path, "out"), *dict.fromkeys(members)]))
     return found
 
 
+def _width(m: nn.Module) -> int:
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[-1]) if len(m.normalized_shape) == 1 else -1
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return int(m.num_features)
+    return int(m.out_channels)  # a depthwise conv
+
+
+def _in_width(m: nn.Module) -> int:
+    return int(m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+
+
 def _passes(model: nn.Module, consumer: str, example: torch.Tensor) -> bool:
-    """Removing channel 0 of the unit equals zeroing its gate (the unit is what the slicing removes)."""
+    """Removing channel 0 of the unit equals zeroing its gate, at the consumer's output (where zeroing it must change
+    something, so the check is not vacuous) and at the model's output (nothing else reads the channel)."""
     mods = dict(model.named_modules())
     c = mods[consumer]
     if c.hidden < 2:
         return False
+
+    def run(m: nn.Module, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = []
+        h = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+        try:
+            out = m(example)
+        finally:
+            h.remove()
+        return out, seen[0]
+
     gate = torch.ones(c.hidden)
     gate[0] = 0.0
-    with torch.no_grad():
-        c.hidden_gate = gate
-        try:
-            masked = model(example)
-        finally:
-            c.hidden_gate = None
-        probe = copy.deepcopy(model)
-        dict(probe.named_modules())[consumer].keep_hidden(torch.arange(1, c.hidden))
-        try:
-            removed = probe(example)
-        except RuntimeError:
-            return False
-    scale = masked.abs().max().clamp_min(1e-6)
-    return masked.shape == removed.shape and bool(((masked - removed).abs().max() / scale) < 1e-4)
+    try:
+        with torch.no_grad():
+            full, full_c = run(model, c)
+            c.hidden_gate = gate
+            try:
+                masked, masked_c = run(model, c)
+            finally:
+                c.hidden_gate = None
+            probe = copy.deepcopy(model)
+            pc = dict(probe.named_modules())[consumer]
+            pc.keep_hidden(torch.arange(1, c.hidden))
+            removed, removed_c = run(probe, pc)
+    except (RuntimeError, IndexError, TypeError, ValueError):
+        return False
+    if masked.shape != removed.shape or masked_c.shape != removed_c.shape:
+        return False
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() <= 1e-4 * a.abs().max().clamp_min(1e-6))
+
+    changed = not close(full_c, masked_c)
+    return changed and close(masked_c, removed_c) and close(masked, removed)
 
 
 def add_graph_units(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -160,7 +160,7 @@ def run_distill(
     pre, classes = s_ck["preprocessing"], s_ck["classes"]
     eval_data = check_held_out(data, eval_data, allow_train_eval, "distill")
     train = load_samples(data, pre, split_for(data, "train"), classes=classes)
-    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=classes)
+    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate", trained_on=data), classes=classes)
     if len(train) == 0:
         raise EdgeconvError(f"{data}: no training samples")
 
@@ -261,7 +261,7 @@ def run_distill(
             }
         )
     metrics = {
-        f"{split_for(eval_data, 'evaluate')}_top1": rows[2]["top1 %"],
+        f"{split_for(eval_data, 'evaluate', trained_on=data)}_top1": rows[2]["top1 %"],
         "evaluated_on": test.source,
         "teacher_top1": rows[0]["top1 %"],
         "student_before_top1": rows[1]["top1 %"],

@@ -461,7 +461,7 @@ def run_prune(
     pre = ck["preprocessing"]
     ensure_prunable(model, pre)
     calib = load_samples(data, pre, split_for(data, "calibrate"), classes=ck["classes"])
-    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate"), classes=ck["classes"])
+    test = load_samples(eval_data, pre, split_for(eval_data, "evaluate", trained_on=data), classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)
     before, after = evaluate(model, test)["top1"], evaluate(pruned, test)["top1"]
     summary = {

@@ -380,8 +380,13 @@ def make_graph_unit(model: nn.Module, consumer: str, members: list) -> None:
     resolved = []
     for path, role in members:
         m = mods.get(path)
-        if m is None or role not in GRAPH_ROLES:
-            raise EdgeconvError(f"recorded channel unit {consumer!r} names {path!r} ({role}), not in this model")
+        fits = {
+            "out": isinstance(m, (nn.Linear, nn.Conv2d)),
+            "norm": isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)),
+            "dw": isinstance(m, nn.Conv2d) and m.groups > 1,
+        }
+        if m is None or not fits.get(role, False):
+            raise EdgeconvError(f"recorded channel unit {consumer!r} names {path!r} ({role}), not such a layer here")
         resolved.append((m, role))
     if not isinstance(c, _GraphChannels):
         key = (type(c), _GraphChannels)

@@ -95,7 +95,12 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
             make_graph_unit(model, path, [(str(a), str(b)) for a, b in graph])
         if "head_ids" in spec and is_head_module(m) and hasattr(m, "head_ids"):
             ids = spec["head_ids"]
-            if not isinstance(ids, list) or not ids or any(not isinstance(h, int) or not 0 <= h < m.num_heads for h in ids):
+            bad = not isinstance(ids, list) or not ids or len(set(map(str, ids))) != len(ids)
+            if (
+                bad
+                or any(not isinstance(h, int) or not 0 <= h < m.num_heads for h in ids)
+                or spec.get("heads", len(ids)) != len(ids)
+            ):
                 raise EdgeconvError(f"recorded structure gives {path!r} head ids {ids!r}; the model builds {m.num_heads}")
             if len(ids) != m.num_heads:
                 m.keep_heads(torch.tensor(sorted(set(ids))))

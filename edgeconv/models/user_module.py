@@ -59,6 +59,8 @@ def _factory(name: str):
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise EdgeconvError(f"cannot import {mod_name} for {name} ({e}); run from the folder that holds it") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing (SyntaxError, ...): theirs
+        raise EdgeconvError(f"importing {mod_name} for {name} failed: {type(e).__name__}: {e}") from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise EdgeconvError(f"{mod_name} has no function {fn_name!r}")

@@ -1,7 +1,7 @@
 """The "your own model" walkthrough, end to end: a model trained with timm's own tools -> edgeconv -> INT8 + bench.
 
     .venv-timm/bin/python benchmarks/own_model.py [--work DIR] [--model efficientvit_m0] [--size 64]
-        [--epochs 8] [--train 3000] [--val 600]
+        [--epochs 8] [--kd-epochs 12] [--train 3000] [--val 600]
 
 1. writes an ImageNet-layout folder of digits JPEGs of mixed sizes (`python -m edgeconv.digitsfolder`);
 2. trains the timm model the way a timm user does (torchvision's ImageFolder, timm's `create_transform` from the
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientvit_m0")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--kd-epochs", type=int, default=12)
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--val", type=int, default=600)
     a = ap.parse_args()
@@ -91,9 +92,9 @@ def main() -> None:
     classes = ",".join(str(i) for i in range(10))
     run("import", f"timm:{a.model}", str(ckpt), "--classes", classes, "--img-size", str(a.size), "-o", str(w / "m.pt"))
     print(run("eval", str(w / "m.pt"), "--data", data))
-    run("prune", str(w / "m.pt"), "--data", data, "--target-macs", "0.5", "-o", str(w / "pruned.pt"))
-    run("distill", "--teacher", str(w / "m.pt"), "--student", str(w / "pruned.pt"), "--data", data,
-        "--epochs", str(max(2, a.epochs // 2)), "-o", str(w / "student.pt"))  # fmt: skip
+    print(run("prune", str(w / "m.pt"), "--data", data, "--target-macs", "0.5", "-o", str(w / "pruned.pt")))
+    print(run("distill", "--teacher", str(w / "m.pt"), "--student", str(w / "pruned.pt"), "--data", data,
+        "--epochs", str(a.kd_epochs), "-o", str(w / "student.pt")))  # fmt: skip
     run("export", str(w / "student.pt"), "-o", str(w / "student.onnx"))
     run("validate", str(w / "student.onnx"), "--data", data)
     run("quantize", str(w / "student.onnx"), "--int8", "--data", data, "--calib-limit", "500",

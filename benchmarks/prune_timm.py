@@ -51,6 +51,7 @@ def main() -> None:
     from edgeconv.compress.prune import PruneRequest, prune_model
     from edgeconv.console import console, rows_table
     from edgeconv.data import load_samples
+    from edgeconv.errors import EdgeconvError
     from edgeconv.export.onnx import export_onnx
     from edgeconv.export.validate import validate_onnx
     from edgeconv.models import count_params_macs
@@ -81,7 +82,13 @@ def main() -> None:
         top_teacher = evaluate(model, test)["top1"]
         macs0 = count_params_macs(model, pre)[1]
         req = dict(target_macs=a.target_macs, batches=32, batch_size=8)
-        pruned, plan = prune_model(model, pre, calib, PruneRequest(criterion="gradient", **req))
+        try:
+            pruned, plan = prune_model(model, pre, calib, PruneRequest(criterion="gradient", **req))
+        except EdgeconvError as e:  # e.g. a target below what the prunable units allow: say so, go on
+            rec = {"model": name, "teacher": round(top_teacher, 2), "result": str(e)[:160]}
+            records.append(rec)
+            console.print(rows_table([rec], title=name))
+            continue
         macs1 = count_params_macs(pruned, pre)[1]
         top_grad = evaluate(pruned, test)["top1"]
         top_rand = []
@@ -114,7 +121,11 @@ def main() -> None:
         rows.append(rec)
         records.append({**rec, "random_runs": top_rand, "plan_notes": plan.notes[:5]})
         console.print(rows_table([rec], title=name))
-    console.print(rows_table(rows, title=f"timm hybrids pruned to {a.target_macs:.0%} of the MACs ({cpu_class()})"))
+    if rows:
+        console.print(rows_table(rows, title=f"timm hybrids pruned to {a.target_macs:.0%} of the MACs ({cpu_class()})"))
+    for rec in records:
+        if "result" in rec:
+            console.print(f"{rec['model']}: {rec['result']}", highlight=False)
     if a.json:
         a.json.write_text(json.dumps({"cpu": cpu_class(), "args": vars(a) | {"work": str(a.work), "json": str(a.json)},
                                       "rows": records}, indent=2))  # fmt: skip

@@ -17,7 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from edgeconv.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
@@ -152,14 +152,15 @@ def model_label(ckpt: dict) -> str:
     return f"{ckpt['family']}-{ckpt['config'].get('variant')}"
 
 
-def _eval_rows(path: Path, label: str, data: str, split: str) -> tuple[dict, dict]:
+def _eval_rows(path: Path, label: str, data: str, split: str | None) -> tuple[dict, dict]:
     """Evaluate a checkpoint: (row for the final table, metrics with the per-router routing mix)."""
     from edgeconv import artifacts
     from edgeconv.data import load_samples, split_for
     from edgeconv.training import evaluate
 
     model, ck = artifacts.load_model(path)
-    samples = load_samples(data, ck["preprocessing"], split_for(data, "evaluate", split), classes=ck["classes"])
+    split = split_for(data, "evaluate", split, trained_on=ck["preprocessing"].get("dataset") or "")
+    samples = load_samples(data, ck["preprocessing"], split, classes=ck["classes"])
     res = evaluate(model, samples)
     params = sum(p.numel() for p in model.parameters())
     row = {
@@ -234,7 +235,11 @@ class Train(Step):
 @dataclass
 class EvalOptions:
     data: str = option("", help="Data to evaluate on (default: the pipeline's data).")
-    split: str = option("test", choices=SPLITS)
+    split: Optional[str] = option(
+        None,
+        choices=SPLITS,
+        help="train | val | test | all (default: test; a class tree the model was not trained on: all of it).",
+    )
 
 
 @register_step

@@ -12,7 +12,6 @@ and the preprocessing: for timm models from timm's pretrained config, for a user
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import torch
@@ -56,9 +55,10 @@ def read_state_dict(path: str | Path, ema: bool = False) -> tuple[dict[str, torc
     return sd, where
 
 
-def load_into(model: nn.Module, path: str | Path, ema: bool = False) -> str:
-    """Load a weights file into a timm or user-module wrapper (`model.net`); returns where the weights were."""
-    sd, where = read_state_dict(path, ema)
+def load_into(model: nn.Module, path: str | Path, ema: bool = False, read: tuple | None = None) -> str:
+    """Load a weights file (or its `read_state_dict` result, `read`) into a timm or user-module wrapper
+    (`model.net`); returns where the weights were."""
+    sd, where = read or read_state_dict(path, ema)
     net = getattr(model, "net", model)
     own = net.state_dict()
     if any(k in sd and tuple(sd[k].shape) != tuple(v.shape) for k, v in own.items()):
@@ -173,9 +173,9 @@ def import_checkpoint(
     if fam not in ("timm", "module"):
         raise EdgeconvError(f"{model_name}: import brings timm:NAME or package.module:factory models; zoo models train")
     pre = preprocessing_for(model_name, img_size, in_chans, overrides or {})
-    read_state_dict(weights, ema)  # a bad file fails before the model is built
+    read = read_state_dict(weights, ema)  # a bad file fails before the model is built
     model = create_model(model_name, num_classes=len(classes), in_chans=in_chans, img_size=pre["size"])
-    where = load_into(model, weights, ema)
+    where = load_into(model, weights, ema, read)
     model.eval()
     with torch.no_grad():
         logits = model(torch.zeros(2, in_chans, pre["size"], pre["size"]))
@@ -185,8 +185,7 @@ def import_checkpoint(
         )
     if not torch.isfinite(logits).all():
         raise EdgeconvError(f"{weights}: the imported model gives NaN or infinite outputs")
-    sha = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
-    source = {"path": str(weights), "sha256": sha, "weights": where}
+    source = {"path": str(weights), "sha256": artifacts.file_sha256(weights), "weights": where}
     path = artifacts.save_checkpoint(
         out,
         model,

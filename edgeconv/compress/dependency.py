@@ -160,8 +160,8 @@ def add_graph_units(model: nn.Module, example: torch.Tensor) -> list[str]:
         candidates = _candidates(model, example)
         model.train()  # timm's attention-bias caches (LeViT, EfficientViT) hold traced tensors: train() drops them
         model.eval()
+        mods = dict(model.named_modules())  # making a unit changes a module's class, not the module tree
         for consumer, members in candidates:
-            mods = dict(model.named_modules())
             if is_channel_module(mods[consumer]):  # two producers feeding one consumer: already a unit
                 continue
             make_graph_unit(model, consumer, members)

@@ -150,7 +150,7 @@ class _TorchMHA:
 def _keep_linear_norm_rows(ln: nn.Module, idx: torch.Tensor) -> None:
     """LeViT's LinearNorm / ConvNorm (a bias-free layer then a BatchNorm over its outputs): keep outputs `idx`."""
     _keep_rows(ln.linear, idx)
-    _keep_graph_member(ln.bn, "norm", idx)
+    _keep_rows(ln.bn, idx)
 
 
 def _per_head(heads: torch.Tensor, block: int, offset: int = 0, stride: int | None = None) -> torch.Tensor:
@@ -321,20 +321,13 @@ class _LinearSelfAttention:
 GRAPH_ROLES = ("out", "norm", "dw")  # producer rows, a norm over the channels, a depthwise conv between
 
 
-def _keep_graph_member(m: nn.Module, role: str, idx: torch.Tensor) -> None:
+def _keep_member(m: nn.Module, idx: torch.Tensor) -> None:
+    """A member of a graph unit keeps channels `idx`: a LayerNorm its affine entries, anything else its rows (a
+    depthwise conv keeps its groups equal to its channels)."""
     if isinstance(m, nn.LayerNorm):
         _keep_norm(m, idx)
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        with torch.no_grad():
-            if m.weight is not None:
-                m.weight = nn.Parameter(m.weight[idx].clone())
-                m.bias = nn.Parameter(m.bias[idx].clone())
-            if m.running_mean is not None:
-                m.running_mean = m.running_mean[idx].clone()
-                m.running_var = m.running_var[idx].clone()
-        m.num_features = len(idx)
     else:
-        _keep_rows(m, idx)  # Linear / Conv2d rows; a depthwise conv keeps its groups equal to its channels
+        _keep_rows(m, idx)
 
 
 class _GraphChannels:
@@ -358,8 +351,8 @@ class _GraphChannels:
 
     def keep_hidden(self, idx: torch.Tensor) -> None:
         idx = torch.as_tensor(idx, dtype=torch.long).sort().values
-        for m, role in self._graph_modules:
-            _keep_graph_member(m, role, idx)
+        for m, _role in self._graph_modules:
+            _keep_member(m, idx)
         _keep_cols(self, idx)
 
     def unit_weight_l1(self) -> torch.Tensor:

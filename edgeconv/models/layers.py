@@ -15,7 +15,7 @@ import torch.nn as nn
 
 
 def _keep_rows(layer: nn.Module, idx: torch.Tensor) -> None:
-    """Keep output channels `idx` of a Linear/Conv2d/BatchNorm2d/LayerNorm in place."""
+    """Keep output channels `idx` of a Linear/Conv2d/BatchNorm in place."""
     with torch.no_grad():
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             layer.weight = nn.Parameter(layer.weight[idx].clone())
@@ -28,11 +28,13 @@ def _keep_rows(layer: nn.Module, idx: torch.Tensor) -> None:
                 if layer.groups > 1:  # depthwise: one input channel per output channel
                     layer.groups = len(idx)
                     layer.in_channels = len(idx)
-        elif isinstance(layer, nn.BatchNorm2d):
-            layer.weight = nn.Parameter(layer.weight[idx].clone())
-            layer.bias = nn.Parameter(layer.bias[idx].clone())
-            layer.running_mean = layer.running_mean[idx].clone()
-            layer.running_var = layer.running_var[idx].clone()
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):  # 1d/2d, affine or not, with or without stats
+            if layer.weight is not None:
+                layer.weight = nn.Parameter(layer.weight[idx].clone())
+                layer.bias = nn.Parameter(layer.bias[idx].clone())
+            if layer.running_mean is not None:
+                layer.running_mean = layer.running_mean[idx].clone()
+                layer.running_var = layer.running_var[idx].clone()
             layer.num_features = len(idx)
         else:
             raise TypeError(f"cannot prune outputs of {type(layer).__name__}")

@@ -44,23 +44,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_tmp_stem(dest)}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     except OSError as e:
         raise EdgeconvError(f"cannot write {dest}: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); the artifact gets the mode any new file gets here (umask)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _tmp_stem(dest: Path) -> str:
+    """The part of a temp file's name taken from `dest` (short enough that the temp name fits in 255 bytes)."""
+    return dest.name[:120]
+
+
 def _remove_orphans(dest: Path) -> None:
     """Temp files of `dest` left by a writer that was killed (its pid, in the name, no longer runs)."""
-    for tmp in dest.parent.glob(f".{glob_escape(dest.name)}.*.tmp"):
-        pid = tmp.name[len(dest.name) + 2 :].split(".", 1)[0]
+    stem = _tmp_stem(dest)
+    for tmp in dest.parent.glob(f".{glob_escape(stem)}.*.tmp"):
+        pid = tmp.name[len(stem) + 2 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -177,9 +194,18 @@ def safe_torch_load(path: str | os.PathLike, allowed: tuple = (), what: str = "c
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing; the error says it
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise EdgeconvError(_unpickling_error(p, str(e), what)) from None
+        raise EdgeconvError(_other_kind(p, what) or _unpickling_error(p, str(e), what)) from None
     except Exception as e:  # noqa: BLE001 - arbitrary bytes fail inside torch.load in many ways (IndexError, ...)
-        raise EdgeconvError(f"{p}: corrupt or truncated {what} ({type(e).__name__}: {_first_line(e)})") from None
+        raise EdgeconvError(
+            _other_kind(p, what) or f"{p}: corrupt or truncated {what} ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+
+
+def _other_kind(p: Path, what: str) -> str | None:
+    """'X is an ONNX model, not a PyTorch checkpoint (.pt)' when the file is plainly something else."""
+    from edgeconv.formats import not_a
+
+    return not_a(p, "checkpoint", f"a PyTorch {what}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -149,10 +149,36 @@ def load_onnx_proto(path: str | Path, *, external_data: bool = True):
     if not p.is_file():
         raise EdgeconvError(f"no such file: {p}")
     try:
-        return onnx.load_model(str(p), load_external_data=external_data)
+        proto = onnx.load_model(str(p), load_external_data=external_data)
     except Exception as e:  # noqa: BLE001 - truncated, not protobuf, missing external data: one user error
+        from edgeconv.formats import not_a
+
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgeconvError(f"{p}: not a readable ONNX model ({first[:200]})")
+        raise EdgeconvError(not_a(p, "onnx") or f"{p}: not a readable ONNX model ({first[:200]})")
+    if not proto.HasField("graph") and proto.ir_version == 0:  # an empty file parses as an empty message
+        raise EdgeconvError(f"{p}: not an ONNX model ({'an empty file' if p.stat().st_size == 0 else 'no graph'})")
+    if not proto.graph.output:
+        raise EdgeconvError(f"{p}: the graph has no outputs, so there is nothing to run or compare")
+    if not external_data:
+        _check_external_locations(proto, p)
+    return proto
+
+
+def _check_external_locations(proto, p: Path) -> None:
+    """External weights must be files inside the model's folder: checked without reading them (a full load, with
+    onnx's own check, reads them all)."""
+    from edgeconv.graphwalk import initializers
+
+    base = p.resolve().parent
+    for t in initializers(proto.graph):
+        if t.data_location != 1:  # TensorProto.EXTERNAL
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(base):
+            raise EdgeconvError(f"{p}: external data of {t.name!r} points outside the model's folder ({loc!r})")
+        if not target.is_file():
+            raise EdgeconvError(f"{p}: external data file of {t.name!r} is missing ({loc!r})")
 
 
 def read_metadata(onnx_path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
@@ -36,13 +37,94 @@ def _items(args: Mapping[str, PathArg | Iterable[PathArg]]) -> list[tuple[str, P
     return out
 
 
+def _kind(name: str, p: Path) -> str:
+    """'dir', 'file', 'other' or 'missing'; a path the OS cannot even look up (a name too long) is one line."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "missing"
+    except OSError as e:
+        raise EdgeconvError(f"{name} {_short(p)}: {e.strerror or e}") from None
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _short(p: Path, keep: int = 80) -> str:
+    """A path as typed, shortened in the middle when longer than `keep` characters (a 300-character name)."""
+    s = str(p)
+    return s if len(s) <= keep else f"{s[: keep // 2]}...{s[-keep // 2 :]}"
+
+
 def check_inputs(inputs: Mapping[str, PathArg | Iterable[PathArg]]) -> None:
-    """Every given input exists and is a file."""
+    """Every given input exists and is a regular file (a FIFO or device would block or never end)."""
     for name, p in _items(inputs):
-        if p.is_dir():
+        kind = _kind(name, p)
+        if kind == "dir":
             raise EdgeconvError(f"{name} {p} is a directory, expected a file")
-        if not p.exists():
+        if kind == "missing":
             raise EdgeconvError(f"{name}: no such file: {p}")
+        if kind == "other":
+            raise EdgeconvError(f"{name} {p} is not a regular file (a pipe or device), expected a file")
+
+
+def check_data(specs: Mapping[str, str | None]) -> None:
+    """Every given data spec names a source that is there: `digits`, `npz:FILE` (a file), `imagefolder:DIR` (a
+    folder). Checked before any model is loaded, so a typo is not reported as a missing --img-size or a bad model."""
+    for name, spec in specs.items():
+        if spec is None or spec == "digits":
+            continue
+        kind, colon, path = spec.partition(":")
+        if not colon or kind not in ("imagefolder", "npz"):
+            raise EdgeconvError(f"{name} {spec!r}: unknown data source; use digits, imagefolder:PATH or npz:PATH")
+        if not path:
+            raise EdgeconvError(f"{name} {spec}: give a path after '{kind}:', e.g. {kind}:data/pets")
+        found = _kind(name, Path(path))
+        if kind == "npz" and found != "file":
+            what = {"missing": "no such file", "dir": "a directory", "other": "not a regular file"}[found]
+            raise EdgeconvError(f"{name} {spec}: {what}, expected an .npz file")
+        if kind == "imagefolder" and found != "dir":
+            raise EdgeconvError(f"{name} {spec}: {'no such folder' if found == 'missing' else 'not a folder'}")
+
+
+def check_folders(folders: Mapping[str, PathArg]) -> None:
+    """Every given input folder exists and is a folder (`--calib DIR`)."""
+    for name, p in _items(folders):
+        found = _kind(name, p)
+        if found != "dir":
+            raise EdgeconvError(f"{name} {p}: {'no such folder' if found == 'missing' else 'not a folder'}")
+
+
+def _names_fit(name: str, p: Path) -> None:
+    for part in p.parts:
+        if len(part.encode()) > 255:
+            raise EdgeconvError(
+                f"{name} {_short(p)}: a name in the path is too long ({len(part.encode())} bytes; at most 255)"
+            )
+
+
+def _writable_place(name: str, p: Path) -> None:
+    """The nearest existing folder above `p` is a folder we may write into (missing ones are created)."""
+    existing = next((q for q in [p.parent, *p.parent.parents] if _kind(name, q) != "missing"), None)
+    if existing is not None and (_kind(name, existing) != "dir" or not os.access(existing, os.W_OK | os.X_OK)):
+        raise EdgeconvError(
+            f"{name} {p}: cannot write there ({existing} is "
+            f"{'not a folder' if _kind(name, existing) != 'dir' else 'not writable'})"
+        )
+
+
+def check_output_dirs(dirs: Mapping[str, PathArg]) -> None:
+    """Every given output folder is a folder or can be made one: not a file, under a writable folder."""
+    for name, p in _items(dirs):
+        _names_fit(name, p)
+        kind = _kind(name, p)
+        if kind in ("file", "other"):
+            raise EdgeconvError(f"{name} {p} is a file, expected a folder to write into")
+        if kind == "dir":
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise EdgeconvError(f"{name} {p}: cannot write there (not writable)")
+        else:
+            _writable_place(name, p)
 
 
 def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg | Iterable[PathArg]] = {}) -> None:
@@ -50,14 +132,10 @@ def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg |
     outs = _items(outputs)
     ins = _items(inputs)
     for name, p in outs:
-        if p.is_dir():
+        _names_fit(name, p)
+        if _kind(name, p) == "dir":
             raise EdgeconvError(f"{name} {p} is a directory, expected a file path to write")
-        existing = next((q for q in [p.parent, *p.parent.parents] if q.exists()), None)
-        if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
-            raise EdgeconvError(
-                f"{name} {p}: cannot write there ({existing} is "
-                f"{'not a folder' if not existing.is_dir() else 'not writable'})"
-            )
+        _writable_place(name, p)
         for in_name, q in ins:
             if _same(p, q):
                 raise EdgeconvError(

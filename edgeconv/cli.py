@@ -16,9 +16,18 @@ from rich.markup import escape
 from edgeconv import __version__
 from edgeconv.console import console, err_console, rows_table, sections_table
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import is_format
+from edgeconv.formats import check_content, is_format
 from edgeconv.options import cli_options
-from edgeconv.checks import check_input_shape, check_inputs, check_number, check_outputs, check_training
+from edgeconv.checks import (
+    check_data,
+    check_folders,
+    check_input_shape,
+    check_inputs,
+    check_number,
+    check_output_dirs,
+    check_outputs,
+    check_training,
+)
 from edgeconv.quantize import BACKENDS as QBACKENDS
 from edgeconv.quantize import QuantizeSettings
 from edgeconv.settings import (
@@ -131,6 +140,7 @@ def train_cmd(
         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, label_smoothing=s.label_smoothing
     )
     check_inputs({"--weights": weights, "--resume": resume})
+    check_data({"--data": data})
     check_outputs({"-o": out}, {"--weights": weights})
     from edgeconv.training import TrainConfig, run_train
 
@@ -225,6 +235,7 @@ def eval_cmd(
     Example: edgeconv eval model.pt --data digits --split test
     """
     check_inputs({"CKPT": ckpt})
+    check_data({"--data": data})
     check_outputs({"--json": json_out}, {"CKPT": ckpt})
     from edgeconv import artifacts
     from edgeconv.data import data_for, load_samples, split_for
@@ -297,6 +308,7 @@ def prune_cmd(
     Example: edgeconv prune model.pt --data digits --target-macs 0.5 -o pruned.pt
     """
     check_inputs({"CKPT": ckpt})
+    check_data({"--data": data, "--eval-data": s.eval_data})
     check_outputs({"-o": out, "--json": json_out, "--heatmap": heatmap}, {"CKPT": ckpt})
     from edgeconv.compress.prune import PruneRequest, layer_rows, run_prune
 
@@ -337,13 +349,15 @@ def prune_cmd(
         )
     )
     for note in plan.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if dry_run:
         console.print("dry run: nothing written")
     else:
         console.print(
             f"wrote {out} (reloads to the same outputs), report {json_out}"
-            + (f", heatmap {heatmap}" if res["report"].get("heatmap") else "")
+            + (f", heatmap {heatmap}" if res["report"].get("heatmap") else ""),
+            markup=False,
+            highlight=False,
         )
 
 
@@ -365,6 +379,7 @@ def distill_cmd(
     """
     check_training(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     check_inputs({"--teacher": teacher, "--student": student})
+    check_data({"--data": data, "--eval-data": s.eval_data})
     check_outputs({"-o": out, "--json": json_out}, {"--teacher": teacher, "--student": student})
     from edgeconv import artifacts
     from edgeconv.compress.distill import DistillConfig, run_distill
@@ -392,7 +407,7 @@ def distill_cmd(
             title=f"distillation (alpha {s.alpha}, T {s.temperature}{', feature' if s.feature else ''}, {s.epochs} epochs)",
         )
     )
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False, highlight=False)
     if json_out:
         artifacts.atomic_write_json(json_out, res)
 
@@ -415,10 +430,11 @@ def export_cmd(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgeconv import artifacts
-    from edgeconv.export.onnx import export_onnx
+    from edgeconv.export.onnx import check_opset, export_onnx
 
     if not is_format(out, "onnx"):
         raise EdgeconvError(f"-o {out}: the output file must end in .onnx")
+    check_opset(s.opset, "--opset")
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]export[/] {task.description}"),
@@ -439,7 +455,7 @@ def export_cmd(
         )
     console.print(sections_table({"exported": res.row()}, title=str(out)))
     for note in res.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if json_out:
         artifacts.atomic_write_json(json_out, res.to_dict())
 
@@ -470,6 +486,8 @@ def quantize_cmd(
     Example: edgeconv quantize model.pt --int8 --backend ort -o model.int8.onnx
     """
     check_inputs({"MODEL": model})
+    check_data({"--data": data, "--eval": eval_data})
+    check_folders({"--calib": settings.calib})
     check_outputs({"-o": out, "--json": json_out}, {"MODEL": model})
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -491,7 +509,7 @@ def quantize_cmd(
     )
     with Progress(
         SpinnerColumn(),
-        TextColumn(f"[bold]quantize {backend}[/] {{task.description}}"),
+        TextColumn(f"[bold]quantize {escape(backend)}[/] {{task.description}}"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
@@ -502,7 +520,7 @@ def quantize_cmd(
     if rep.details:
         console.print(rows_table(rep.details, title="kept in float / checks"))
     for note in rep.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if json_out:
         artifacts.atomic_write_json(json_out, rep.record)
 
@@ -528,6 +546,7 @@ def validate_cmd(
     Example: edgeconv validate model.onnx --against model.pt --junit validate.xml
     """
     check_inputs({"MODEL": model, "--against": against})
+    check_data({"--data": data})
     check_number("--tolerance", s.tolerance, min=0)
     check_number("--min-agreement", s.min_agreement, min=0, max=100)
     check_outputs({"--junit": junit, "--json": json_out}, {"MODEL": model, "--against": against})
@@ -572,7 +591,7 @@ def validate_cmd(
     if json_out:
         artifacts.atomic_write_json(json_out, report.to_dict())
     style = "bold green" if report.passed else "bold red"
-    console.print(f"[{style}]{report.summary()}[/]", highlight=False, soft_wrap=True)
+    console.print(f"[{style}]{escape(report.summary())}[/]", highlight=False, soft_wrap=True)
     if not report.passed:
         raise typer.Exit(1)
 
@@ -614,6 +633,9 @@ def bench_cmd(
     Example: edgeconv bench model.pt model.onnx model.int8.onnx model.int8.tflite --batch 1,8 --json bench.json
     """
     check_inputs({"MODELS": models, "--reference": reference, "--compare": compare})
+    for m in models:
+        check_content(m)
+    check_data({"--data": data})
     # --compare is read completely before anything is written: refreshing a baseline in place is allowed
     check_outputs(
         {"--json": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot, "--profile-plot": profile_plot},
@@ -667,7 +689,7 @@ def bench_cmd(
         args += ["--threads", str(threads)] if threads else []
         args += ["--limit", str(s.limit)] if s.limit else []
         target = SshTarget(host, port=ssh_port, identity=identity, known_hosts=known_hosts, remote_edgeconv=remote_edgeconv)
-        with console.status(f"running edgeconv bench on {host}"):
+        with console.status(f"running edgeconv bench on {escape(host)}"):
             result = run_remote_bench(target, models, args, reference=reference, timeout=remote_timeout)
     else:
         cfg = BenchConfig(
@@ -752,6 +774,8 @@ def inspect_cmd(
     """
     from edgeconv.inspection import inspect_checkpoint
 
+    check_inputs({"CKPT": ckpt, "IMAGES": [i for i in images if not i.startswith("digits:")]})
+    check_output_dirs({"-o": out})
     rep = inspect_checkpoint(ckpt, images, out, _routing(routing))
     rows = []
     for im in rep["images"]:
@@ -770,7 +794,7 @@ def inspect_cmd(
         )
     console.print(rows_table(rows, title=f"inspect {rep['model']}"))
     n = sum(len(i["files"]) for i in rep["images"])
-    console.print(f"wrote {n} PNG{'' if n == 1 else 's'} and inspect.json to {out}", highlight=False)
+    console.print(f"wrote {n} PNG{'' if n == 1 else 's'} and inspect.json to {out}", markup=False, highlight=False)
 
 
 @app.command("pipeline")
@@ -790,6 +814,8 @@ def pipeline_cmd(
     from edgeconv.pipeline import load_pipeline, run_pipeline
     from edgeconv.pipeline.report import print_summary
 
+    check_inputs({"FILE": file})
+    check_output_dirs({"--run-dir": run_dir})
     cfg = load_pipeline(file)
     if check:
         console.print(
@@ -811,6 +837,7 @@ def demo_cmd(
     from edgeconv.pipeline import demo_pipeline_path, load_pipeline, run_pipeline
     from edgeconv.pipeline.report import print_summary
 
+    check_output_dirs({"--run-dir": run_dir})
     path = demo_pipeline_path()
     if show:
         typer.echo(path.read_text())
@@ -829,6 +856,7 @@ def info_cmd(
 
     Example: edgeconv info model.pt   |   edgeconv info --device
     """
+    check_inputs({"ARTIFACT": artifact})
     check_outputs({"--json": json_out}, {"ARTIFACT": artifact})
     from edgeconv import artifacts
 
@@ -879,19 +907,38 @@ INTERRUPTED = (
 )
 
 
+def _error(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(text.split()))}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console entry point: one readable line and exit code 2 for user errors, 130 when interrupted."""
+    """Console entry point: one readable line and exit code 2 for user errors (ours and the parser's: a bad
+    option value, an unknown option), 130 when interrupted."""
     import signal
+
+    try:
+        from typer._click import exceptions as click  # typer 0.2x carries its own copy of click
+    except ImportError:  # older typer runs on click itself
+        from click import exceptions as click
 
     signal.signal(signal.SIGINT, _on_sigint)
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="edgeconv")
     except EdgeconvError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(2)
-    except (Interrupted, KeyboardInterrupt):
+    except click.NoArgsIsHelpError as e:  # `edgeconv` alone: the help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # parser errors: one line, not a box, and where to look
+        ctx = getattr(e, "ctx", None)
+        _error(e.format_message() + (f" (see: {ctx.command_path} --help)" if ctx is not None else ""))
+        sys.exit(e.exit_code)
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
         err_console.print(INTERRUPTED)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

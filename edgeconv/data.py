@@ -213,6 +213,41 @@ def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None, sp
     return load_folder(root, pre, split, classes)
 
 
+def _check_zip(path: Path) -> None:
+    """An npz is a zip archive: anything else is refused here (np.load would read it as a pickled .npy and
+    suggest allow_pickle)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        from edgeconv.formats import not_a
+
+        raise EdgeconvError(not_a(path, "npz") or f"{path}: not an .npz file (an npz is a zip archive of .npy arrays)")
+
+
+def npz_image_size(path: Path) -> int | None:
+    """The square image size of an npz's `x` ([N,C,S,S] or [N,S,S,C] or [N,S,S]) read from its header only; None
+    when it is not square or not there (the loader then says what is wrong)."""
+    import zipfile
+
+    _check_zip(path)
+    try:
+        with zipfile.ZipFile(path) as z, z.open("x.npy") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, _ = (
+                np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
+            )
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return int(shape[1])
+    if len(shape) == 4:
+        if shape[2] == shape[3] and shape[1] <= 16:
+            return int(shape[2])
+        if shape[1] == shape[2]:
+            return int(shape[1])
+    return None
+
+
 def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples:
     """An .npz with `x` ([N,C,H,W] or [N,H,W,C], uint8 0..255 or float 0..1), optional integer `y` and `classes`.
 
@@ -222,6 +257,7 @@ def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples
         raise EdgeconvError(f"no such file: {path}")
     if path.is_dir():
         raise EdgeconvError(f"{path} is a directory, expected an .npz file")
+    _check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):

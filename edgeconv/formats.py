@@ -76,3 +76,81 @@ def sidecar_paths(path: str | Path) -> list[Path]:
     """Every sidecar a file may have: `<file>.json` (what edgeconv writes) and `<stem>.json` (older files)."""
     p = Path(path)
     return [sidecar_path(p), p.with_suffix(SIDECAR_SUFFIX)]
+
+
+# ----------------------------------------------------------------------------------------------- what a file holds
+SNIFF_LABELS = {
+    "empty": "an empty file",
+    "checkpoint": "a PyTorch checkpoint",
+    "npz": "an .npz archive",
+    "zip": "a zip archive",
+    "tflite": "a TFLite model",
+    "onnx": "an ONNX model",
+    "png": "a PNG image",
+    "jpeg": "a JPEG image",
+    "text": "a text file",
+}
+
+
+def sniff(path: str | Path) -> str:
+    """What a file holds, by content (for error messages when a file has the wrong kind for its suffix):
+    a key of SNIFF_LABELS, or "unknown"."""
+    import zipfile
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x80") and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "checkpoint"  # a legacy torch.save file (a bare pickle)
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "unknown"
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "checkpoint"
+        return "npz" if names and all(n.endswith(".npy") for n in names) else "zip"
+    try:
+        text = head.decode("utf-8")
+        if all(c.isprintable() or c in "\n\r\t" for c in text):
+            return "text"
+    except UnicodeDecodeError:
+        pass
+    if p.stat().st_size < 1 << 30:  # a protobuf has no magic bytes: parse it (error path only)
+        try:
+            import onnx
+
+            m = onnx.load_model(str(p), load_external_data=False)
+            if m.HasField("graph") and m.ir_version > 0:
+                return "onnx"
+        except Exception:  # noqa: BLE001 - anything that does not parse is not an ONNX model
+            pass
+    return "unknown"
+
+
+def not_a(path: str | Path, expected: str, label: str | None = None) -> str | None:
+    """`"<path> is <what it holds>, not <label>"` when the content is clearly another kind than `expected` (a key of
+    SNIFF_LABELS), else None."""
+    try:
+        kind = sniff(path)
+    except OSError:
+        return None
+    if kind in ("unknown", expected):
+        return None
+    return f"{path} is {SNIFF_LABELS[kind]}, not {label or SNIFF_LABELS[expected]}"
+
+
+def check_content(path: str | Path) -> None:
+    """A file whose format has magic bytes holds that format (a TFLite flatbuffer says `TFL3`): checked before a
+    runner or a missing record gives a less direct error."""
+    if is_format(path, "tflite") and sniff(path) != "tflite":
+        raise EdgeconvError(not_a(path, "tflite") or f"{path}: not a TFLite model (no TFL3 file identifier)")

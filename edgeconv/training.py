@@ -370,8 +370,16 @@ def run_train(
     else:
         parse_name(model_name)  # an unknown name fails before any data is loaded
         timm_name = model_name[5:] if model_name.startswith("timm:") else None
+        if data.startswith("npz:") and img_size is None and not timm_name:
+            from edgeconv.data import npz_image_size
+
+            img_size = npz_image_size(Path(data[4:]))
+            if img_size is None:
+                raise EdgeconvError(
+                    f"--data {data}: no square images in an array 'x' ([N, C, S, S] or [N, S, S, C]); give --img-size"
+                )
         if data != "digits" and img_size is None and not timm_name:
-            raise EdgeconvError("--img-size is required for data other than digits")
+            raise EdgeconvError("--img-size is required for image folders (the size images are resized to)")
         if weights and parse_name(model_name)[0] not in ("timm", "module"):
             raise EdgeconvError(
                 "--weights initialises timm:NAME and package.module:factory models; zoo models train from scratch "

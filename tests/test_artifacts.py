@@ -47,6 +47,16 @@ def test_atomic_path_keeps_the_previous_file_when_the_block_raises(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # the temp file is gone too
 
 
+def test_atomic_writes_get_the_mode_of_any_new_file_and_fit_long_names(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this umask
+    name = "n" * 250 + ".json"  # the temp file's name must still fit in 255 bytes
+    for dest in (tmp_path / "a.json", tmp_path / name):
+        artifacts.atomic_write_json(dest, {"a": 1})
+        assert dest.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["plain.txt", "a.json", name])
+
+
 def test_atomic_path_creates_nothing_when_the_first_write_fails(tmp_path):
     dest = tmp_path / "sub" / "new.json"
     with pytest.raises(KeyboardInterrupt):
@@ -228,7 +238,7 @@ def test_truncated_checkpoints_are_one_readable_error(trained, tmp_path, cut):
     n = int(len(data) * cut) if isinstance(cut, float) else (cut if cut >= 0 else len(data) + cut)
     path = tmp_path / "cut.pt"
     path.write_bytes(data[:n])
-    with pytest.raises(EdgeconvError, match="corrupt or truncated checkpoint") as e:
+    with pytest.raises(EdgeconvError, match="corrupt or truncated checkpoint|an empty file, not a PyTorch checkpoint") as e:
         artifacts.load_model(path)
     assert "\n" not in str(e.value)
 
@@ -237,7 +247,7 @@ def test_truncated_checkpoints_are_one_readable_error(trained, tmp_path, cut):
 def test_garbage_files_are_one_readable_error(tmp_path, content):
     path = tmp_path / "garbage.pt"
     path.write_bytes(content)
-    with pytest.raises(EdgeconvError, match="corrupt or truncated|refusing to load"):
+    with pytest.raises(EdgeconvError, match="corrupt or truncated|refusing to load|a text file, not a PyTorch checkpoint"):
         artifacts.load_model(path)
 
 

@@ -151,7 +151,7 @@ def test_a_step_record_pointing_outside_the_run_is_not_trusted(tmp_path):
         (["train", "--img-size", "0"], "--img-size must be in [8, 2048]"),
         (["train", "--img-size", "-8"], "--img-size"),
         (["train", "--img-size", "100000"], "--img-size"),
-        (["train", "--in-chans", "0", "--data", "digits"], "--in-chans must be in [1, 16]"),
+        (["train", "--in-chans", "0", "--data", "digits"], "--in-chans"),
         (["models", "--img-size", "0"], "--img-size must be in [8, 2048]"),
     ],
 )
@@ -159,8 +159,6 @@ def test_numbers_out_of_range_are_refused_first(args, frag, tmp_path, monkeypatc
     extra = ["-o", tmp_path / "o.pt"] if args[0] == "train" else []
     t = time.perf_counter()
     code, err = _cli(monkeypatch, capsys, *args, *extra)
-    if "in-chans" in frag and code != 0 and "Usage" in err:  # typer's own min=1 check got there first
-        return
     _one_line(code, err, frag)
     assert time.perf_counter() - t < 1.0
     assert not (tmp_path / "o.pt").exists()
@@ -222,6 +220,33 @@ def test_ctrl_c_says_what_was_kept_and_leaves_no_partial_file(tmp_path):
     assert proc.returncode == 130, err[-500:]
     assert "interrupted: no partial file was written" in err and "Traceback" not in err
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ctrl_c_during_export_is_not_swallowed(ckpt, tmp_path):
+    """torch.export/dynamo run user callbacks while tracing; an interrupt landing there still stops the export
+    with exit 130 and no ONNX file (our SIGINT handler raises a BaseException that `except Exception` lets by)."""
+    out = tmp_path / "m.onnx"
+    # the interrupt is sent 0.5 s into torch.onnx.export itself (tracing takes seconds on any machine)
+    code = (
+        "import os, signal, threading, torch\n"
+        "real = torch.onnx.export\n"
+        "def export(*a, **k):\n"
+        "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    return real(*a, **k)\n"
+        "torch.onnx.export = export\n"
+        "from edgeconv.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "export", str(ckpt), "-o", str(out)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        text=True,
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-800:]
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_temp_files_of_killed_writers_are_cleaned(tmp_path):

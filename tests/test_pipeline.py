@@ -206,6 +206,28 @@ def test_failed_step_stops_the_run_and_keeps_earlier_artifacts(tmp_path, trained
     assert res.statuses() == {"train": "cached", "eval": "ran"}
 
 
+def test_an_interrupted_step_leaves_run_json_and_report_about_this_run(tmp_path, trained, monkeypatch):
+    from edgeconv.pipeline import steps
+
+    run_dir = tmp_path / "run"
+    ckpt = own_copy(trained, tmp_path)
+    text = f"[train]\ncheckpoint = '{ckpt}'\n[eval]\n"
+    first = run(write(tmp_path, text), run_dir)
+    assert first.statuses() == {"train": "ran", "eval": "ran"}
+
+    def ctrl_c(options, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steps.STEPS["eval"], "run", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(write(tmp_path, text + "split = 'val'\n"), run_dir)
+    statuses = {s["step"]: s["status"] for s in json.loads((run_dir / "run.json").read_text())["steps"]}
+    assert statuses == {"train": "cached", "eval": "interrupted"}
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert {s["step"]: s["status"] for s in rep["steps"]} == statuses
+    assert not (run_dir / "eval" / "step.json").exists()  # runs again next time
+
+
 def test_report_json_and_md(tmp_path, trained):
     from edgeconv.artifacts import load_model
     from edgeconv.data import load_samples

@@ -99,13 +99,23 @@ def test_training_refuses_unlabelled_data_and_weights_for_zoo_models(tmp_path):
             img_size=32,
             show_progress=False,
         )
-    with pytest.raises(EdgeconvError, match="--img-size is required"):
+    with pytest.raises(EdgeconvError, match="have no label"):  # the size comes from the npz's header: 32
         run_train(
             "routed-tiny",
             f"npz:{tmp_path / 'nolabels.npz'}",
             str(tmp_path / "o.pt"),
             cfg=TrainConfig(epochs=1),
             show_progress=False,
+        )
+    np.savez(tmp_path / "wide.npz", x=np.zeros((4, 1, 32, 48), np.float32))
+    with pytest.raises(EdgeconvError, match="no square images .* give --img-size"):
+        run_train(
+            "routed-tiny", f"npz:{tmp_path / 'wide.npz'}", str(tmp_path / "o.pt"), cfg=TrainConfig(), show_progress=False
+        )
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    with pytest.raises(EdgeconvError, match="--img-size is required for image folders"):
+        run_train(
+            "routed-tiny", f"imagefolder:{tmp_path / 'imgs'}", str(tmp_path / "o.pt"), cfg=TrainConfig(), show_progress=False
         )
     with pytest.raises(EdgeconvError, match="--weights initialises timm"):
         run_train(

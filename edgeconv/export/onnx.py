@@ -81,6 +81,18 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------------------------- public API
+def check_opset(opset: int | None, name: str = "opset") -> None:
+    """An opset the dynamo exporter writes and the installed onnx knows, or one line naming `name`."""
+    if opset is not None and opset < MIN_OPSET:
+        raise EdgeconvError(f"{name} {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer")
+    if opset is not None:
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise EdgeconvError(f"{name} {opset} does not exist yet: the installed onnx knows opsets up to {newest}")
+
+
 def export_onnx(
     model_or_ckpt: nn.Module | str | Path,
     out_path: str | Path,
@@ -109,6 +121,7 @@ def export_onnx(
     t0 = time.perf_counter()
     step = on_step or (lambda name: None)
     ckpt: dict = {}
+    check_opset(opset)
     if isinstance(model_or_ckpt, nn.Module):
         model = copy.deepcopy(model_or_ckpt)  # routing modes and eval() must not leak into the caller's model
     else:
@@ -119,15 +132,6 @@ def export_onnx(
         raise EdgeconvError("model has no edgeconv config (model.cfg with a 'family' key); build it with create_model")
     pre = preprocessing or ckpt.get("preprocessing") or _default_preprocessing(cfg)
     class_names = [str(c) for c in (classes or ckpt.get("classes") or range(int(cfg.get("num_classes", 0))))]
-    if opset is not None and opset < MIN_OPSET:
-        raise EdgeconvError(f"opset {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer")
-    if opset is not None:
-        import onnx
-
-        newest = onnx.defs.onnx_opset_version()
-        if opset > newest:
-            raise EdgeconvError(f"opset {opset} does not exist yet: the installed onnx knows opsets up to {newest}")
-
     has_routers = bool(routers(model))
     if routing is None:
         routing = "gated" if has_routers else "none"

@@ -187,4 +187,4 @@ def print_summary(result) -> None:
         if any(r.get("status", "ok") != "ok" for r in rows):
             cols += ["status", "note"]
         console.print(rows_table(rows, title=f"{result.report['pipeline']}: models", columns=cols))
-    console.print(f"report: {result.run_dir / 'report.md'} (and report.json)", highlight=False)
+    console.print(f"report: {result.run_dir / 'report.md'} (and report.json)", markup=False, highlight=False)

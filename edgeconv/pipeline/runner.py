@@ -263,7 +263,7 @@ def run_pipeline(
                     rec_path, {"status": "failed", "key": key, "message": msg, "seconds": round(seconds, 2)}
                 )
                 outcomes[i] = StepOutcome(spec.name, "failed", key, seconds, msg)
-                _write_run(run_dir, cfg, outcomes)
+                _write_run(run_dir, cfg, outcomes, report=True)
                 done = [o.step for o in outcomes[:i]]
                 kept = f"; artifacts of {', '.join(done)} are kept in {run_dir}" if done else ""
                 raise PipelineStepError(
@@ -277,7 +277,7 @@ def run_pipeline(
                     time.perf_counter() - t0,
                     "interrupted; no step.json, so the step runs again next time",
                 )
-                _write_run(run_dir, cfg, outcomes)
+                _write_run(run_dir, cfg, outcomes, report=True)
                 raise
             seconds = time.perf_counter() - t0
             rec = _record(key, res, run_dir, seconds, hasher)
@@ -294,7 +294,17 @@ def run_pipeline(
     return RunResult(run_dir, outcomes, report)
 
 
-def _write_run(run_dir: Path, cfg: PipelineConfig, outcomes: list[StepOutcome]) -> None:
+def _write_run(run_dir: Path, cfg: PipelineConfig, outcomes: list[StepOutcome], report: bool = False) -> None:
+    """run.json (the statuses of this run); with `report`, also report.md/json of a run that stopped early, so
+    neither describes the previous run. A report that cannot be made then never hides why the run stopped."""
+    if report:
+        from edgeconv.pipeline.report import write_report
+
+        try:
+            write_report(run_dir, cfg, outcomes)
+        except Exception:  # noqa: BLE001 - the step's own error is the one to report
+            for stale in ("report.md", "report.json"):
+                (run_dir / stale).unlink(missing_ok=True)
     artifacts.atomic_write_json(
         run_dir / "run.json",
         {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS
+from edgeconv.formats import FORMATS, is_format
 from edgeconv.options import option
 from edgeconv.quantize.targets import TARGETS
 
@@ -183,5 +183,9 @@ def check_request(req: QuantizeRequest) -> Backend:
 def quantize(req: QuantizeRequest, on_step: Callable[[str], None] | None = None) -> QuantizeReport:
     """Run one quantization request on its backend."""
     b = check_request(req)
+    if is_format(req.model, "onnx"):  # every backend: a broken or hostile ONNX is refused before any work
+        from edgeconv.card import load_onnx_proto
+
+        load_onnx_proto(req.model)
     mod = importlib.import_module(b.module)
     return mod.run(req, on_step or (lambda s: None))

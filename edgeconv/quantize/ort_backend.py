@@ -9,7 +9,7 @@ from typing import Callable
 import onnx
 
 from edgeconv.artifacts import atomic_path
-from edgeconv.card import set_quantization
+from edgeconv.card import load_onnx_proto, set_quantization
 from edgeconv.errors import EdgeconvError
 from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
@@ -61,7 +61,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         if not is_format(req.model, "onnx"):
             step("exporting the checkpoint to ONNX")
         src = resolve_onnx(req.model, Path(tmp), routing=req.routing)
-        float_model = onnx.load(str(src.onnx_path))
+        float_model = load_onnx_proto(src.onnx_path)
         float_bytes = src.onnx_path.stat().st_size
     rec = base_record(req, src.meta, calib, ev)
     rec["routing"] = src.routing

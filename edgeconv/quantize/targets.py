@@ -148,11 +148,10 @@ def artifact_warning(path, record: dict | None, model=None, cpu: dict | None = N
         return None
     if not cpu.get("u8s8_saturates"):
         return None
-    import onnx
-
+    from edgeconv.card import load_onnx_proto
     from edgeconv.quantize.saturation import check_model
 
-    report = check_model(model if model is not None else onnx.load(str(path)))
+    report = check_model(model if model is not None else load_onnx_proto(path))
     if report.safe:
         return None
     return (

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from edgeconv.artifacts import atomic_path, atomic_write_bytes
+from edgeconv.card import load_onnx_proto
 from edgeconv.errors import EdgeconvError
 from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
@@ -104,7 +105,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     batches = req.extra.get("batch_profile", (1, 8, 32))
     with tempfile.TemporaryDirectory(prefix="edgeconv-trt-") as tmp:
         src = resolve_onnx(req.model, Path(tmp), routing=req.routing)
-        float_model = onnx.load(str(src.onnx_path))
+        float_model = load_onnx_proto(src.onnx_path)
         float_bytes = src.onnx_path.stat().st_size
     profile = profile_for(float_model, *batches)
     rec = base_record(req, src.meta, calib, ev)

@@ -208,3 +208,19 @@ def check_training(
     check_number("--weight-decay", weight_decay, min=0, max=10)
     check_number("--label-smoothing", label_smoothing, min=0, max=1, max_open=True)
     check_number("--clip-grad", clip_grad, min=0)
+
+
+MIN_OPSET = 18  # the dynamo exporter cannot down-convert below this (it silently keeps 18)
+
+
+def check_opset(opset: int | None, name: str = "opset") -> None:
+    """An opset the dynamo exporter writes and the installed onnx knows, or one line naming `name`."""
+    if opset is None:
+        return
+    if opset < MIN_OPSET:
+        raise EdgeconvError(f"{name} {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer")
+    import onnx  # torch-free
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise EdgeconvError(f"{name} {opset} does not exist yet: the installed onnx knows opsets up to {newest}")

@@ -24,6 +24,7 @@ from edgeconv.checks import (
     check_input_shape,
     check_inputs,
     check_number,
+    check_opset,
     check_output_dirs,
     check_outputs,
     check_training,
@@ -76,8 +77,8 @@ def _root(
         [], help="package.module:factory whose code may be imported to rebuild a checkpoint (repeatable)."
     ),
 ) -> None:
-    from edgeconv.folders import configure
-    from edgeconv.models.user_module import trust
+    from edgeconv.settings import configure  # torch-free, like every check before a command's own work
+    from edgeconv.trust import trust
 
     configure(workers=workers, bad_images=bad_images, holdout=holdout, split_seed=split_seed)
     for name in trust_module:
@@ -182,8 +183,7 @@ def import_cmd(
     Example: edgeconv import timm:deit_tiny_patch16_224 model_best.pth.tar --classes 10 -o deit.pt
     """
     from edgeconv.checks import check_number_list
-    from edgeconv.folders import INTERPOLATIONS
-    from edgeconv.importer import import_checkpoint, parse_classes
+    from edgeconv.settings import INTERPOLATIONS
 
     check_input_shape(img_size, in_chans)
     check_inputs({"WEIGHTS": weights})
@@ -197,6 +197,8 @@ def import_cmd(
         "interpolation": interpolation,
         "crop_pct": crop_pct,
     }
+    from edgeconv.importer import import_checkpoint, parse_classes
+
     res = import_checkpoint(
         model,
         weights,
@@ -429,12 +431,12 @@ def export_cmd(
     check_outputs({"-o": out, "--json": json_out}, {"CKPT": ckpt})
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from edgeconv import artifacts
-    from edgeconv.export.onnx import check_opset, export_onnx
-
     if not is_format(out, "onnx"):
         raise EdgeconvError(f"-o {out}: the output file must end in .onnx")
     check_opset(s.opset, "--opset")
+    from edgeconv import artifacts
+    from edgeconv.export.onnx import export_onnx
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]export[/] {task.description}"),
@@ -650,10 +652,6 @@ def bench_cmd(
         from edgeconv.runtime.profile import check_profilable
 
         check_profilable(models, plot=profile_plot is not None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from edgeconv.runtime import report
-    from edgeconv.runtime.bench import BenchConfig, run_bench
 
     def ints(text: str, what: str) -> list[int]:
         try:
@@ -666,6 +664,11 @@ def bench_cmd(
 
     devices = [d.strip() for d in device.split(",") if d.strip()]
     batches = ints(batch, "--batch")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeconv.runtime import report
+    from edgeconv.runtime.bench import BenchConfig, run_bench
+
     baseline = report.load_result(compare) if compare else None
     if host:
         from edgeconv.runtime.remote import SshTarget, run_remote_bench
@@ -772,10 +775,10 @@ def inspect_cmd(
 
     Example: edgeconv inspect model.pt digits:0 digits:7 -o inspect/
     """
-    from edgeconv.inspection import inspect_checkpoint
-
     check_inputs({"CKPT": ckpt, "IMAGES": [i for i in images if not i.startswith("digits:")]})
     check_output_dirs({"-o": out})
+    from edgeconv.inspection import inspect_checkpoint
+
     rep = inspect_checkpoint(ckpt, images, out, _routing(routing))
     rows = []
     for im in rep["images"]:
@@ -811,11 +814,11 @@ def pipeline_cmd(
     Steps whose inputs and options are unchanged are re-used; the run ends with report.md and report.json.
     Example: edgeconv pipeline my.toml --run-dir runs/my
     """
+    check_inputs({"FILE": file})
+    check_output_dirs({"--run-dir": run_dir})
     from edgeconv.pipeline import load_pipeline, run_pipeline
     from edgeconv.pipeline.report import print_summary
 
-    check_inputs({"FILE": file})
-    check_output_dirs({"--run-dir": run_dir})
     cfg = load_pipeline(file)
     if check:
         console.print(
@@ -834,10 +837,10 @@ def demo_cmd(
 
     Example: edgeconv demo
     """
+    check_output_dirs({"--run-dir": run_dir})
     from edgeconv.pipeline import demo_pipeline_path, load_pipeline, run_pipeline
     from edgeconv.pipeline.report import print_summary
 
-    check_output_dirs({"--run-dir": run_dir})
     path = demo_pipeline_path()
     if show:
         typer.echo(path.read_text())

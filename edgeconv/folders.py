@@ -32,55 +32,13 @@ import numpy as np
 import torch
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.settings import BAD_IMAGES, INTERPOLATIONS, SETTINGS, LoaderSettings, configure  # noqa: F401 - re-exported
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 SPLIT_DIRS = ("train", "val", "test")
-BAD_IMAGES = ("skip", "fail")
-INTERPOLATIONS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
 MEMORY_LIMIT_BYTES = 2 << 30  # a step that holds a folder in memory refuses one whose tensors would exceed this
 TRAIN_SCALE = (0.35, 1.0)  # random resized crop: area fraction and aspect ratio range for training
 TRAIN_RATIO = (3 / 4, 4 / 3)
-
-
-@dataclass
-class LoaderSettings:
-    workers: int | None = None  # None: min(8, CPUs)
-    bad_images: str = "skip"
-    holdout: float | None = None  # share of each class a flat class tree holds out (None: recorded, else 0.2)
-    split_seed: int | None = None
-
-    def worker_count(self) -> int:
-        if self.workers is not None:
-            return self.workers
-        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-SETTINGS = LoaderSettings()
-
-
-def configure(
-    workers: int | None = None,
-    bad_images: str | None = None,
-    holdout: float | None = None,
-    split_seed: int | None = None,
-) -> None:
-    """Process-wide loader settings (`edgeconv --workers N --bad-images skip|fail --holdout F --split-seed N`)."""
-    if workers is not None:
-        if workers < 0 or workers > 256:
-            raise EdgeconvError(f"--workers must be in [0, 256], got {workers}")
-        SETTINGS.workers = workers
-    if bad_images is not None:
-        if bad_images not in BAD_IMAGES:
-            raise EdgeconvError(f"--bad-images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
-        SETTINGS.bad_images = bad_images
-    if holdout is not None:
-        if not 0.0 < holdout < 1.0:  # also false for NaN
-            raise EdgeconvError(f"--holdout must be a fraction in (0, 1), got {holdout}")
-        SETTINGS.holdout = float(holdout)
-    if split_seed is not None:
-        if not 0 <= split_seed < 2**32:
-            raise EdgeconvError(f"--split-seed must be in [0, 2**32), got {split_seed}")
-        SETTINGS.split_seed = int(split_seed)
 
 
 # ------------------------------------------------------------------------------------------------------ the file index

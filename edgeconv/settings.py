@@ -7,10 +7,12 @@ help text exists in one place. `quantize.QuantizeSettings` is the same for quant
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from edgeconv.checks import MAX_IMG_SIZE
+from edgeconv.errors import EdgeconvError
 from edgeconv.options import option
 
 SPLITS = ("train", "val", "test", "all")
@@ -45,9 +47,15 @@ class HeldOut:
 
 @dataclass
 class PruneSettings(HeldOut):
-    heads: Optional[float] = option(None, help="Fraction of all attention heads to remove (0..1).")
-    channels: Optional[float] = option(None, help="Fraction of all hidden channels to remove (0..1).")
-    target_macs: Optional[float] = option(None, help="Keep at most this fraction of the MACs (0..1).")
+    heads: Optional[float] = option(
+        None, min=0, max=1, min_open=True, max_open=True, help="Fraction of all attention heads to remove (0..1)."
+    )
+    channels: Optional[float] = option(
+        None, min=0, max=1, min_open=True, max_open=True, help="Fraction of all hidden channels to remove (0..1)."
+    )
+    target_macs: Optional[float] = option(
+        None, min=0, max=1, min_open=True, max_open=True, help="Keep at most this fraction of the MACs (0..1)."
+    )
     criterion: str = option("gradient", choices=CRITERIA, help="How units are ranked.")
     batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
     batch_size: int = option(
@@ -105,3 +113,49 @@ class BenchSettings:
     iters: int = option(100, min=1, help="Timed calls per row.")
     split: str = option("test", choices=SPLITS)
     limit: Optional[int] = option(None, min=1, help="Accuracy on the first N samples only.")
+
+
+# ----------------------------------------------------------------------------------------------- loader (root options)
+BAD_IMAGES = ("skip", "fail")
+INTERPOLATIONS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
+
+
+@dataclass
+class LoaderSettings:
+    workers: int | None = None  # None: min(8, CPUs)
+    bad_images: str = "skip"
+    holdout: float | None = None  # share of each class a flat class tree holds out (None: recorded, else 0.2)
+    split_seed: int | None = None
+
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+SETTINGS = LoaderSettings()
+
+
+def configure(
+    workers: int | None = None,
+    bad_images: str | None = None,
+    holdout: float | None = None,
+    split_seed: int | None = None,
+) -> None:
+    """Process-wide loader settings (`edgeconv --workers N --bad-images skip|fail --holdout F --split-seed N`)."""
+    if workers is not None:
+        if workers < 0 or workers > 256:
+            raise EdgeconvError(f"--workers must be in [0, 256], got {workers}")
+        SETTINGS.workers = workers
+    if bad_images is not None:
+        if bad_images not in BAD_IMAGES:
+            raise EdgeconvError(f"--bad-images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
+        SETTINGS.bad_images = bad_images
+    if holdout is not None:
+        if not 0.0 < holdout < 1.0:  # also false for NaN
+            raise EdgeconvError(f"--holdout must be a fraction in (0, 1), got {holdout}")
+        SETTINGS.holdout = float(holdout)
+    if split_seed is not None:
+        if not 0 <= split_seed < 2**32:
+            raise EdgeconvError(f"--split-seed must be in [0, 2**32), got {split_seed}")
+        SETTINGS.split_seed = int(split_seed)

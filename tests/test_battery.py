@@ -372,3 +372,52 @@ def test_external_data_inside_the_folder_is_read(good, tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(monkeypatch, capsys, "bench", p, "--iters", "1", "--warmup", "0", "--limit", "16")
     assert code == 0, err
+
+
+# ----------------------------------------------------------------------------------------------- refused up front
+# a bad argument that can be checked without the model is refused before torch is even imported: the property
+# behind "refusals are instant" (a timing would depend on the machine; the import does not)
+UP_FRONT = [
+    ["train", "--lr", "-1", "-o", "O:t.pt"],
+    ["train", "--data", "npz:nope.npz", "-o", "O:t.pt"],
+    ["train", "--epochs", "x", "-o", "O:t.pt"],
+    ["import", USER_NET, "nope.pt", "--classes", "10", "-o", "O:i.pt"],
+    ["eval", "nope.pt"],
+    ["eval", "G:pt", "--json", "G:pt"],
+    ["prune", "G:pt", "--heads", "2", "-o", "O:p.pt"],
+    ["prune", "G:pt", "-o", "G:pt"],
+    ["distill", "--teacher", "G:pt", "--student", "G:pt", "--alpha", "nan", "-o", "O:s.pt"],
+    ["export", "G:pt", "-o", "O:x.onnx", "--opset", "5"],
+    ["export", "G:pt", "-o", "G:pt"],
+    ["quantize", "G:onnx", "--int8", "-o", "G:onnx"],
+    ["quantize", "G:onnx", "--int8", "--calib", "nope", "-o", "O:q.onnx"],
+    ["validate", "G:onnx", "--tolerance", "-1"],
+    ["bench", "G:onnx", "--batch", "0"],
+    ["bench", "G:onnx", "--host", "", "--iters", "1"],
+    ["bench", "G:onnx", "--json", "G:onnx"],
+    ["inspect", "nope.pt", "digits:0"],
+    ["pipeline", "nope.toml"],
+    ["demo", "--run-dir", "G:pt"],
+    ["info", "nope.pt"],
+    ["models", "--img-size", "0"],
+    ["--holdout", "2", "info", "G:pt"],
+]
+PROBE = (
+    "import sys\n"
+    "from edgeconv.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit as e:\n"
+    "    print('exit', e.code, 'torch' in sys.modules)\n"
+)
+
+
+@pytest.mark.parametrize("template", UP_FRONT, ids=[" ".join(t[:4]) for t in UP_FRONT])
+def test_up_front_refusals_import_no_torch(template, good, tmp_path):
+    import subprocess
+    import sys
+
+    argv = _argv(template, Path("unused"), good, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip() == "exit 2 False", (proc.stdout, proc.stderr[-800:])
+    assert_refused(2, "", proc.stderr)

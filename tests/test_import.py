@@ -47,9 +47,10 @@ def user_code(tmp_path, monkeypatch):
     name = f"mynets_{abs(hash(str(tmp_path))) % 10**8}"
     (tmp_path / f"{name}.py").write_text(MODULE)
     monkeypatch.chdir(tmp_path)
+    from edgeconv import trust as trust_registry
     from edgeconv.models import user_module
 
-    monkeypatch.setattr(user_module, "_TRUSTED", set())
+    monkeypatch.setattr(trust_registry, "_TRUSTED", set())
     monkeypatch.delenv(user_module.TRUST_ENV, raising=False)
     yield f"{name}:build"
     sys.modules.pop(name, None)
@@ -73,6 +74,7 @@ def _reference(user_code: str):
 
 def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, user_code, tmp_path, monkeypatch):
     from edgeconv.artifacts import load_model
+    from edgeconv import trust as trust_registry
     from edgeconv.models import user_module
 
     mod = _reference(user_code)
@@ -89,7 +91,7 @@ def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, us
     assert ckpt["config"]["factory"] == user_code and ckpt["extra"]["imported_from"]["weights"].endswith("epoch 7")
     assert ckpt["preprocessing"]["size"] == 32 and ckpt["classes"] == [str(i) for i in range(10)]
 
-    monkeypatch.setattr(user_module, "_TRUSTED", set())  # a new process: the file alone imports nothing
+    monkeypatch.setattr(trust_registry, "_TRUSTED", set())  # a new process: the file alone imports nothing
     sys.modules.pop(user_code.split(":")[0], None)
     with pytest.raises(EdgeconvError, match=rf"imports only when you name it: edgeconv --trust-module {user_code}"):
         load_model(tmp_path / "m.pt")

@@ -77,7 +77,7 @@ def test_impossible_order_is_named(tmp_path):
     "text, message",
     [
         ("[train]\n[prune]\n", r"nothing to prune: give prune.heads"),
-        ("[train]\n[prune]\nheads = 1.5\n", r"prune.heads must be a fraction strictly between 0 and 1"),
+        ("[train]\n[prune]\nheads = 1.5\n", r"prune.heads = 1.5 is above the maximum 1 \(exclusive\)"),
         ("[train]\n[prune]\nheads = 0.2\ncriterion = 'magic'\n", r"prune.criterion = 'magic' is not one of"),
         ("[train]\n[export]\nrouting = 'maybe'\n", r"export.routing = 'maybe' is not one of"),
         ("[train]\n[quantize]\ntargets = ['ort:int4']\n", r"quantize.targets\[0\] = 'ort:int4': ort supports"),

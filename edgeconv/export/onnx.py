@@ -35,11 +35,11 @@ import torch.nn as nn
 
 from edgeconv import __version__
 from edgeconv.card import FORMAT_KEY, METADATA_FORMAT, decode_props, encode_props
+from edgeconv.checks import MIN_OPSET, check_opset  # noqa: F401 - MIN_OPSET re-exported
 from edgeconv.errors import EdgeconvError
 
 # the routing modes of models/routed.py that make sense in ONNX (`select` is the no-control-flow form for TFLite)
 ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
-MIN_OPSET = 18  # the dynamo exporter cannot down-convert below this (it silently keeps 18)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 EXAMPLE_BATCH = 2
 
@@ -81,18 +81,6 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------------------------- public API
-def check_opset(opset: int | None, name: str = "opset") -> None:
-    """An opset the dynamo exporter writes and the installed onnx knows, or one line naming `name`."""
-    if opset is not None and opset < MIN_OPSET:
-        raise EdgeconvError(f"{name} {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer")
-    if opset is not None:
-        import onnx
-
-        newest = onnx.defs.onnx_opset_version()
-        if opset > newest:
-            raise EdgeconvError(f"{name} {opset} does not exist yet: the installed onnx knows opsets up to {newest}")
-
-
 def export_onnx(
     model_or_ckpt: nn.Module | str | Path,
     out_path: str | Path,

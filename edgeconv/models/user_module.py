@@ -15,39 +15,19 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
 
 import torch.nn as nn
 
 from edgeconv.errors import EdgeconvError
+from edgeconv.trust import TRUST_ENV, is_factory_name, is_trusted, trust  # noqa: F401 - re-exported
 from edgeconv.models import register_family
-
-FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-TRUST_ENV = "EDGECONV_TRUST_MODULES"
-_TRUSTED: set[str] = set()
-
-
-def is_factory_name(name: str) -> bool:
-    return bool(FACTORY_RE.match(name))
-
-
-def trust(name: str) -> None:
-    """Allow `name` to be imported in this process (the user named it)."""
-    if not is_factory_name(name):
-        raise EdgeconvError(f"{name!r} is not a factory name; expected package.module:function")
-    _TRUSTED.add(name)
-
-
-def _trusted(name: str) -> bool:
-    env = {s.strip() for s in os.environ.get(TRUST_ENV, "").split(",") if s.strip()}
-    return name in _TRUSTED or name in env
 
 
 def _factory(name: str):
     if not is_factory_name(name):
         raise EdgeconvError(f"recorded factory {name!r} is not a package.module:function name")
-    if not _trusted(name):
+    if not is_trusted(name):
         raise EdgeconvError(
             f"built by user code {name}, which edgeconv imports only when you name it: "
             f"edgeconv --trust-module {name} ... (or {TRUST_ENV}={name})"

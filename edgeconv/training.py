@@ -207,11 +207,15 @@ def fit(
             total, n, t0 = 0.0, 0, time.perf_counter()
             for x, y in _epoch_batches(train, cfg, gen, epoch, ctx):
                 loss = loss_fn(net, x, y)
-                if not torch.isfinite(loss.detach()):
+                finite = bool(torch.isfinite(loss.detach()))
+                if ctx.distributed:  # every process stops at the same step: none is left waiting in an all-reduce
+                    finite = ctx.all_sum([0.0 if finite else 1.0])[0] == 0
+                if not finite:
                     from edgeconv.errors import EdgeconvError
 
+                    where = "" if not ctx.distributed else f" on at least one of the {ctx.world} processes"
                     raise EdgeconvError(
-                        f"training diverged in epoch {epoch + 1}: the loss is {float(loss.detach())} (non-finite inputs "
+                        f"training diverged in epoch {epoch + 1}: the loss is not finite{where} (non-finite inputs "
                         f"or too high a learning rate, --lr {cfg.lr:g}); the last finished epoch's checkpoint is kept"
                     )
                 opt.zero_grad(set_to_none=True)

@@ -99,3 +99,44 @@ def test_two_process_distillation_survives_a_killed_worker_and_resumes(trained, 
     assert not state.exists()
     res = json.loads(js.read_text())
     assert res["metrics"]["epochs"] == 4 and 0 <= res["metrics"]["test_top1"] <= 100
+
+
+DIVERGE = """
+import torch
+from edgeconv import distributed
+from edgeconv.data import digits_preprocessing, load_samples
+from edgeconv.errors import EdgeconvError
+from edgeconv.models import create_model
+from edgeconv.training import TrainConfig, fit, supervised_loss
+
+ctx = distributed.context()
+cfg = TrainConfig(epochs=1, batch_size=32)
+base, steps = supervised_loss(cfg), [0]
+
+def loss_fn(net, x, y):  # rank 1 alone diverges at its third step
+    steps[0] += 1
+    loss = base(net, x, y)
+    return loss * float("nan") if ctx.rank == 1 and steps[0] == 3 else loss
+
+model = create_model("routed-tiny")
+try:
+    fit(model, load_samples("digits", digits_preprocessing(32), "train"), cfg, loss_fn=loss_fn, show_progress=False,
+        ctx=ctx)
+    print(f"rank {ctx.rank}: finished", flush=True)
+except EdgeconvError as e:
+    print(f"rank {ctx.rank}: stopped at step {steps[0]}: {e}", flush=True)
+distributed.shutdown()
+"""
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path):
+    """Without agreeing, rank 0 would step on into DDP's gradient all-reduce and wait there for gloo's timeout."""
+    script = tmp_path / "diverge.py"
+    script.write_text(DIVERGE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    import re
+
+    found = sorted(re.findall(r"rank (\d): (stopped at step \d|finished)", r.stdout))  # two processes, one pipe
+    assert found == [("0", "stopped at step 3"), ("1", "stopped at step 3")], r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("the loss is not finite on at least one of the 2 processes") == 2

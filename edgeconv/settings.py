@@ -56,6 +56,13 @@ class PruneSettings(HeldOut):
     target_macs: Optional[float] = option(
         None, min=0, max=1, min_open=True, max_open=True, help="Keep at most this fraction of the MACs (0..1)."
     )
+    min_keep: float = option(
+        0.0,
+        min=0,
+        max=1,
+        max_open=True,
+        help="Every prunable layer keeps at least this fraction of its heads/channels (0: at least one).",
+    )
     criterion: str = option("gradient", choices=CRITERIA, help="How units are ranked.")
     batches: int = option(64, min=1, help="Calibration batches for the gradient criteria.")
     batch_size: int = option(

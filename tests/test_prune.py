@@ -137,6 +137,26 @@ def test_target_macs_is_met_and_heads_never_reach_zero():
         assert any("keeps at least one" in n for n in plan.notes)
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_min_keep_is_a_floor_under_every_layer(steps):
+    """--min-keep 0.5: no layer loses more than half of what it had, over all steps; the MAC target still holds or
+    the request is refused as unreachable."""
+    import math
+
+    m = create_model("routed-tiny").eval()
+    free = plan_pruning(m, PRE, None, PruneRequest(heads=0.95, channels=0.95, criterion="l1"))
+    assert min(len(lp.keep) for lp in free.layers) == 1  # without a floor the ranking empties layers to one unit
+    plan = plan_pruning(m, PRE, None, PruneRequest(heads=0.95, channels=0.95, criterion="l1", min_keep=0.5, steps=steps))
+    for lp in plan.layers:
+        assert len(lp.keep) >= math.ceil(0.5 * lp.size), (lp.unit, len(lp.keep), lp.size)
+    assert any("--min-keep" in n for n in plan.notes)
+    floored = plan_pruning(m, PRE, None, PruneRequest(target_macs=0.7, criterion="l1", min_keep=0.25))
+    assert floored.macs_after <= 0.7 * floored.macs_before
+    assert all(len(lp.keep) >= math.ceil(0.25 * lp.size) for lp in floored.layers)
+    with pytest.raises(EdgeconvError, match="unreachable; with 90% of the heads and channels left"):
+        plan_pruning(m, PRE, None, PruneRequest(target_macs=0.5, criterion="l1", min_keep=0.9))
+
+
 def test_head_ratio_that_would_empty_a_layer_keeps_one_and_says_so():
     m = create_model("routed-tiny").eval()
     plan = plan_pruning(m, PRE, None, PruneRequest(heads=0.95, criterion="l1"))

@@ -32,6 +32,7 @@ class PruneRequest:
     heads: float | None = None  # fraction of all heads to remove
     channels: float | None = None  # fraction of all hidden channels to remove
     target_macs: float | None = None  # keep at most this fraction of the original MACs
+    min_keep: float = 0.0  # every layer keeps at least this fraction of its original units (and at least one)
     criterion: str = "gradient"
     batches: int = 64  # calibration batches for the gradient criteria
     batch_size: int = 8  # small: per-sample gradients cancel less within a batch
@@ -43,8 +44,9 @@ class PruneRequest:
     @classmethod
     def from_settings(cls, s, seed: int) -> "PruneRequest":
         """From `settings.PruneSettings` (what `edgeconv prune` and the pipeline's [prune] take)."""
-        return cls(heads=s.heads, channels=s.channels, target_macs=s.target_macs, criterion=s.criterion,
-                   batches=s.batches, batch_size=s.batch_size, steps=s.steps, seed=seed)  # fmt: skip
+        return cls(heads=s.heads, channels=s.channels, target_macs=s.target_macs, min_keep=s.min_keep,
+                   criterion=s.criterion, batches=s.batches, batch_size=s.batch_size, steps=s.steps,
+                   seed=seed)  # fmt: skip
 
     def check(self) -> None:
         for name in ("heads", "channels", "target_macs"):
@@ -55,6 +57,8 @@ class PruneRequest:
             raise EdgeconvError("give either --target-macs or --heads/--channels ratios, not both")
         if self.target_macs is None and self.heads is None and self.channels is None:
             raise EdgeconvError("nothing to prune: give --heads, --channels and/or --target-macs")
+        if not 0.0 <= self.min_keep < 1.0:
+            raise EdgeconvError(f"--min-keep must be a fraction in [0, 1), got {self.min_keep}")
         if self.batches < 1 or self.batch_size < 1 or self.steps < 1:
             raise EdgeconvError("--batches, the batch size and --steps must be >= 1")
         get_criterion(self.criterion)  # unknown names fail here, before any work
@@ -181,12 +185,14 @@ def _select(
     macs_to_cut: int | None,
     notes: list[str],
     per_mac: bool = False,
+    floors: dict[str, int] | None = None,
 ) -> dict[str, list[int]]:
     """Walk the global ranking (lowest normalised score first) and pick units to remove (current indices).
 
-    Stops after `n_remove` units or once `macs_to_cut` is reached; never empties a layer (keeps its best unit and
-    notes it).
+    Stops after `n_remove` units or once `macs_to_cut` is reached; never takes a layer below its floor (`floors`,
+    default one unit: it keeps its best units and notes it).
     """
+    floors = floors or {}
     scope = [u for u in units if u.kind in kinds]
     weight = {u.name: 1.0 for u in scope}
     if per_mac:  # a unit that saves twice the MACs may be twice as important and still go first
@@ -205,11 +211,11 @@ def _select(
         if macs_to_cut is not None and cut >= macs_to_cut:
             break
         u = by_name[name]
-        if len(removed[name]) >= u.size - 1:
-            note = (
-                f"{name}: kept 1 {u.kind[:-1] if u.kind == 'heads' else 'channel'} (the ranking would remove "
-                f"all {u.size}; every layer keeps at least one)"
-            )
+        floor = max(1, floors.get(name, 1))
+        if len(removed[name]) >= u.size - floor:
+            what = (u.kind[:-1] if u.kind == "heads" else "channel") + ("s" if floor > 1 else "")
+            rule = "every layer keeps at least one" if floor == 1 else "--min-keep"
+            note = f"{name}: kept {floor} {what} (the ranking would remove more; {rule})"
             if note not in notes:
                 notes.append(note)
             continue
@@ -244,11 +250,13 @@ def plan_pruning(
         raise EdgeconvError("--heads: this model has no attention heads edgeconv can prune")
     if req.channels is not None and total["channels"] == 0:
         raise EdgeconvError("--channels: this model has no prunable hidden channels")
+    floors = {u.name: max(1, math.ceil(req.min_keep * u.size)) for u in units}
     if req.target_macs is not None:
-        floor = macs0 - sum(costs[u.name][1] * (u.size - 1) for u in units)
+        floor = macs0 - sum(costs[u.name][1] * (u.size - floors[u.name]) for u in units)
         if floor > req.target_macs * macs0:
+            left = "one head and one channel" if req.min_keep == 0 else f"{req.min_keep:.0%} of the heads and channels"
             raise EdgeconvError(
-                f"--target-macs {req.target_macs}: unreachable; with one head and one channel left in every prunable "
+                f"--target-macs {req.target_macs}: unreachable; with {left} left in every prunable "
                 f"layer the model still has {floor / macs0:.1%} of its MACs (stem, residual widths and classifier "
                 "are not pruned)"
             )
@@ -277,6 +285,7 @@ def plan_pruning(
                 macs_to_cut=max(0, math.ceil(macs_now - goal)),
                 notes=notes,
                 per_mac=req.per_mac,
+                floors=floors,
             )
         else:
             removed = {u.name: [] for u in units}
@@ -286,7 +295,9 @@ def plan_pruning(
                 done = sum(int(orig[u.name].numel()) for u in units if u.kind == kind)
                 done = total[kind] - done
                 want = int(round(ratio * total[kind] * frac)) - done
-                part = _select(units, norm, costs, kinds={kind}, n_remove=max(0, want), macs_to_cut=None, notes=notes)
+                part = _select(
+                    units, norm, costs, kinds={kind}, n_remove=max(0, want), macs_to_cut=None, notes=notes, floors=floors
+                )
                 for n, idx in part.items():
                     removed[n] += idx
         for u in units:
@@ -305,7 +316,8 @@ def plan_pruning(
             if got < round(ratio * total[kind]):
                 notes.append(
                     f"--{kind} {ratio}: removed {got} of {total[kind]} {kind} "
-                    f"(asked {round(ratio * total[kind])}; every layer keeps at least one)"
+                    f"(asked {round(ratio * total[kind])}; every layer keeps at least "
+                    f"{'one' if req.min_keep == 0 else f'{req.min_keep:.0%}'})"
                 )
     params1, macs1 = count_params_macs(work, pre)
     layers = [

@@ -1,7 +1,7 @@
 """Pruning users' timm hybrids: gradient vs random at the same MACs before fine-tuning, then distillation.
 
     .venv-timm/bin/python benchmarks/prune_timm.py [--models levit_128s,efficientvit_m0,...] [--work DIR]
-        [--size 64] [--train 2000] [--val 500] [--epochs 6] [--kd-epochs 3] [--target-macs 0.5]
+        [--size 64] [--train 2000] [--val 500] [--epochs 6] [--kd-epochs 3] [--target-macs 0.5] [--min-keep 0.25]
 
 The timm part of the pruning benchmark (`benchmarks/prune.py` is the zoo's, on digits in memory). Writes an
 ImageNet-layout folder of digits JPEGs at mixed sizes, trains each model briefly from random init as the teacher
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--kd-epochs", type=int, default=3)
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--random-seeds", type=int, default=2)
+    ap.add_argument("--min-keep", type=float, default=0.0, help="per-layer floor of the plans (prune --min-keep)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
         test.x  # decoded once for the repeated evaluations  # noqa: B018
         top_teacher = evaluate(model, test)["top1"]
         macs0 = count_params_macs(model, pre)[1]
-        req = dict(target_macs=a.target_macs, batches=32, batch_size=8)
+        req = dict(target_macs=a.target_macs, min_keep=a.min_keep, batches=32, batch_size=8)
         try:
             pruned, plan = prune_model(model, pre, calib, PruneRequest(criterion="gradient", **req))
         except EdgeconvError as e:  # e.g. a target below what the prunable units allow: say so, go on
@@ -95,19 +96,21 @@ def main() -> None:
         for seed in range(a.random_seeds):
             rp, _ = prune_model(model, pre, calib, PruneRequest(criterion="random", seed=seed, **req))
             top_rand.append(evaluate(rp, test)["top1"])
-        student = a.work / f"{name}.pruned.pt"
+        tag = f".keep{a.min_keep:g}" if a.min_keep else ""  # runs with another floor keep their own students
+        student = a.work / f"{name}{tag}.pruned.pt"
         prov = artifacts.provenance("benchmarks/prune_timm.py", str(teacher), ck)
         artifacts.save_checkpoint(student, pruned, preprocessing=pre, classes=ck["classes"], provenance_rec=prov)
-        kd_out = a.work / f"{name}.kd.pt"
+        kd_out = a.work / f"{name}{tag}.kd.pt"
         kd = run_distill(str(teacher), str(student), data, str(kd_out), dcfg=DistillConfig(),
                          tcfg=TrainConfig(epochs=a.kd_epochs, lr=1e-3, batch_size=64), baseline=False,
                          command="benchmarks/prune_timm.py", show_progress=False)  # fmt: skip
         top_kd = next(r["top1 %"] for r in kd["rows"] if r["model"].startswith("student after KD"))
-        onnx = export_onnx(kd_out, a.work / f"{name}.kd.onnx").path
+        onnx = export_onnx(kd_out, a.work / f"{name}{tag}.kd.onnx").path
         report = validate_onnx(onnx, data=data, limit=64)
         heads = [lp for lp in plan.layers if lp.kind == "heads"]
         rec = {
             "model": name,
+            "min keep": a.min_keep,
             "MACs kept %": round(100 * macs1 / macs0, 1),
             "heads kept": f"{sum(len(lp.keep) for lp in heads)}/{sum(lp.size for lp in heads)}",
             "teacher": round(top_teacher, 2),

@@ -3,10 +3,11 @@
 Part 1 - 224x224 hybrids (default hvt-small, serial conv-then-attention, and acmix-small, parallel conv and
 attention branches) trained briefly on real digits upsampled to 224x224 (`--train-epochs`, default 2; 0 = freshly
 initialised, accuracy not meaningful), at batch 1 and 16: onnxruntime FP32 / FP16 / INT8 and TFLite FP32 / FP16 /
-INT8 top-1 on the digits test split, file size and latency, each accuracy next to its size and latency ratio.
-onnxruntime sessions run with one thread, interleaved in a shuffled order per repetition; each ratio is the
-median over repetitions of the ratio taken within that repetition (load changes on a shared machine hit both sides
-of a ratio alike) with its 95% bootstrap interval at batch 16, and "ms" is the median latency.
+INT8 (the default op selection and full-integer) top-1 on the digits test split, file size and latency, each
+accuracy next to its size and latency ratio. Every runtime runs with one thread, its files interleaved in a shuffled
+order per repetition; each ratio is the median over repetitions of the ratio to the runtime's FP32 file taken
+within that repetition (load changes on a shared machine hit both sides of a ratio alike) with its 95% bootstrap
+interval, and "ms" is the median latency. TFLite graphs have batch 1: its batch 16 is 16 invokes.
 
 Part 2 - top-1 on the digits test split for digits-sized trained checkpoints (pass them with --ckpt): float vs
 onnxruntime INT8 (default target and op selection) and FP16, and TFLite INT8 and FP16, each in the runtime that
@@ -115,9 +116,12 @@ def ort_variants(onx: Path, data: str, work: Path, scored: bool) -> tuple[dict[s
     return out, records
 
 
-def tflite_variants(ckpt: Path, data: str, work: Path) -> dict[str, Path]:
+def tflite_variants(ckpt: Path, data: str, work: Path, scored: bool) -> dict[str, Path]:
+    """FP32 (litert-torch), FP16 weights, and INT8 through `edgeconv quantize`'s own path: the default op selection
+    (auto: int8 wherever XNNPACK runs it) and full-integer (--ops all)."""
     from edgeconv.artifacts import load_model
     from edgeconv.data import load_samples
+    from edgeconv.quantize import QuantizeRequest, quantize
     from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
 
     model, ck = load_model(ckpt)
@@ -127,14 +131,45 @@ def tflite_variants(ckpt: Path, data: str, work: Path) -> dict[str, Path]:
         _log("converting TFLite FP32 (litert-torch)")
         convert_fp32(model, pre, fp32)
     out = {"TFLite FP32": fp32}
-    calib = load_samples(data, pre, "train" if data == "digits" else "all", limit=100).x.numpy()
-    for prec in ("fp16", "int8"):
-        p = work / f"{ckpt.stem}.{prec}.tflite"
+    fp16 = work / f"{ckpt.stem}.fp16.tflite"
+    if not fp16.exists():
+        _log("quantizing TFLite fp16")
+        calib = load_samples(data, pre, "train" if data == "digits" else "all", limit=100).x.numpy()
+        quantize_tflite(fp32, fp16, "fp16", calib)
+    out["TFLite FP16"] = fp16
+    for label, ops in (("TFLite INT8 (default: auto)", "auto"), ("TFLite INT8 (all: full-integer)", "all")):
+        p = work / f"{ckpt.stem}.int8.{ops}.tflite"
         if not p.exists():
-            _log(f"quantizing TFLite {prec}")
-            quantize_tflite(fp32, p, prec, calib)
-        out[f"TFLite {prec.upper()}"] = p
+            _log(f"quantizing {label}")
+            rep = quantize(
+                QuantizeRequest(
+                    ckpt,
+                    p,
+                    "int8",
+                    "tflite",
+                    data=data,
+                    calib_limit=100,
+                    ops=ops,
+                    eval_data=data if scored else None,
+                    command="benchmarks/quantize.py",
+                )
+            )
+            (p.with_suffix(".notes.json")).write_text(json.dumps({"notes": rep.notes}))
+        out[label] = p
     return out
+
+
+def tflite_timing(runners: dict, x16: np.ndarray, reps: int, reps16: int) -> tuple[dict, dict]:
+    """Like `paired_timing` for TFLite runners: batch 1 is one invoke, batch 16 sixteen (graphs have batch 1)."""
+    from edgeconv.stats import interleaved_times, paired_ratio
+
+    names, ms, ratio = list(runners), {k: {} for k in runners}, {k: {} for k in runners}
+    for b, n in ((1, reps), (16, reps16)):
+        calls = [r.invoke_prepared(x16[:1]) if b == 1 else (lambda r=r: r(x16)) for r in runners.values()]
+        times = dict(zip(names, interleaved_times(calls, seconds=0, min_runs=n)))
+        for k, t in times.items():
+            ms[k][b], ratio[k][b] = float(np.median(t)), paired_ratio(t, times["TFLite FP32"])
+    return ms, ratio
 
 
 def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> tuple[dict, dict]:
@@ -159,7 +194,7 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> li
 
     ckpt, onx, data = make_224(name, work, epochs)
     ort_paths, records = ort_variants(onx, data, work, scored=epochs > 0)
-    tfl_paths = tflite_variants(ckpt, data, work)
+    tfl_paths = tflite_variants(ckpt, data, work, scored=epochs > 0)
     model, ck = load_model(ckpt)
     pre = ck["preprocessing"]
     acc: dict[str, float | None] = {k: None for k in (*ort_paths, *tfl_paths)}
@@ -181,24 +216,17 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> li
         ms, ratios = paired_timing(sessions, x16[:b], reps, reference="ORT FP32")
         for k in sessions:
             lat[k][b], ort_ratio[k][b] = ms[k], ratios[k]
-    runners = {k: TFLiteRunner(p, threads=1) for k, p in tfl_paths.items()}
-    for k, r in runners.items():
-        _log(f"timing {k}")
-        one = r.latency_ms(runs=20)
-        lat[k] = {1: one, 16: _tflite_batch_ms(r, x16)}
+    _log(f"timing TFLite at batch 1 and 16 ({reps_b1} and {reps_b16} interleaved repetitions)")
+    t_ms, t_ratio = tflite_timing({k: TFLiteRunner(p, threads=1) for k, p in tfl_paths.items()}, x16, reps_b1, reps_b16)
+    lat.update(t_ms)
+    ort_ratio.update(t_ratio)
     fp32_size = {"ORT": onx.stat().st_size, "TFLite": tfl_paths["TFLite FP32"].stat().st_size}
-    fp32_lat = {"ORT": lat["ORT FP32"], "TFLite": lat["TFLite FP32"]}
     fp32_acc = {"ORT": acc["ORT FP32"], "TFLite": acc["TFLite FP32"]}
     for k, p in {**ort_paths, **tfl_paths}.items():
         rt = k.split()[0]
         size = p.stat().st_size
-        r = ort_ratio.get(k)
-        b1 = r[1]["ratio"] if r else lat[k][1] / fp32_lat[rt][1]
-        b16 = (
-            f"{r[16]['ratio']:.2f} [{r[16]['ci'][0]:.2f}, {r[16]['ci'][1]:.2f}]"
-            if r
-            else f"{lat[k][16] / fp32_lat[rt][16]:.2f}"
-        )
+        r = ort_ratio[k]  # every ratio is paired within its runtime (ORT FP32 or TFLite FP32 as reference)
+        b1, b16 = (f"{r[b]['ratio']:.2f} [{r[b]['ci'][0]:.2f}, {r[b]['ci'][1]:.2f}]" for b in (1, 16))
         rows.append(
             {
                 "model": f"{name} 224",
@@ -208,23 +236,13 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int) -> li
                 "size KiB": round(size / 1024, 1),
                 "size vs FP32": round(size / fp32_size[rt], 2),
                 "b1 ms": round(lat[k][1], 2),
-                "b1 vs FP32": round(b1, 2),
+                "b1 vs FP32 [95% CI]": b1,
                 "b16 ms": round(lat[k][16], 1),
                 "b16 vs FP32 [95% CI]": b16,
             }
         )
     del model
     return rows
-
-
-def _tflite_batch_ms(r, x16: np.ndarray, rounds: int = 3) -> float:
-    """The converted graph has batch 1: batch 16 = 16 invokes (the minimum over a few rounds)."""
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        r(x16)
-        best = min(best, (time.perf_counter() - t) * 1e3)
-    return best
 
 
 def part2(ckpts: list[Path], work: Path) -> list[dict]:

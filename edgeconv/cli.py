@@ -623,7 +623,7 @@ def bench_cmd(
     known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file holding --host's key."),
     remote_timeout: float = typer.Option(3600, help="Seconds the remote bench may take."),
     profile: bool = typer.Option(
-        False, "--profile", help="Also profile each onnxruntime/TFLite file per operator type (at the first --batch)."
+        False, "--profile", help="Also profile each ONNX/TFLite/TensorRT file per operator type (at the first --batch)."
     ),
     profile_plot: Optional[Path] = typer.Option(
         None, "--profile-plot", help="Write the per-operator profile as a PNG bar chart (implies --profile)."

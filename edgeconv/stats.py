@@ -6,6 +6,10 @@ whole 95% interval of the median paired ratio lies on one side of 1.0.
 
 from __future__ import annotations
 
+import random
+import time
+from typing import Callable
+
 import numpy as np
 
 
@@ -23,3 +27,25 @@ def paired_ratio(num, den, level: float = 0.95) -> dict:
     r = np.asarray(num, dtype=np.float64) / np.asarray(den, dtype=np.float64)
     lo, hi = median_ci(r, level)
     return {"ratio": float(np.median(r)), "ci": (lo, hi), "n": int(len(r))}
+
+
+def interleaved_times(
+    calls: list[Callable[[], object]], seconds: float = 2.0, min_runs: int = 7, max_runs: int = 200
+) -> list[list[float]]:
+    """ms per call of each of `calls`: every repetition runs each once, in a shuffled (seeded) order, so load changes
+    on a shared machine hit all alike and entry r of every list comes from the same repetition (the pairs that
+    `paired_ratio` takes). One untimed warm-up call each first (allocations, kernel choice)."""
+    for c in calls:
+        c()
+    times: list[list[float]] = [[] for _ in calls]
+    order, rng = list(range(len(calls))), random.Random(0)
+    t_end = time.perf_counter() + seconds
+    runs = 0
+    while runs < min_runs or (time.perf_counter() < t_end and runs < max_runs):
+        rng.shuffle(order)
+        for i in order:
+            t = time.perf_counter()
+            calls[i]()
+            times[i].append((time.perf_counter() - t) * 1e3)
+        runs += 1
+    return times

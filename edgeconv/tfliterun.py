@@ -8,6 +8,8 @@ tensors with the tensor's own scale and zero point, so every caller scores a .tf
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +55,71 @@ def tflite_precision(details: list[dict]) -> str:
     return "fp32"
 
 
-class TFLiteRunner:
-    """One ai_edge_litert interpreter on a .tflite: logits for float32 NCHW batches."""
+@dataclass
+class Delegation:
+    """How the interpreter split a graph between the XNNPACK delegate and TFLite's built-in kernels."""
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    partitions: int  # delegate nodes: each boundary hands tensors between XNNPACK and a built-in kernel
+    delegated: Counter = field(default_factory=Counter)  # op type -> operators XNNPACK runs
+    fallback: list[tuple[str, str]] = field(default_factory=list)  # (op type, output tensor) run by built-in kernels
+
+    def fallback_counts(self) -> dict[str, int]:
+        return dict(Counter(op for op, _ in self.fallback))
+
+    def to_dict(self) -> dict:
+        return {
+            "partitions": self.partitions,
+            "delegated_ops": sum(self.delegated.values()),
+            "fallback_ops": self.fallback_counts(),
+        }
+
+
+def delegation(interp) -> Delegation:
+    """Which operators of an allocated interpreter run inside XNNPACK and which fell back to built-in kernels.
+
+    The interpreter lists the graph's operators followed by one DELEGATE node per partition, whose inputs and
+    outputs are the partition's boundary tensors; a partition's operators are found by walking back from its
+    outputs to its inputs. Whatever no partition covers runs in a built-in kernel.
+    """
+    ops = interp._get_ops_details()  # noqa: SLF001 - the only view the interpreter gives of its graph
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    graph = [o for o in ops if o["op_name"] != "DELEGATE"]
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    producer = {int(t): o["index"] for o in graph for t in o["outputs"]}
+    by_index = {o["index"]: o for o in graph}
+    covered: set[int] = set()
+    for d in delegates:
+        stop, stack = {int(t) for t in d["inputs"]}, [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            if t in stop or t not in producer or producer[t] in covered:
+                continue
+            covered.add(producer[t])
+            stack.extend(int(i) for i in by_index[producer[t]]["inputs"] if i >= 0)
+    return Delegation(
+        len(delegates),
+        Counter(o["op_name"] for o in graph if o["index"] in covered),
+        [
+            (o["op_name"], names.get(int(o["outputs"][0]), "") if len(o["outputs"]) else "")
+            for o in graph
+            if o["index"] not in covered
+        ],
+    )
+
+
+class TFLiteRunner:
+    """One ai_edge_litert interpreter on a .tflite: logits for float32 NCHW batches. `delegate=False` runs every
+    operator in TFLite's built-in kernels (no XNNPACK), for comparison."""
+
+    def __init__(self, path: str | Path, threads: int = 1, delegate: bool = True):
         Interpreter = interpreter_class()
         try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            kw = {}
+            if not delegate:
+                from ai_edge_litert.interpreter import OpResolverType
+
+                kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self.interp = Interpreter(model_path=str(path), num_threads=threads, **kw)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:  # e.g. an op the interpreter has no kernel for
             first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
@@ -71,6 +131,15 @@ class TFLiteRunner:
         self.precision = tflite_precision(self.interp.get_tensor_details())
         self.converted_batch = int(self.inp["shape"][0])
         self.batch = self.converted_batch
+
+    def delegation(self) -> Delegation:
+        return delegation(self.interp)
+
+    def invoke_prepared(self, x: np.ndarray):
+        """Set one batch as the input once and return a call that only invokes (what timings should measure)."""
+        self._resize(int(x.shape[0]))
+        self.interp.set_tensor(self.inp["index"], self._to_input(x))
+        return self.interp.invoke
 
     @property
     def input_dtype(self) -> str:

@@ -126,6 +126,8 @@ def build_engine(
         raise EdgeconvError(f"TensorRT could not parse the ONNX: {errs[:300]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if hasattr(trt, "ProfilingVerbosity"):  # layer types and precisions in the engine inspector (bench --profile)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if not strongly_typed:  # TensorRT 10 without strong typing: precision by flags
         config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8":

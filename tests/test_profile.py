@@ -97,10 +97,34 @@ def test_profile_refuses_what_it_cannot_profile(trained, tmp_path):
     from edgeconv.errors import EdgeconvError
     from edgeconv.runtime.profile import profile_artifact, run_profiles
 
-    with pytest.raises(EdgeconvError, match="give at least one .onnx or .tflite"):
+    with pytest.raises(EdgeconvError, match="give at least one .onnx, .tflite or TensorRT engine"):
         run_profiles([trained("routed-tiny")], "digits", "test", 1)
     with pytest.raises(EdgeconvError, match="TensorRT layer profiles need TensorRT"):
         profile_artifact(tmp_path / "m.engine", np.zeros((1, 1, 32, 32), np.float32))
+    from edgeconv.runtime.profile import _tensorrt_here, check_profilable
+
+    if not _tensorrt_here():
+        with pytest.raises(EdgeconvError, match="TensorRT layer profiles need TensorRT and a GPU"):
+            check_profilable([tmp_path / "m.engine"])
+
+
+def test_profile_rows_show_tflite_operators_outside_xnnpack():
+    """Untimed (TFLite) columns give each operator type's count and how many ran in built-in kernels."""
+    from edgeconv.runtime.profile import OpProfile, profile_rows
+
+    ort = OpProfile("m.onnx", "onnxruntime", "fp32", 1, 5, 2.0, {"Conv": {"ms": 1.5, "count": 3}})
+    tfl = OpProfile(
+        "m.int8.tflite",
+        "ai_edge_litert",
+        "int8",
+        1,
+        5,
+        3.0,
+        {"GELU": {"ms": None, "count": 4, "fallback": 4}, "CONV_2D": {"ms": None, "count": 3, "fallback": 0}},
+    )
+    rows = {r["op type"]: r for r in profile_rows([ort, tfl])}
+    assert rows["Conv"]["m.onnx ms"] == "1.500" and rows["Conv"]["m.int8.tflite ms"] == "-"
+    assert rows["GELU"]["m.int8.tflite ms"] == "x4 (4 built-in)" and rows["CONV_2D"]["m.int8.tflite ms"] == "x3"
 
 
 @pytest.mark.slow
@@ -116,3 +140,5 @@ def test_tflite_profile_reports_delegate_partitions(trained, digits_pre, tmp_pat
     p = profile_tflite(out, _x(digits_pre, 1), runs=5)
     assert p.wall_ms > 0 and p.by_type and all(v["ms"] is None for v in p.by_type.values())
     assert "XNNPACK delegate partition" in p.notes[0]
+    assert p.delegate["partitions"] == 1 and p.delegate["fallback_ops"] == {}  # FP32: XNNPACK runs everything
+    assert p.delegate["wall_ms_builtin_kernels"] > 0 and "built-in kernels only" in p.notes[1]

@@ -51,7 +51,7 @@ def routed_tflite_int8(trained, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_routed_tflite_int8_is_full_integer_verified_and_within_one_point(routed_tflite_int8):
+def test_routed_tflite_int8_is_verified_within_one_point_and_leaves_no_int8_op_outside_xnnpack(routed_tflite_int8):
     from edgeconv.formats import sidecar_path
     from edgeconv.quantize.tflite import TFLiteRunner
 
@@ -64,8 +64,12 @@ def test_routed_tflite_int8_is_full_integer_verified_and_within_one_point(routed
     assert rec["accuracy"]["n"] == 359 and rec["accuracy"]["drop"] <= 1.0
     assert rec["size_bytes"]["quantized"] == out.stat().st_size < rec["size_bytes"]["float"]
     runner = TFLiteRunner(out)
-    assert runner.input_dtype == "int8"
     assert runner(np.zeros((2, 1, 32, 32), np.float32)).shape == (2, 10)
+    # the routers' select has no XNNPACK kernel in any precision: what stays outside was made float and did not
+    # come back in, and the graph has far fewer partitions than full-integer's
+    split = runner.delegation()
+    assert set(split.fallback_counts()) <= set(rec["ops_left_float"])
+    assert split.partitions < rec["selection_rounds"][0]["partitions"]
 
 
 @pytest.mark.slow
@@ -89,6 +93,47 @@ def test_tflite_within_one_point_for_acmix_and_hvt(name, precision, trained, tmp
     assert acc["float_top1"] > 85 and acc["drop"] <= 1.0
     assert rep.record["routing"] == "none"
     assert out.exists() and (out.parent / f"{out.name}.json").exists()
+    if precision == "int8":
+        _assert_all_in_xnnpack(out, rep.record)
+
+
+def _assert_all_in_xnnpack(out, rec):
+    """The default INT8 selection leaves no operator outside XNNPACK: a property of the graph and the delegate, the
+    same on every CPU (unlike the timing, which is only recorded)."""
+    from edgeconv.tfliterun import TFLiteRunner
+
+    assert rec["ops"] == "auto"
+    split = TFLiteRunner(out).delegation()
+    assert split.partitions == 1 and split.fallback == [], split.to_dict()
+    assert rec["xnnpack"] == split.to_dict()
+    # what XNNPACK has no int8 kernel for was moved to float, by type and count, and the record says so
+    assert {"GELU", "SOFTMAX", "BATCH_MATMUL"} <= set(rec["ops_left_float"])
+    assert rec["selection_rounds"][0]["fallback_ops"] and rec["selection_rounds"][-1]["fallback_ops"] == {}
+    lat = rec["latency_check_ms"]
+    assert lat["repetitions"] >= 15 and lat["ratio_ci"][0] <= lat["ratio"] <= lat["ratio_ci"][1]
+
+
+@pytest.mark.slow
+def test_tflite_ops_all_is_full_integer_and_weights_keeps_activations_float(trained, tmp_path):
+    """--ops all: every operator ai-edge-quantizer can quantize, int8 in and out (integer-only accelerators); the
+    operators XNNPACK has no int8 kernel for fall back and split the graph, and the record names them. --ops weights:
+    only the weight layers are int8, the input stays float and the graph stays in one partition."""
+    from edgeconv.quantize import QuantizeRequest, quantize
+    from edgeconv.tfliterun import TFLiteRunner
+
+    full = quantize(QuantizeRequest(trained("hvt-tiny"), tmp_path / "all.tflite", "int8", "tflite", ops="all"))
+    rec = full.record
+    runner = TFLiteRunner(tmp_path / "all.tflite")
+    assert runner.input_dtype == "int8" and rec["ops_left_float"] == {}
+    split = runner.delegation()
+    assert split.partitions > 1 and {"GELU", "SOFTMAX"} <= set(split.fallback_counts())
+    assert rec["xnnpack"] == split.to_dict() and any("outside the delegate" in n for n in full.notes)
+    w = quantize(QuantizeRequest(trained("hvt-tiny"), tmp_path / "w.tflite", "int8", "tflite", ops="weights"))
+    runner = TFLiteRunner(tmp_path / "w.tflite")
+    assert runner.input_dtype == "float32" and runner.delegation().partitions == 1
+    types = {np.dtype(d["dtype"]).name for d in runner.interp.get_tensor_details()}
+    assert "int8" in types and w.record["accuracy"]["drop"] <= 1.0
+    assert w.record["size_bytes"]["ratio"] < 0.6  # int8 weights; norms, biases and the rest stay float32
 
 
 def test_tflite_without_the_extra_fails_with_the_install_hint(trained, tmp_path):

@@ -18,7 +18,7 @@ from edgeconv.options import option
 from edgeconv.quantize.targets import TARGETS
 
 METHODS = ("minmax", "entropy", "percentile")  # calibration methods (onnxruntime's)
-OP_POLICIES = ("auto", "weights", "all")  # which ops an onnxruntime INT8 file quantizes (quantize/ort.py)
+OP_POLICIES = ("auto", "weights", "all")  # which ops an INT8 file quantizes (quantize/ort.py, quantize/tflite.py)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ class QuantizeSettings:
     ops: str = option(
         "auto",
         choices=OP_POLICIES,
-        help="ort op selection: auto (weight layers, kept only where INT8 is not clearly slower, measured) | weights | all.",
+        help="INT8 op selection. ort: auto (weight layers, kept only where INT8 is not clearly slower, measured) | "
+        "weights | all. tflite: auto (int8 wherever XNNPACK runs it, the rest float) | weights | all (full-integer).",
     )
 
 

@@ -69,6 +69,12 @@ def quantization_section(rec: dict) -> dict:
         )
     if rec.get("kept_float_for_accuracy"):
         out["kept float (--max-drop)"] = ", ".join(rec["kept_float_for_accuracy"])
+    x = rec.get("xnnpack")
+    if isinstance(x, dict) and "partitions" in x:
+        fb = x.get("fallback_ops") or {}
+        out["XNNPACK"] = f"{x['partitions']} delegate partition(s), " + (
+            "outside it: " + ", ".join(f"{k} x{v}" for k, v in fb.items()) if fb else "every operator inside it"
+        )
     if rec.get("ops_left_float"):
         out["ops left float"] = ", ".join(f"{k} x{v}" for k, v in rec["ops_left_float"].items())
     if rec.get("kinds_left_float_for_latency"):

@@ -606,25 +606,12 @@ def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
 def interleaved_times(
     sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7, max_runs: int = 200
 ) -> list[list[float]]:
-    """ms per run of each session on `x`: repetitions run every session once, in a shuffled order, so load changes
-    on a shared machine hit all alike (entry r of every list comes from the same repetition)."""
-    import random
+    """ms per run of each onnxruntime session on `x`, interleaved (`edgeconv.stats.interleaved_times`)."""
+    from edgeconv.stats import interleaved_times as interleaved
 
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for s, f in zip(sessions, feeds):  # warm-up: first runs allocate and pick kernels
-        s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    order, rng = list(range(len(sessions))), random.Random(0)
-    t_end = time.perf_counter() + seconds
-    runs = 0
-    while runs < min_runs or (time.perf_counter() < t_end and runs < max_runs):
-        rng.shuffle(order)
-        for i in order:
-            t = time.perf_counter()
-            sessions[i].run(None, feeds[i])
-            times[i].append((time.perf_counter() - t) * 1e3)
-        runs += 1
-    return times
+    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+    return interleaved(calls, seconds=seconds, min_runs=min_runs, max_runs=max_runs)
 
 
 def _rank_sensitivity(tree: QuantTree, cands: list[str], ev: Evaluator, step) -> list[str]:

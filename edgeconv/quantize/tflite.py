@@ -1,10 +1,11 @@
-"""TFLite FP32 / FP16 / full-integer INT8, converted from the PyTorch checkpoint and run in ai_edge_litert.
+"""TFLite FP32 / FP16 / INT8, converted from the PyTorch checkpoint and run in ai_edge_litert.
 
 Route (chosen by trying them, see platform-facts.md): litert-torch converts the PyTorch model to an FP32 .tflite
-directly (no TensorFlow, no ONNX hop); ai-edge-quantizer then writes FP16 weights (float casting) or full-integer
-INT8 (static a8w8: int8 weights per channel, int8 activations calibrated on the calibration samples, int8 input and
-output tensors). PT2E quantization inside litert-torch was tried too: it was ~4x slower to convert here and its
-INT8 softmax output scale is rejected by the interpreter (it must be 1/256).
+directly (no TensorFlow, no ONNX hop); ai-edge-quantizer then writes FP16 weights (float casting) or INT8 (static
+a8w8: int8 weights per channel, int8 activations calibrated on the calibration samples) on the operators the XNNPACK
+delegate runs in int8, the rest float (`--ops auto`; `all` is full-integer, `weights` the weight layers). PT2E
+quantization inside litert-torch was tried too: it was ~4x slower to convert here and its INT8 softmax output scale
+is rejected by the interpreter (it must be 1/256).
 
 Routed models: litert-torch cannot lower `torch.cond` (TFLite has no route to an ONNX-like `If` from it), so a
 hard-routed model is converted with every router's hard decision written as a select: both branches are computed
@@ -16,7 +17,9 @@ hard routing - the FP32 .tflite is checked against PyTorch's hard routing on rea
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -96,29 +99,97 @@ def convert_fp32(model: torch.nn.Module, pre: dict, out: Path) -> None:
     edge.export(str(out))
 
 
-def quantize_tflite(fp32: Path, out: Path, precision: str, calib_x: np.ndarray | None = None) -> None:
-    """FP16 weights (float casting) or full-integer INT8 (static a8w8 calibrated on `calib_x`) with
-    ai-edge-quantizer."""
+# Weight layers: what `--ops weights` makes INT8 (float activations elsewhere, a QUANTIZE/DEQUANTIZE pair around each).
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
+MAX_ROUNDS = 4  # `--ops auto`: conversions that move fallen-back operators to float (hybrids need one or two)
+TIMING_SECONDS, MIN_TIMING_RUNS = 2.0, 15
+
+
+def _calibration(fp32: Path, calib_x: np.ndarray) -> tuple[str, list[dict]]:
+    Interpreter = interpreter_class()
+    sigs = Interpreter(model_path=str(fp32)).get_signature_list()
+    name = next(iter(sigs))
+    inp = sigs[name]["inputs"][0]
+    return name, [{inp: calib_x[i : i + 1].astype(np.float32)} for i in range(len(calib_x))]
+
+
+def quantize_tflite(
+    fp32: Path, out: Path, precision: str, calib_x: np.ndarray | None = None, ops: str = "auto"
+) -> dict | None:
+    """FP16 weights (float casting) or INT8 (static a8w8 calibrated on `calib_x`) with ai-edge-quantizer.
+
+    INT8 operator selection (`ops`):
+    - `all`: full-integer, every operator ai-edge-quantizer can quantize (int8 input and output) - for integer-only
+      accelerators; on a CPU the operators XNNPACK has no int8 kernel for fall back to TFLite's built-in kernels.
+    - `auto`: int8 where XNNPACK runs it. Starts from `all`, asks the interpreter which operators fell back out of
+      the XNNPACK delegate, converts again with exactly those (by output tensor) in float, and repeats until every
+      operator runs in the delegate (or MAX_ROUNDS): float islands then sit inside XNNPACK's one graph, where
+      QUANTIZE/DEQUANTIZE are its own ops, instead of splitting it into dozens of partitions.
+    - `weights`: only the weight layers (WEIGHT_OPS) in int8.
+    Returns the selection record for INT8 (None for FP16).
+    """
     from ai_edge_quantizer import quantizer, recipe
 
-    q = quantizer.Quantizer(str(fp32))
     with quiet(stderr=True):
         if precision == "fp16":
+            q = quantizer.Quantizer(str(fp32))
             q.add_weight_only_config(regex=".*", operation_name="*", num_bits=16, algorithm_key="float_casting")
-            res = q.quantize(enable_progress_report=False)
-        elif precision == "int8":
-            Interpreter = interpreter_class()
-            sigs = Interpreter(model_path=str(fp32)).get_signature_list()
-            name = next(iter(sigs))
-            inp = sigs[name]["inputs"][0]
-            q.load_quantization_recipe(recipe.static_wi8_ai8())
-            cal = q.calibrate(
-                {name: [{inp: calib_x[i : i + 1].astype(np.float32)} for i in range(len(calib_x))]}, num_threads=1
-            )
-            res = q.quantize(cal, enable_progress_report=False)
-        else:
+            q.quantize(enable_progress_report=False).export_model(str(out), overwrite=True)
+            return None
+        if precision != "int8":
             raise EdgeconvError(f"unknown TFLite precision {precision!r}")
-    res.export_model(str(out), overwrite=True)
+
+        def full():
+            q = quantizer.Quantizer(str(fp32))
+            q.load_quantization_recipe(recipe.static_wi8_ai8())
+            return q
+
+        q = full()
+        name, samples = _calibration(fp32, calib_x)
+        cal = q.calibrate({name: samples}, num_threads=1)  # once: every later recipe quantizes a subset
+        if ops == "weights":
+            q = quantizer.Quantizer(str(fp32))
+            for op in WEIGHT_OPS:
+                q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
+        floated: list[tuple[str, str]] = []
+        rounds: list[dict] = []
+        while True:
+            q.quantize(cal, enable_progress_report=False).export_model(str(out), overwrite=True)
+            split = TFLiteRunner(out).delegation()
+            rounds.append({"ops in float": len(floated), **split.to_dict()})
+            new = [f for f in split.fallback if f[1] and f not in floated]
+            if ops != "auto" or not new or len(rounds) > MAX_ROUNDS:
+                break
+            floated += new
+            q = full()
+            for op, tensor in floated:  # the recipe's scope of an operator is its output tensor names, each + ';'
+                q.update_quantization_recipe(regex=f"^{re.escape(tensor)};$", operation_name=op, algorithm_key="no_quantize")
+    left = dict(Counter(op for op, _ in floated))
+    return {"ops": ops, "rounds": rounds, "ops_left_float": left, "xnnpack": split.to_dict()}
+
+
+def latency_check(fp32: Path, int8: Path, step: Callable[[str], None]) -> dict:
+    """INT8 vs FP32 .tflite at batch 1, one thread, XNNPACK: interleaved repetitions, the median paired ratio and
+    its 95% bootstrap interval (the rule `--ops auto` uses for onnxruntime too)."""
+    from edgeconv.stats import interleaved_times, paired_ratio
+
+    step("timing INT8 against FP32 in the TFLite interpreter (batch 1)")
+    f, q = TFLiteRunner(fp32), TFLiteRunner(int8)
+    # the FP32 graph's own input shape (batch 1), so neither runner needs a layout change
+    x = np.random.default_rng(0).standard_normal(tuple(int(d) for d in f.inp["shape"])).astype(np.float32)
+    f_t, q_t = interleaved_times(
+        [f.invoke_prepared(x), q.invoke_prepared(x)], seconds=TIMING_SECONDS, min_runs=MIN_TIMING_RUNS
+    )
+    r = paired_ratio(q_t, f_t)
+    return {
+        "batch": 1,
+        "float_ms": round(float(np.median(f_t)), 4),
+        "int8_ms": round(float(np.median(q_t)), 4),
+        "ratio": round(r["ratio"], 4),
+        "ratio_ci": [round(v, 4) for v in r["ci"]],
+        "repetitions": r["n"],
+        "rule": "median of paired ratios, one thread, XNNPACK delegate (the interpreter's default)",
+    }
 
 
 def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) -> list[dict]:
@@ -142,6 +213,53 @@ def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) 
                 f"{rows[-1]['routing pattern']} (max abs {err:.3g}); not writing a wrong model"
             )
     return rows
+
+
+def _check_latency(fp32: Path, result: Path, sel: dict, calib_x, step) -> tuple[Path, dict]:
+    """Time the INT8 file against FP32; under `--ops auto`, when it is clearly slower (the whole 95% interval above
+    1.0), try the weight layers alone and keep that file only if it is clearly faster than FP32."""
+    sel["latency_check_ms"] = lat = latency_check(fp32, result, step)
+    if sel["ops"] != "auto" or lat["ratio_ci"][0] <= 1.0:
+        return result, sel
+    step("INT8 is clearly slower than FP32 here: trying the weight layers alone")
+    alt = result.with_name("model.int8.weights.tflite")
+    alt_sel = quantize_tflite(fp32, alt, "int8", calib_x, ops="weights")
+    alt_sel["latency_check_ms"] = alt_lat = latency_check(fp32, alt, step)
+    decision = {"auto": _ratio_text(lat), "weights": _ratio_text(alt_lat)}
+    if alt_lat["ratio_ci"][1] < 1.0:
+        alt_sel.update(ops="auto", fell_back_to="weights", decision=decision)
+        alt_sel["rounds"] = sel["rounds"] + alt_sel["rounds"]
+        return alt, alt_sel
+    sel["decision"] = decision
+    return result, sel
+
+
+def _ratio_text(lat: dict) -> str:
+    return f"{lat['ratio']:.3f}x [{lat['ratio_ci'][0]:.3f}, {lat['ratio_ci'][1]:.3f}]"
+
+
+def _selection_notes(sel: dict) -> list[str]:
+    notes = []
+    if sel["ops_left_float"]:
+        notes.append(
+            "kept float because they fell back out of XNNPACK in int8: "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(sel["ops_left_float"].items(), key=lambda kv: -kv[1]))
+        )
+    if sel.get("fell_back_to"):
+        notes.append(f"int8 where XNNPACK runs it was slower than FP32 here; the weight layers alone pay: {sel['decision']}")
+    x = sel["xnnpack"]
+    if x["fallback_ops"]:
+        notes.append(
+            f"{x['partitions']} XNNPACK partitions; outside the delegate (no XNNPACK kernel in this precision): "
+            + ", ".join(f"{k} x{v}" for k, v in x["fallback_ops"].items())
+        )
+    lat = sel["latency_check_ms"]
+    verdict = "SLOWER than" if lat["ratio_ci"][0] > 1.0 else "faster than" if lat["ratio_ci"][1] < 1.0 else "as fast as"
+    notes.append(
+        f"INT8 {verdict} FP32 in the TFLite interpreter: {lat['int8_ms']:.2f} ms vs {lat['float_ms']:.2f} ms at batch 1 "
+        f"({_ratio_text(lat)}, {lat['repetitions']} paired repetitions)"
+    )
+    return notes
 
 
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
@@ -169,7 +287,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     calib, ev = inputs_for(req, pre, meta.get("classes"))
     if req.max_drop is not None:
         raise EdgeconvError(
-            "--max-drop is implemented for --backend ort (mixed precision by layer); TFLite INT8 is full-integer"
+            "--max-drop is implemented for --backend ort (mixed precision by layer); for TFLite choose --ops"
         )
     model, ck = load_model(ckpt)
     rec = base_record(req, meta, calib, ev)
@@ -206,12 +324,19 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             rows_routing = verify_routing(model, runner32, check_x[:512].numpy())
             rec["routing_check"] = rows_routing
         float_bytes = fp32.stat().st_size
+        sel = None
         if req.precision == "fp32":
             result = fp32
         else:
-            step(f"quantizing with ai-edge-quantizer ({req.precision.upper()})")
+            step(f"quantizing with ai-edge-quantizer ({req.precision.upper()}, ops {req.ops})")
             result = Path(tmp) / f"model.{req.precision}.tflite"
-            quantize_tflite(fp32, result, req.precision, calib.samples.x.numpy() if calib is not None else None)
+            calib_x = calib.samples.x.numpy() if calib is not None else None
+            sel = quantize_tflite(fp32, result, req.precision, calib_x, ops=req.ops)
+            if sel is not None:
+                result, sel = _check_latency(fp32, result, sel, calib_x, step)
+                rec.update({k: sel[k] for k in ("ops", "ops_left_float", "xnnpack", "latency_check_ms")})
+                rec["selection_rounds"] = sel["rounds"]
+                notes.extend(_selection_notes(sel))
         runner = TFLiteRunner(result)
         if ev is not None:
             step("measuring top-1 in the TFLite interpreter")
@@ -242,6 +367,9 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         "precision": req.precision.upper(),
         "routing": rec["routing"],
         "input": runner.input_dtype,
+        "ops": req.ops if sel else "-",
+        "XNNPACK partitions": sel["xnnpack"]["partitions"] if sel else "-",
+        "INT8 / FP32 latency": _ratio_text(sel["latency_check_ms"]) if sel else "-",
         "size KiB": round(size / 1024, 1),
         "size vs FP32": f"{size / float_bytes:.2f}x",
         "float top-1 %": acc.get("float_top1"),

@@ -4,10 +4,12 @@ by side for every file given (typically FP32 and INT8 of one model).
 - onnxruntime: its own profiler (`SessionOptions.enable_profiling`); every kernel event, `If` branches included,
   summed per operator type and per node over the timed runs, in ms per run.
 - TFLite: the Python interpreter exposes no per-operator timer, so the profile says what it can measure - the wall
-  time per invoke, the operator counts, and how many XNNPACK delegate partitions the graph was split into (each
-  boundary hands tensors between the delegate and the built-in kernels).
-- TensorRT: engines report layer times through `trt.IProfiler`, which needs TensorRT and a GPU; `run_profiles`
-  skips engines (as it skips checkpoints, the reference) and `profile_artifact` refuses one with that reason.
+  time per invoke with XNNPACK and with TFLite's built-in kernels only, the operator counts, and which operators
+  ran inside the XNNPACK delegate and which fell back to built-in kernels, in how many partitions (each boundary
+  hands tensors between the delegate and the built-in kernels).
+- TensorRT: layer times through `trt.IProfiler` (`context.profiler`), summed per layer type from the engine
+  inspector; it needs TensorRT and a GPU, so without them `run_profiles` skips engines (as it skips checkpoints,
+  the reference) and `profile_artifact` refuses one with that reason.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class OpProfile:
     by_type: dict[str, dict] = field(default_factory=dict)  # op type -> {"ms": per run or None, "count": nodes}
     top: list[dict] = field(default_factory=list)  # slowest nodes: {"node", "op", "ms"}
     notes: list[str] = field(default_factory=list)
+    delegate: dict = field(default_factory=dict)  # TFLite: XNNPACK partitions, fallback ops, built-in-only wall time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +85,6 @@ def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, war
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise EdgeconvError(f"{path}: onnxruntime could not run it for the profile ({first})") from None
         events = _events(Path(prof.end_profiling()), runs)
-    by_type: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "count": 0})
     per_node: dict[tuple[str, str], float] = defaultdict(float)
     for e in events:
         op = e["args"]["op_name"]
@@ -90,22 +92,30 @@ def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, war
     # A control-flow node's time is the time of the branch it ran, whose nodes are events of their own: counting
     # both would count the branch twice.
     per_node = {k: v for k, v in per_node.items() if k[1] not in CONTROL_FLOW}
-    for (node, op), ms in per_node.items():
-        by_type[op]["ms"] += ms
-        by_type[op]["count"] += 1
-    top = [{"node": n, "op": op, "ms": round(ms, 4)} for (n, op), ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:10]]
     import onnxruntime as ort
 
+    return _node_profile(path, f"onnxruntime {ort.__version__}", precision, len(x), runs, wall, per_node, ORT_NOTE)
+
+
+def _node_profile(
+    path: Path, runtime: str, precision: str, batch: int, runs: int, wall: float, per_node: dict, note: str
+) -> OpProfile:
+    """An OpProfile from ms per run of each (node, op type): summed per op type, and the ten slowest nodes."""
+    by_type: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "count": 0})
+    for (_, op), ms in per_node.items():
+        by_type[op]["ms"] += ms
+        by_type[op]["count"] += 1
+    slowest = sorted(per_node.items(), key=lambda kv: -kv[1])[:10]
     return OpProfile(
         str(path),
-        f"onnxruntime {ort.__version__}",
+        runtime,
         precision,
-        len(x),
+        batch,
         runs,
         wall,
         {k: {"ms": round(v["ms"], 4), "count": v["count"]} for k, v in by_type.items()},
-        top,
-        [ORT_NOTE],
+        [{"node": n, "op": op, "ms": round(ms, 4)} for (n, op), ms in slowest],
+        [note],
     )
 
 
@@ -134,33 +144,89 @@ def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) 
 
     runner = TFLiteRunner(path, threads=threads)
     one = x[:1]
-    runner(one)
-    wall = _median_wall(lambda: runner(one), runs)
-    ops = runner.interp._get_ops_details()  # noqa: SLF001 - the only view the interpreter gives of its graph
-    counts: dict[str, int] = defaultdict(int)
-    for o in ops:
-        counts[o["op_name"]] += 1
-    partitions = counts.pop("DELEGATE", 0)
-    by_type = {k: {"ms": None, "count": v} for k, v in counts.items()}
+    wall = _median_wall(runner.invoke_prepared(one), runs)
+    builtin = TFLiteRunner(path, threads=threads, delegate=False)
+    wall_builtin = _median_wall(builtin.invoke_prepared(one), runs)
+    split = runner.delegation()
+    fallback = split.fallback_counts()
+    by_type = {
+        op: {"ms": None, "count": split.delegated.get(op, 0) + fallback.get(op, 0), "fallback": fallback.get(op, 0)}
+        for op in sorted({*split.delegated, *fallback})
+    }
+    n_fb = sum(fallback.values())
     notes = [
-        f"{sum(counts.values())} operators, {partitions} XNNPACK delegate partition(s) (each boundary hands "
-        "tensors between the delegate and the built-in kernels)",
-        "the TFLite Python interpreter has no per-operator timer: wall time per invoke only (batch 1)",
+        f"{sum(split.delegated.values()) + n_fb} operators: {sum(split.delegated.values())} in {split.partitions} "
+        f"XNNPACK delegate partition(s), {n_fb} in built-in kernels"
+        + (": " + ", ".join(f"{k} x{v}" for k, v in sorted(fallback.items(), key=lambda kv: -kv[1])) if n_fb else ""),
+        f"wall time {wall:.3f} ms with XNNPACK, {wall_builtin:.3f} ms with built-in kernels only (batch 1)",
+        "the TFLite Python interpreter has no per-operator timer: wall time per invoke only",
     ]
     import ai_edge_litert
 
-    precision = "int8" if runner.input_dtype == "int8" else "fp32/fp16"
     return OpProfile(
         str(path),
         f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}",
-        precision,
+        runner.precision,
         1,
         runs,
         wall,
         by_type,
         [],
         notes,
+        {**split.to_dict(), "wall_ms_builtin_kernels": round(wall_builtin, 4)},
     )
+
+
+def profile_tensorrt(path: Path, x: np.ndarray, runs: int = 20) -> OpProfile:
+    """Layer times of a TensorRT engine (a serialized engine, or an ONNX built into one) through `trt.IProfiler`,
+    summed per layer type (the engine inspector's `LayerType`, else the ONNX op in the layer's name)."""
+    from edgeconv import trtengine
+
+    try:
+        trt = trtengine.require_tensorrt()
+        trtengine.require_gpu()
+    except EdgeconvError as e:
+        raise EdgeconvError(f"{path}: TensorRT layer profiles need TensorRT and a GPU ({str(e).split(';')[0]})") from None
+    if format_of(path).name == "onnx":
+        from edgeconv.card import load_onnx_proto, onnx_precision
+
+        model = load_onnx_proto(path)
+        prof = trtengine.profile_for(model, 1, len(x), max(len(x), 8))
+        blob, precision = trtengine.build_engine(model.SerializeToString(), prof, onnx_precision(model)), "onnx"
+    else:
+        blob = Path(path).read_bytes()
+        prof, precision = trtengine.engine_profile(trt, blob), "engine"
+
+    class LayerTimes(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)
+            self.ms: dict[str, float] = defaultdict(float)
+
+        def report_layer_time(self, layer_name, ms):  # called by TensorRT after each profiled execution
+            self.ms[layer_name] += ms
+
+    with trtengine.TensorRTRunner(blob, prof) as runner:
+        runner(x, batch=len(x))
+        wall = _median_wall(lambda: runner(x, batch=len(x)), runs)
+        times = LayerTimes()
+        runner.context.profiler = times
+        for _ in range(runs):
+            runner(x, batch=len(x))
+        inspector = runner.engine.create_engine_inspector()
+        kinds = {}
+        for i in range(runner.engine.num_layers):
+            info = inspector.get_layer_information(i, trt.LayerInformationFormat.JSON)
+            try:
+                d = json.loads(info)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and d.get("Name"):
+                kinds[d["Name"]] = d.get("LayerType") or "?"
+    per_node = {
+        (name, kinds.get(name) or name.rsplit("/", 1)[-1].split("_")[0] or "?"): ms / runs for name, ms in times.ms.items()
+    }
+    note = "layer time per run from TensorRT's IProfiler (fused layers are one entry); profiling adds synchronisation"
+    return _node_profile(path, f"TensorRT {trt.__version__}", precision, len(x), runs, wall, per_node, note)
 
 
 def profile_artifact(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
@@ -170,17 +236,30 @@ def profile_artifact(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1
     if kind == "tflite":
         return profile_tflite(path, x, runs, threads)
     if kind == "tensorrt":
-        raise EdgeconvError(f"{path}: TensorRT layer profiles need TensorRT and a GPU (IProfiler); not available here")
+        return profile_tensorrt(path, x, runs)
     raise EdgeconvError(f"{path}: --profile covers onnxruntime and TFLite files (PyTorch eager has torch.profiler)")
 
 
 def check_profilable(models: list[Path], plot: bool = False) -> None:
     """Before the bench runs: something to profile, and per-operator times to plot when a PNG is asked for."""
     kinds = [format_of(m).runtime for m in models]
-    if not any(k in ("ort", "tflite") for k in kinds):
-        raise EdgeconvError("--profile: give at least one .onnx or .tflite file")
-    if plot and "ort" not in kinds:
-        raise EdgeconvError("--profile-plot: per-operator times come from onnxruntime; give an .onnx file")
+    if not any(k in ("ort", "tflite", "tensorrt") for k in kinds):
+        raise EdgeconvError("--profile: give at least one .onnx, .tflite or TensorRT engine file")
+    if not any(k in ("ort", "tflite") for k in kinds) and not _tensorrt_here():
+        raise EdgeconvError("--profile: TensorRT layer profiles need TensorRT and a GPU; give an .onnx or .tflite file")
+    if plot and "ort" not in kinds and not ("tensorrt" in kinds and _tensorrt_here()):
+        raise EdgeconvError("--profile-plot: per-operator times come from onnxruntime (or TensorRT); give an .onnx file")
+
+
+def _tensorrt_here() -> bool:
+    from edgeconv import trtengine
+
+    try:
+        trtengine.require_tensorrt()
+        trtengine.require_gpu()
+    except EdgeconvError:
+        return False
+    return True
 
 
 def run_profiles(
@@ -196,8 +275,9 @@ def run_profiles(
     check_profilable(models)
     out = []
     for m, art in zip(models, arts):
-        if format_of(m).runtime not in ("ort", "tflite"):
-            continue  # checkpoints are references; TensorRT engines need a GPU for IProfiler
+        kind = format_of(m).runtime
+        if kind not in ("ort", "tflite", "tensorrt") or (kind == "tensorrt" and not _tensorrt_here()):
+            continue  # checkpoints are references; TensorRT engines need TensorRT and a GPU for IProfiler
         pre = art.preprocessing or shared
         if not pre:
             raise EdgeconvError(f"{m}: no preprocessing recorded; give its checkpoint too so inputs can be prepared")
@@ -233,8 +313,10 @@ def profile_rows(profiles: list[OpProfile], top: int = 12) -> list[dict]:
             total = sum(t["ms"] for t in p.by_type.values() if t["ms"] is not None) or 1.0
             if v is None:
                 row[f"{name} ms"], row[f"{name} %"] = "-", "-"
-            elif v["ms"] is None:
-                row[f"{name} ms"], row[f"{name} %"] = f"x{v['count']}", "-"
+            elif v["ms"] is None:  # TFLite: operator count, and how many of them ran outside XNNPACK
+                fb = v.get("fallback")
+                row[f"{name} ms"] = f"x{v['count']}" + (f" ({fb} built-in)" if fb else "")
+                row[f"{name} %"] = "-"
             else:
                 row[f"{name} ms"], row[f"{name} %"] = f"{v['ms']:.3f}", f"{100 * v['ms'] / total:.1f}"
         rows.append(row)

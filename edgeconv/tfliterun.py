@@ -74,6 +74,17 @@ class Delegation:
         }
 
 
+def operators(interp) -> list[tuple[str, str]]:
+    """(op type, first output tensor name) of every operator of the graph, in order (delegate nodes left out)."""
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # noqa: SLF001 - the only view the interpreter gives of its graph
+    return [_key(o, names) for o in ops if o["op_name"] != "DELEGATE"]
+
+
+def _key(op: dict, names: dict) -> tuple[str, str]:
+    return op["op_name"], names.get(int(op["outputs"][0]), "") if len(op["outputs"]) else ""
+
+
 def delegation(interp) -> Delegation:
     """Which operators of an allocated interpreter run inside XNNPACK and which fell back to built-in kernels.
 
@@ -99,11 +110,7 @@ def delegation(interp) -> Delegation:
     return Delegation(
         len(delegates),
         Counter(o["op_name"] for o in graph if o["index"] in covered),
-        [
-            (o["op_name"], names.get(int(o["outputs"][0]), "") if len(o["outputs"]) else "")
-            for o in graph
-            if o["index"] not in covered
-        ],
+        [_key(o, names) for o in graph if o["index"] not in covered],
     )
 
 

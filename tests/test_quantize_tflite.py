@@ -157,7 +157,7 @@ main()
     assert not out.exists() and not (tmp_path / "m.tflite.json").exists()
 
 
-def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
+def test_tflite_rejects_onnx_without_checkpoint(tmp_path, trained):
     import onnx
     from onnx import TensorProto, helper
 
@@ -165,8 +165,6 @@ def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
     from edgeconv.card import encode_props as write_metadata
     from edgeconv.quantize import QuantizeRequest, quantize
 
-    with pytest.raises(EdgeconvError, match="--max-drop is implemented for --backend ort"):
-        quantize(QuantizeRequest(trained("routed-tiny"), tmp_path / "a.tflite", "int8", backend="tflite", max_drop=1.0))
     g = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["logits"])],
         "g",
@@ -180,6 +178,37 @@ def test_tflite_rejects_max_drop_and_onnx_without_checkpoint(tmp_path, trained):
     with pytest.raises(EdgeconvError, match="starts from the PyTorch checkpoint"):
         quantize(QuantizeRequest(p, tmp_path / "b.tflite", "int8", backend="tflite"))
     assert not list(tmp_path.glob("*.tflite*"))
+
+
+@pytest.mark.slow
+def test_tflite_max_drop_keeps_the_most_sensitive_weight_layers_float(trained, tmp_path):
+    """--max-drop 0 on a file calibrated on 3 images: the weight layers are ranked by their logit error alone and
+    the most sensitive go back to float until top-1 (in the interpreter) is no lower than FP32's; or, when even all
+    of them float is not enough, one line and nothing written."""
+    from edgeconv.formats import sidecar_path
+    from edgeconv.quantize import QuantizeRequest, quantize
+    from edgeconv.tfliterun import TFLiteRunner
+
+    out = tmp_path / "m.tflite"
+    req = QuantizeRequest(trained("hvt-tiny"), out, "int8", "tflite", data="digits", calib_limit=3, max_drop=0.0)
+    try:
+        rep = quantize(req)
+    except EdgeconvError as e:
+        assert "--max-drop 0.0 cannot be met" in str(e) and "nothing was written" in str(e)
+        assert not out.exists() and not sidecar_path(out).exists()
+        return
+    rec = rep.record
+    steps = rec["max_drop_steps"]
+    assert rec["accuracy"]["drop"] <= 0.0 and rec["accuracy"]["max_drop"] == 0.0
+    if steps[0]["top1"] < rec["accuracy"]["float_top1"]:  # plain INT8 was below float: layers went back
+        kept = rec["kept_float_for_accuracy"]
+        assert len(kept) == len(steps) - 1 >= 1 and steps[-1]["top1"] == pytest.approx(rec["accuracy"]["quantized_top1"])
+        split = TFLiteRunner(out).delegation()
+        assert split.partitions == 1  # float weight layers stay inside XNNPACK
+        types = {d["name"]: d["dtype"] for d in TFLiteRunner(out).interp.get_tensor_details()}
+        assert all(np.dtype(types[t]) == np.float32 for t in kept)
+    else:
+        assert rec["kept_float_for_accuracy"] == [] and len(steps) == 1
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ class QuantizeSettings:
         "tensorrt (default for --backend tensorrt).",
     )
     max_drop: Optional[float] = option(
-        None, min=0.0, help="Top-1 budget in points: keep the most sensitive layers float until within it (ort)."
+        None, min=0.0, help="Top-1 budget in points: keep the most sensitive layers float until within it (ort, tflite)."
     )
     ops: str = option(
         "auto",

@@ -40,7 +40,7 @@ from edgeconv.quantize.common import (
     quiet,
     size_record,
 )
-from edgeconv.tfliterun import TFLiteRunner, interpreter_class, litert_version
+from edgeconv.tfliterun import Delegation, TFLiteRunner, interpreter_class, litert_version, operators
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
 FP32_TOLERANCE = 1e-3  # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
@@ -113,59 +113,139 @@ def _calibration(fp32: Path, calib_x: np.ndarray) -> tuple[str, list[dict]]:
     return name, [{inp: calib_x[i : i + 1].astype(np.float32)} for i in range(len(calib_x))]
 
 
-def quantize_tflite(
-    fp32: Path, out: Path, precision: str, calib_x: np.ndarray | None = None, ops: str = "auto"
-) -> dict | None:
-    """FP16 weights (float casting) or INT8 (static a8w8 calibrated on `calib_x`) with ai-edge-quantizer.
+def _exact(tensor: str) -> str:
+    """The recipe regex of one operator: its scope is its output tensor names, each followed by ';'."""
+    return f"^{re.escape(tensor)};$"
 
-    INT8 operator selection (`ops`):
+
+class Int8Converter:
+    """One calibration of an FP32 .tflite, then any number of INT8 conversions of it with ai-edge-quantizer:
+    a base selection (`all`: every operator it can quantize; `weights`: WEIGHT_OPS; `one`: a single operator) with
+    given operators (op type, output tensor) kept float."""
+
+    def __init__(self, fp32: Path, calib_x: np.ndarray):
+        self.fp32 = fp32
+        name, samples = _calibration(fp32, calib_x)
+        with quiet(stderr=True):
+            # once: every later recipe quantizes a subset of what the full one calibrated
+            self.cal = self._quantizer("all").calibrate({name: samples}, num_threads=1)
+
+    def _quantizer(self, base: str, only: tuple[str, str] | None = None):
+        from ai_edge_quantizer import quantizer, recipe
+
+        q = quantizer.Quantizer(str(self.fp32))
+        if base == "all":
+            q.load_quantization_recipe(recipe.static_wi8_ai8())
+        elif base == "weights":
+            for op in WEIGHT_OPS:
+                q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
+        elif base == "one" and only is not None:
+            q.add_static_config(regex=_exact(only[1]), operation_name=only[0], activation_num_bits=8, weight_num_bits=8)
+        else:
+            raise EdgeconvError(f"unknown INT8 selection {base!r}")
+        return q
+
+    def convert(self, out: Path, base: str, floated=(), only: tuple[str, str] | None = None) -> Delegation:
+        with quiet(stderr=True):
+            q = self._quantizer(base, only)
+            for op, tensor in floated:
+                q.update_quantization_recipe(regex=_exact(tensor), operation_name=op, algorithm_key="no_quantize")
+            q.quantize(self.cal, enable_progress_report=False).export_model(str(out), overwrite=True)
+        return TFLiteRunner(out).delegation()
+
+
+def select_int8(conv: Int8Converter, out: Path, ops: str = "auto") -> dict:
+    """Write the INT8 file for an operator selection and return its record.
+
     - `all`: full-integer, every operator ai-edge-quantizer can quantize (int8 input and output) - for integer-only
       accelerators; on a CPU the operators XNNPACK has no int8 kernel for fall back to TFLite's built-in kernels.
     - `auto`: int8 where XNNPACK runs it. Starts from `all`, asks the interpreter which operators fell back out of
-      the XNNPACK delegate, converts again with exactly those (by output tensor) in float, and repeats until every
-      operator runs in the delegate (or MAX_ROUNDS): float islands then sit inside XNNPACK's one graph, where
-      QUANTIZE/DEQUANTIZE are its own ops, instead of splitting it into dozens of partitions.
+      the XNNPACK delegate, converts again with exactly those (by output tensor) in float, and repeats until no
+      int8 operator is left outside the delegate (or MAX_ROUNDS): float islands then sit inside XNNPACK's one
+      graph, where QUANTIZE/DEQUANTIZE are its own ops, instead of splitting it into dozens of partitions.
     - `weights`: only the weight layers (WEIGHT_OPS) in int8.
-    Returns the selection record for INT8 (None for FP16).
     """
-    from ai_edge_quantizer import quantizer, recipe
+    base = "weights" if ops == "weights" else "all"
+    floated: list[tuple[str, str]] = []
+    rounds: list[dict] = []
+    while True:
+        split = conv.convert(out, base, floated)
+        rounds.append({"ops in float": len(floated), **split.to_dict()})
+        new = [f for f in split.fallback if f[1] and f not in floated]
+        if ops != "auto" or not new or len(rounds) > MAX_ROUNDS:
+            break
+        floated += new
+    return {
+        "ops": ops,
+        "base": base,
+        "floated": floated,
+        "rounds": rounds,
+        "ops_left_float": dict(Counter(op for op, _ in floated)),
+        "xnnpack": split.to_dict(),
+    }
+
+
+def quantize_tflite(
+    fp32: Path, out: Path, precision: str, calib_x: np.ndarray | None = None, ops: str = "auto"
+) -> dict | None:
+    """FP16 weights (float casting), or INT8 (static a8w8 calibrated on `calib_x`, operators by `select_int8`)
+    with ai-edge-quantizer. Returns the selection record for INT8 (None for FP16)."""
+    if precision == "int8":
+        return select_int8(Int8Converter(fp32, calib_x), out, ops)
+    if precision != "fp16":
+        raise EdgeconvError(f"unknown TFLite precision {precision!r}")
+    from ai_edge_quantizer import quantizer
 
     with quiet(stderr=True):
-        if precision == "fp16":
-            q = quantizer.Quantizer(str(fp32))
-            q.add_weight_only_config(regex=".*", operation_name="*", num_bits=16, algorithm_key="float_casting")
-            q.quantize(enable_progress_report=False).export_model(str(out), overwrite=True)
-            return None
-        if precision != "int8":
-            raise EdgeconvError(f"unknown TFLite precision {precision!r}")
+        q = quantizer.Quantizer(str(fp32))
+        q.add_weight_only_config(regex=".*", operation_name="*", num_bits=16, algorithm_key="float_casting")
+        q.quantize(enable_progress_report=False).export_model(str(out), overwrite=True)
+    return None
 
-        def full():
-            q = quantizer.Quantizer(str(fp32))
-            q.load_quantization_recipe(recipe.static_wi8_ai8())
-            return q
 
-        q = full()
-        name, samples = _calibration(fp32, calib_x)
-        cal = q.calibrate({name: samples}, num_threads=1)  # once: every later recipe quantizes a subset
-        if ops == "weights":
-            q = quantizer.Quantizer(str(fp32))
-            for op in WEIGHT_OPS:
-                q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
-        floated: list[tuple[str, str]] = []
-        rounds: list[dict] = []
-        while True:
-            q.quantize(cal, enable_progress_report=False).export_model(str(out), overwrite=True)
-            split = TFLiteRunner(out).delegation()
-            rounds.append({"ops in float": len(floated), **split.to_dict()})
-            new = [f for f in split.fallback if f[1] and f not in floated]
-            if ops != "auto" or not new or len(rounds) > MAX_ROUNDS:
-                break
-            floated += new
-            q = full()
-            for op, tensor in floated:  # the recipe's scope of an operator is its output tensor names, each + ';'
-                q.update_quantization_recipe(regex=f"^{re.escape(tensor)};$", operation_name=op, algorithm_key="no_quantize")
-    left = dict(Counter(op for op, _ in floated))
-    return {"ops": ops, "rounds": rounds, "ops_left_float": left, "xnnpack": split.to_dict()}
+SENSITIVITY_SUBSET = 64  # evaluation samples whose logits rank the layers for --max-drop
+
+
+def keep_within(conv: Int8Converter, out: Path, sel: dict, ev, max_drop: float, step) -> dict:
+    """`--max-drop` for TFLite: when INT8 top-1 (in the interpreter, on the evaluation split) is more than
+    `max_drop` points below FP32, rank the int8 weight layers by sensitivity (the logit error with only that layer
+    int8) and move the most sensitive to float one at a time until it is within budget; fail when even all of them
+    float is not. Same rule as onnxruntime's."""
+    xe, ye = ev.x.numpy(), ev.y.numpy()
+    ref = TFLiteRunner(conv.fp32)(xe)
+    f_top1 = float((ref.argmax(1) == ye).mean() * 100)
+
+    def top1(path: Path) -> float:
+        return float((TFLiteRunner(path)(xe).argmax(1) == ye).mean() * 100)
+
+    q_top1 = top1(out)
+    steps = [{"kept float": 0, "top1": round(q_top1, 4)}]
+    sel.update(max_drop_steps=steps, kept_float_for_accuracy=[])
+    if f_top1 - q_top1 <= max_drop:
+        return sel
+    cands = [c for c in operators(TFLiteRunner(conv.fp32).interp) if c[0] in WEIGHT_OPS and c not in sel["floated"]]
+    step(f"INT8 drops {f_top1 - q_top1:.2f} points (> {max_drop}); ranking {len(cands)} weight layers by sensitivity")
+    probe = out.with_name("sensitivity.tflite")
+    scores = {}
+    for i, c in enumerate(cands):
+        step(f"sensitivity {i + 1}/{len(cands)}")
+        conv.convert(probe, "one", only=c)
+        scores[c] = float(np.abs(TFLiteRunner(probe)(xe[:SENSITIVITY_SUBSET]) - ref[:SENSITIVITY_SUBSET]).mean())
+    probe.unlink(missing_ok=True)
+    ranked = sorted(cands, key=lambda c: -scores[c])
+    for k in range(1, len(ranked) + 1):
+        step(f"keeping {k} weight layer(s) float")
+        split = conv.convert(out, sel["base"], sel["floated"] + ranked[:k])
+        acc = top1(out)
+        steps.append({"kept float": k, "top1": round(acc, 4), "added": f"{ranked[k - 1][0]} {ranked[k - 1][1]}"})
+        if f_top1 - acc <= max_drop:
+            sel.update(kept_float_for_accuracy=[t for _, t in ranked[:k]], xnnpack=split.to_dict())
+            return sel
+    best = max(steps, key=lambda r: r["top1"])
+    raise EdgeconvError(
+        f"--max-drop {max_drop} cannot be met: float top-1 {f_top1:.2f}%, INT8 {q_top1:.2f}%, best with up to "
+        f"{len(ranked)} weight layers back in float {best['top1']:.2f}% ({best['kept float']} float); nothing was written"
+    )
 
 
 def latency_check(fp32: Path, int8: Path, step: Callable[[str], None]) -> dict:
@@ -215,16 +295,17 @@ def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) 
     return rows
 
 
-def _check_latency(fp32: Path, result: Path, sel: dict, calib_x, step) -> tuple[Path, dict]:
+def _check_latency(conv: Int8Converter, result: Path, sel: dict, step) -> tuple[Path, dict]:
     """Time the INT8 file against FP32; under `--ops auto`, when it is clearly slower (the whole 95% interval above
-    1.0), try the weight layers alone and keep that file only if it is clearly faster than FP32."""
-    sel["latency_check_ms"] = lat = latency_check(fp32, result, step)
-    if sel["ops"] != "auto" or lat["ratio_ci"][0] <= 1.0:
-        return result, sel
+    1.0), try the weight layers alone (with the same layers kept float for --max-drop) and keep that file only if it
+    is clearly faster than FP32."""
+    sel["latency_check_ms"] = lat = latency_check(conv.fp32, result, step)
+    if sel["ops"] != "auto" or lat["ratio_ci"][0] <= 1.0 or sel.get("kept_float_for_accuracy"):
+        return result, sel  # (a --max-drop selection was measured for accuracy as it is: not swapped untested)
     step("INT8 is clearly slower than FP32 here: trying the weight layers alone")
     alt = result.with_name("model.int8.weights.tflite")
-    alt_sel = quantize_tflite(fp32, alt, "int8", calib_x, ops="weights")
-    alt_sel["latency_check_ms"] = alt_lat = latency_check(fp32, alt, step)
+    alt_sel = select_int8(conv, alt, "weights")
+    alt_sel["latency_check_ms"] = alt_lat = latency_check(conv.fp32, alt, step)
     decision = {"auto": _ratio_text(lat), "weights": _ratio_text(alt_lat)}
     if alt_lat["ratio_ci"][1] < 1.0:
         alt_sel.update(ops="auto", fell_back_to="weights", decision=decision)
@@ -244,6 +325,13 @@ def _selection_notes(sel: dict) -> list[str]:
         notes.append(
             "kept float because they fell back out of XNNPACK in int8: "
             + ", ".join(f"{k} x{v}" for k, v in sorted(sel["ops_left_float"].items(), key=lambda kv: -kv[1]))
+        )
+    kept = sel.get("kept_float_for_accuracy") or []
+    if kept:
+        steps = sel["max_drop_steps"]
+        notes.append(
+            f"--max-drop: {len(kept)} weight layer(s) back in float, most sensitive first (top-1 "
+            f"{steps[0]['top1']:.2f}% -> {steps[-1]['top1']:.2f}%)"
         )
     if sel.get("fell_back_to"):
         notes.append(f"int8 where XNNPACK runs it was slower than FP32 here; the weight layers alone pay: {sel['decision']}")
@@ -285,10 +373,6 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             )
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
-    if req.max_drop is not None:
-        raise EdgeconvError(
-            "--max-drop is implemented for --backend ort (mixed precision by layer); for TFLite choose --ops"
-        )
     model, ck = load_model(ckpt)
     rec = base_record(req, meta, calib, ev)
     if ckpt != Path(req.model):
@@ -330,13 +414,20 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         else:
             step(f"quantizing with ai-edge-quantizer ({req.precision.upper()}, ops {req.ops})")
             result = Path(tmp) / f"model.{req.precision}.tflite"
-            calib_x = calib.samples.x.numpy() if calib is not None else None
-            sel = quantize_tflite(fp32, result, req.precision, calib_x, ops=req.ops)
-            if sel is not None:
-                result, sel = _check_latency(fp32, result, sel, calib_x, step)
+            if req.precision == "int8":
+                conv = Int8Converter(fp32, calib.samples.x.numpy())
+                sel = select_int8(conv, result, req.ops)
+                if req.max_drop is not None:
+                    sel = keep_within(conv, result, sel, ev, req.max_drop, step)
+                result, sel = _check_latency(conv, result, sel, step)
                 rec.update({k: sel[k] for k in ("ops", "ops_left_float", "xnnpack", "latency_check_ms")})
                 rec["selection_rounds"] = sel["rounds"]
+                if req.max_drop is not None:
+                    rec["kept_float_for_accuracy"] = sel["kept_float_for_accuracy"]
+                    rec["max_drop_steps"] = sel["max_drop_steps"]
                 notes.extend(_selection_notes(sel))
+            else:
+                quantize_tflite(fp32, result, req.precision)
         runner = TFLiteRunner(result)
         if ev is not None:
             step("measuring top-1 in the TFLite interpreter")
@@ -344,6 +435,8 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             f_top1 = float((runner32(xe).argmax(1) == ye).mean() * 100)
             q_top1 = f_top1 if result == fp32 else float((runner(xe).argmax(1) == ye).mean() * 100)
             accuracy_record(rec, f_top1, q_top1)
+            if sel is not None and req.max_drop is not None:
+                rec["accuracy"].update(max_drop=req.max_drop, plain_int8_top1=sel["max_drop_steps"][0]["top1"])
         rec["interpreter"] = litert_version()
         accuracy_runtime(rec, f"{rec['interpreter']} interpreter (default delegates)")
         rec["io"] = f"input {runner.input_dtype}, batch 1"

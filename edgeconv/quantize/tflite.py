@@ -297,11 +297,11 @@ def verify_routing(model: torch.nn.Module, runner: TFLiteRunner, x: np.ndarray) 
 
 def _check_latency(conv: Int8Converter, result: Path, sel: dict, step) -> tuple[Path, dict]:
     """Time the INT8 file against FP32; under `--ops auto`, when it is clearly slower (the whole 95% interval above
-    1.0), try the weight layers alone (with the same layers kept float for --max-drop) and keep that file only if it
-    is clearly faster than FP32."""
+    1.0), try the weight layers alone and keep that file only if it is clearly faster than FP32. A `--max-drop`
+    selection is never swapped: its accuracy was measured on the file it is."""
     sel["latency_check_ms"] = lat = latency_check(conv.fp32, result, step)
-    if sel["ops"] != "auto" or lat["ratio_ci"][0] <= 1.0 or sel.get("kept_float_for_accuracy"):
-        return result, sel  # (a --max-drop selection was measured for accuracy as it is: not swapped untested)
+    if sel["ops"] != "auto" or lat["ratio_ci"][0] <= 1.0 or "max_drop_steps" in sel:
+        return result, sel
     step("INT8 is clearly slower than FP32 here: trying the weight layers alone")
     alt = result.with_name("model.int8.weights.tflite")
     alt_sel = select_int8(conv, alt, "weights")

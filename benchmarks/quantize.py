@@ -120,7 +120,6 @@ def tflite_variants(ckpt: Path, data: str, work: Path, scored: bool) -> dict[str
     """FP32 (litert-torch), FP16 weights, and INT8 through `edgeconv quantize`'s own path: the default op selection
     (auto: int8 wherever XNNPACK runs it) and full-integer (--ops all)."""
     from edgeconv.artifacts import load_model
-    from edgeconv.data import load_samples
     from edgeconv.quantize import QuantizeRequest, quantize
     from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
 
@@ -134,8 +133,7 @@ def tflite_variants(ckpt: Path, data: str, work: Path, scored: bool) -> dict[str
     fp16 = work / f"{ckpt.stem}.fp16.tflite"
     if not fp16.exists():
         _log("quantizing TFLite fp16")
-        calib = load_samples(data, pre, "train" if data == "digits" else "all", limit=100).x.numpy()
-        quantize_tflite(fp32, fp16, "fp16", calib)
+        quantize_tflite(fp32, fp16, "fp16")
     out["TFLite FP16"] = fp16
     for label, ops in (("TFLite INT8 (default: auto)", "auto"), ("TFLite INT8 (all: full-integer)", "all")):
         p = work / f"{ckpt.stem}.int8.{ops}.tflite"
@@ -160,26 +158,28 @@ def tflite_variants(ckpt: Path, data: str, work: Path, scored: bool) -> dict[str
 
 
 def tflite_timing(runners: dict, x16: np.ndarray, reps: int, reps16: int) -> tuple[dict, dict]:
-    """Like `paired_timing` for TFLite runners: batch 1 is one invoke, batch 16 sixteen (graphs have batch 1)."""
-    from edgeconv.stats import interleaved_times, paired_ratio
-
-    names, ms, ratio = list(runners), {k: {} for k in runners}, {k: {} for k in runners}
+    """`paired_calls` for TFLite runners at batch 1 (one invoke) and 16 (sixteen: the graphs have batch 1)."""
+    ms, ratio = {k: {} for k in runners}, {k: {} for k in runners}
     for b, n in ((1, reps), (16, reps16)):
-        calls = [r.invoke_prepared(x16[:1]) if b == 1 else (lambda r=r: r(x16)) for r in runners.values()]
-        times = dict(zip(names, interleaved_times(calls, seconds=0, min_runs=n)))
-        for k, t in times.items():
-            ms[k][b], ratio[k][b] = float(np.median(t)), paired_ratio(t, times["TFLite FP32"])
+        calls = {k: r.invoke_prepared(x16[:1]) if b == 1 else (lambda r=r: r(x16)) for k, r in runners.items()}
+        b_ms, b_ratio = paired_calls(calls, n, "TFLite FP32")
+        for k in runners:
+            ms[k][b], ratio[k][b] = b_ms[k], b_ratio[k]
     return ms, ratio
 
 
 def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> tuple[dict, dict]:
-    """Median ms of each session, and the median over repetitions of its ratio to `reference` within a repetition
-    with the ratio's 95% bootstrap interval."""
-    from edgeconv.quantize.ort import interleaved_times
-    from edgeconv.stats import paired_ratio
+    """`paired_calls` for onnxruntime sessions on `x`."""
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    return paired_calls({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}, reps, reference)
 
-    names = list(sessions)
-    times = dict(zip(names, interleaved_times(list(sessions.values()), x, seconds=0, min_runs=reps)))
+
+def paired_calls(calls: dict, reps: int, reference: str) -> tuple[dict, dict]:
+    """Median ms of each call, and the median over `reps` interleaved repetitions of its ratio to `reference`
+    within a repetition, with the ratio's 95% bootstrap interval."""
+    from edgeconv.stats import interleaved_times, paired_ratio
+
+    times = dict(zip(calls, interleaved_times(list(calls.values()), seconds=0, min_runs=reps)))
     return (
         {k: float(np.median(v)) for k, v in times.items()},
         {k: paired_ratio(v, times[reference]) for k, v in times.items()},

@@ -7,7 +7,6 @@ tensors with the tensor's own scale and zero point, so every caller scores a .tf
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,15 +207,3 @@ class TFLiteRunner:
         """Logits for any number of samples x [N, C, H, W], run at the batch the graph was converted with."""
         step = self.converted_batch
         return np.concatenate([self.run(x[i : i + step]) for i in range(0, len(x), step)])
-
-    def latency_ms(self, runs: int = 50) -> float:
-        """Fastest of `runs` invokes on a zero input at the current batch."""
-        x = np.zeros(self.inp["shape"], dtype=self.inp["dtype"])
-        self.interp.set_tensor(self.inp["index"], x)
-        self.interp.invoke()
-        ts = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self.interp.invoke()
-            ts.append(time.perf_counter() - t)
-        return float(np.min(ts) * 1e3)

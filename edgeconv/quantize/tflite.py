@@ -212,7 +212,8 @@ def keep_within(conv: Int8Converter, out: Path, sel: dict, ev, max_drop: float, 
     int8) and move the most sensitive to float one at a time until it is within budget; fail when even all of them
     float is not. Same rule as onnxruntime's."""
     xe, ye = ev.x.numpy(), ev.y.numpy()
-    ref = TFLiteRunner(conv.fp32)(xe)
+    float_runner = TFLiteRunner(conv.fp32)
+    ref = float_runner(xe)
     f_top1 = float((ref.argmax(1) == ye).mean() * 100)
 
     def top1(path: Path) -> float:
@@ -223,7 +224,7 @@ def keep_within(conv: Int8Converter, out: Path, sel: dict, ev, max_drop: float, 
     sel.update(max_drop_steps=steps, kept_float_for_accuracy=[])
     if f_top1 - q_top1 <= max_drop:
         return sel
-    cands = [c for c in operators(TFLiteRunner(conv.fp32).interp) if c[0] in WEIGHT_OPS and c not in sel["floated"]]
+    cands = [c for c in operators(float_runner.interp) if c[0] in WEIGHT_OPS and c not in sel["floated"]]
     step(f"INT8 drops {f_top1 - q_top1:.2f} points (> {max_drop}); ranking {len(cands)} weight layers by sensitivity")
     probe = out.with_name("sensitivity.tflite")
     scores = {}

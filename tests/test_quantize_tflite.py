@@ -221,3 +221,24 @@ def test_saliency_top_k_token_selection_converts_and_runs_in_int8(trained, tmp_p
     acc = rep.record["accuracy"]
     assert acc["float_top1"] > 80 and acc["drop"] <= 2.0
     assert out.exists()
+
+
+@pytest.mark.parametrize(
+    ("isa", "ci", "named"),
+    [
+        ("avx2 fma", (1.10, 1.20), "AVX2 (no VNNI)"),
+        ("avx2 fma avx512f avx512bw avx512vl avx512_vnni", (1.10, 1.20), None),
+        ("avx2 fma", (0.55, 0.60), None),
+    ],
+)
+def test_a_slower_int8_names_the_missing_dot_product_only_on_an_x86_cpu_without_vnni(monkeypatch, isa, ci, named):
+    from edgeconv import hostcpu
+    from edgeconv.quantize import tflite
+
+    cls = hostcpu.int8_class(isa.split(), "x86_64")
+    monkeypatch.setattr(hostcpu, "cpu_info", lambda: {"isa": isa, "arch": "x86_64", "int8": cls["name"]})
+    why = tflite._slower_why({"ratio_ci": list(ci)})
+    if named is None:
+        assert why is None
+    else:
+        assert why is not None and named in why and "dot-product" in why

@@ -348,7 +348,27 @@ def _selection_notes(sel: dict) -> list[str]:
         f"INT8 {verdict} FP32 in the TFLite interpreter: {lat['int8_ms']:.2f} ms vs {lat['float_ms']:.2f} ms at batch 1 "
         f"({_ratio_text(lat)}, {lat['repetitions']} paired repetitions)"
     )
+    why = _slower_why(lat)
+    if why:
+        notes.append(why)
     return notes
+
+
+def _slower_why(lat: dict) -> str | None:
+    """Why INT8 can be slower on this CPU: its class has no int8 dot-product instruction for XNNPACK to use."""
+    from edgeconv.hostcpu import cpu_info, int8_class
+
+    if lat["ratio_ci"][0] <= 1.0:
+        return None
+    info = cpu_info()
+    cls = int8_class([] if info["isa"] == "-" else info["isa"].split(), info["arch"])
+    if cls["family"] != "x86" or not cls["u8s8_saturates"]:
+        return None
+    return (
+        f"this CPU ({info['int8']}) has no int8 dot-product instruction: XNNPACK's int8 kernels widen to int16 here "
+        "and do not beat its FP32 FMA kernels; on CPUs with VNNI or ARM dot-product the same file is faster than "
+        "FP32 (docs/quantization.md)"
+    )
 
 
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
@@ -378,12 +398,12 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     rec = base_record(req, meta, calib, ev)
     if ckpt != Path(req.model):
         rec["source"]["converted_from"] = {"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt)}
-    rec["method"] = "minmax (ai-edge-quantizer static a8w8)" if req.precision == "int8" else None
+    rec["method"] = "moving-average min/max per sample (ai-edge-quantizer static a8w8)" if req.precision == "int8" else None
     rec["per_channel"] = True if req.precision == "int8" else None
     notes: list[str] = []
     if req.precision == "int8" and (req.method != "minmax" or req.per_channel is False):
         notes.append(
-            "TFLite INT8 uses ai-edge-quantizer's static a8w8 recipe: min/max activations, per-channel "
+            "TFLite INT8 uses ai-edge-quantizer's static a8w8 recipe: moving-average min/max activations, per-channel "
             "symmetric weights (--method/--per-channel apply to onnxruntime)"
         )
     rows_routing: list[dict] = []

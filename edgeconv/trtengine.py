@@ -58,6 +58,21 @@ def require_gpu() -> int:
     return int(count)
 
 
+def require_engine_host():
+    """The tensorrt module, after checking there is a GPU to build and run engines on; one readable error if not."""
+    trt = require_tensorrt()
+    require_gpu()
+    return trt
+
+
+def engine_host_available() -> bool:
+    try:
+        require_engine_host()
+    except EdgeconvError:
+        return False
+    return True
+
+
 def _err_name(err) -> str:
     return getattr(err, "name", str(err))
 

@@ -30,7 +30,7 @@ from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
 from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.saturation import check_model
-from edgeconv.trtengine import TensorRTRunner, build_engine, profile_for, require_gpu, require_tensorrt
+from edgeconv.trtengine import TensorRTRunner, build_engine, profile_for, require_engine_host, require_tensorrt
 
 
 # ----------------------------------------------------------------------------------------------- ONNX preparation
@@ -96,8 +96,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
 
     engine_wanted = is_format(req.out, "engine")
     if engine_wanted:  # fail before any work when the engine cannot be built here
-        require_tensorrt()
-        require_gpu()
+        require_engine_host()
     if req.max_drop is not None:
         raise EdgeconvError("--max-drop is implemented for --backend ort; TensorRT INT8 quantizes every op it can")
     meta = peek_meta(req.model)

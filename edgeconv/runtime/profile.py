@@ -183,8 +183,7 @@ def profile_tensorrt(path: Path, x: np.ndarray, runs: int = 20) -> OpProfile:
     from edgeconv import trtengine
 
     try:
-        trt = trtengine.require_tensorrt()
-        trtengine.require_gpu()
+        trt = trtengine.require_engine_host()
     except EdgeconvError as e:
         raise EdgeconvError(f"{path}: TensorRT layer profiles need TensorRT and a GPU ({str(e).split(';')[0]})") from None
     if format_of(path).name == "onnx":
@@ -254,12 +253,7 @@ def check_profilable(models: list[Path], plot: bool = False) -> None:
 def _tensorrt_here() -> bool:
     from edgeconv import trtengine
 
-    try:
-        trtengine.require_tensorrt()
-        trtengine.require_gpu()
-    except EdgeconvError:
-        return False
-    return True
+    return trtengine.engine_host_available()
 
 
 def run_profiles(

@@ -25,8 +25,7 @@ class TensorrtRunner:
         if options.device == "cpu":
             raise BackendUnavailable("TensorRT runs on NVIDIA GPUs only (asked for device cpu)")
         try:
-            trt = trtengine.require_tensorrt()
-            trtengine.require_gpu()
+            trt = trtengine.require_engine_host()
         except EdgeconvError as e:  # not installed / no GPU: this row cannot run here
             raise BackendUnavailable(str(e).split("; or write")[0]) from None  # the rest is quantize's advice
         self.trt = trt

@@ -141,6 +141,10 @@ class TFLiteRunner:
     def delegation(self) -> Delegation:
         return delegation(self.interp)
 
+    def input_array(self, x: np.ndarray) -> np.ndarray:
+        """x (float32 NCHW) as this model's input tensor takes it: its layout, dtype and quantisation."""
+        return self._to_input(x)
+
     def invoke_prepared(self, x: np.ndarray):
         """Set one batch as the input once and return a call that only invokes (what timings should measure)."""
         self._resize(int(x.shape[0]))

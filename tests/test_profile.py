@@ -1,5 +1,6 @@
 """`bench --profile`: per-operator time from onnxruntime's profiler (If branches included, the If not counted
-twice), FP32 and INT8 side by side, a PNG, and TFLite's delegate partitions."""
+twice) and from LiteRT's (XNNPACK operators and built-in kernels), FP32 and INT8 side by side, a PNG, and TFLite's
+delegate partitions."""
 
 from __future__ import annotations
 
@@ -127,18 +128,66 @@ def test_profile_rows_show_tflite_operators_outside_xnnpack():
     assert rows["GELU"]["m.int8.tflite ms"] == "x4 (4 built-in)" and rows["CONV_2D"]["m.int8.tflite ms"] == "x3"
 
 
-@pytest.mark.slow
-def test_tflite_profile_reports_delegate_partitions(trained, digits_pre, tmp_path):
+@pytest.fixture(scope="module")
+def hvt_tflite(trained, digits_pre, tmp_path_factory):
+    """hvt-tiny as FP32 and full-integer INT8 .tflite (full-integer leaves GELU, Softmax, BatchMatMul and the
+    LayerNorm arithmetic in TFLite's built-in kernels)."""
     pytest.importorskip("litert_torch")
     from edgeconv.artifacts import load_model
-    from edgeconv.quantize.tflite import convert_fp32
-    from edgeconv.runtime.profile import profile_tflite
+    from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
 
     model, ck = load_model(trained("hvt-tiny"))
-    out = tmp_path / "hvt.tflite"
-    convert_fp32(model, ck["preprocessing"], out)
-    p = profile_tflite(out, _x(digits_pre, 1), runs=5)
-    assert p.wall_ms > 0 and p.by_type and all(v["ms"] is None for v in p.by_type.values())
-    assert "XNNPACK delegate partition" in p.notes[0]
-    assert p.delegate["partitions"] == 1 and p.delegate["fallback_ops"] == {}  # FP32: XNNPACK runs everything
-    assert p.delegate["wall_ms_builtin_kernels"] > 0 and "built-in kernels only" in p.notes[1]
+    d = tmp_path_factory.mktemp("tflprof")
+    fp32, q = d / "hvt.tflite", d / "hvt.all.tflite"
+    convert_fp32(model, ck["preprocessing"], fp32)
+    quantize_tflite(fp32, q, "int8", _x(digits_pre, 8), ops="all")
+    return fp32, q
+
+
+@pytest.mark.slow
+def test_tflite_profile_times_xnnpack_operators_and_reports_partitions(hvt_tflite, digits_pre):
+    from edgeconv.runtime.profile import profile_tflite
+
+    p = profile_tflite(hvt_tflite[0], _x(digits_pre, 1), runs=5)
+    assert p.wall_ms > 0 and p.by_type and p.top
+    assert all(v["ms"] is not None and v["ms"] >= 0 and v["count"] >= 1 for v in p.by_type.values())
+    # FP32: XNNPACK runs everything, so every timed operator is one of its own (none marked built-in)
+    assert not [op for op in p.by_type if op.endswith("[built-in]")]
+    assert any(op.startswith("Convolution (NHWC, F32)") for op in p.by_type), p.by_type
+    assert any(op.startswith("Fully Connected (NC, F32)") for op in p.by_type), p.by_type
+    assert "XNNPACK delegate partition" in p.notes[0] and "built-in kernels only" in p.notes[1]
+    assert p.delegate["partitions"] == 1 and p.delegate["fallback_ops"] == {}
+    assert p.delegate["wall_ms_builtin_kernels"] > 0
+
+
+@pytest.mark.slow
+def test_tflite_int8_profile_times_each_operator_that_left_xnnpack(hvt_tflite, digits_pre):
+    """The operators LiteRT's profiler timed in built-in kernels are exactly those the delegation walk found
+    outside XNNPACK - two independent views of the same graph, equal on every CPU."""
+    from edgeconv.runtime.profile import profile_rows, profile_tflite
+
+    fp32, q = hvt_tflite
+    a, b = profile_tflite(fp32, _x(digits_pre, 1), runs=5), profile_tflite(q, _x(digits_pre, 1), runs=5)
+    assert b.precision == "int8" and b.delegate["partitions"] > 1
+    built_in = {op.removesuffix(" [built-in]"): v["count"] for op, v in b.by_type.items() if op.endswith("[built-in]")}
+    assert built_in == b.delegate["fallback_ops"] and {"GELU", "SOFTMAX", "BATCH_MATMUL"} <= set(built_in)
+    assert any("QS8" in op or "QC8" in op for op in b.by_type), b.by_type  # the int8 XNNPACK kernels
+    rows = {r["op type"]: r for r in profile_rows([a, b])}
+    assert rows["SOFTMAX [built-in]"]["hvt.tflite ms"] == "-" and float(rows["SOFTMAX [built-in]"]["hvt.all.tflite ms"]) > 0
+
+
+@pytest.mark.slow
+def test_tflite_profile_without_the_c_profiler_keeps_operator_counts(hvt_tflite, digits_pre, monkeypatch):
+    """Where LiteRT's C profiler cannot be bound (another wheel, another C API), the profile says so and still
+    gives the operator counts and the delegate split."""
+    from edgeconv import litertprof
+    from edgeconv.runtime.profile import profile_tflite
+
+    def unavailable():
+        raise litertprof.ProfilerUnavailable("libLiteRt.so has not the profiler C API this binding expects")
+
+    monkeypatch.setattr(litertprof, "_library", unavailable)
+    p = profile_tflite(hvt_tflite[1], _x(digits_pre, 1), runs=3)
+    assert p.by_type and all(v["ms"] is None for v in p.by_type.values())
+    assert p.by_type["GELU"]["fallback"] == p.by_type["GELU"]["count"] > 0
+    assert "no per-operator times" in p.notes[-1] and "C API" in p.notes[-1]

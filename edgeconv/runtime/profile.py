@@ -3,10 +3,11 @@ by side for every file given (typically FP32 and INT8 of one model).
 
 - onnxruntime: its own profiler (`SessionOptions.enable_profiling`); every kernel event, `If` branches included,
   summed per operator type and per node over the timed runs, in ms per run.
-- TFLite: the Python interpreter exposes no per-operator timer, so the profile says what it can measure - the wall
-  time per invoke with XNNPACK and with TFLite's built-in kernels only, the operator counts, and which operators
-  ran inside the XNNPACK delegate and which fell back to built-in kernels, in how many partitions (each boundary
-  hands tensors between the delegate and the built-in kernels).
+- TFLite: operator times from LiteRT's profiler (`edgeconv.litertprof`, its C API: the Python interpreter has no
+  per-operator timer) - XNNPACK's own operators inside the delegate and TFLite's built-in kernels outside it -
+  plus the wall time per invoke with XNNPACK and with built-in kernels only, and which operators ran inside the
+  delegate and which fell back, in how many partitions (each boundary hands tensors between the two). Where the
+  C profiler cannot be used, operator counts only.
 - TensorRT: layer times through `trt.IProfiler` (`context.profiler`), summed per layer type from the engine
   inspector; it needs TensorRT and a GPU, so without them `run_profiles` skips engines (as it skips checkpoints,
   the reference) and `profile_artifact` refuses one with that reason.
@@ -28,6 +29,10 @@ from edgeconv.formats import format_of
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
+TFLITE_NOTE = (
+    "operator time per invoke from LiteRT's profiler (its C API): XNNPACK's own operators inside the delegate "
+    "(Convert = a quantize or dequantize), TFLite op names marked [built-in] outside it; profiling adds overhead"
+)
 ORT_NOTE = (
     "kernel time per run from onnxruntime's profiler, nodes inside If branches included (the If itself is not "
     "counted again); profiling adds overhead, so the sum can exceed the wall time"
@@ -140,7 +145,8 @@ def _events(trace: Path, runs: int) -> list[dict]:
 
 
 def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
-    from edgeconv.tfliterun import TFLiteRunner
+    from edgeconv.litertprof import ProfilerUnavailable, op_times
+    from edgeconv.tfliterun import TFLiteRunner, litert_version
 
     runner = TFLiteRunner(path, threads=threads)
     one = x[:1]
@@ -149,32 +155,27 @@ def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) 
     wall_builtin = _median_wall(builtin.invoke_prepared(one), runs)
     split = runner.delegation()
     fallback = split.fallback_counts()
-    by_type = {
-        op: {"ms": None, "count": split.delegated.get(op, 0) + fallback.get(op, 0), "fallback": fallback.get(op, 0)}
-        for op in sorted({*split.delegated, *fallback})
-    }
     n_fb = sum(fallback.values())
     notes = [
         f"{sum(split.delegated.values()) + n_fb} operators: {sum(split.delegated.values())} in {split.partitions} "
         f"XNNPACK delegate partition(s), {n_fb} in built-in kernels"
         + (": " + ", ".join(f"{k} x{v}" for k, v in sorted(fallback.items(), key=lambda kv: -kv[1])) if n_fb else ""),
         f"wall time {wall:.3f} ms with XNNPACK, {wall_builtin:.3f} ms with built-in kernels only (batch 1)",
-        "the TFLite Python interpreter has no per-operator timer: wall time per invoke only",
     ]
-    import ai_edge_litert
-
-    return OpProfile(
-        str(path),
-        f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}",
-        runner.precision,
-        1,
-        runs,
-        wall,
-        by_type,
-        [],
-        notes,
-        {**split.to_dict(), "wall_ms_builtin_kernels": round(wall_builtin, 4)},
-    )
+    delegate = {**split.to_dict(), "wall_ms_builtin_kernels": round(wall_builtin, 4)}
+    try:
+        timed = op_times(path, runner.input_array(one), runs=runs, threads=threads)
+    except ProfilerUnavailable as e:
+        by_type = {
+            op: {"ms": None, "count": split.delegated.get(op, 0) + fallback.get(op, 0), "fallback": fallback.get(op, 0)}
+            for op in sorted({*split.delegated, *fallback})
+        }
+        notes.append(f"no per-operator times ({e}): operator counts only")
+        return OpProfile(str(path), litert_version(), runner.precision, 1, runs, wall, by_type, [], notes, delegate)
+    prof = _node_profile(path, litert_version(), runner.precision, 1, runs, wall, timed.per_node, TFLITE_NOTE)
+    prof.notes = notes + prof.notes
+    prof.delegate = delegate
+    return prof
 
 
 def profile_tensorrt(path: Path, x: np.ndarray, runs: int = 20) -> OpProfile:
@@ -246,8 +247,8 @@ def check_profilable(models: list[Path], plot: bool = False) -> None:
         raise EdgeconvError("--profile: give at least one .onnx, .tflite or TensorRT engine file")
     if not any(k in ("ort", "tflite") for k in kinds) and not _tensorrt_here():
         raise EdgeconvError("--profile: TensorRT layer profiles need TensorRT and a GPU; give an .onnx or .tflite file")
-    if plot and "ort" not in kinds and not ("tensorrt" in kinds and _tensorrt_here()):
-        raise EdgeconvError("--profile-plot: per-operator times come from onnxruntime (or TensorRT); give an .onnx file")
+    if plot and not any(k in ("ort", "tflite") for k in kinds) and not _tensorrt_here():
+        raise EdgeconvError("--profile-plot: TensorRT layer times need TensorRT and a GPU; give an .onnx or .tflite file")
 
 
 def _tensorrt_here() -> bool:
@@ -328,7 +329,7 @@ def write_profile_png(profiles: list[OpProfile], path: Path, top: int = 12) -> P
 
     timed = [p for p in profiles if any(v["ms"] is not None for v in p.by_type.values())]
     if not timed:
-        raise EdgeconvError("nothing to plot: no profile has per-operator times (onnxruntime files have)")
+        raise EdgeconvError("nothing to plot: no profile has per-operator times (LiteRT's profiler was not usable here)")
     cost: dict[str, float] = defaultdict(float)
     for p in timed:
         for op, v in p.by_type.items():

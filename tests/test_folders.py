@@ -167,6 +167,11 @@ def test_calibration_limit_is_stratified_and_records_the_file_list(folder):
     assert again["file_list_sha256"] == rec["file_list_sha256"] and again["sha256"] == rec["sha256"]
     other = load_calibration(RGB32, data=f"imagefolder:{folder}", limit=41).record()
     assert other["file_list_sha256"] != rec["file_list_sha256"]
+    seeded = load_calibration(RGB32, data=f"imagefolder:{folder}", limit=40, seed=7)
+    srec = seeded.record()
+    assert srec["files"] == 40 and "seed 7" in srec["source"]
+    assert srec["file_list_sha256"] != rec["file_list_sha256"] and srec["sha256"] != rec["sha256"]
+    assert (np.bincount(seeded.samples.y.numpy(), minlength=10) == counts).all()  # the same quota per class
 
 
 def test_holding_a_folder_in_memory_is_refused_above_the_limit(folder, monkeypatch):

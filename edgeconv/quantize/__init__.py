@@ -83,6 +83,13 @@ class QuantizeSettings:
     calib_limit: Optional[int] = option(
         None, min=1, help="Use at most this many calibration samples: a seeded, class-stratified subset."
     )
+    calib_seed: int = option(
+        0,
+        min=0,
+        max=2**32 - 1,
+        help="Seed of the subset --calib-limit draws: quantize again with another to see how much the result "
+        "depends on which samples calibrate.",
+    )
     method: str = option("minmax", choices=METHODS, help="Calibration method.")
     per_channel: Optional[bool] = option(
         None, cli="--per-channel/--per-tensor", help="Weight scales per output channel (default) or one per tensor."
@@ -117,6 +124,7 @@ class QuantizeRequest:
     calib: Path | None = None  # folder of real images
     data: str | None = None  # or a data spec (train split) for calibration
     calib_limit: int | None = None
+    calib_seed: int = 0  # of the stratified subset calib_limit draws
     method: str = "minmax"
     per_channel: bool | None = None  # None: per-channel (what every INT8 target wants)
     target: str | None = None  # INT8 target (quantize/targets.py); None: the backend's default
@@ -142,6 +150,7 @@ def request_from(settings: QuantizeSettings, **fields) -> "QuantizeRequest":
     return QuantizeRequest(
         calib=Path(settings.calib) if settings.calib else None,
         calib_limit=settings.calib_limit,
+        calib_seed=settings.calib_seed,
         method=settings.method,
         per_channel=settings.per_channel,
         target=settings.int8_target,

@@ -4,9 +4,10 @@ Calibration data is always real images matching the model's input spec: the digi
 `calib_data/digits` (the default for models trained on digits), a folder given with `--calib`, or a data spec given
 with `--data` (digits | imagefolder:PATH | npz:PATH; its train split). Folder images are resized and centre-cropped
 by the model's preprocessing (edgeconv.folders); nothing is synthesised: an empty folder or a model with no
-applicable default is an error naming what is missing. `--calib-limit N` draws a seeded, class-stratified subset;
-a folder of more than DEFAULT_FOLDER_LIMIT files is drawn down to that many unless a limit is given. The record
-keeps the hash of the decoded tensors and, for folders, the hash of the file list and the unreadable files skipped.
+applicable default is an error naming what is missing. `--calib-limit N` draws a class-stratified subset (seeded
+by `--calib-seed`, 0 by default); a folder of more than DEFAULT_FOLDER_LIMIT files is drawn down to that many unless a
+limit is given. The record keeps the hash of the decoded tensors and, for folders, the hash of the file list and the
+unreadable files skipped.
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ class CalibrationSet:
             yield x[i : i + batch]
 
 
+def _seed(seed: int) -> str:
+    return f", seed {seed}" if seed else ""
+
+
 def _describe_input(pre: dict) -> str:
     return f"{pre.get('channels')}x{pre.get('size')}x{pre.get('size')}"
 
 
 def load_calibration(
-    pre: dict, calib: str | Path | None = None, data: str | None = None, limit: int | None = None
+    pre: dict, calib: str | Path | None = None, data: str | None = None, limit: int | None = None, seed: int = 0
 ) -> CalibrationSet:
     """Calibration samples for a model with preprocessing `pre` (see the module docstring for the sources)."""
     if calib is not None and data is not None:
@@ -100,11 +105,11 @@ def load_calibration(
     if isinstance(samples, FolderSamples):
         if limit is None and len(samples) > DEFAULT_FOLDER_LIMIT:
             limit = DEFAULT_FOLDER_LIMIT
-            source += f" (a stratified {limit} of {len(samples)} files; --calib-limit N to change)"
+            source += f" (a stratified {limit} of {len(samples)} files{_seed(seed)}; --calib-limit N to change)"
         elif limit is not None and limit < len(samples):
-            source += f" (a stratified {limit} of {len(samples)} files)"
+            source += f" (a stratified {limit} of {len(samples)} files{_seed(seed)})"
         if limit is not None:
-            samples = samples.stratified(limit, seed=0)
+            samples = samples.stratified(limit, seed=seed)
         try:
             x, y = samples.x, samples.y
         except EdgeconvError as e:
@@ -115,7 +120,9 @@ def load_calibration(
         files = {k: rec[k] for k in ("files", "file_list_sha256", "skipped")}
         samples = Samples(x, y, samples.classes, samples.source)
     elif limit is not None:
-        samples = samples.stratified(limit, seed=0)
+        if limit < len(samples):
+            source += f" (a stratified {limit} of {len(samples)}{_seed(seed)})"
+        samples = samples.stratified(limit, seed=seed)
     if len(samples) == 0:
         raise EdgeconvError(f"calibration data: {source} holds no samples")
     if not torch.isfinite(samples.x).all():

@@ -46,7 +46,7 @@ def inputs_for(req: QuantizeRequest, pre: dict, classes: list[str] | None = None
     """(calibration set or None, evaluation samples or None) for a request, loaded before any conversion."""
     calib = None
     if req.precision == "int8":
-        calib = load_calibration(pre, req.calib, req.data, req.calib_limit)
+        calib = load_calibration(pre, req.calib, req.data, req.calib_limit, req.calib_seed)
     ev = load_evaluation(pre, req.eval_data, classes=classes)
     if req.max_drop is not None and ev is None:
         raise EdgeconvError("--max-drop needs labelled evaluation data: pass --eval digits|imagefolder:PATH|npz:PATH")

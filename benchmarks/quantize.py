@@ -126,9 +126,9 @@ def calib_spread(name: str, ckpt: Path, onx: Path, data: str, work: Path, seeds:
                     "model": f"{name} 224",
                     "artifact": label,
                     "calibration": f"seed {seed}",
-                    "float top-1 %": acc["float_top1"],
-                    "INT8 top-1 %": acc["quantized_top1"],
-                    "drop": acc["drop"],
+                    "float top-1 %": round(acc["float_top1"], 2),
+                    "INT8 top-1 %": round(acc["quantized_top1"], 2),
+                    "drop": round(acc["drop"], 2),
                 }
             )
         rows.append(

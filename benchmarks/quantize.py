@@ -91,19 +91,16 @@ def make_224(name: str, work: Path, epochs: int) -> tuple[Path, Path, str]:
     return ckpt, onx, data
 
 
-def calib_spread(name: str, ckpt: Path, onx: Path, data: str, work: Path, seeds: list[int]) -> list[dict]:
-    """Top-1 drop of the default TFLite and ORT INT8 files calibrated on the 100-sample subset of each seed."""
+def calib_spread(name: str, defaults: dict[str, tuple[Path, str, Path]], data: str, seeds: list[int]) -> list[dict]:
+    """Top-1 drop of the default INT8 files ({label: (source model, backend, the seed-0 file)}) calibrated on the
+    100-sample subset of each seed; seed 0 is the latency table's own file."""
     from edgeconv.quantize import QuantizeRequest, quantize
 
     rows = []
-    for label, src, backend, suffix in (
-        ("TFLite INT8 (default: auto)", ckpt, "tflite", "tflite"),
-        ("ORT INT8 (default: portable, auto)", onx, "ort", "onnx"),
-    ):
+    for label, (src, backend, p0) in defaults.items():
         drops = []
         for seed in seeds:
-            # seed 0 is the table's own default file (ort_variants / tflite_variants)
-            p = work / f"{src.stem}.int8.auto{f'.seed{seed}' if seed else ''}.{suffix}"
+            p = p0.with_name(f"{p0.stem}.seed{seed}{p0.suffix}") if seed else p0
             if p.exists():
                 acc = _record_of(p)["accuracy"]
             else:
@@ -301,7 +298,14 @@ def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int, seeds
             }
         )
     del model
-    spread = calib_spread(name, ckpt, onx, data, work, seeds) if epochs and seeds else []
+    defaults = {
+        label: (src, backend, paths[label])
+        for label, src, backend, paths in (
+            ("TFLite INT8 (default: auto)", ckpt, "tflite", tfl_paths),
+            ("ORT INT8 (default: portable, auto)", onx, "ort", ort_paths),
+        )
+    }
+    spread = calib_spread(name, defaults, data, seeds) if epochs and seeds else []
     return rows, spread
 
 

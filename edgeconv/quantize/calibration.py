@@ -64,8 +64,9 @@ class CalibrationSet:
             yield x[i : i + batch]
 
 
-def _seed(seed: int) -> str:
-    return f", seed {seed}" if seed else ""
+def _drawn(limit: int, total: int, seed: int, unit: str = "", hint: str = "") -> str:
+    """What the source text says of a stratified subset: " (a stratified 40 of 200 files, seed 7)"."""
+    return f" (a stratified {limit} of {total}{unit}{f', seed {seed}' if seed else ''}{hint})"
 
 
 def _describe_input(pre: dict) -> str:
@@ -105,9 +106,9 @@ def load_calibration(
     if isinstance(samples, FolderSamples):
         if limit is None and len(samples) > DEFAULT_FOLDER_LIMIT:
             limit = DEFAULT_FOLDER_LIMIT
-            source += f" (a stratified {limit} of {len(samples)} files{_seed(seed)}; --calib-limit N to change)"
+            source += _drawn(limit, len(samples), seed, " files", "; --calib-limit N to change")
         elif limit is not None and limit < len(samples):
-            source += f" (a stratified {limit} of {len(samples)} files{_seed(seed)})"
+            source += _drawn(limit, len(samples), seed, " files")
         if limit is not None:
             samples = samples.stratified(limit, seed=seed)
         try:
@@ -121,7 +122,7 @@ def load_calibration(
         samples = Samples(x, y, samples.classes, samples.source)
     elif limit is not None:
         if limit < len(samples):
-            source += f" (a stratified {limit} of {len(samples)}{_seed(seed)})"
+            source += _drawn(limit, len(samples), seed)
         samples = samples.stratified(limit, seed=seed)
     if len(samples) == 0:
         raise EdgeconvError(f"calibration data: {source} holds no samples")

@@ -172,6 +172,10 @@ def test_calibration_limit_is_stratified_and_records_the_file_list(folder):
     assert srec["files"] == 40 and "seed 7" in srec["source"]
     assert srec["file_list_sha256"] != rec["file_list_sha256"] and srec["sha256"] != rec["sha256"]
     assert (np.bincount(seeded.samples.y.numpy(), minlength=10) == counts).all()  # the same quota per class
+    # a seed with nothing to draw (every sample used) is refused rather than silently ignored
+    for limit in (None, 303, 500):
+        with pytest.raises(EdgeconvError, match=r"--calib-seed 7 has no subset to draw: all 303 .*below 303"):
+            load_calibration(RGB32, data=f"imagefolder:{folder}", limit=limit, seed=7)
 
 
 def test_holding_a_folder_in_memory_is_refused_above_the_limit(folder, monkeypatch):

@@ -88,7 +88,7 @@ class QuantizeSettings:
         min=0,
         max=2**32 - 1,
         help="Seed of the subset --calib-limit draws: quantize again with another to see how much the result "
-        "depends on which samples calibrate.",
+        "depends on which samples calibrate (refused when no subset is drawn).",
     )
     method: str = option("minmax", choices=METHODS, help="Calibration method.")
     per_channel: Optional[bool] = option(

@@ -103,6 +103,16 @@ def load_calibration(
         msg = str(e)
         raise EdgeconvError(msg if msg.startswith("no calibration") else f"calibration data: {msg}") from None
     files = None
+    if (
+        seed
+        and (limit is None or limit >= len(samples))
+        and not (limit is None and isinstance(samples, FolderSamples) and len(samples) > DEFAULT_FOLDER_LIMIT)
+    ):
+        # The seed only picks which subset --calib-limit draws: with every sample used it would change nothing.
+        raise EdgeconvError(
+            f"--calib-seed {seed} has no subset to draw: all {len(samples)} calibration samples of {source} are used; "
+            f"add --calib-limit N below {len(samples)}"
+        )
     if isinstance(samples, FolderSamples):
         if limit is None and len(samples) > DEFAULT_FOLDER_LIMIT:
             limit = DEFAULT_FOLDER_LIMIT

@@ -166,8 +166,12 @@ def train_cmd(
 
 @app.command("import")
 def import_cmd(
-    model: str = typer.Argument(..., help="timm:NAME or package.module:factory (your function returning the nn.Module)."),
-    weights: Path = typer.Argument(..., help="State dict, timm training file ({'state_dict': ...}) or {'model': ...}."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="timm:NAME or package.module:factory (your function returning the nn.Module)."
+    ),
+    weights: Path = typer.Argument(
+        ..., metavar="WEIGHTS", help="State dict, timm training file ({'state_dict': ...}) or {'model': ...}."
+    ),
     out: Path = typer.Option(..., "-o", "--out", help="edgeconv checkpoint to write (.pt)."),
     classes: str = typer.Option(..., help="Class count (10), names (cat,dog,...) or @file with one name per line."),
     img_size: Optional[int] = typer.Option(None, help="Input size (default: timm's pretrained config)."),
@@ -223,7 +227,7 @@ def _print_skipped(rec: dict | None) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint (.pt)."),
     data: Optional[str] = typer.Option(None, help=DATA_HELP + " (default: what the model was trained on)"),
     split: Optional[str] = typer.Option(
         None,
@@ -296,7 +300,7 @@ def eval_cmd(
 @app.command("prune")
 @cli_options(PruneSettings, name="s")
 def prune_cmd(
-    ckpt: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to prune (.pt)."),
     data: str = typer.Option("digits", help=f"Calibration/evaluation data: {DATA_HELP}"),
     seed: int = typer.Option(0, help="Seed for batch order and the random criterion."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write no checkpoint."),
@@ -418,7 +422,7 @@ def distill_cmd(
 @app.command("export")
 @cli_options(ExportSettings, name="s")
 def export_cmd(
-    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt) to export."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint (.pt) to export."),
     out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write (.onnx)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the export summary as JSON."),
     s: ExportSettings = None,
@@ -466,7 +470,7 @@ def export_cmd(
 @app.command("quantize")
 @cli_options(QuantizeSettings, name="settings")
 def quantize_cmd(
-    model: Path = typer.Argument(..., help="Checkpoint (.pt, exported first) or ONNX from `export`."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Checkpoint (.pt, exported first) or ONNX from `export`."),
     out: Path = typer.Option(
         ..., "-o", "--out", help="Artifact: .onnx (ort), .tflite, .engine or .onnx (tensorrt: the TensorRT-ready ONNX only)."
     ),
@@ -531,7 +535,7 @@ def quantize_cmd(
 @app.command("validate")
 @cli_options(ValidateSettings, name="s")
 def validate_cmd(
-    model: Path = typer.Argument(..., help="ONNX model to validate."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model to validate."),
     against: Optional[Path] = typer.Option(
         None, help="PyTorch checkpoint to compare with (default: the one recorded at export)."
     ),
@@ -602,7 +606,9 @@ def validate_cmd(
 @app.command("bench")
 @cli_options(BenchSettings, name="s")
 def bench_cmd(
-    models: list[Path] = typer.Argument(..., help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."),
+    models: list[Path] = typer.Argument(
+        ..., metavar="MODELS", help="Artifacts: checkpoint .pt, .onnx, .tflite, .engine/.plan."
+    ),
     device: str = typer.Option("cpu", help="cpu | cuda | jetson, or a comma list (cpu,cuda)."),
     host: Optional[str] = typer.Option(None, "--host", help="Run on USER@ADDR over SSH and bring the JSON back."),
     backend: str = typer.Option("auto", help="auto (by artifact type) | torch | ort | tflite | tensorrt"),
@@ -766,8 +772,8 @@ def bench_cmd(
 # ------------------------------------------------------------------------------------------------ inspect / pipeline / demo
 @app.command("inspect")
 def inspect_cmd(
-    ckpt: Path = typer.Argument(..., help="Checkpoint (.pt)."),
-    images: list[str] = typer.Argument(..., help="PNG paths (model's size/channels) or digits:N."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint (.pt)."),
+    images: list[str] = typer.Argument(..., metavar="IMAGES", help="PNG paths (model's size/channels) or digits:N."),
     out: Path = typer.Option(Path("inspect"), "-o", "--out", help="Folder for the PNGs and inspect.json."),
     routing: Optional[str] = typer.Option(None, help=ROUTING_HELP),
 ) -> None:
@@ -802,7 +808,7 @@ def inspect_cmd(
 
 @app.command("pipeline")
 def pipeline_cmd(
-    file: Path = typer.Argument(..., help="Pipeline file (.toml)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Pipeline file (.toml)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default runs/NAME)."),
     check: bool = typer.Option(False, "--check", help="Only check the file; run nothing."),
     rerun: list[str] = typer.Option(
@@ -851,7 +857,7 @@ def demo_cmd(
 # ------------------------------------------------------------------------------------------------ info
 @app.command("info")
 def info_cmd(
-    artifact: Optional[Path] = typer.Argument(None, help="Checkpoint, ONNX, TFLite or engine file."),
+    artifact: Optional[Path] = typer.Argument(None, metavar="ARTIFACT", help="Checkpoint, ONNX, TFLite or engine file."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the description as JSON."),
     device: bool = typer.Option(False, "--device", help="Describe this machine: CPU, CUDA GPU, Jetson."),
 ) -> None:

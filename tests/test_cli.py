@@ -128,6 +128,15 @@ def test_missing_checkpoint(monkeypatch, capsys, tmp_path):
         assert_one_line_error(code, err, "no such file", "nope.pt")
 
 
+def test_a_missing_argument_is_named_as_the_help_lists_it(monkeypatch, capsys):
+    # the same upper-case name the help's Arguments table and the path checks ("CKPT: no such file") use
+    for cmd, name in [("import", "MODEL"), ("prune", "CKPT"), ("export", "CKPT"), ("quantize", "MODEL"),
+                      ("bench", "MODELS"), ("validate", "MODEL"), ("eval", "CKPT"), ("pipeline", "FILE")]:  # fmt: skip
+        code, _, err = run_cli(monkeypatch, capsys, cmd)
+        assert_one_line_error(code, err, f"Missing argument '{name}'", f"edgeconv {cmd} --help")
+        assert f" {name} " in run_cli(monkeypatch, capsys, cmd, "--help")[1]
+
+
 def test_truncated_and_corrupt_checkpoints(trained, monkeypatch, capsys, tmp_path):
     data = trained().read_bytes()
     (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])

@@ -166,6 +166,36 @@ def test_weights_policy_leaves_activation_matmuls_and_softmax_float(routed_int8)
     assert violations(res.model.graph) == []
 
 
+def test_weight_matmuls_keep_float_outputs_and_run_as_matmul_integer_to_float(routed_int8, tmp_path):
+    """No QuantizeLinear after a weight MatMul whose consumers are float: onnxruntime fuses DequantizeLinear x2 ->
+    MatMul into MatMulIntegerToFloat (integer GEMM, float output) instead of QLinearMatMul -> DequantizeLinear."""
+    import onnxruntime as ort
+    from edgeconv.quantize.onnx_graph import subgraph_attrs
+
+    def walk(g, outer=frozenset()):
+        inits = set(outer) | {t.name for t in g.initializer}
+        yield g, inits
+        for n in g.node:
+            for _, sub in subgraph_attrs(n):
+                yield from walk(sub, inits)
+
+    weight_matmuls, after_q = 0, []
+    for g, inits in walk(routed_int8[1].model.graph):
+        dq_of_const = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        for n in g.node:
+            if n.op_type == "MatMul" and n.input[1] in dq_of_const:
+                weight_matmuls += 1
+                after_q += [c.name for c in g.node if n.output[0] in c.input and c.op_type == "QuantizeLinear"]
+    assert weight_matmuls > 0 and after_q == []
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no CPU-specific NCHWc layout
+    ort.InferenceSession(routed_int8[1].model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = [n for g, _ in walk(onnx.load(str(tmp_path / "opt.onnx")).graph) for n in g.node]
+    assert sum(n.op_type == "MatMulIntegerToFloat" for n in fused) == weight_matmuls
+    assert not any(n.op_type == "QLinearMatMul" for n in fused)
+
+
 def test_auto_groups_the_image_conv_apart_from_dense_and_depthwise_convs():
     """`--ops auto` times kinds apart: the conv reading the image (3 channels, largest output) is its own kind."""
     from onnx import helper

@@ -74,6 +74,12 @@ class Int8Options:
             # Q/DQ is for onnxruntime's integer kernels.
             "QuantizeBias": not self.symmetric,
         }
+        if not self.symmetric:
+            # A weight MatMul's output stays float unless its consumer is quantized: onnxruntime then runs
+            # DequantizeLinear x2 -> MatMul as one MatMulIntegerToFloat (the same integer GEMM, scaled to float in the
+            # kernel) instead of QLinearMatMul -> DequantizeLinear before the float bias Add. One QuantizeLinear and one
+            # DequantizeLinear fewer per linear layer; hvt-small at 224, batch 16: 0.97x of the time (VNNI).
+            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
         return {
             "quant_format": QuantFormat.QDQ,
             "per_channel": self.per_channel,
@@ -91,6 +97,7 @@ class Int8Options:
             "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
             "weights": "int8 symmetric, 7-bit (|w| <= 64)" if self.reduce_range else "int8 symmetric",
             "ops": self.ops,
+            **({} if self.symmetric else {"matmul_outputs": "float (MatMulIntegerToFloat)"}),
         }
 
     @classmethod

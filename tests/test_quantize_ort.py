@@ -103,13 +103,15 @@ def test_routed_int8_keeps_its_ifs_quantizes_inside_them_and_validates(routed_in
     assert res.unreached == []
     assert any("::" in q for q in res.quantized)  # node ids inside branches
     # Mixed batches go through the per-sample select branch, batch 1 through the pure branches: each branch has its
-    # own calibrated scales, so logits may differ by a few quantization steps, never in substance.
-    x = digits_eval[0][:64]
+    # own calibrated scales (and the select branch keeps two GELUs exact that feed a float LayerNorm), so logits
+    # differ by a few quantization steps; a sample that sits at a router's threshold may take the other branch.
+    x = digits_eval[0][:256]
     sess = ort_session(model)
     batched = ort_logits(sess, x, batch=16)
     single = ort_logits(sess, x, batch=1)
-    assert np.abs(batched - single).max() < 0.3
-    assert (batched.argmax(1) == single.argmax(1)).mean() >= 0.95
+    close = np.abs(batched - single).max(axis=1) < 0.3
+    assert close.mean() >= 0.98
+    assert (batched.argmax(1) == single.argmax(1)).mean() >= 0.97
 
 
 def test_routed_int8_accuracy_within_one_point(routed_int8):
@@ -194,6 +196,41 @@ def test_weight_matmuls_keep_float_outputs_and_run_as_matmul_integer_to_float(ro
     fused = [n for g, _ in walk(onnx.load(str(tmp_path / "opt.onnx")).graph) for n in g.node]
     assert sum(n.op_type == "MatMulIntegerToFloat" for n in fused) == weight_matmuls
     assert not any(n.op_type == "QLinearMatMul" for n in fused)
+
+
+def test_requantized_gelus_go_tanh_inside_if_branches_too_and_agree_with_exact(routed_int8, calib, digits_eval):
+    """routed-tiny's GELUs sit at the top level and inside its `If` branches: every re-quantized one goes tanh
+    (quantize/gelu.py), and the file is as close to the float model as the --gelu exact file."""
+    from onnx import helper
+
+    from edgeconv.graphwalk import graphs
+    from edgeconv.quantize.ort import Int8Options, ort_logits, ort_session, quantize_int8
+
+    float_model, res = routed_int8
+    fast = res.model
+    exact = quantize_int8(float_model, calib, Int8Options(ops="weights", gelu="exact")).model
+
+    def gelus(m):
+        return [
+            (path, helper.get_attribute_value(next(a for a in n.attribute if a.name == "approximate")))
+            for path, g in graphs(m.graph)
+            for n in g.node
+            if n.op_type == "Gelu"
+        ]
+
+    tanh = [p for p, a in gelus(fast) if a == b"tanh"]
+    assert {p for p in tanh if p}, "no tanh GELU inside an If branch"
+    assert len(tanh) == res.gelu["tanh"] and len(gelus(fast)) - len(tanh) == len(res.gelu["exact"])
+    # the per-sample select branch uses two GELU outputs in float: those stay exact, and the record says why
+    assert set(res.gelu["exact"].values()) <= {"its output is not only quantized again"}
+    assert all(a == b"none" for _, a in gelus(exact))
+    # A code that moves early moves others after it, so the two files' logits differ by about the INT8 noise; what
+    # must hold is that the tanh file is as close to the float model as the exact one.
+    x, y = digits_eval
+    lt, le, lf = (ort_logits(ort_session(m), x) for m in (fast, exact, float_model))
+    assert (lt.argmax(1) == lf.argmax(1)).mean() >= (le.argmax(1) == lf.argmax(1)).mean() - 0.01
+    assert np.abs(lt - lf).mean() <= 1.1 * np.abs(le - lf).mean()
+    assert abs((lt.argmax(1) == y).mean() - (le.argmax(1) == y).mean()) <= 0.01
 
 
 def test_auto_groups_the_image_conv_apart_from_dense_and_depthwise_convs():

@@ -19,6 +19,7 @@ from edgeconv.quantize.targets import TARGETS
 
 METHODS = ("minmax", "entropy", "percentile")  # calibration methods (onnxruntime's)
 OP_POLICIES = ("auto", "weights", "all")  # which ops an INT8 file quantizes (quantize/ort.py, quantize/tflite.py)
+GELU_FORMS = ("tanh", "exact")  # GELU between quantized layers in an onnxruntime INT8 graph (quantize/gelu.py)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,12 @@ class QuantizeSettings:
         help="INT8 op selection. ort: auto (weight layers, kept only where INT8 is not clearly slower, measured) | "
         "weights | all. tflite: auto (int8 wherever XNNPACK runs it, the rest float) | weights | all (full-integer).",
     )
+    gelu: str = option(
+        "tanh",
+        choices=GELU_FORMS,
+        help="GELU in an onnxruntime INT8 graph: tanh (the tanh form where its output is quantized again, checked "
+        "to stay under half an 8-bit step per layer; faster) | exact (erf).",
+    )
 
 
 @dataclass
@@ -131,6 +138,7 @@ class QuantizeRequest:
     max_drop: float | None = None
     eval_data: str | None = None  # labelled data for accuracy (digits models: digits test split)
     ops: str = "auto"
+    gelu: str = "tanh"  # onnxruntime INT8: re-quantized GELUs in the tanh form (quantize/gelu.py) | exact
     routing: str | None = None  # export routing when MODEL is a checkpoint
     command: str = "edgeconv quantize"
     extra: dict = field(default_factory=dict)
@@ -156,6 +164,7 @@ def request_from(settings: QuantizeSettings, **fields) -> "QuantizeRequest":
         target=settings.int8_target,
         max_drop=settings.max_drop,
         ops=settings.ops,
+        gelu=settings.gelu,
         **fields,
     )
 

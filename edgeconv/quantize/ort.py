@@ -14,7 +14,9 @@ Activation x activation MatMuls (q.k, attn.v), softmax, layer norm and GELU stay
 dot products they are slower in INT8 and lose the most accuracy (platform-facts.md; measured again in
 benchmarks/quantize.py). `auto` (the default) starts from `weights` and, while that model measured on this CPU is slower
 than float, puts kinds of weight layer (dense Conv, depthwise Conv, the Conv that reads the image, MatMul, Gemm)
-back in float, the one that costs most first; the report says which kinds stayed float and the timings that decided.
+back in float, the one that costs most first; a kind with under 1% of the weights goes float whenever that is
+clearly faster; the report says which kinds stayed float and the timings that decided. GELUs whose output is
+quantized again run in their tanh form (quantize/gelu.py).
 `all` quantizes every operator onnxruntime can; TensorRT uses it with symmetric INT8.
 """
 
@@ -32,10 +34,11 @@ import onnx
 
 from edgeconv.card import copy_props, decode_props, quantization_of
 from edgeconv.errors import EdgeconvError
-from edgeconv.quantize import METHODS, OP_POLICIES
+from edgeconv.quantize import GELU_FORMS, METHODS, OP_POLICIES
 from edgeconv.quantize import onnx_graph as og
 from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
 from edgeconv.quantize.common import quiet
+from edgeconv.quantize.gelu import tanh_where_requantized
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -51,12 +54,15 @@ class Int8Options:
     ops: str = "auto"
     percentile: float = 99.999
     reduce_range: bool = True  # 7-bit weights (|w| <= 64): exact on every CPU (quantize/targets.py)
+    gelu: str = "tanh"  # re-quantized GELUs in their tanh form (quantize/gelu.py) | "exact"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise EdgeconvError(f"unknown calibration method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.ops not in OP_POLICIES:
             raise EdgeconvError(f"unknown op selection {self.ops!r}; choose one of: {', '.join(OP_POLICIES)}")
+        if self.gelu not in GELU_FORMS:
+            raise EdgeconvError(f"unknown GELU form {self.gelu!r}; choose one of: {', '.join(GELU_FORMS)}")
 
     def ort_kwargs(self) -> dict:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
@@ -101,14 +107,18 @@ class Int8Options:
         }
 
     @classmethod
-    def for_target(cls, target, method: str = "minmax", per_channel: bool | None = None, ops: str = "auto") -> "Int8Options":
-        """Options that write an INT8 file for `target` (quantize/targets.py); `per_channel` None = on."""
+    def for_target(
+        cls, target, method: str = "minmax", per_channel: bool | None = None, ops: str = "auto", gelu: str = "tanh"
+    ) -> "Int8Options":
+        """Options that write an INT8 file for `target` (quantize/targets.py); `per_channel` None = on. TensorRT's
+        graph keeps the exact GELU (TensorRT fuses it on the GPU)."""
         return cls(
             method=method,
             per_channel=True if target.per_channel or per_channel is None else per_channel,
             symmetric=target.symmetric_activations,
             ops="all" if target.symmetric_activations else ops,
             reduce_range=target.reduce_range,
+            gelu="exact" if target.symmetric_activations else gelu,
         )
 
 
@@ -205,6 +215,7 @@ class QuantTree:
         self.share_weights = share_weights
         self._memo: dict[tuple, onnx.ModelProto] = {}
         self.options = options
+        self.gelu_record: dict | None = None  # of the last assembled model (quantize/gelu.py)
         self.workdir = workdir
         self.float_model = copy.deepcopy(model)
         og.ensure_node_names(self.float_model.graph)
@@ -324,6 +335,17 @@ class QuantTree:
                 out.setdefault(node_kind(nodes[c], image if u is self.root else frozenset()), []).append(u.node_id(c))
         return out
 
+    def weight_share(self) -> dict[str, float]:
+        """Share of the candidates' weight elements (the initializer a layer multiplies by) held by each kind."""
+        elements: dict[str, int] = {}  # global node id -> weight elements
+        for u in self.root.walk():
+            dims = {t.name: int(np.prod(t.dims)) for t in u.model.graph.initializer}
+            for n in u.model.graph.node:
+                elements[u.node_id(n.name)] = sum(dims.get(i, 0) for i in n.input[:2])
+        size = {k: sum(elements[c] for c in ids) for k, ids in self.kinds().items()}
+        total = sum(size.values()) or 1
+        return {k: v / total for k, v in size.items()}
+
     def float_ops(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for u in self.root.walk():
@@ -344,6 +366,7 @@ class QuantTree:
         if self.share_weights:
             og.hoist_initializers(model)
         og.prune_unused_initializers(model)
+        self.gelu_record = tanh_where_requantized(model) if self.options.gelu == "tanh" else None
         missing = og.undefined_references(model.graph)
         if missing:
             raise EdgeconvError(f"internal error: quantized graph reads undefined values {sorted(missing)[:5]}")
@@ -429,6 +452,7 @@ class Int8Result:
     latency: dict[str, float]  # measured ms at batch 16 (float, int8) during selection
     unreached: list[str]
     steps: list[dict]
+    gelu: dict | None = None  # quantize/gelu.py's record of the returned model
 
 
 def quantize_int8(
@@ -512,12 +536,15 @@ def quantize_int8(
             latency,
             tree.unreached,
             steps,
+            tree.gelu_record,  # the returned model was the last one assembled
         )
 
 
 def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step) -> tuple[list[str], dict, dict]:
     """Every weight layer INT8 (the smallest file) unless that model is *clearly* slower than float at `batch`; then
     kinds go back to float one at a time, each time the kind whose removal clearly helps most, until it is not.
+    A kind holding under `FREE_WEIGHT_SHARE` of the weights (the image-reading conv) costs no size in float: it
+    is timed back in float in the first round too and goes float whenever that is clearly faster.
 
     "Clearly" means outside the measurement's own noise: every comparison is the median of paired ratios (both
     sessions timed in the same interleaved repetition) with its 95% bootstrap interval, and a difference counts
@@ -536,12 +563,34 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
         return ort_session(tree.assemble({c for k in ks for c in kinds[k]}, check=False), threads=1)
 
     kept = list(kinds)
+    share = tree.weight_share()
+    # kinds that hold almost none of the weights cost no size in float: each is timed back in float in the same
+    # repetitions (the image-reading conv: its INT8 output, the network's largest activation, is dequantized at once)
+    free = [k for k in kept if share[k] < FREE_WEIGHT_SHARE] if len(kept) > 1 else []
     step(f"timing INT8 (all weight layers) against float at batch {batch}")
     all_sess = q_sess = session(kept)  # the session of the current selection is carried, never rebuilt
-    f_t, q_t = interleaved_times([float_sess, q_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+    free_trials = {k: session([j for j in kept if j != k]) for k in free}
+    f_t, q_t, *free_t = interleaved_times(
+        [float_sess, q_sess, *free_trials.values()], x, seconds=2.0 + 0.5 * len(free), min_runs=MIN_TIMING_RUNS
+    )
     vs_float = paired_ratio(q_t, f_t)
     decisions = [{"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)}]
     left: dict[str, str] = {}
+    if vs_float["ci"][0] <= 1.0:
+        gains = {k: paired_ratio(t, q_t) for k, t in zip(free_trials, free_t)}
+        clear = {k: g for k, g in gains.items() if g["ci"][1] < 1.0}
+        for k, g in clear.items():
+            kept.remove(k)
+            left[k] = (
+                f"{100 * share[k]:.2f}% of the weights, clearly faster in float: "
+                f"{_fmt_ratio(g)} of the all-INT8 time at batch {batch}"
+            )
+            decisions.append({"float kind": k, "gain": _fmt_ratio(g), "weights": f"{100 * share[k]:.2f}%"})
+        if clear:
+            q_sess = session(kept)
+            f_t, q_t = interleaved_times([float_sess, q_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+            vs_float = paired_ratio(q_t, f_t)
+            decisions.append({"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)})
     while vs_float["ci"][0] > 1.0 and len(kept) > 1:
         step(f"INT8 slower ({_fmt_ratio(vs_float)} of float): timing each of {len(kept)} kinds back in float")
         trials = {k: session([j for j in kept if j != k]) for k in kept}
@@ -591,13 +640,15 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
         "ratio": round(vs_float["ratio"], 4),
         "ratio_ci": [round(v, 4) for v in vs_float["ci"]],
         "repetitions": vs_float["n"],
-        "rule": "a kind stays float only when the 95% CI of its paired ratio is entirely below 1.0",
+        "rule": "a kind goes float only when the 95% CI of its paired ratio is entirely below 1.0: any kind while "
+        f"INT8 is clearly slower than float, a kind under {FREE_WEIGHT_SHARE:.0%} of the weights at any time",
         "decisions": decisions,
     }
     return [c for k in kept for c in kinds[k]], left, latency
 
 
 MIN_TIMING_RUNS = 15
+FREE_WEIGHT_SHARE = 0.01  # a kind under 1% of the weights goes float whenever that is clearly faster
 
 
 def _fmt_ratio(r: dict) -> str:

@@ -41,6 +41,15 @@ def latency_note(lat: dict) -> str:
     )
 
 
+def gelu_note(rec: dict) -> str:
+    worst = max(v["max_deviation_steps"] for v in rec["layers"].values())
+    exact = f"; {len(rec['exact'])} kept exact" if rec["exact"] else ""
+    return (
+        f"GELU: {rec['tanh']} re-quantized GELU(s) in the tanh form (at most {worst:.3f} of an output step from "
+        f"erf){exact}; --gelu exact keeps erf"
+    )
+
+
 def write_onnx(model: onnx.ModelProto, out: Path, record: dict) -> None:
     """Record the quantization metadata and write the model atomically (one file, no external data)."""
     set_quantization(model, record)
@@ -56,7 +65,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
     target = resolve_target(req.target, "ort") if req.precision == "int8" else None
-    options = Int8Options.for_target(target, req.method, req.per_channel, req.ops) if target is not None else None
+    options = Int8Options.for_target(target, req.method, req.per_channel, req.ops, req.gelu) if target is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
         if not is_format(req.model, "onnx"):
             step("exporting the checkpoint to ONNX")
@@ -91,6 +100,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
                 "kinds_left_float_for_latency": res.kinds_left_float,
                 "latency_check_ms": res.latency,
                 "branches_without_calibration_data": res.unreached,
+                "gelu": res.gelu or {"form": "exact (erf)", "rule": f"--gelu {options.gelu}"},
             }
         )
         if res.plain_int8_top1 is not None and res.kept_float:
@@ -104,6 +114,8 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
             details.append({"kept float": name, "count": 1, "why": f"most sensitive layer (--max-drop {req.max_drop})"})
         for path in res.unreached:
             notes.append(f"{path}: no calibration sample took this branch; it stays float")
+        if res.gelu and res.gelu["tanh"]:
+            notes.append(gelu_note(res.gelu))
         if res.latency:
             notes.append(latency_note(res.latency))
         if target.per_channel and req.per_channel is False:

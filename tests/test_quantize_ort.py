@@ -335,6 +335,9 @@ def test_cli_quantize_records_calibration_and_accuracy_and_info_shows_it(exporte
     desc = describe(out)
     assert "quantization" in desc and "100 samples" in desc["quantization"]["calibration"]
     assert "drop" in desc["quantization"]["accuracy"]
+    gelu = rec["gelu"]  # the default form, with every rewritten layer's check
+    assert gelu["tanh"] > 0 and all(v["max_deviation_steps"] < 0.5 for v in gelu["layers"].values())
+    assert f"tanh form in {gelu['tanh']} re-quantized GELU(s)" in desc["quantization"]["GELU"]
 
 
 def _run_cli(args):

@@ -233,6 +233,28 @@ def test_requantized_gelus_go_tanh_inside_if_branches_too_and_agree_with_exact(r
     assert abs((lt.argmax(1) == y).mean() - (le.argmax(1) == y).mean()) <= 0.01
 
 
+def test_auto_floats_only_kinds_without_weight_share_when_int8_is_not_slower(exported, calib, tmp_path):
+    """`--ops auto` may put a kind back in float while INT8 pays only when the kind holds under 1% of the weights
+    (no size cost) and the timing says it is clearly faster; the record names the share and the interval."""
+    from edgeconv.quantize.ort import FREE_WEIGHT_SHARE, Int8Options, QuantTree, quantize_int8
+
+    float_model = onnx.load(str(exported("routed-tiny")))
+    share = QuantTree(float_model, calib, Int8Options(), tmp_path).weight_share()
+    assert abs(sum(share.values()) - 1.0) < 1e-9
+    assert share["input Conv"] < FREE_WEIGHT_SHARE < share["Conv"]  # the image conv reads 1 channel
+    res = quantize_int8(float_model, calib, Int8Options(ops="auto"))
+
+    def upper(ratio: str) -> float:  # "0.963x [0.948, 0.993]" -> 0.993
+        return float(ratio.rsplit(",", 1)[1].rstrip("]"))
+
+    for d in res.latency["decisions"]:
+        if "weights" in d:  # the free-kind rule: no size cost, clearly faster
+            assert float(d["weights"].rstrip("%")) < 100 * FREE_WEIGHT_SHARE and upper(d["gain"]) < 1.0
+            assert d["float kind"] in res.kinds_left_float
+        elif "float kind" in d:  # the size-paying rule: only while INT8 was clearly slower than float
+            assert upper(d["gain"]) < 1.0
+
+
 def test_auto_groups_the_image_conv_apart_from_dense_and_depthwise_convs():
     """`--ops auto` times kinds apart: the conv reading the image (3 channels, largest output) is its own kind."""
     from onnx import helper

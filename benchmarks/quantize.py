@@ -152,7 +152,8 @@ def ort_variants(onx: Path, data: str, work: Path, scored: bool) -> tuple[dict[s
         # the default before re-quantized GELUs took the tanh form (what auto kept where INT8 was not slower)
         ("ORT INT8 (all weight layers, exact GELU)", "int8", "weights", "exact"),
     ):
-        p = work / f"{onx.stem}.{prec}.{ops}{'.gelu-exact' if gelu == 'exact' else ''}.onnx"
+        # the GELU form in the name: a rerun over an older --out folder never reuses a file of another recipe
+        p = work / f"{onx.stem}.{prec}.{ops}{f'.gelu-{gelu}' if prec == 'int8' else ''}.onnx"
         if not p.exists():
             _log(f"quantizing {label}")
             rep = quantize(

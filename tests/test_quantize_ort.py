@@ -222,7 +222,7 @@ def test_requantized_gelus_go_tanh_inside_if_branches_too_and_agree_with_exact(r
     assert {p for p in tanh if p}, "no tanh GELU inside an If branch"
     assert len(tanh) == res.gelu["tanh"] and len(gelus(fast)) - len(tanh) == len(res.gelu["exact"])
     # the per-sample select branch uses two GELU outputs in float: those stay exact, and the record says why
-    assert set(res.gelu["exact"].values()) <= {"its output is not only quantized again"}
+    assert set(res.gelu["exact"].values()) <= {"its output is not only quantized again (per tensor)"}
     assert all(a == b"none" for _, a in gelus(exact))
     # A code that moves early moves others after it, so the two files' logits differ by about the INT8 noise; what
     # must hold is that the tanh file is as close to the float model as the exact one.
@@ -253,6 +253,34 @@ def test_auto_floats_only_kinds_without_weight_share_when_int8_is_not_slower(exp
             assert d["float kind"] in res.kinds_left_float
         elif "float kind" in d:  # the size-paying rule: only while INT8 was clearly slower than float
             assert upper(d["gain"]) < 1.0
+
+
+def test_free_kinds_stay_float_when_a_later_timing_says_int8_is_slower(exported, calib, monkeypatch):
+    """The rule under fixed timings: the first round finds the image conv clearly faster in float (a free kind);
+    the re-timing then says INT8 is clearly slower and no kind helps. The fall-back to every weight layer INT8 must
+    not undo the free kind, and the record must say what the file is."""
+    from edgeconv.quantize import ort
+
+    calls = []
+
+    def fake(sessions, x, seconds=2.0, min_runs=7, max_runs=200):
+        calls.append(len(sessions))
+        if len(calls) == 1:  # float, all-INT8, one trial per free kind: each free kind in float 0.875x
+            return [[100.0] * 15, [80.0] * 15] + [[70.0] * 15] * (len(sessions) - 2)
+        return [[100.0] * 15] + [[120.0] * 15] * (len(sessions) - 1)  # INT8 slower, nothing helps
+
+    monkeypatch.setattr(ort, "interleaved_times", fake)
+    float_model = onnx.load(str(exported("routed-tiny")))
+    res = ort.quantize_int8(float_model, calib, ort.Int8Options(ops="auto"))
+    assert calls[0] > 2, "routed-tiny has no free kind (its image conv should be one)"
+    assert "input Conv" in res.kinds_left_float and "of the weights" in res.kinds_left_float["input Conv"]
+    assert set(res.kinds_left_float) <= {k for k, v in res.kinds_left_float.items() if "of the weights" in v}
+    stops = [d.get("stop", "") for d in res.latency["decisions"]]
+    assert "no kind back in float is clearly faster" in stops
+    assert not any("all weight layers INT8 for size" in t for t in stops)  # nothing the loop removed to undo
+    # the image conv really is float in the file: no QLinear/integer conv reads the graph input
+    image = res.model.graph.input[0].name
+    assert any(n.op_type == "Conv" and n.input[0] == image for n in res.model.graph.node)
 
 
 def test_auto_groups_the_image_conv_apart_from_dense_and_depthwise_convs():

@@ -3,7 +3,7 @@
 Between two quantized layers a GELU runs in float: DequantizeLinear -> Gelu -> QuantizeLinear, on the largest
 activations of a conv stage. onnxruntime's exact GELU evaluates erf, and on x86 CPUs its tanh form (`Gelu` with
 `approximate="tanh"`, fused with a bias into `FastGelu`) runs in about two thirds of the time (measured in
-docs/quantization.md). The two differ by at most 4.8e-4 (at |x| = 2.7), far below one step of the 8-bit code the
+docs/quantization.md). The two differ by at most 4.7e-4 (at |x| = 2.7), far below one step of the 8-bit code the
 result is quantized to; so where every consumer of a GELU is a QuantizeLinear, the INT8 graph uses the tanh form.
 
 That it cannot change a code by more than one is checked per layer, not assumed: over every value the GELU can see
@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeconv.graphwalk import graphs, initializers
+from edgeconv.graphwalk import subgraph_attrs
+from edgeconv.quantize.onnx_graph import free_variables
 
 MAX_DEVIATION = 0.5  # of the output quantization step: codes then move by at most one
 _ERF = np.frompyfunc(math.erf, 1, 1)
@@ -52,8 +53,9 @@ _RANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 def _qparams(node, inits: dict) -> tuple[float, int, int, int] | None:
     """(scale, zero point, code min, code max) of a per-tensor Q/DQ node with constant parameters."""
+    # the zero point must be explicit: without it the code type comes from elsewhere (the tensor, `output_dtype`)
     s = _scalar(inits.get(node.input[1]))
-    z = _scalar(inits.get(node.input[2])) if len(node.input) > 2 and node.input[2] else (0, onnx.TensorProto.UINT8)
+    z = _scalar(inits.get(node.input[2])) if len(node.input) > 2 and node.input[2] else None
     if s is None or z is None or z[1] not in _RANGE or s[0] <= 0:
         return None
     return float(s[0]), int(z[0]), *_RANGE[z[1]]
@@ -120,42 +122,53 @@ def is_exact_gelu(node) -> bool:
 def tanh_where_requantized(model: onnx.ModelProto) -> dict:
     """Rewrite in place every exact GELU (any graph, `If` branches included) whose output reaches only per-tensor
     QuantizeLinear nodes (directly or through ops that move values unchanged) into the tanh form, when
-    `check_layer` keeps it under half an output step. Returns the record: how many were rewritten, kept exact (and
-    why), and each rewritten layer's check."""
-    inits = {t.name: t for t in initializers(model.graph)}
-    layers, kept = {}, {}
-    for path, g in graphs(model.graph):
-        producers = {o: n for n in g.node for o in n.output}
-        consumers: dict[str, list] = {}
-        for n in g.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        outputs = {o.name for o in g.output}
-        for node in list(g.node):
-            if not is_exact_gelu(node):
-                continue
+    `check_layer` keeps it under half an output step for every one of those nodes. Returns the record: how many
+    were rewritten, kept exact (and why), and each rewritten layer's check (its worst consumer)."""
+    layers: dict[str, dict] = {}
+    kept: dict[str, str] = {}
+    _rewrite(model.graph, "", {}, layers, kept)
+    return {
+        "form": "tanh where re-quantized" if layers else ("exact (erf)" if kept else "no GELU"),
+        "tanh": len(layers),
+        "exact": kept,
+        "rule": f"tanh form only where it stays under {MAX_DEVIATION} of every output quantization step",
+        "layers": layers,
+    }
+
+
+def _rewrite(g: onnx.GraphProto, path: str, outer: dict, layers: dict, kept: dict) -> None:
+    inits = {**outer, **{t.name: t for t in g.initializer}}  # names resolve innermost first
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        reads = list(n.input)
+        for _, sub in subgraph_attrs(n):  # a branch reads outer values without naming them as inputs
+            reads += free_variables(sub)
+        for i in reads:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    for node in list(g.node):
+        if is_exact_gelu(node):
             name = f"{path}/{node.name}" if path else node.name
             users = _requantizers(node.output[0], consumers, outputs)
             qs = [_qparams(u, inits) for u in users or []]
             if not users or any(q is None for q in qs):
-                kept[name] = "its output is not only quantized again"
+                kept[name] = "its output is not only quantized again (per tensor)"
                 continue
-            scale = min(q[0] for q in qs)
-            out_q = next(q for q in qs if q[0] == scale)  # the finest consumer decides
-            x, dequantized = _candidate_inputs(node, producers, inits, out_q)
-            rec = check_layer(x, out_q, dequantized)
+            recs = []
+            for out_q in dict.fromkeys(qs):  # every consumer's grid: one may see values another saturates
+                x, dequantized = _candidate_inputs(node, producers, inits, out_q)
+                recs.append(check_layer(x, out_q, dequantized))
+            rec = max(recs, key=lambda r: r["max_deviation_steps"])
             if rec["max_deviation_steps"] >= MAX_DEVIATION:
                 kept[name] = f"tanh form {rec['max_deviation_steps']} of an output step away"
                 continue
             _to_tanh(node)
             layers[name] = rec
-    return {
-        "form": "tanh where re-quantized" if layers else "exact (erf)",
-        "tanh": len(layers),
-        "exact": kept,
-        "rule": f"tanh form only where it stays under {MAX_DEVIATION} of the output quantization step",
-        "layers": layers,
-    }
+    for node in g.node:
+        for attr, sub in subgraph_attrs(node):
+            sub_path = f"{node.name or node.op_type}.{attr}"
+            _rewrite(sub, f"{path}/{sub_path}" if path else sub_path, inits, layers, kept)
 
 
 def _to_tanh(node) -> None:

@@ -343,7 +343,9 @@ class QuantTree:
             for n in u.model.graph.node:
                 elements[u.node_id(n.name)] = sum(dims.get(i, 0) for i in n.input[:2])
         size = {k: sum(elements[c] for c in ids) for k, ids in self.kinds().items()}
-        total = sum(size.values()) or 1
+        total = sum(size.values())
+        if not total:  # weights that are not initializers (Constant nodes): shares unknown, no kind is free
+            return {k: 1.0 for k in size}
         return {k: v / total for k, v in size.items()}
 
     def float_ops(self) -> dict[str, int]:
@@ -566,7 +568,8 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
     share = tree.weight_share()
     # kinds that hold almost none of the weights cost no size in float: each is timed back in float in the same
     # repetitions (the image-reading conv: its INT8 output, the network's largest activation, is dequantized at once)
-    free = [k for k in kept if share[k] < FREE_WEIGHT_SHARE] if len(kept) > 1 else []
+    free = [k for k in kept if share[k] < FREE_WEIGHT_SHARE]
+    free = free if len(free) < len(kept) else []  # never every kind: the file would be float
     step(f"timing INT8 (all weight layers) against float at batch {batch}")
     all_sess = q_sess = session(kept)  # the session of the current selection is carried, never rebuilt
     free_trials = {k: session([j for j in kept if j != k]) for k in free}
@@ -576,12 +579,13 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
     vs_float = paired_ratio(q_t, f_t)
     decisions = [{"int8 kinds": len(kept), "vs float": _fmt_ratio(vs_float)}]
     left: dict[str, str] = {}
+    free_left: dict[str, str] = {}  # the free kinds this first round put in float (no size cost, kept below)
     if vs_float["ci"][0] <= 1.0:
         gains = {k: paired_ratio(t, q_t) for k, t in zip(free_trials, free_t)}
         clear = {k: g for k, g in gains.items() if g["ci"][1] < 1.0}
         for k, g in clear.items():
             kept.remove(k)
-            left[k] = (
+            left[k] = free_left[k] = (
                 f"{100 * share[k]:.2f}% of the weights, clearly faster in float: "
                 f"{_fmt_ratio(g)} of the all-INT8 time at batch {batch}"
             )
@@ -620,17 +624,20 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
         kept.remove(best)
         q_t, q_sess = trial_t[best], trials[best]
         decisions.append({"float kind": best, "gain": _fmt_ratio(clear[best]), "vs float": _fmt_ratio(vs_float)})
-    if vs_float["ci"][0] > 1.0 and left:
-        # Nothing makes INT8 pay on this CPU: keep every weight layer INT8 (the size win) and say so in the report.
+    if vs_float["ci"][0] > 1.0 and set(left) - set(free_left):
+        # Nothing makes INT8 pay on this CPU: keep every weight layer INT8 (the size win) and say so in the report;
+        # free kinds the first round put in float stay there (they cost no size).
         step("INT8 is slower than float here whatever stays float; quantizing all weight layers for size")
-        kept, left = list(kinds), {}
-        f_t, q_t = interleaved_times([float_sess, all_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
+        kept, left = [k for k in kinds if k not in free_left], dict(free_left)
+        q_sess = session(kept) if free_left else all_sess
+        f_t, q_t = interleaved_times([float_sess, q_sess], x, seconds=2.0, min_runs=MIN_TIMING_RUNS)
         vs_float = paired_ratio(q_t, f_t)
         decisions.append(
             {
                 "int8 kinds": len(kept),
                 "vs float": _fmt_ratio(vs_float),
-                "stop": "slower whatever stays float: all weight layers INT8 for size",
+                "stop": "slower whatever stays float: all weight layers INT8 for size"
+                + (f" (but the free kinds: {', '.join(free_left)})" if free_left else ""),
             }
         )
     latency = {

@@ -171,6 +171,13 @@ def _rewrite(g: onnx.GraphProto, path: str, outer: dict, layers: dict, kept: dic
             _rewrite(sub, f"{path}/{sub_path}" if path else sub_path, inits, layers, kept)
 
 
+def summary(rec: dict) -> str:
+    """One line on a `tanh_where_requantized` record (the quantize notes and `info`)."""
+    worst = max((v.get("max_deviation_steps", 0) for v in (rec.get("layers") or {}).values()), default=0)
+    exact = f"; {len(rec['exact'])} kept exact" if rec.get("exact") else ""
+    return f"tanh form in {rec['tanh']} re-quantized GELU(s), at most {worst:.3f} of an output step from erf{exact}"
+
+
 def _to_tanh(node) -> None:
     if node.domain == "com.microsoft":  # contrib Gelu (exact) -> FastGelu (tanh form, same input and domain)
         node.op_type = "FastGelu"

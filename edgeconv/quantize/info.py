@@ -77,10 +77,9 @@ def quantization_section(rec: dict) -> dict:
         )
     gelu = rec.get("gelu")
     if isinstance(gelu, dict) and gelu.get("tanh"):
-        worst = max((v.get("max_deviation_steps", 0) for v in (gelu.get("layers") or {}).values()), default=0)
-        out["GELU"] = f"tanh form in {gelu['tanh']} re-quantized GELU(s), at most {worst:.3f} of an output step from erf" + (
-            f"; {len(gelu['exact'])} exact" if gelu.get("exact") else ""
-        )
+        from edgeconv.quantize.gelu import summary
+
+        out["GELU"] = summary(gelu)
     if rec.get("ops_left_float"):
         out["ops left float"] = ", ".join(f"{k} x{v}" for k, v in rec["ops_left_float"].items())
     if rec.get("kinds_left_float_for_latency"):

@@ -15,6 +15,7 @@ from edgeconv.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.hostcpu import this_int8_class
 from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.gelu import summary as gelu_summary
 from edgeconv.quantize.ort import Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8, top1
 from edgeconv.quantize.saturation import check_model
 from edgeconv.quantize.source import resolve_onnx
@@ -38,15 +39,6 @@ def latency_note(lat: dict) -> str:
     return (
         f"batch {lat['batch']} on this CPU: float {lat['float_ms']:.2f} ms, INT8 {lat['int8_ms']:.2f} ms "
         f"({verdict}, ratio {ratio:.2f}{interval})"
-    )
-
-
-def gelu_note(rec: dict) -> str:
-    worst = max(v["max_deviation_steps"] for v in rec["layers"].values())
-    exact = f"; {len(rec['exact'])} kept exact" if rec["exact"] else ""
-    return (
-        f"GELU: {rec['tanh']} re-quantized GELU(s) in the tanh form (at most {worst:.3f} of an output step from "
-        f"erf){exact}; --gelu exact keeps erf"
     )
 
 
@@ -115,7 +107,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         for path in res.unreached:
             notes.append(f"{path}: no calibration sample took this branch; it stays float")
         if res.gelu and res.gelu["tanh"]:
-            notes.append(gelu_note(res.gelu))
+            notes.append(f"GELU: {gelu_summary(res.gelu)}; --gelu exact keeps erf")
         if res.latency:
             notes.append(latency_note(res.latency))
         if target.per_channel and req.per_channel is False:

@@ -4,7 +4,7 @@
 
 Trains a teacher (routed-tiny, 12 epochs on digits) and prunes it to half its MACs once, then distils the pruned
 student from the teacher with each seed, once with `edgeconv distill` and once with `torchrun --nproc-per-node 2
--m edgeconv.cli distill`, and prints test top-1 of both, their difference and wall time. The two runs draw different
+-m edgeconv distill`, and prints test top-1 of both, their difference and wall time. The two runs draw different
 batches (a DistributedSampler shards each epoch), so the comparison is between runs, not bit-for-bit.
 """
 
@@ -30,7 +30,7 @@ def cpu_class() -> str:
 
 def edgeconv(*args: str, procs: int = 1) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs)), "COLUMNS": "160"}
-    cmd = [sys.executable, "-m", "edgeconv.cli", *args]
+    cmd = [sys.executable, "-m", "edgeconv", *args]
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m",
                "edgeconv.cli", *args]  # fmt: skip

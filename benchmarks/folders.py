@@ -1,12 +1,12 @@
 """Memory and speed of `edgeconv eval` on JPEG image folders of two sizes: does peak memory stay flat as files grow?
 
-(a) Two ImageNet-layout folders of digits JPEGs of mixed sizes (edgeconv.digitsfolder) are written under --work, or
+(a) Two ImageNet-layout folders of digits JPEGs of mixed sizes (edgeconv.data.digitsfolder) are written under --work, or
 reused when their MANIFEST.json matches: --small (default 20000) and --large (default 80000) train images, --val
 (default 2000) val images each, plus --corrupt / --truncated broken files per split (default 20 each).
 
 (b) For each folder, with --ckpt (a model trained elsewhere, e.g. on one of these folders or on RGB digits):
 
-    python -m edgeconv.cli eval CKPT --data imagefolder:FOLDER --split train --json eval-NAME.json
+    python -m edgeconv eval CKPT --data imagefolder:FOLDER --split train --json eval-NAME.json
 
 runs as a subprocess while its memory is measured, and a table gives, per folder: wall time, images/s, and peak
 memory three ways (see the legend printed under it), then the large/small ratio of each. A streaming loader keeps
@@ -45,7 +45,7 @@ def _log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------------- the CPU
 def cpu_summary() -> dict:
     """CPU model, cores and the INT8-relevant flags (what `grep -o 'avx512_vnni|avx_vnni|avx2' /proc/cpuinfo` shows)."""
-    from edgeconv.hostcpu import cpu_info
+    from edgeconv.runtime.hostcpu import cpu_info
 
     info = cpu_info()
     try:
@@ -77,7 +77,7 @@ def folder_name(n_train: int, n_val: int, args) -> str:
 def manifest_matches(m: dict, n_train: int, n_val: int, args) -> bool:
     try:
         return (
-            m["generator"] == "edgeconv.digitsfolder"
+            m["generator"] in ("edgeconv.data.digitsfolder", "edgeconv.digitsfolder")  # the name before the package layout
             and m["seed"] == args.seed
             and (m["min_size"], m["max_size"]) == (args.min_size, args.max_size)
             and (m["corrupt"], m["truncated"]) == (args.corrupt, args.truncated)
@@ -90,7 +90,7 @@ def manifest_matches(m: dict, n_train: int, n_val: int, args) -> bool:
 
 def ensure_folder(work: Path, n_train: int, n_val: int, args) -> tuple[Path, dict, dict]:
     """(folder, manifest, {"generated": bool, "seconds", "files_per_s"}): reuse a matching folder or write it."""
-    from edgeconv.digitsfolder import FORMAT_VERSION, write_digits_folder
+    from edgeconv.data.digitsfolder import FORMAT_VERSION, write_digits_folder
 
     folder = work / folder_name(n_train, n_val, args)
     mpath = folder / "MANIFEST.json"
@@ -209,7 +209,7 @@ class Sampler(threading.Thread):
 
 
 def run_eval(ckpt: Path, folder: Path, json_path: Path, log_path: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "edgeconv.cli", "eval", str(ckpt), "--data", f"imagefolder:{folder}"]
+    cmd = [sys.executable, "-m", "edgeconv", "eval", str(ckpt), "--data", f"imagefolder:{folder}"]
     cmd += ["--split", "train", "--json", str(json_path), *args.eval_arg]
     json_path.unlink(missing_ok=True)
     _log("running " + " ".join(cmd))
@@ -294,12 +294,12 @@ def main() -> None:
         ap.error(f"--ckpt {args.ckpt}: no such file")
 
     import sklearn.datasets  # noqa: F401 - imported before generation is timed
-    import edgeconv.data  # noqa: F401
+    import edgeconv.data.sources  # noqa: F401
 
     from rich.console import Console
 
-    from edgeconv.console import console, rows_table
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.console import console, rows_table
+    from edgeconv.common.errors import EdgeconvError
 
     if not console.is_terminal:  # piped to a file: do not squeeze the tables into 80 columns
         console = Console(width=160)

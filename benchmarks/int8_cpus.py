@@ -30,10 +30,10 @@ def _log(msg: str) -> None:
 
 def main() -> None:
     from edgeconv.artifacts import read_checkpoint
-    from edgeconv.console import console, rows_table
-    from edgeconv.data import load_samples
+    from edgeconv.common.console import console, rows_table
+    from edgeconv.data.sources import load_samples
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.hostcpu import cpu_record
+    from edgeconv.runtime.hostcpu import cpu_record
     from edgeconv.quantize import QuantizeRequest, quantize
     from edgeconv.quantize.crosscpu import qemu, score_files
     from edgeconv.quantize.saturation import check_model

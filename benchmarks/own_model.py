@@ -3,7 +3,7 @@
     .venv-timm/bin/python benchmarks/own_model.py [--work DIR] [--model efficientvit_m0] [--size 64]
         [--epochs 8] [--kd-epochs 12] [--train 3000] [--val 600]
 
-1. writes an ImageNet-layout folder of digits JPEGs of mixed sizes (`python -m edgeconv.digitsfolder`);
+1. writes an ImageNet-layout folder of digits JPEGs of mixed sizes (`python -m edgeconv.data.digitsfolder`);
 2. trains the timm model the way a timm user does (torchvision's ImageFolder, timm's `create_transform` from the
    model's pretrained config, AdamW) and saves timm's training-file layout (`state_dict`, `epoch`, `args`);
 3. runs the README's commands: `edgeconv import`, `prune --target-macs 0.5`, `distill`, `export`, `validate`,
@@ -26,7 +26,7 @@ from distributed import cpu_class  # noqa: E402
 
 
 def run(*args: str) -> str:
-    cmd = [sys.executable, "-m", "edgeconv.cli", *args]
+    cmd = [sys.executable, "-m", "edgeconv", *args]
     print("$ edgeconv " + " ".join(args), flush=True)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"CPU: {cpu_class()}, {os.cpu_count()} cores")
     folder = w / "digits"
     if not folder.exists():
-        subprocess.run([sys.executable, "-m", "edgeconv.digitsfolder", str(folder), "--train", str(a.train),
+        subprocess.run([sys.executable, "-m", "edgeconv.data.digitsfolder", str(folder), "--train", str(a.train),
                         "--val", str(a.val), "--no-progress"], check=True)  # fmt: skip
     ckpt = w / "model_best.pth.tar"
     if not ckpt.exists():

@@ -23,19 +23,20 @@ from pathlib import Path
 import torch
 
 from edgeconv import artifacts
+from edgeconv.models import load_model
 from edgeconv.compress.distill import DistillConfig, run_distill
 from edgeconv.compress.prune import PruneRequest, prune_model
-from edgeconv.console import console, rows_table
-from edgeconv.data import load_samples
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS
-from edgeconv.training import TrainConfig, evaluate
+from edgeconv.common.console import console, rows_table
+from edgeconv.data.sources import load_samples
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import FORMATS
+from edgeconv.train.loop import TrainConfig, evaluate
 
 CRITERIA = ("gradient", "taylor", "l1", "random")
 
 
 def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: int, batch_size: int) -> dict:
-    model, ck = artifacts.load_model(ckpt)
+    model, ck = load_model(ckpt)
     pre = ck["preprocessing"]
     train, test = load_samples("digits", pre, "train"), load_samples("digits", pre, "test")
     base = evaluate(model, test)["top1"]
@@ -69,7 +70,7 @@ def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: in
 def ort_latency_ms(paths: dict[str, Path], pre: dict, rounds: int, runs: int, threads: int) -> dict[str, float]:
     import numpy as np
 
-    from edgeconv.onnxrt import session
+    from edgeconv.runtime.onnxrt import session
 
     sessions = {k: session(p, threads=threads) for k, p in paths.items()}
     x = load_samples("digits", pre, "test").x[:1].numpy().astype(np.float32)
@@ -89,7 +90,7 @@ def ort_latency_ms(paths: dict[str, Path], pre: dict, rounds: int, runs: int, th
 
 def export_and_validate(ckpt: Path, onnx_path: Path) -> str:
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.export.validate import validate_onnx
+    from edgeconv.measure.validate import validate_onnx
 
     export_onnx(str(ckpt), onnx_path)
     rep = validate_onnx(onnx_path, against=ckpt, data="digits", split="test", limit=120)

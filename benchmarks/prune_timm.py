@@ -48,15 +48,16 @@ def main() -> None:
     import torch
 
     from edgeconv import artifacts
+    from edgeconv.models import load_model
     from edgeconv.compress.distill import DistillConfig, run_distill
     from edgeconv.compress.prune import PruneRequest, prune_model
-    from edgeconv.console import console, rows_table
-    from edgeconv.data import load_samples
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.console import console, rows_table
+    from edgeconv.data.sources import load_samples
+    from edgeconv.common.errors import EdgeconvError
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.export.validate import validate_onnx
+    from edgeconv.measure.validate import validate_onnx
     from edgeconv.models import count_params_macs
-    from edgeconv.training import TrainConfig, evaluate, run_train
+    from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
     a.work.mkdir(parents=True, exist_ok=True)
     console.print(f"CPU: {cpu_class()}, {os.cpu_count()} cores, torch {torch.__version__}")
@@ -64,7 +65,7 @@ def main() -> None:
     if data is None:
         folder = a.work / "digits"
         if not folder.exists():
-            subprocess.run([sys.executable, "-m", "edgeconv.digitsfolder", str(folder), "--train", str(a.train),
+            subprocess.run([sys.executable, "-m", "edgeconv.data.digitsfolder", str(folder), "--train", str(a.train),
                             "--val", str(a.val), "--no-progress"], check=True)  # fmt: skip
         data = f"imagefolder:{folder}"
     chans = 1 if data == "digits" else 3
@@ -75,7 +76,7 @@ def main() -> None:
         if not teacher.exists():
             run_train(f"timm:{name}", data, str(teacher), cfg=TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=64),
                       img_size=a.size, in_chans=chans, command="benchmarks/prune_timm.py")  # fmt: skip
-        model, ck = artifacts.load_model(teacher)
+        model, ck = load_model(teacher)
         pre = ck["preprocessing"]
         calib = load_samples(data, pre, "train", classes=ck["classes"]).stratified(512, seed=0)
         test = load_samples(data, pre, "test", classes=ck["classes"])

@@ -43,10 +43,10 @@ def make_224(name: str, work: Path, epochs: int) -> tuple[Path, Path, str]:
     """A 224x224 checkpoint of `name` (trained `epochs` on digits, 1 channel; 0: fresh RGB), its ONNX, and the
     data spec it is calibrated and scored on."""
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.data import digits_images01
+    from edgeconv.data.sources import digits_images01
     from edgeconv.export.onnx import export_onnx
     from edgeconv.models import create_model
-    from edgeconv.training import TrainConfig, run_train
+    from edgeconv.train.loop import TrainConfig, run_train
 
     ckpt, onx = work / f"{name}-224-e{epochs}.pt", work / f"{name}-224-e{epochs}.onnx"
     data = "digits"
@@ -179,7 +179,7 @@ def ort_variants(onx: Path, data: str, work: Path, scored: bool) -> tuple[dict[s
 def tflite_variants(ckpt: Path, data: str, work: Path, scored: bool) -> dict[str, Path]:
     """FP32 (litert-torch), FP16 weights, and INT8 through `edgeconv quantize`'s own path: the default op selection
     (auto: int8 wherever XNNPACK runs it) and full-integer (--ops all)."""
-    from edgeconv.artifacts import load_model
+    from edgeconv.models import load_model
     from edgeconv.quantize import QuantizeRequest, quantize
     from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
 
@@ -237,7 +237,7 @@ def paired_timing(sessions: dict, x: np.ndarray, reps: int, reference: str) -> t
 def paired_calls(calls: dict, reps: int, reference: str) -> tuple[dict, dict]:
     """Median ms of each call, and the median over `reps` interleaved repetitions of its ratio to `reference`
     within a repetition, with the ratio's 95% bootstrap interval."""
-    from edgeconv.stats import interleaved_times, paired_ratio
+    from edgeconv.common.stats import interleaved_times, paired_ratio
 
     times = dict(zip(calls, interleaved_times(list(calls.values()), seconds=0, min_runs=reps)))
     return (
@@ -247,10 +247,10 @@ def paired_calls(calls: dict, reps: int, reference: str) -> tuple[dict, dict]:
 
 
 def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int, seeds: list[int]) -> tuple[list, list]:
-    from edgeconv.artifacts import load_model
-    from edgeconv.data import load_samples
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
-    from edgeconv.tfliterun import TFLiteRunner
+    from edgeconv.runtime.tflite import TFLiteRunner
 
     ckpt, onx, data = make_224(name, work, epochs)
     ort_paths, records = ort_variants(onx, data, work, scored=epochs > 0)
@@ -347,14 +347,14 @@ def part2(ckpts: list[Path], work: Path) -> list[dict]:
 
 
 def _record_of(path: Path) -> dict:
-    from edgeconv.card import read_card
+    from edgeconv.artifacts.card import read_card
 
     return read_card(path).quantization or {}
 
 
 def main() -> None:
-    from edgeconv.console import console, rows_table
-    from edgeconv.hostcpu import cpu_record
+    from edgeconv.common.console import console, rows_table
+    from edgeconv.runtime.hostcpu import cpu_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

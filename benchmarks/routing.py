@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeconv.console import console, rows_table
+from edgeconv.common.console import console, rows_table
 from edgeconv.export.onnx import export_onnx
-from edgeconv.export.validate import ort_session
+from edgeconv.measure.validate import ort_session
 from edgeconv.models import create_model, routers
-from edgeconv.stats import median_ci
+from edgeconv.common.stats import median_ci
 
 ROUTE_LOGIT = 8.0  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
 COPY = "static:conv, 2nd copy"  # graph (d) timed again in sessions of its own
@@ -143,7 +143,7 @@ def pin_to_one_cpu(cpu: int | None) -> str:
 
 
 def make_session(path: Path, level: str, threads: int | None):
-    from edgeconv.onnxrt import session, session_options
+    from edgeconv.runtime.onnxrt import session, session_options
 
     if level not in LEVELS:
         raise SystemExit(f"unknown level {level!r} ({', '.join(LEVELS)})")

@@ -22,9 +22,10 @@ import torch
 
 def measure_family(family: str, out_dir: Path, epochs: int, threads: int, reuse: bool = False) -> dict:
     from edgeconv import artifacts
-    from edgeconv.data import load_samples
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples
     from edgeconv.models import count_params_macs, routers, set_routing
-    from edgeconv.training import TrainConfig, evaluate, run_train
+    from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
     name = f"{family}-tiny"
     ckpt_path, row_path = out_dir / f"{name}.pt", out_dir / f"{name}.json"
@@ -39,7 +40,7 @@ def measure_family(family: str, out_dir: Path, epochs: int, threads: int, reuse:
     # meaningful when other processes share the cores, wall seconds do not
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     load = max(load0, os.getloadavg()[0])
-    model, ck = artifacts.load_model(ckpt_path)
+    model, ck = load_model(ckpt_path)
     params, macs = count_params_macs(model, ck["preprocessing"])
     test = load_samples("digits", ck["preprocessing"], "test")
     hard = evaluate(model, test)
@@ -81,7 +82,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def main() -> int:
     from edgeconv import artifacts
-    from edgeconv.console import console, rows_table
+    from edgeconv.common.console import console, rows_table
     from edgeconv.models import families
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

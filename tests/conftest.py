@@ -54,7 +54,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(cache_dir):
     """trained(name="routed-tiny", epochs=12) -> Path of a checkpoint trained on digits (cached per session)."""
-    from edgeconv.training import TrainConfig, run_train
+    from edgeconv.train.loop import TrainConfig, run_train
 
     def get(name: str = "routed-tiny", epochs: int = 12) -> Path:
         path = cache_dir / f"{name}-e{epochs}.pt"
@@ -77,7 +77,7 @@ def trained(cache_dir):
 
 def _finished_or_resumable(path: Path) -> str:
     from edgeconv.artifacts import read_checkpoint
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.errors import EdgeconvError
 
     if not path.exists():
         return "missing"
@@ -92,7 +92,7 @@ def _finished_or_resumable(path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def digits_pre():
-    from edgeconv.data import digits_preprocessing
+    from edgeconv.data.sources import digits_preprocessing
 
     return digits_preprocessing(32)
 
@@ -105,7 +105,7 @@ def exported(trained, cache_dir):
     file is not the default export of this checkpoint (another checkpoint version, routing or batch setting; the
     cache outlives a run when EDGECONV_TEST_CACHE is set)."""
     from edgeconv.artifacts import file_sha256
-    from edgeconv.card import read_metadata
+    from edgeconv.artifacts.card import read_metadata
     from edgeconv.export.onnx import export_onnx
 
     def is_default_export(onnx_path: Path, ckpt: Path) -> bool:

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.data import digits_preprocessing
-from edgeconv.errors import EdgeconvError
+from edgeconv.models import load_model
+from edgeconv.data.sources import digits_preprocessing
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.measure.describe import describe
 from edgeconv.models import create_model, list_models
 from edgeconv.models.structure import current_structure, keep_unit, prunable_units
 
@@ -116,7 +118,7 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
     assert raw["format"] == artifacts.FORMAT and raw["family"] == model.cfg["family"]
     assert raw["preprocessing"]["size"] == 32 and raw["classes"] == CLASSES
     assert raw["provenance"]["edgeconv_version"] and raw["metrics"] == {"test_top1": 12.5}
-    loaded, ck = artifacts.load_model(path)
+    loaded, ck = load_model(path)
     assert not loaded.training
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
@@ -124,7 +126,7 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
 
 
 def test_trained_checkpoint_round_trips_through_save(trained, tmp_path):
-    model, ck = artifacts.load_model(trained())
+    model, ck = load_model(trained())
     again = artifacts.save_checkpoint(
         tmp_path / "again.pt",
         model,
@@ -133,7 +135,7 @@ def test_trained_checkpoint_round_trips_through_save(trained, tmp_path):
         metrics=ck["metrics"],
         provenance_rec=artifacts.provenance("pytest copy", trained(), ck),
     )
-    model2, ck2 = artifacts.load_model(again)
+    model2, ck2 = load_model(again)
     x = torch.randn(5, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model2(x), model(x))
@@ -153,7 +155,7 @@ def test_pruned_structure_is_recorded_and_reloads_with_equal_outputs(name, tmp_p
     keep_unit(model, chans, torch.arange(0, n_channels, 2))
     model.cfg["structure"] = current_structure(model)
     path = _save(model, tmp_path / "pruned.pt")
-    loaded, ck = artifacts.load_model(path)
+    loaded, ck = load_model(path)
     mods = dict(loaded.named_modules())
     for p in heads.paths:
         assert mods[p].num_heads == 2
@@ -161,7 +163,7 @@ def test_pruned_structure_is_recorded_and_reloads_with_equal_outputs(name, tmp_p
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert artifacts.describe(path)["model"]["pruned structure"] != "none"
+    assert describe(path)["model"]["pruned structure"] != "none"
 
 
 def test_resaving_a_model_keeps_tensors_in_extra_state(tmp_path):
@@ -182,7 +184,7 @@ def test_resaving_a_model_keeps_tensors_in_extra_state(tmp_path):
 
 
 def test_describe_names_family_params_macs_input_metrics_and_provenance(trained):
-    d = artifacts.describe(trained())
+    d = describe(trained())
     assert d["model"]["family"] == "routed" and d["model"]["variant"] == "tiny"
     assert int(d["model"]["params"].replace(",", "")) > 10_000
     assert int(d["model"]["MACs"].replace(",", "")) > 1_000_000
@@ -216,7 +218,7 @@ def _hostile(tmp_path: Path, how: str) -> tuple[Path, Path]:
 def test_a_pickle_that_needs_code_execution_is_refused_and_never_run(tmp_path, how):
     path, marker = _hostile(tmp_path, how)
     with pytest.raises(EdgeconvError, match=r"refusing to load.*(system|code)") as e:
-        artifacts.load_model(path)
+        load_model(path)
     assert "\n" not in str(e.value)
     assert not marker.exists()
 
@@ -239,7 +241,7 @@ def test_truncated_checkpoints_are_one_readable_error(trained, tmp_path, cut):
     path = tmp_path / "cut.pt"
     path.write_bytes(data[:n])
     with pytest.raises(EdgeconvError, match="corrupt or truncated checkpoint|an empty file, not a PyTorch checkpoint") as e:
-        artifacts.load_model(path)
+        load_model(path)
     assert "\n" not in str(e.value)
 
 
@@ -248,14 +250,14 @@ def test_garbage_files_are_one_readable_error(tmp_path, content):
     path = tmp_path / "garbage.pt"
     path.write_bytes(content)
     with pytest.raises(EdgeconvError, match="corrupt or truncated|refusing to load|a text file, not a PyTorch checkpoint"):
-        artifacts.load_model(path)
+        load_model(path)
 
 
 def test_missing_file_and_directory_are_named(tmp_path):
     with pytest.raises(EdgeconvError, match="no such file"):
-        artifacts.load_model(tmp_path / "nope.pt")
+        load_model(tmp_path / "nope.pt")
     with pytest.raises(EdgeconvError, match="is a directory"):
-        artifacts.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def _edited(trained, tmp_path: Path, edit) -> Path:
@@ -271,7 +273,7 @@ def test_checkpoint_of_an_unknown_family_is_named(trained, tmp_path):
         ck["family"] = ck["config"]["family"] = "martian"
 
     with pytest.raises(EdgeconvError, match=r"edited.pt: unknown model family 'martian'"):
-        artifacts.load_model(_edited(trained, tmp_path, martian))
+        load_model(_edited(trained, tmp_path, martian))
 
 
 @pytest.mark.parametrize(
@@ -288,5 +290,5 @@ def test_checkpoint_of_an_unknown_family_is_named(trained, tmp_path):
 )
 def test_malformed_checkpoints_are_one_readable_error(trained, tmp_path, edit, message):
     with pytest.raises(EdgeconvError, match=message) as e:
-        artifacts.load_model(_edited(trained, tmp_path, edit))
+        load_model(_edited(trained, tmp_path, edit))
     assert "\n" not in str(e.value)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.reports import pareto_front
-from edgeconv.runtime import report
-from edgeconv.runtime.bench import BenchConfig, latency_stats, measure, run_bench
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.measure.tables import pareto_front
+from edgeconv.measure import results as report
+from edgeconv.measure.bench import BenchConfig, latency_stats, measure, run_bench
 
 FAST = dict(warmup=1, iters=3, limit=60, threads=1)
 
@@ -103,7 +103,7 @@ def test_onnx_rows_agree_with_the_checkpoint(ckpt, onnx_fp32):
 @pytest.mark.slow
 def test_cli_writes_every_report_and_compares(ckpt, onnx_fp32, tmp_path, monkeypatch):
     from edgeconv.cli import app
-    from edgeconv.console import console
+    from edgeconv.common.console import console
 
     monkeypatch.setattr(console, "width", 240)  # the table is wide; CliRunner's default terminal is 80 columns
 
@@ -260,7 +260,7 @@ def test_folder_with_some_classes_is_scored_in_the_models_class_order(ckpt, tmp_
     """A folder holding only classes 3 and 7: labels must index the model's ten classes, not the folder's two."""
     import shutil
 
-    from edgeconv.data import default_calib_dir
+    from edgeconv.data.sources import default_calib_dir
 
     for c in ("3", "7"):
         shutil.copytree(default_calib_dir() / c, tmp_path / c)

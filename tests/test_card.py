@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgeconv.artifacts import file_sha256
-from edgeconv.card import QUANTIZATION_KEY, decode_props, encode_props, model_fields, read_card, read_sidecar, write_sidecar
-from edgeconv.errors import EdgeconvError
+from edgeconv.artifacts.card import QUANTIZATION_KEY, decode_props, encode_props, model_fields, read_card, read_sidecar, write_sidecar
+from edgeconv.common.errors import EdgeconvError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeconv"
 
@@ -127,7 +127,7 @@ def test_record_travels_as_json_in_the_onnx_props(exported, tmp_path):
     """What quantize writes under the key is the JSON object `read_card` returns (no second encoding)."""
     import onnx
 
-    from edgeconv.card import set_quantization
+    from edgeconv.artifacts.card import set_quantization
 
     proto = onnx.load(str(exported("routed-tiny")))
     set_quantization(proto, {"precision": "int8", "target": "portable"})

@@ -65,7 +65,7 @@ def test_eval_prints_accuracy_and_routing_and_writes_json(trained, monkeypatch, 
 
 
 def test_eval_on_an_image_folder_uses_the_model_class_order(trained, monkeypatch, capsys, tmp_path):
-    from edgeconv.data import default_calib_dir
+    from edgeconv.data.sources import default_calib_dir
 
     sub = tmp_path / "sevens" / "7"
     sub.mkdir(parents=True)
@@ -89,7 +89,7 @@ def test_info_shows_family_params_macs_input_metrics_provenance(trained, monkeyp
 
 
 def test_train_writes_a_checkpoint_that_eval_and_info_read(monkeypatch, capsys, tmp_path):
-    from edgeconv.data import default_calib_dir
+    from edgeconv.data.sources import default_calib_dir
 
     files = sorted(default_calib_dir().glob("*/*.png"))[::2]
     x = np.asarray([np.asarray(Image.open(p)) for p in files])
@@ -233,7 +233,7 @@ def test_unknown_model_name_and_routing_mode(trained, monkeypatch, capsys, tmp_p
 
 
 def test_routing_flag_on_a_model_without_a_router(monkeypatch, capsys, tmp_path):
-    from edgeconv.data import digits_preprocessing
+    from edgeconv.data.sources import digits_preprocessing
     from edgeconv.models import create_model
 
     path = artifacts.save_checkpoint(

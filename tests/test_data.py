@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconv.data import default_calib_dir, digits_images01, digits_split_indices, load_samples, write_digits_calibration
-from edgeconv.errors import EdgeconvError
+from edgeconv.data.sources import default_calib_dir, digits_images01, digits_split_indices, load_samples, write_digits_calibration
+from edgeconv.common.errors import EdgeconvError
 
 
 def _png(path, size=32, mode="L", value=128):
@@ -118,7 +118,7 @@ def test_images_of_other_sizes_and_modes_become_the_model_input(tmp_path, digits
     ],
 )
 def test_unreadable_images_are_skipped_and_listed_or_fatal_on_request(tmp_path, digits_pre, make):
-    from edgeconv.folders import SETTINGS, configure
+    from edgeconv.data.folders import SETTINGS, configure
 
     root = tmp_path / "data"
     make(root)
@@ -209,7 +209,7 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path, digits_p
 
 # ----------------------------------------------------------------------------------------------- splits
 def test_one_rule_decides_the_split_of_every_role():
-    from edgeconv.data import split_for
+    from edgeconv.data.sources import split_for
 
     assert [split_for("digits", r) for r in ("train", "calibrate", "evaluate")] == ["train", "train", "test"]
     assert split_for("digits", "evaluate", "val") == "val"
@@ -218,7 +218,7 @@ def test_one_rule_decides_the_split_of_every_role():
 
 
 def test_evaluating_on_training_data_is_refused_unless_asked_for():
-    from edgeconv.data import check_held_out
+    from edgeconv.data.sources import check_held_out
 
     assert check_held_out("digits", None, False, "prune") == "digits"
     assert check_held_out("npz:a.npz", "npz:b.npz", False, "prune") == "npz:b.npz"
@@ -236,7 +236,7 @@ def test_prune_on_an_unsplit_folder_refuses_before_any_work(trained, tmp_path):
 
 
 def test_commands_read_the_data_a_model_was_trained_on_unless_told():
-    from edgeconv.data import data_for
+    from edgeconv.data.sources import data_for
 
     assert data_for(None, {"dataset": "digits"}, "eval") == "digits"
     assert data_for(None, {"dataset": "imagefolder:/data/pets"}, "eval") == "imagefolder:/data/pets"

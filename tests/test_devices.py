@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.runtime import devices
 
 FIX = Path(__file__).parent / "fixtures" / "jetson"

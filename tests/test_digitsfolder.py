@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from edgeconv import digitsfolder
-from edgeconv.digitsfolder import main, write_digits_folder
-from edgeconv.errors import EdgeconvError
+from edgeconv.data import digitsfolder
+from edgeconv.data.digitsfolder import main, write_digits_folder
+from edgeconv.common.errors import EdgeconvError
 
 CLASSES = [str(i) for i in range(10)]
 ARGS = dict(n_train=60, n_val=20, corrupt=2, truncated=1, min_size=24, max_size=96, progress=False)
@@ -127,7 +127,7 @@ def test_refuses_non_empty_folder_and_bad_numbers(tmp_path, capsys):
 def test_cli_refuses_non_empty_output_with_one_line(tmp_path):
     (tmp_path / "old.jpg").write_bytes(b"x")
     r = subprocess.run(
-        [sys.executable, "-m", "edgeconv.digitsfolder", str(tmp_path), "--train", "10", "--val", "2"],
+        [sys.executable, "-m", "edgeconv.data.digitsfolder", str(tmp_path), "--train", "10", "--val", "2"],
         capture_output=True,
         text=True,
         timeout=60,

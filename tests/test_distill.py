@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from edgeconv import artifacts
+from edgeconv.models import load_model
 from edgeconv.compress.distill import DistillConfig, run_distill, state_path
 from edgeconv.compress.prune import PruneRequest, run_prune
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import create_model
-from edgeconv.training import TrainConfig
+from edgeconv.train.loop import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_
     rows = {r["model"].split(" (")[0]: r["top1 %"] for r in res["rows"]}
     assert set(rows) == {"teacher", "student before KD", "student after KD", "student fine-tuned without KD"}
     assert rows["student after KD"] > rows["student before KD"] + 10, rows
-    model, ck = artifacts.load_model(out)
+    model, ck = load_model(out)
     assert ck["metrics"]["test_top1"] == pytest.approx(rows["student after KD"])
     assert ck["provenance"]["teacher_sha256"] == artifacts.file_sha256(teacher)
     assert ck["config"]["structure"] == artifacts.read_checkpoint(student)["config"]["structure"]
@@ -55,9 +56,9 @@ def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    import edgeconv.training
+    import edgeconv.train.loop
 
-    monkeypatch.setattr(edgeconv.training, "evaluate", crash)
+    monkeypatch.setattr(edgeconv.train.loop, "evaluate", crash)
     with pytest.raises(KeyboardInterrupt):
         run_distill(
             str(teacher),
@@ -103,8 +104,8 @@ def test_feature_distillation_learns_a_projection_across_widths(trained, tmp_pat
         baseline=False,
         show_progress=False,
     )
-    before = artifacts.load_model(student)[0].state_dict()
-    after = artifacts.load_model(out)[0].state_dict()
+    before = load_model(student)[0].state_dict()
+    after = load_model(out)[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.data import digits_preprocessing
-from edgeconv.distributed import Context
-from edgeconv.errors import EdgeconvError
+from edgeconv.models import load_model
+from edgeconv.data.sources import digits_preprocessing
+from edgeconv.train.distributed import Context
+from edgeconv.common.errors import EdgeconvError
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def _torchrun(*args: str) -> list[str]:
         "--nproc-per-node",
         "2",
         "-m",
-        "edgeconv.cli",
+        "edgeconv",
         *args,
     ]
 
@@ -84,7 +85,7 @@ def test_two_process_distillation_survives_a_killed_worker_and_resumes(trained, 
     os.kill(workers[1], signal.SIGKILL)
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0, log
-    model, ck = artifacts.load_model(out)  # the last finished epoch, whole
+    model, ck = load_model(out)  # the last finished epoch, whole
     done = ck["extra"]["distill"]["epoch"]
     assert 1 <= done < 4
     st = torch.load(state, map_location="cpu", weights_only=True)
@@ -94,7 +95,7 @@ def test_two_process_distillation_survives_a_killed_worker_and_resumes(trained, 
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("distillation (alpha") == 1  # only rank 0 prints
     assert "Traceback" not in r.stdout + r.stderr
-    _, ck = artifacts.load_model(out)
+    _, ck = load_model(out)
     assert ck["extra"]["distill"]["epoch"] == 4 and ck["metrics"]["processes"] == 2
     assert not state.exists()
     res = json.loads(js.read_text())
@@ -103,11 +104,11 @@ def test_two_process_distillation_survives_a_killed_worker_and_resumes(trained, 
 
 DIVERGE = """
 import torch
-from edgeconv import distributed
-from edgeconv.data import digits_preprocessing, load_samples
-from edgeconv.errors import EdgeconvError
+from edgeconv.train import distributed
+from edgeconv.data.sources import digits_preprocessing, load_samples
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import create_model
-from edgeconv.training import TrainConfig, fit, supervised_loss
+from edgeconv.train.loop import TrainConfig, fit, supervised_loss
 
 ctx = distributed.context()
 cfg = TrainConfig(epochs=1, batch_size=32)

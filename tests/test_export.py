@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgeconv.artifacts import describe, file_sha256, load_model
-from edgeconv.errors import EdgeconvError
+from edgeconv.artifacts import file_sha256
+from edgeconv.models import load_model
+from edgeconv.measure.describe import describe
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.export import count_if_nodes, export_onnx, read_metadata
-from edgeconv.export.validate import PASSED, SKIPPED, ort_session, validate_onnx
+from edgeconv.measure.validate import PASSED, SKIPPED, ort_session, validate_onnx
 from edgeconv.models import create_model, routers, set_routing
 
 # families whose checkpoints other tests share train for 12 epochs; the rest only need parity, 6 is enough
@@ -63,7 +65,7 @@ def test_gated_validates_with_both_branches_covered(gated, routed_ckpt):
 @pytest.mark.slow
 def test_gated_graph_runs_only_the_routed_branch_per_sample(gated, routed_ckpt, digits_pre):
     """Batch-1 decisions in ONNX equal PyTorch's per-sample routes, and a mixed batch equals the samples alone."""
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
     from edgeconv.export.branches import instrument
 
     model, _ = load_model(routed_ckpt)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconv.data import check_held_out, has_splits, load_samples, split_for
-from edgeconv.errors import EdgeconvError
-from edgeconv.folders import SETTINGS, FolderSamples, configure, eval_geometry, scan, stratified_indices
+from edgeconv.data.sources import check_held_out, has_splits, load_samples, split_for
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.folders import SETTINGS, FolderSamples, configure, eval_geometry, scan, stratified_indices
 
 RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -20,7 +20,7 @@ RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A small ImageNet-layout folder of mixed-size JPEG digits, with 2 corrupt and 1 truncated files per split."""
-    from edgeconv.digitsfolder import write_digits_folder
+    from edgeconv.data.digitsfolder import write_digits_folder
 
     root = tmp_path_factory.mktemp("folder") / "digits"
     write_digits_folder(root, 300, 100, seed=0, corrupt=2, truncated=1, progress=False)
@@ -74,7 +74,7 @@ def test_flat_class_tree_gets_a_seeded_stratified_split(tmp_path):
 
 
 def test_a_class_trees_split_rule_travels_with_the_model_and_another_tree_is_read_whole(tmp_path):
-    from edgeconv.folders import split_record, split_rule
+    from edgeconv.data.folders import split_record, split_rule
 
     _class_tree(tmp_path / "a", {"x": 10, "y": 10})
     _class_tree(tmp_path / "b", {"x": 5, "y": 5})
@@ -112,7 +112,7 @@ def test_evaluation_geometry_resizes_the_shorter_side_and_centre_crops():
 
 
 def test_streamed_batches_skip_and_list_unreadable_files_and_do_not_depend_on_workers(folder):
-    from edgeconv.folders import configure, SETTINGS
+    from edgeconv.data.folders import configure, SETTINGS
 
     before = SETTINGS.workers
     try:
@@ -179,7 +179,7 @@ def test_calibration_limit_is_stratified_and_records_the_file_list(folder):
 
 
 def test_holding_a_folder_in_memory_is_refused_above_the_limit(folder, monkeypatch):
-    import edgeconv.folders as folders
+    import edgeconv.data.folders as folders
 
     monkeypatch.setattr(folders, "MEMORY_LIMIT_BYTES", 1000)
     with pytest.raises(EdgeconvError, match=r"need .* GiB in memory.*--limit"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS, Format, format_of, is_format, sidecar_path, sidecar_paths
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import FORMATS, Format, format_of, is_format, sidecar_path, sidecar_paths
 
 
 def test_every_suffix_belongs_to_exactly_one_format():
@@ -45,7 +45,7 @@ def test_quantize_backends_write_the_suffixes_of_their_formats():
 
 
 def test_one_session_factory_names_bad_levels():
-    from edgeconv.onnxrt import LEVELS, session_options
+    from edgeconv.runtime.onnxrt import LEVELS, session_options
 
     assert LEVELS == ("disable", "basic", "extended", "all")
     so = session_options("basic", threads=1)
@@ -58,7 +58,7 @@ def test_the_walker_reaches_nested_branches():
     import onnx
     from onnx import TensorProto, helper
 
-    from edgeconv.graphwalk import count_op, graphs, nodes
+    from edgeconv.artifacts.graphwalk import count_op, graphs, nodes
 
     def branch(name: str, inner=None) -> onnx.GraphProto:
         out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1])
@@ -90,7 +90,7 @@ def test_the_walker_reaches_nested_branches():
 
 
 def test_one_routing_vocabulary(trained, monkeypatch, capsys):
-    from edgeconv.artifacts import load_model
+    from edgeconv.models import load_model
     from edgeconv.export.onnx import ROUTINGS
     from edgeconv.models import routers, set_routing
     from edgeconv.models.routed import ROUTING_MODES

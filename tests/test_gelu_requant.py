@@ -39,7 +39,7 @@ def dq_gelu_q(
 
 
 def run_codes(model: onnx.ModelProto) -> np.ndarray:
-    from edgeconv.onnxrt import session
+    from edgeconv.runtime.onnxrt import session
 
     codes = np.arange(256, dtype=np.uint8)
     return session(model, level="basic").run(None, {"x": codes})[0].astype(int)
@@ -134,7 +134,7 @@ def test_dequantize_without_zero_point_is_checked_over_the_whole_range():
 
 
 def test_gelu_form_follows_the_option_and_tensorrt_keeps_erf():
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.errors import EdgeconvError
     from edgeconv.quantize.ort import Int8Options
     from edgeconv.quantize.targets import resolve_target
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 
 def _digest(paths) -> dict:
@@ -99,7 +99,7 @@ def test_tflite_from_onnx_refuses_a_checkpoint_changed_since_export(ckpt, tmp_pa
 
 
 def test_bench_trusts_a_recorded_source_path_only_with_its_hash(ckpt, tmp_path):
-    from edgeconv.runtime.bench import Artifact, find_reference
+    from edgeconv.measure.bench import Artifact, find_reference
 
     other = tmp_path / "other.pt"
     other.write_bytes(ckpt.read_bytes() + b"")
@@ -116,7 +116,7 @@ def test_bench_trusts_a_recorded_source_path_only_with_its_hash(ckpt, tmp_path):
 # ----------------------------------------------------------------------------------------------- pipeline folders
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "..", ""])
 def test_pipeline_names_cannot_leave_runs(name, tmp_path):
-    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+    from edgeconv.pipeline import PipelineConfigError, load_pipeline
 
     p = tmp_path / "p.toml"
     p.write_text(f"[pipeline]\nname = {name!r}\n[train]\n")
@@ -268,8 +268,9 @@ def test_nan_data_and_nan_weights_are_refused_in_one_line(ckpt, tmp_path, monkey
     import numpy as np
 
     from edgeconv import artifacts
-    from edgeconv.data import Samples
-    from edgeconv.training import TrainConfig, fit
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import Samples
+    from edgeconv.train.loop import TrainConfig, fit
 
     x = np.random.default_rng(0).random((20, 1, 32, 32)).astype(np.float32)
     x[3, 0, 5, 5] = np.nan
@@ -288,7 +289,7 @@ def test_nan_data_and_nan_weights_are_refused_in_one_line(ckpt, tmp_path, monkey
         _one_line(*_cli(monkeypatch, capsys, cmd[0], tmp_path / "nan.pt", *cmd[1:]), f"entry {name!r} holds NaN")
     assert (tmp_path / "nan.pt").read_bytes() == before and not (tmp_path / "nan.onnx").exists()
 
-    model, _ = artifacts.load_model(ckpt)
+    model, _ = load_model(ckpt)
     bad = Samples(torch.full((16, 1, 32, 32), float("inf")), torch.zeros(16, dtype=torch.long), [str(i) for i in range(10)])
     with pytest.raises(EdgeconvError, match="training diverged in epoch 1"):
         fit(model, bad, TrainConfig(epochs=1, batch_size=8), show_progress=False)

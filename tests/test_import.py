@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 MODULE = textwrap.dedent(
     '''
@@ -47,7 +47,7 @@ def user_code(tmp_path, monkeypatch):
     name = f"mynets_{abs(hash(str(tmp_path))) % 10**8}"
     (tmp_path / f"{name}.py").write_text(MODULE)
     monkeypatch.chdir(tmp_path)
-    from edgeconv import trust as trust_registry
+    from edgeconv.common import trust as trust_registry
     from edgeconv.models import user_module
 
     monkeypatch.setattr(trust_registry, "_TRUSTED", set())
@@ -73,8 +73,8 @@ def _reference(user_code: str):
 
 
 def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, user_code, tmp_path, monkeypatch):
-    from edgeconv.artifacts import load_model
-    from edgeconv import trust as trust_registry
+    from edgeconv.models import load_model
+    from edgeconv.common import trust as trust_registry
     from edgeconv.models import user_module
 
     mod = _reference(user_code)
@@ -107,7 +107,7 @@ def test_a_users_module_is_pruned_exported_and_validated(cli, user_code, tmp_pat
     """The chain on a user's own nn.MultiheadAttention model: heads pruned structurally with num_heads/head_dim
     true, the plain MLP's hidden channels found by Torch-Pruning's graph and pruned, the checkpoint reloads without
     tracing, and exports to ONNX that `validate` finds equal to PyTorch."""
-    from edgeconv.artifacts import load_model
+    from edgeconv.models import load_model
 
     mod = _reference(user_code)
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgeconv.artifacts import save_checkpoint
-from edgeconv.data import digits_images01, normalise
-from edgeconv.errors import EdgeconvError
+from edgeconv.data.sources import digits_images01, normalise
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.inspection import (
     AttentionRecord,
     inspect_checkpoint,
@@ -105,7 +105,7 @@ def test_shared_attention_layer_still_reports_its_token_drop(digits_pre):
 
 
 def test_router_decisions_equal_the_models_hard_decisions(trained, digits_pre):
-    from edgeconv.artifacts import load_model
+    from edgeconv.models import load_model
 
     model, ck = load_model(trained())
     for i in range(12):

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.hostcpu import int8_class, parse_cpuinfo
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.runtime.hostcpu import int8_class, parse_cpuinfo
 from edgeconv.quantize.saturation import INT16_MAX, check_model, emulate_u8s8, exact_u8s8, integer_layers
 from edgeconv.quantize.targets import TARGETS, resolve_target, target_warning
 
@@ -107,7 +107,7 @@ def _layer_inputs(model: onnx.ModelProto, node_name: str, x: np.ndarray) -> tupl
 
 def test_emulation_on_a_real_layer_shows_the_old_setting_corrupting_it_and_portable_exact(routed_files, digits_pre):
     """The classifier of routed-tiny on real digits, through the saturating kernel's arithmetic."""
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
 
     x = load_samples("digits", digits_pre, "test", limit=64).x.numpy().astype(np.float32)
     errors = {}
@@ -148,7 +148,7 @@ def test_info_device_names_the_int8_class(tmp_path):
     res = CliRunner().invoke(app, ["info", "--device", "--json", str(tmp_path / "d.json")])
     assert res.exit_code == 0, res.output
     cpu = json.loads((tmp_path / "d.json").read_text())["cpu"]
-    assert cpu["int8"] in {c[0] for c in __import__("edgeconv.hostcpu", fromlist=["x"]).INT8_CLASSES} | {
+    assert cpu["int8"] in {c[0] for c in __import__("edgeconv.runtime.hostcpu", fromlist=["x"]).INT8_CLASSES} | {
         "SSE (no VNNI)"
     } or cpu["int8"].startswith("unknown")
     assert cpu["int8 kernels"]
@@ -260,7 +260,7 @@ def test_files_on_an_emulated_avx2_cpu_without_vnni(routed_files, digits_pre, tm
     """qemu's Haswell model has AVX2 and no AVX-512/VNNI: onnxruntime picks its saturating U8S8 kernels there.
     The portable file gives the same top-1 as on this machine; the full-range file collapses (so the emulated CPU
     really is the class that breaks it)."""
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
 
     from edgeconv.quantize.crosscpu import score_files

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from edgeconv.errors import EdgeconvError, MissingDependencyError
+from edgeconv.common.errors import EdgeconvError, MissingDependencyError
 from edgeconv.models import (
     count_params_macs,
     create_model,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edgeconv.options import cli_defaults, cli_options, option
+from edgeconv.common.options import cli_defaults, cli_options, option
 from edgeconv.quantize import QuantizeSettings
 
 
@@ -56,8 +56,8 @@ def test_every_pipeline_default_is_the_cli_default(step):
 def test_settings_choices_match_the_torch_side_registries():
     from edgeconv.compress.importance import CRITERIA
     from edgeconv.export.onnx import ROUTINGS
-    from edgeconv.settings import CRITERIA as NAMES
-    from edgeconv.settings import EXPORT_ROUTINGS
+    from edgeconv.common.settings import CRITERIA as NAMES
+    from edgeconv.common.settings import EXPORT_ROUTINGS
 
     assert tuple(CRITERIA) == NAMES and tuple(ROUTINGS) == EXPORT_ROUTINGS
 
@@ -104,7 +104,7 @@ def test_a_new_option_shows_up_in_cli_and_pipeline_with_one_default(tmp_path):
 
 
 def test_pipeline_int8_target_is_checked_with_its_key(tmp_path):
-    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+    from edgeconv.pipeline import PipelineConfigError, load_pipeline
 
     p = tmp_path / "p.toml"
     p.write_text("[train]\n[export]\n[quantize]\nint8_target = 'tensorrt'\n")
@@ -116,7 +116,7 @@ def test_pipeline_int8_target_is_checked_with_its_key(tmp_path):
 
 
 def test_pipeline_int8_target_without_an_ort_int8_target_is_refused(tmp_path):
-    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+    from edgeconv.pipeline import PipelineConfigError, load_pipeline
 
     p = tmp_path / "p.toml"
     p.write_text("[train]\n[export]\n[quantize]\ntargets = ['ort:fp16']\nint8_target = 'arm64'\n")
@@ -127,7 +127,7 @@ def test_pipeline_int8_target_without_an_ort_int8_target_is_refused(tmp_path):
 def test_pipeline_prune_on_unsplit_data_needs_eval_data_before_any_step(tmp_path):
     import numpy as np
 
-    from edgeconv.pipeline.config import PipelineConfigError, load_pipeline
+    from edgeconv.pipeline import PipelineConfigError, load_pipeline
 
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 32, 32), np.float32), y=np.zeros(4, np.int64))
     p = tmp_path / "p.toml"

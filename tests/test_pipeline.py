@@ -12,7 +12,7 @@ import pytest
 
 from edgeconv.artifacts import file_sha256
 from edgeconv.pipeline import PipelineConfigError, PipelineStepError, load_pipeline, run_pipeline
-from edgeconv.pipeline.config import parse_pipeline
+from edgeconv.pipeline.loader import parse_pipeline
 
 
 def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
@@ -134,7 +134,8 @@ def test_second_run_reuses_every_step_and_one_option_reruns_only_what_follows(tm
     # an option of the first step that changes its output: it and every step after it run again
     other = tmp_path / "other.pt"
     other.write_bytes(ckpt.read_bytes())
-    from edgeconv.artifacts import load_model, save_checkpoint
+    from edgeconv.artifacts import save_checkpoint
+    from edgeconv.models import load_model
 
     m, ck = load_model(other)
     save_checkpoint(other, m, preprocessing=ck["preprocessing"], classes=ck["classes"], metrics={"tag": 1})
@@ -229,9 +230,9 @@ def test_an_interrupted_step_leaves_run_json_and_report_about_this_run(tmp_path,
 
 
 def test_report_json_and_md(tmp_path, trained):
-    from edgeconv.artifacts import load_model
-    from edgeconv.data import load_samples
-    from edgeconv.training import evaluate
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples
+    from edgeconv.train.loop import evaluate
 
     run_dir = tmp_path / "run"
     ckpt = own_copy(trained, tmp_path)

@@ -25,14 +25,14 @@ def routed_pair(exported, tmp_path_factory, digits_pre):
 
 
 def _x(digits_pre, n=4):
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
 
     return load_samples("digits", digits_pre, "test", limit=n).x.numpy().astype(np.float32)
 
 
 def test_ort_profile_counts_branch_nodes_once(routed_pair, digits_pre):
-    from edgeconv.graphwalk import nodes
-    from edgeconv.runtime.profile import CONTROL_FLOW, profile_ort
+    from edgeconv.artifacts.graphwalk import nodes
+    from edgeconv.measure.profile import CONTROL_FLOW, profile_ort
 
     fp32, _ = routed_pair
     p = profile_ort(fp32, _x(digits_pre, 1), runs=5)
@@ -47,7 +47,7 @@ def test_ort_profile_counts_branch_nodes_once(routed_pair, digits_pre):
 
 
 def test_int8_profile_shows_the_integer_kernels_and_their_qdq(routed_pair, digits_pre):
-    from edgeconv.runtime.profile import profile_ort, profile_rows
+    from edgeconv.measure.profile import profile_ort, profile_rows
 
     fp32, q = routed_pair
     x = _x(digits_pre)
@@ -95,14 +95,14 @@ def test_cli_bench_profile_writes_table_json_and_png(routed_pair, trained, tmp_p
 
 
 def test_profile_refuses_what_it_cannot_profile(trained, tmp_path):
-    from edgeconv.errors import EdgeconvError
-    from edgeconv.runtime.profile import profile_artifact, run_profiles
+    from edgeconv.common.errors import EdgeconvError
+    from edgeconv.measure.profile import profile_artifact, run_profiles
 
     with pytest.raises(EdgeconvError, match="give at least one .onnx, .tflite or TensorRT engine"):
         run_profiles([trained("routed-tiny")], "digits", "test", 1)
     with pytest.raises(EdgeconvError, match="TensorRT layer profiles need TensorRT"):
         profile_artifact(tmp_path / "m.engine", np.zeros((1, 1, 32, 32), np.float32))
-    from edgeconv.runtime.profile import _tensorrt_here, check_profilable
+    from edgeconv.measure.profile import _tensorrt_here, check_profilable
 
     if not _tensorrt_here():
         with pytest.raises(EdgeconvError, match="TensorRT layer profiles need TensorRT and a GPU"):
@@ -111,7 +111,7 @@ def test_profile_refuses_what_it_cannot_profile(trained, tmp_path):
 
 def test_profile_rows_show_tflite_operators_outside_xnnpack():
     """Untimed (TFLite) columns give each operator type's count and how many ran in built-in kernels."""
-    from edgeconv.runtime.profile import OpProfile, profile_rows
+    from edgeconv.measure.profile import OpProfile, profile_rows
 
     ort = OpProfile("m.onnx", "onnxruntime", "fp32", 1, 5, 2.0, {"Conv": {"ms": 1.5, "count": 3}})
     tfl = OpProfile(
@@ -133,7 +133,7 @@ def hvt_tflite(trained, digits_pre, tmp_path_factory):
     """hvt-tiny as FP32 and full-integer INT8 .tflite (full-integer leaves GELU, Softmax, BatchMatMul and the
     LayerNorm arithmetic in TFLite's built-in kernels)."""
     pytest.importorskip("litert_torch")
-    from edgeconv.artifacts import load_model
+    from edgeconv.models import load_model
     from edgeconv.quantize.tflite import convert_fp32, quantize_tflite
 
     model, ck = load_model(trained("hvt-tiny"))
@@ -146,7 +146,7 @@ def hvt_tflite(trained, digits_pre, tmp_path_factory):
 
 @pytest.mark.slow
 def test_tflite_profile_times_xnnpack_operators_and_reports_partitions(hvt_tflite, digits_pre):
-    from edgeconv.runtime.profile import profile_tflite
+    from edgeconv.measure.profile import profile_tflite
 
     p = profile_tflite(hvt_tflite[0], _x(digits_pre, 1), runs=5)
     assert p.wall_ms > 0 and p.by_type and p.top
@@ -164,7 +164,7 @@ def test_tflite_profile_times_xnnpack_operators_and_reports_partitions(hvt_tflit
 def test_tflite_int8_profile_times_each_operator_that_left_xnnpack(hvt_tflite, digits_pre):
     """The operators LiteRT's profiler timed in built-in kernels are exactly those the delegation walk found
     outside XNNPACK - two independent views of the same graph, equal on every CPU."""
-    from edgeconv.runtime.profile import profile_rows, profile_tflite
+    from edgeconv.measure.profile import profile_rows, profile_tflite
 
     fp32, q = hvt_tflite
     a, b = profile_tflite(fp32, _x(digits_pre, 1), runs=5), profile_tflite(q, _x(digits_pre, 1), runs=5)
@@ -180,8 +180,8 @@ def test_tflite_int8_profile_times_each_operator_that_left_xnnpack(hvt_tflite, d
 def test_tflite_profile_without_the_c_profiler_keeps_operator_counts(hvt_tflite, digits_pre, monkeypatch):
     """Where LiteRT's C profiler cannot be bound (another wheel, another C API), the profile says so and still
     gives the operator counts and the delegate split."""
-    from edgeconv import litertprof
-    from edgeconv.runtime.profile import profile_tflite
+    from edgeconv.runtime import tflite_profile as litertprof
+    from edgeconv.measure.profile import profile_tflite
 
     def unavailable():
         raise litertprof.ProfilerUnavailable("libLiteRt.so has not the profiler C API this binding expects")

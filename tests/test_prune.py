@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from edgeconv import artifacts
+from edgeconv.models import load_model
 from edgeconv.compress.prune import (
     LayerPlan,
     PrunePlan,
@@ -24,8 +25,8 @@ from edgeconv.compress.prune import (
     prune_model,
     run_prune,
 )
-from edgeconv.data import load_samples
-from edgeconv.errors import EdgeconvError
+from edgeconv.data.sources import load_samples
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import count_params_macs, create_model, create_model_from_config, list_models
 from edgeconv.models.structure import prunable_units
 
@@ -222,7 +223,7 @@ class _UserModel(nn.Module):
 
 
 def test_multihead_attention_adapter_is_torch_arithmetic():
-    from edgeconv.models.adapters import adapt
+    from edgeconv.models.prunable import adapt
 
     torch.manual_seed(0)
     for batch_first in (True, False):
@@ -242,7 +243,7 @@ def test_a_users_multihead_attention_gets_its_heads_pruned_and_num_heads_follows
     """Gradient head sensitivity on a plain nn.Module: whole heads go, num_heads/head_dim stay true, the output
     equals the unpruned model with those heads masked, and the recorded structure rebuilds the same shapes."""
     from edgeconv.compress.prune import prune_model
-    from edgeconv.models.adapters import adapt
+    from edgeconv.models.prunable import adapt
     from edgeconv.models.structure import apply_structure
 
     torch.manual_seed(0)
@@ -271,9 +272,9 @@ def test_a_users_multihead_attention_gets_its_heads_pruned_and_num_heads_follows
 
 def test_gradient_beats_random_on_a_trained_model(trained, digits_pre):
     """At a fixed budget (half of all hidden channels), gradient sensitivity keeps clearly more accuracy."""
-    from edgeconv.training import evaluate
+    from edgeconv.train.loop import evaluate
 
-    model, ck = artifacts.load_model(trained("routed-tiny"))
+    model, ck = load_model(trained("routed-tiny"))
     train = load_samples("digits", digits_pre, "train")
     test = load_samples("digits", digits_pre, "test")
     acc = {}
@@ -298,7 +299,7 @@ def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
         heatmap_path=str(tmp_path / "h.png"),
         command="pytest prune",
     )
-    model, ck = artifacts.load_model(out)
+    model, ck = load_model(out)
     assert ck["provenance"]["parent_sha256"] == artifacts.file_sha256(src)
     assert ck["config"]["structure"]["blocks.0.attn"]["heads"] < 4 or ck["config"]["structure"]["stem.1"]["hidden"] < 96
     assert ck["metrics"]["macs"] <= 0.7 * ck["metrics"]["parent_macs"]
@@ -311,7 +312,7 @@ def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
 
 def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
     src = str(trained("routed-tiny"))
-    exe = [sys.executable, "-m", "edgeconv.cli"]
+    exe = [sys.executable, "-m", "edgeconv"]
     env = {**os.environ, "COLUMNS": "200"}
     bad = subprocess.run(
         exe + ["prune", src, "--heads", "1.5", "-o", str(tmp_path / "x.pt")], capture_output=True, text=True, env=env
@@ -355,7 +356,7 @@ def test_the_dependency_graph_finds_hidden_channels_in_a_users_model_and_leaves_
     the residual stream (embed, project, MLP output) and the classifier are left alone; pruning them equals masking
     them, and the recorded structure rebuilds the same model without tracing."""
     from edgeconv.compress.dependency import add_graph_units
-    from edgeconv.models.adapters import adapt
+    from edgeconv.models.prunable import adapt
     from edgeconv.models.structure import apply_structure, current_structure
 
     torch.manual_seed(0)

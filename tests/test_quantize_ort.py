@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 
 @pytest.fixture(scope="session")
 def digits_eval(digits_pre):
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
 
     s = load_samples("digits", digits_pre, "test")
     return s.x.numpy(), s.y.numpy()
@@ -203,7 +203,7 @@ def test_requantized_gelus_go_tanh_inside_if_branches_too_and_agree_with_exact(r
     (quantize/gelu.py), and the file is as close to the float model as the --gelu exact file."""
     from onnx import helper
 
-    from edgeconv.graphwalk import graphs
+    from edgeconv.artifacts.graphwalk import graphs
     from edgeconv.quantize.ort import Int8Options, ort_logits, ort_session, quantize_int8
 
     float_model, res = routed_int8
@@ -352,7 +352,7 @@ def test_fp16_keeps_ifs_and_accuracy(exported, digits_eval):
 def test_cli_quantize_records_calibration_and_accuracy_and_info_shows_it(exported, tmp_path):
     from typer.testing import CliRunner
 
-    from edgeconv.artifacts import describe
+    from edgeconv.measure.describe import describe
     from edgeconv.cli import app
 
     out = tmp_path / "m.int8.onnx"
@@ -438,7 +438,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(exported, trained, tmp_path)
 
 
 def test_quantizing_a_quantized_model_is_refused(routed_int8, tmp_path):
-    from edgeconv.card import encode_props as write_metadata
+    from edgeconv.artifacts.card import encode_props as write_metadata
 
     _, res = routed_int8
     m = onnx.ModelProto()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -19,8 +19,8 @@ pytest.importorskip("ai_edge_litert")
 
 def test_select_routing_matches_hard_routing_and_restores_the_model(trained, digits_pre):
     """The fallback graph gives every sample the answer hard routing gives, and the model is left as it was."""
-    from edgeconv.artifacts import load_model
-    from edgeconv.data import load_samples
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples
     from edgeconv.models import routers, set_routing
     from edgeconv.quantize.tflite import routing_patterns, select_routing
 
@@ -52,7 +52,7 @@ def routed_tflite_int8(trained, tmp_path_factory):
 
 @pytest.mark.slow
 def test_routed_tflite_int8_is_verified_within_one_point_and_leaves_no_int8_op_outside_xnnpack(routed_tflite_int8):
-    from edgeconv.formats import sidecar_path
+    from edgeconv.artifacts.formats import sidecar_path
     from edgeconv.quantize.tflite import TFLiteRunner
 
     out, rep = routed_tflite_int8
@@ -74,7 +74,7 @@ def test_routed_tflite_int8_is_verified_within_one_point_and_leaves_no_int8_op_o
 
 @pytest.mark.slow
 def test_info_describes_a_tflite_artifact(routed_tflite_int8):
-    from edgeconv.artifacts import describe
+    from edgeconv.measure.describe import describe
 
     out, _ = routed_tflite_int8
     desc = describe(out)
@@ -100,7 +100,7 @@ def test_tflite_within_one_point_for_acmix_and_hvt(name, precision, trained, tmp
 def _assert_all_in_xnnpack(out, rec):
     """The default INT8 selection leaves no operator outside XNNPACK: a property of the graph and the delegate, the
     same on every CPU (unlike the timing, which is only recorded)."""
-    from edgeconv.tfliterun import TFLiteRunner
+    from edgeconv.runtime.tflite import TFLiteRunner
 
     assert rec["ops"] == "auto"
     split = TFLiteRunner(out).delegation()
@@ -119,7 +119,7 @@ def test_tflite_ops_all_is_full_integer_and_weights_keeps_activations_float(trai
     operators XNNPACK has no int8 kernel for fall back and split the graph, and the record names them. --ops weights:
     only the weight layers are int8, the input stays float and the graph stays in one partition."""
     from edgeconv.quantize import QuantizeRequest, quantize
-    from edgeconv.tfliterun import TFLiteRunner
+    from edgeconv.runtime.tflite import TFLiteRunner
 
     full = quantize(QuantizeRequest(trained("hvt-tiny"), tmp_path / "all.tflite", "int8", "tflite", ops="all"))
     rec = full.record
@@ -161,8 +161,8 @@ def test_tflite_rejects_onnx_without_checkpoint(tmp_path, trained):
     import onnx
     from onnx import TensorProto, helper
 
-    from edgeconv.data import digits_preprocessing
-    from edgeconv.card import encode_props as write_metadata
+    from edgeconv.data.sources import digits_preprocessing
+    from edgeconv.artifacts.card import encode_props as write_metadata
     from edgeconv.quantize import QuantizeRequest, quantize
 
     g = helper.make_graph(
@@ -185,9 +185,9 @@ def test_tflite_max_drop_keeps_the_most_sensitive_weight_layers_float(trained, t
     """--max-drop 0 on a file calibrated on 3 images: the weight layers are ranked by their logit error alone and
     the most sensitive go back to float until top-1 (in the interpreter) is no lower than FP32's; or, when even all
     of them float is not enough, one line and nothing written."""
-    from edgeconv.formats import sidecar_path
+    from edgeconv.artifacts.formats import sidecar_path
     from edgeconv.quantize import QuantizeRequest, quantize
-    from edgeconv.tfliterun import TFLiteRunner
+    from edgeconv.runtime.tflite import TFLiteRunner
 
     out = tmp_path / "m.tflite"
     req = QuantizeRequest(trained("hvt-tiny"), out, "int8", "tflite", data="digits", calib_limit=3, max_drop=0.0)
@@ -232,7 +232,7 @@ def test_saliency_top_k_token_selection_converts_and_runs_in_int8(trained, tmp_p
     ],
 )
 def test_a_slower_int8_names_the_missing_dot_product_only_on_an_x86_cpu_without_vnni(monkeypatch, isa, ci, named):
-    from edgeconv import hostcpu
+    from edgeconv.runtime import hostcpu
     from edgeconv.quantize import tflite
 
     cls = hostcpu.int8_class(isa.split(), "x86_64")

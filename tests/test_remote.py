@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.runtime.remote import SshTarget, parse_host, run_remote_bench, safe_name
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
@@ -138,7 +138,7 @@ def test_unknown_host_key_is_refused(sshd, tmp_path):
 
 @pytest.mark.slow
 def test_remote_bench_round_trip_with_hostile_file_name(sshd, trained, tmp_path, monkeypatch):
-    from edgeconv.runtime.bench import BenchConfig, run_bench
+    from edgeconv.measure.bench import BenchConfig, run_bench
 
     src = trained("routed-tiny", 12)
     hostile = tmp_path / "$(touch PWNED); `touch PWNED2` m'x.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeconv.stats import interleaved_times, median_ci, paired_ratio
+from edgeconv.common.stats import interleaved_times, median_ci, paired_ratio
 
 
 def test_interleaved_times_runs_every_call_once_per_repetition_in_a_shuffled_order():

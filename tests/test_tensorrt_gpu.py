@@ -16,8 +16,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def gpu():
-    from edgeconv.errors import EdgeconvError
-    from edgeconv.trtengine import require_gpu
+    from edgeconv.common.errors import EdgeconvError
+    from edgeconv.runtime.tensorrt import require_gpu
 
     try:
         return require_gpu()
@@ -45,9 +45,9 @@ def test_engine_builds_runs_and_keeps_accuracy(precision, gpu, routed_onnx, tmp_
 
 
 def test_runner_handles_every_batch_in_the_profile(gpu, routed_onnx, digits_pre):
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
     from edgeconv.quantize.ort import convert_fp16, ort_logits, ort_session
-    from edgeconv.trtengine import TensorRTRunner, build_engine, profile_for
+    from edgeconv.runtime.tensorrt import TensorRTRunner, build_engine, profile_for
 
     float_model = onnx.load(str(routed_onnx))
     half = convert_fp16(float_model)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -74,7 +74,7 @@ def test_check_symmetric_rejects_the_cpu_uint8_graph(routed_onnx, digits_pre):
 def test_qdq_onnx_runs_in_onnxruntime_within_a_point(qdq, routed_onnx, digits_pre):
     """Measured the way the CPU stand-in is recorded: Q/DQ in float (ORT_ENABLE_BASIC), which cannot saturate;
     a default session would run x86 U8S8 kernels, whose answer depends on the CPU, not on the engine."""
-    from edgeconv.data import load_samples
+    from edgeconv.data.sources import load_samples
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
 
     s = load_samples("digits", digits_pre, "test")
@@ -84,7 +84,7 @@ def test_qdq_onnx_runs_in_onnxruntime_within_a_point(qdq, routed_onnx, digits_pr
 
 
 def test_profiles_follow_the_dynamic_batch(routed_onnx):
-    from edgeconv.trtengine import Profile, profile_for
+    from edgeconv.runtime.tensorrt import Profile, profile_for
 
     p = profile_for(onnx.load(str(routed_onnx)), 1, 8, 32)
     assert p.input_name == "input" and p.shapes() == ((1, 1, 32, 32), (8, 1, 32, 32), (32, 1, 32, 32))
@@ -113,7 +113,7 @@ def test_engine_without_tensorrt_is_one_line_with_the_hint_and_no_output(routed_
 
 
 def test_no_gpu_is_a_clear_error():
-    from edgeconv.trtengine import require_gpu
+    from edgeconv.runtime.tensorrt import require_gpu
 
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python not installed")

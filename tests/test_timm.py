@@ -32,7 +32,7 @@ def test_timm_hybrid_exports_with_dynamic_batch_and_matches_pytorch(name, tmp_pa
     import onnxruntime as ort
 
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.card import read_metadata
+    from edgeconv.artifacts.card import read_metadata
     from edgeconv.export.onnx import export_onnx
 
     model = _model(name)
@@ -57,7 +57,8 @@ def test_timm_hybrid_exports_with_dynamic_batch_and_matches_pytorch(name, tmp_pa
 
 
 def test_timm_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
-    from edgeconv.artifacts import load_model, provenance, save_checkpoint
+    from edgeconv.artifacts import provenance, save_checkpoint
+    from edgeconv.models import load_model
 
     model = _model("levit_128s")
     path = save_checkpoint(
@@ -71,7 +72,7 @@ def test_timm_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
 
 
 def test_unknown_timm_name_is_a_clear_error():
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.errors import EdgeconvError
     from edgeconv.models import create_model
 
     with pytest.raises(EdgeconvError, match="timm has no model named"):
@@ -83,7 +84,7 @@ def test_pruning_a_timm_model_with_unknown_attention_names_the_module_and_writes
     the module's class and path; the CLI writes no file."""
     from edgeconv.artifacts import provenance, save_checkpoint
     from edgeconv.compress.prune import PruneRequest, prune_model
-    from edgeconv.errors import EdgeconvError
+    from edgeconv.common.errors import EdgeconvError
 
     from edgeconv.models import create_model
 
@@ -94,7 +95,7 @@ def test_pruning_a_timm_model_with_unknown_attention_names_the_module_and_writes
         prune_model(model, PRE, None, PruneRequest(heads=0.3, criterion="l1"))
     ckpt = save_checkpoint(tmp_path / "swin.pt", model, preprocessing={**PRE, "size": 224},
                            classes=[str(i) for i in range(10)], provenance_rec=provenance("pytest"))  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "edgeconv.cli", "prune", str(ckpt), "--heads", "0.3", "--criterion", "l1",
+    r = subprocess.run([sys.executable, "-m", "edgeconv", "prune", str(ckpt), "--heads", "0.3", "--criterion", "l1",
                         "--eval-on-train", "-o", str(tmp_path / "p.pt")], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "WindowAttention" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "p.pt").exists()
@@ -124,9 +125,10 @@ def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, targ
     target, reloads from a weights_only checkpoint and exports to matching ONNX."""
     import onnxruntime as ort
 
-    from edgeconv.artifacts import load_model, provenance, save_checkpoint
+    from edgeconv.artifacts import provenance, save_checkpoint
+    from edgeconv.models import load_model
     from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
-    from edgeconv.data import Samples
+    from edgeconv.data.sources import Samples
     from edgeconv.export.onnx import export_onnx
     from edgeconv.models import count_params_macs
 
@@ -165,9 +167,10 @@ def test_a_timm_vit_is_pruned_to_half_the_macs_with_num_heads_kept_true_and_relo
     whose num_heads/attn_dim match its weights, reloads from a weights_only checkpoint, exports and matches."""
     import onnxruntime as ort
 
-    from edgeconv.artifacts import load_model, provenance, save_checkpoint
+    from edgeconv.artifacts import provenance, save_checkpoint
+    from edgeconv.models import load_model
     from edgeconv.compress.prune import PruneRequest, prune_model
-    from edgeconv.data import Samples
+    from edgeconv.data.sources import Samples
     from edgeconv.export.onnx import export_onnx
     from edgeconv.models import count_params_macs
 
@@ -203,8 +206,8 @@ def test_import_of_a_timm_training_file_records_timms_preprocessing(tmp_path):
     read with weights_only, giving the same logits, with timm's pretrained input size, filter, crop and mean/std."""
     import argparse
 
-    from edgeconv.artifacts import load_model
-    from edgeconv.importer import import_checkpoint
+    from edgeconv.models import load_model
+    from edgeconv.models.importer import import_checkpoint
 
     torch.manual_seed(0)
     net = timm.create_model("efficientvit_m0", pretrained=False, num_classes=4).eval()

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.data import digits_images01, load_samples
-from edgeconv.errors import EdgeconvError
+from edgeconv.models import load_model
+from edgeconv.data.sources import digits_images01, load_samples
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import set_routing
-from edgeconv.training import TrainConfig, evaluate, run_train
+from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
 
 def test_short_run_reaches_the_accuracy_floor_and_records_it(trained):
-    model, ck = artifacts.load_model(trained())
+    model, ck = load_model(trained())
     test = load_samples("digits", ck["preprocessing"], "test")
     res = evaluate(model, test)
     assert res["top1"] >= 95.0, res["top1"]  # 12 epochs of routed-tiny on digits
@@ -25,7 +26,7 @@ def test_short_run_reaches_the_accuracy_floor_and_records_it(trained):
 
 
 def test_hard_routing_is_within_a_point_of_soft_and_counts_every_input(trained):
-    model, ck = artifacts.load_model(trained())
+    model, ck = load_model(trained())
     test = load_samples("digits", ck["preprocessing"], "test")
     hard = evaluate(model, test)
     for name, counts in hard["routing"].items():
@@ -132,7 +133,7 @@ def test_training_refuses_unlabelled_data_and_weights_for_zoo_models(tmp_path):
 
 
 def test_resume_needs_a_training_state(trained, tmp_path):
-    model, ck = artifacts.load_model(trained())
+    model, ck = load_model(trained())
     bare = artifacts.save_checkpoint(tmp_path / "bare.pt", model, preprocessing=ck["preprocessing"], classes=ck["classes"])
     with pytest.raises(EdgeconvError, match="no training state"):
         run_train(
@@ -141,7 +142,7 @@ def test_resume_needs_a_training_state(trained, tmp_path):
 
 
 def test_scoring_labels_the_model_does_not_have_is_an_error(trained, tmp_path):
-    model, ck = artifacts.load_model(trained())
+    model, ck = load_model(trained())
     np.savez(tmp_path / "eleven.npz", x=np.zeros((2, 32, 32), np.float32), y=np.array([3, 11]))
     samples = load_samples(f"npz:{tmp_path / 'eleven.npz'}", ck["preprocessing"])
     with pytest.raises(EdgeconvError, match="label 11 does not exist for a model with 10 classes"):

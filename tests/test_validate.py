@@ -14,13 +14,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeconv.export.branches import instrument, record
-from edgeconv.card import encode_props as write_metadata
-from edgeconv.card import read_metadata
-from edgeconv.export.validate import FAILED, PASSED, SKIPPED, ort_session, validate_onnx
+from edgeconv.artifacts.card import encode_props as write_metadata
+from edgeconv.artifacts.card import read_metadata
+from edgeconv.measure.validate import FAILED, PASSED, SKIPPED, ort_session, validate_onnx
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeconv.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "edgeconv", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_wrong_opset_fails_with_the_operators_it_lacks(good, tmp_path):
 
 
 def test_raised_opset_is_a_note_not_a_failure(good):
-    from edgeconv.export.validate import _check_opset
+    from edgeconv.measure.validate import _check_opset
 
     proto = onnx.load(str(good))
     for o in proto.opset_import:
@@ -166,7 +166,7 @@ def _if_model(threshold: float) -> onnx.ModelProto:
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    from edgeconv.data import digits_preprocessing
+    from edgeconv.data.sources import digits_preprocessing
 
     write_metadata(model, {"preprocessing": digits_preprocessing(32), "routing": "gated"})
     return model

@@ -21,7 +21,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models.structure import is_channel_module, is_head_module
 
 ELEMENTWISE_OPS = {"_ElementWiseOp", "_ReshapeOp"}  # Torch-Pruning's pseudo-modules for ops without weights
@@ -149,7 +149,7 @@ def _passes(model: nn.Module, consumer: str, example: torch.Tensor) -> bool:
 
 def add_graph_units(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Find, check and make the hidden-channel units of `model` (in place); the consumers' paths."""
-    from edgeconv.models.adapters import make_graph_unit, unmake_graph_unit
+    from edgeconv.models.prunable import make_graph_unit, unmake_graph_unit
 
     if model.__dict__.get("_graph_units_traced"):  # found once (copies inherit the flag): no second trace
         return []

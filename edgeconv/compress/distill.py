@@ -6,7 +6,7 @@ Loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T))      (Hinton et al. 20
                                                                 linear projection when the widths differ, else identity)
      + the student's own auxiliary loss (router balance / decisiveness of routed blocks).
 
-Training reuses `edgeconv.training.fit` (same optimiser, schedule, augmentation), with a custom loss and a per-epoch
+Training reuses `edgeconv.train.loop.fit` (same optimiser, schedule, augmentation), with a custom loss and a per-epoch
 checkpoint. Optimiser state cannot go through the checkpoint's JSON-plain `extra`, so resumable state lives in a
 side file `<out>.state.pt` (plain tensors, read with weights_only=True), removed when the run completes.
 """
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.training import TrainConfig
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.train.loop import TrainConfig
 
 
 @dataclass
@@ -97,7 +97,7 @@ def check_compatible(teacher_ck: dict, student_ck: dict, teacher_path, student_p
 
 
 def kd_loss_fn(teacher: nn.Module, dcfg: DistillConfig, tcfg: TrainConfig):
-    from edgeconv.distributed import unwrap
+    from edgeconv.train.distributed import unwrap
 
     teacher.eval()
     T = dcfg.temperature
@@ -147,15 +147,17 @@ def run_distill(
     With `baseline`, the same student is also fine-tuned without KD for the same epochs (same seed and schedule),
     so the table shows what distillation itself adds.
     """
-    from edgeconv import artifacts, distributed
-    from edgeconv.data import check_held_out, load_samples, split_for
-    from edgeconv.training import evaluate, fit
+    from edgeconv import artifacts
+    from edgeconv.models import load_model
+    from edgeconv.train import distributed
+    from edgeconv.data.sources import check_held_out, load_samples, split_for
+    from edgeconv.train.loop import evaluate, fit
 
     dcfg.check()
     ctx = distributed.context()
     ctx.per_rank_batch(tcfg.batch_size)
-    teacher, t_ck = artifacts.load_model(teacher_path)
-    student0, s_ck = artifacts.load_model(student_path)
+    teacher, t_ck = load_model(teacher_path)
+    student0, s_ck = load_model(student_path)
     check_compatible(t_ck, s_ck, teacher_path, student_path)
     pre, classes = s_ck["preprocessing"], s_ck["classes"]
     eval_data = check_held_out(data, eval_data, allow_train_eval, "distill")
@@ -182,7 +184,7 @@ def run_distill(
             raise EdgeconvError(f"--resume: {sp} is not a distillation state")
         if st.get("teacher_sha256") != artifacts.file_sha256(teacher_path):
             raise EdgeconvError(f"--resume: {out} was distilled from a different teacher")
-        resumed, _ = artifacts.load_model(out)
+        resumed, _ = load_model(out)
         wrapped.student = resumed
         try:
             if projector is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models.structure import Unit
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from edgeconv.compress.importance import get_criterion, normalise_per_layer
-from edgeconv.data import Samples
-from edgeconv.errors import EdgeconvError
+from edgeconv.data.sources import Samples
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import count_params_macs
 from edgeconv.models.structure import Unit, current_structure, is_channel_module, keep_unit, prunable_units
 
@@ -107,7 +107,8 @@ def ensure_prunable(model: nn.Module, pre: dict | None = None) -> list[Unit]:
     """The model's prunable units (users' timm / nn.MultiheadAttention modules adapted in place first, and for users'
     models given `pre` the hidden channels Torch-Pruning's dependency graph finds), or an error naming the first
     attention module edgeconv cannot prune (nothing is pruned then)."""
-    from edgeconv.models.adapters import adapt, unknown_attention
+    from edgeconv.models.prunable import adapt
+    from edgeconv.models.structure import unknown_attention
 
     adapt(model)
     cfg = getattr(model, "cfg", None)
@@ -352,7 +353,7 @@ def plan_pruning(
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Remove every unit the plan does not keep (in place) and record the new structure in `model.cfg`."""
-    from edgeconv.models.adapters import adapt, make_graph_unit
+    from edgeconv.models.prunable import adapt, make_graph_unit
 
     adapt(model)
     mods = dict(model.named_modules())
@@ -462,14 +463,15 @@ def run_prune(
 ) -> dict:
     """Load, plan, apply, measure before/after, then write the pruned checkpoint, JSON report and heatmap."""
     from edgeconv import artifacts
-    from edgeconv.data import check_held_out, load_samples, split_for
-    from edgeconv.training import evaluate
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import check_held_out, load_samples, split_for
+    from edgeconv.train.loop import evaluate
 
     req.check()
     eval_data = check_held_out(data, eval_data, allow_train_eval, "prune")
     if not dry_run and not out:
         raise EdgeconvError("give -o/--out for the pruned checkpoint (or --dry-run to only print the plan)")
-    model, ck = artifacts.load_model(ckpt_path)
+    model, ck = load_model(ckpt_path)
     pre = ck["preprocessing"]
     ensure_prunable(model, pre)
     calib = load_samples(data, pre, split_for(data, "calibrate"), classes=ck["classes"])
@@ -518,7 +520,7 @@ def run_prune(
                 }
             },
         )
-        reloaded, _ = artifacts.load_model(out)  # the recorded structure must rebuild the same network
+        reloaded, _ = load_model(out)  # the recorded structure must rebuild the same network
         x = test.x[:8]
         with torch.no_grad():
             if not torch.allclose(reloaded(x), pruned.eval()(x), atol=1e-5):

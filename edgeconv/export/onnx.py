@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 
 from edgeconv import __version__
-from edgeconv.card import FORMAT_KEY, METADATA_FORMAT, decode_props, encode_props
-from edgeconv.checks import MIN_OPSET, check_opset  # noqa: F401 - MIN_OPSET re-exported
-from edgeconv.errors import EdgeconvError
+from edgeconv.artifacts.card import FORMAT_KEY, METADATA_FORMAT, decode_props, encode_props
+from edgeconv.common.checks import MIN_OPSET, check_opset  # noqa: F401 - MIN_OPSET re-exported
+from edgeconv.common.errors import EdgeconvError
 
 # the routing modes of models/routed.py that make sense in ONNX (`select` is the no-control-flow form for TFLite)
 ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
@@ -103,7 +103,8 @@ def export_onnx(
     bare model (a checkpoint carries its own). on_step(name) is called at each stage (for progress displays).
     The file is written atomically; a failure raises `EdgeconvError` naming the module or operator at fault.
     """
-    from edgeconv.artifacts import atomic_path, file_sha256, load_model
+    from edgeconv.artifacts import atomic_path, file_sha256
+    from edgeconv.models import load_model
     from edgeconv.models import routers, set_routing
 
     t0 = time.perf_counter()
@@ -204,7 +205,7 @@ def export_onnx(
 
 def count_if_nodes(proto_or_graph) -> int:
     """`If` nodes anywhere in the graph, nested branches included."""
-    from edgeconv.graphwalk import count_op
+    from edgeconv.artifacts.graphwalk import count_op
 
     return count_op(proto_or_graph, "If")
 
@@ -329,7 +330,7 @@ def _input_shape(proto, batch: int) -> list[int]:
 
 
 def _ort_run(proto, x):
-    from edgeconv.onnxrt import session
+    from edgeconv.runtime.onnxrt import session
 
     sess = session(proto)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]

@@ -6,10 +6,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from edgeconv.artifacts import file_sha256, register_describer, short_hash
-from edgeconv.card import decode_props, load_onnx_proto
-from edgeconv.formats import FORMATS
-from edgeconv.graphwalk import nodes
+from edgeconv.artifacts import file_sha256, short_hash
+from edgeconv.artifacts.describe import register_describer
+from edgeconv.artifacts.card import decode_props, load_onnx_proto
+from edgeconv.artifacts.formats import FORMATS
+from edgeconv.artifacts.graphwalk import nodes
 
 
 def value_shape(vi) -> str:

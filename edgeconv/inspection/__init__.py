@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.inspection.capture import (
     AttentionRecord,
     Inspection,
@@ -49,8 +49,8 @@ __all__ = [  # re-exported: the library's inspection API
 
 def load_image(spec: str, pre: dict) -> tuple[str, torch.Tensor, int | None]:
     """(display name, image [C, H, W] in [0, 1], label or None) for `digits:N` (N-th test digit) or an image path."""
-    from edgeconv.data import digits_images01
-    from edgeconv.folders import read_image01
+    from edgeconv.data.sources import digits_images01
+    from edgeconv.data.folders import read_image01
 
     if spec.startswith("digits:"):
         n = spec.split(":", 1)[1]
@@ -105,12 +105,13 @@ def summarize(ins: Inspection, classes: list[str]) -> dict:
 def inspect_checkpoint(ckpt: str | Path, images: list[str], out_dir: str | Path, routing: str | None = None) -> dict:
     """Inspect each image with the checkpoint's model; write PNGs and inspect.json into out_dir."""
     from edgeconv import artifacts
-    from edgeconv.data import normalise
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import normalise
     from edgeconv.models import set_routing
 
     if not images:
         raise EdgeconvError("give at least one image (a PNG path or digits:N)")
-    model, ck = artifacts.load_model(ckpt)
+    model, ck = load_model(ckpt)
     if routing and not set_routing(model, routing):
         raise EdgeconvError(f"{ckpt}: model has no router, --routing does not apply")
     pre, classes = ck["preprocessing"], ck["classes"]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.models.prunable import make_graph_unit
 
 
 @dataclass
@@ -81,8 +82,6 @@ def keep_unit(model: nn.Module, unit: Unit, keep: torch.Tensor) -> None:
 
 def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
     """Shrink a freshly built model to the recorded widths (weights are loaded afterwards)."""
-    from edgeconv.models.adapters import make_graph_unit
-
     mods = dict(model.named_modules())
     for path, spec in structure.items():
         m = mods.get(path)
@@ -113,3 +112,17 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
                 if n != full:
                     (m.keep_heads if key == "heads" else m.keep_hidden)(torch.arange(n))
                 break
+
+
+def unknown_attention(model: nn.Module) -> list[tuple[str, type]]:
+    """(path, class) of modules that look like attention and have no head structure edgeconv can prune."""
+    def known(m: nn.Module) -> bool:
+        return is_head_module(m) or is_channel_module(m)
+
+    out = []
+    for path, m in model.named_modules():
+        name = type(m).__name__.lower()
+        if ("attention" in name or "attn" in name.split(".")[-1]) and not known(m):
+            if not any(known(c) for c in m.modules() if c is not m):
+                out.append((path, type(m)))
+    return out

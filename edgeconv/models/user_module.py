@@ -19,9 +19,9 @@ import sys
 
 import torch.nn as nn
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.trust import TRUST_ENV, is_factory_name, is_trusted, trust  # noqa: F401 - re-exported
-from edgeconv.models import register_family
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.common.trust import TRUST_ENV, is_factory_name, is_trusted, trust  # noqa: F401 - re-exported
+from edgeconv.models.registry import register_family
 
 
 def _factory(name: str):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, load_pipeline, parse_pipeline  # noqa: F401
+from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError  # noqa: F401
+from edgeconv.pipeline.loader import load_pipeline, parse_pipeline  # noqa: F401
 from edgeconv.pipeline.runner import PipelineStepError, RunResult, StepOutcome, run_pipeline  # noqa: F401
 from edgeconv.pipeline.steps import STEPS, Artifact, Step, StepContext, StepResult, register_step  # noqa: F401
 

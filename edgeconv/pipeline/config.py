@@ -23,20 +23,14 @@ import dataclasses
 import math
 import difflib
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.options import option  # noqa: F401 - steps declare their options with it
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.common.options import option  # noqa: F401 - steps declare their options with it
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -115,7 +109,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
-def _unknown_key(key: str, known: list[str], where: str, what: str = "key") -> PipelineConfigError:
+def unknown_key(key: str, known: list[str], where: str, what: str = "key") -> PipelineConfigError:
     close = difflib.get_close_matches(key.rpartition(".")[2], known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return PipelineConfigError(f"{where}: unknown {what} {key!r} ({hint}known: {', '.join(known) or 'none'})")
@@ -129,7 +123,7 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
     flds = {f.name: f for f in dataclasses.fields(cls)}
     for k in table:
         if k not in flds:
-            raise _unknown_key(f"{section}.{k}", list(flds), where)
+            raise unknown_key(f"{section}.{k}", list(flds), where)
     values = {}
     for name, f in flds.items():
         key = f"{section}.{name}"
@@ -177,57 +171,3 @@ def resolve_data_spec(spec: str, key: str, where: str, base_dir: Path) -> str:
     if not p.exists():
         raise PipelineConfigError(f"{where}: {key}: no such {'folder' if kind == 'imagefolder' else 'file'}: {p}")
     return f"{kind}:{p}"
-
-
-# ------------------------------------------------------------------------------------------------ loading
-def parse_pipeline(doc: dict, *, base_dir: Path, source: str = "<pipeline>") -> PipelineConfig:
-    """Check a parsed TOML document completely (keys, types, inputs, step order) and build the config."""
-    from edgeconv.pipeline.steps import STEPS, check_order
-
-    if "pipeline" in doc:
-        pipe = build_options(PipelineOptions, doc["pipeline"], "pipeline", source, base_dir)
-    else:
-        pipe = PipelineOptions()
-    pipe.name = pipe.name or Path(source).stem or "pipeline"
-    if not RUN_NAME.fullmatch(pipe.name):  # starts with a letter or digit: never "." or ".."
-        raise PipelineConfigError(
-            f"{source}: pipeline.name = {pipe.name!r}: use letters, digits, '.', '_' and '-' "
-            "(at most 100; it names the folder runs/NAME, so no '/' or '..')"
-        )
-    pipe.data = resolve_data_spec(pipe.data, "pipeline.data", source, base_dir)
-    specs = []
-    for section, table in doc.items():
-        if section == "pipeline":
-            continue
-        if section not in STEPS:
-            raise _unknown_key(section, list(STEPS), source, what="step")
-        step = STEPS[section]
-        opts = build_options(step.Options, table, section, source, base_dir)
-        for key in ("data", "eval_data"):
-            if getattr(opts, key, None):
-                setattr(opts, key, resolve_data_spec(getattr(opts, key), f"{section}.{key}", source, base_dir))
-        specs.append(StepSpec(section, opts))
-    if not specs:
-        raise PipelineConfigError(f"{source}: no steps (add tables such as 'train' and 'export'; known: {', '.join(STEPS)})")
-    cfg = PipelineConfig(pipe, specs, base_dir, source)
-    for s in specs:
-        STEPS[s.name].check(s.options, cfg)
-    check_order(cfg)
-    return cfg
-
-
-def load_pipeline(path: str | Path) -> PipelineConfig:
-    p = Path(path)
-    if not p.exists():
-        raise PipelineConfigError(f"no such pipeline file: {p}")
-    if p.is_dir():
-        raise PipelineConfigError(f"{p} is a directory; give the pipeline's .toml file")
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise PipelineConfigError(f"{p}: not valid TOML ({e})")
-    except UnicodeDecodeError:
-        raise PipelineConfigError(f"{p}: not a text file")
-    except OSError as e:
-        raise PipelineConfigError(f"{p}: cannot read ({e.strerror or e})")
-    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p))

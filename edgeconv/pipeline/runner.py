@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from edgeconv import __version__, artifacts
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError
 from edgeconv.pipeline.steps import STEPS, Artifact, StepContext, StepResult
 
@@ -205,8 +205,8 @@ def run_pipeline(
     even when cached (e.g. to measure `bench` again); the steps after them follow the usual rule."""
     import torch
 
-    from edgeconv.console import console
-    from edgeconv.pipeline.report import write_report
+    from edgeconv.common.console import console
+    from edgeconv.pipeline.summary import write_report
 
     log = log or (lambda msg: console.print(msg, highlight=False))
     rerun = set(rerun)
@@ -298,7 +298,7 @@ def _write_run(run_dir: Path, cfg: PipelineConfig, outcomes: list[StepOutcome], 
     """run.json (the statuses of this run); with `report`, also report.md/json of a run that stopped early, so
     neither describes the previous run. A report that cannot be made then never hides why the run stopped."""
     if report:
-        from edgeconv.pipeline.report import write_report
+        from edgeconv.pipeline.summary import write_report
 
         try:
             write_report(run_dir, cfg, outcomes)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
 from edgeconv.quantize import QuantizeSettings
-from edgeconv.settings import (
+from edgeconv.common.settings import (
     SPLITS,
     BenchSettings,
     DistillSettings,
@@ -135,7 +135,7 @@ def check_order(cfg: PipelineConfig) -> None:
 
 def _check_held_out(step: str, opts: Any, cfg: PipelineConfig) -> None:
     """Before any step runs: a step that trains and evaluates needs held-out data (data.check_held_out)."""
-    from edgeconv.data import check_held_out
+    from edgeconv.data.sources import check_held_out
 
     try:
         check_held_out(cfg.pipeline.data, opts.eval_data or None, opts.eval_on_train, step)
@@ -154,11 +154,11 @@ def model_label(ckpt: dict) -> str:
 
 def _eval_rows(path: Path, label: str, data: str, split: str | None) -> tuple[dict, dict]:
     """Evaluate a checkpoint: (row for the final table, metrics with the per-router routing mix)."""
-    from edgeconv import artifacts
-    from edgeconv.data import load_samples, split_for
-    from edgeconv.training import evaluate
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples, split_for
+    from edgeconv.train.loop import evaluate
 
-    model, ck = artifacts.load_model(path)
+    model, ck = load_model(path)
     split = split_for(data, "evaluate", split, trained_on=ck["preprocessing"].get("dataset") or "")
     samples = load_samples(data, ck["preprocessing"], split, classes=ck["classes"])
     res = evaluate(model, samples)
@@ -204,7 +204,7 @@ class Train(Step):
     @classmethod
     def run(cls, opts: TrainOptions, ctx: StepContext) -> StepResult:
         from edgeconv import artifacts
-        from edgeconv.training import TrainConfig, run_train
+        from edgeconv.train.loop import TrainConfig, run_train
 
         out = ctx.out_dir / "model.pt"
         if opts.checkpoint:
@@ -414,14 +414,14 @@ class Export(Step):
     def run(cls, opts: ExportOptions, ctx: StepContext) -> StepResult:
         from edgeconv.export import export_onnx
         from edgeconv.models import routers
-        from edgeconv import artifacts
+        from edgeconv.models import load_model
 
         outputs, rows, metrics = [], [], {}
         jobs = [("onnx", ctx.inputs["checkpoint"], "model.onnx")]
         if "float" in ctx.inputs:
             jobs.insert(0, ("onnx:float", ctx.inputs["float"], "float.onnx"))
         for kind, src, fname in jobs:
-            model, _ = artifacts.load_model(src.path)
+            model, _ = load_model(src.path)
             routing = opts.routing if routers(model) else None
             res = export_onnx(
                 src.path,
@@ -512,7 +512,7 @@ class Quantize(Step):
 
     @classmethod
     def run(cls, opts: QuantizeOptions, ctx: StepContext) -> StepResult:
-        from edgeconv.data import default_calib_dir
+        from edgeconv.data.sources import default_calib_dir
         from edgeconv.quantize import BACKENDS, quantize, request_from
 
         data = None
@@ -596,7 +596,7 @@ class Validate(Step):
     @classmethod
     def run(cls, opts: ValidateOptions, ctx: StepContext) -> StepResult:
         from edgeconv import artifacts
-        from edgeconv.export.validate import validate_onnx
+        from edgeconv.measure.validate import validate_onnx
 
         metrics, rows, failures = {}, [], []
         sources = {"onnx": ctx.inputs["checkpoint"], "onnx:float": ctx.inputs["float"]}
@@ -639,11 +639,11 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
     import numpy as np
     import torch
 
-    from edgeconv import artifacts
-    from edgeconv.data import load_samples, split_for
+    from edgeconv.models import load_model
+    from edgeconv.data.sources import load_samples, split_for
     from edgeconv.runtime.backends import load_runner, targets_for
 
-    ref, ck = artifacts.load_model(reference)
+    ref, ck = load_model(reference)
     samples = load_samples(
         data, ck["preprocessing"], split_for(data, "evaluate", split), limit=limit or None, classes=ck["classes"]
     )
@@ -684,7 +684,7 @@ class Bench(Step):
     @classmethod
     def run(cls, opts: BenchOptions, ctx: StepContext) -> StepResult:
         from edgeconv import artifacts
-        from edgeconv.runtime.bench import BenchConfig, run_bench
+        from edgeconv.measure.bench import BenchConfig, run_bench
 
         arts = list(ctx.inputs.values())
         by_path = {str(a.path): a for a in arts}

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS, is_format
-from edgeconv.options import option
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import FORMATS, is_format
+from edgeconv.common.options import option
 from edgeconv.quantize.targets import TARGETS
 
 METHODS = ("minmax", "entropy", "percentile")  # calibration methods (onnxruntime's)
@@ -44,7 +44,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend(
             "ort",
-            "edgeconv.quantize.ort_backend",
+            "edgeconv.quantize.ort_writer",
             FORMATS["onnx"].suffixes,
             ("int8", "fp16"),
             "onnxruntime: static Q/DQ INT8 (inside If branches too), FP16",
@@ -203,7 +203,7 @@ def quantize(req: QuantizeRequest, on_step: Callable[[str], None] | None = None)
     """Run one quantization request on its backend."""
     b = check_request(req)
     if is_format(req.model, "onnx"):  # every backend: a broken or hostile ONNX is refused before any work
-        from edgeconv.card import load_onnx_proto
+        from edgeconv.artifacts.card import load_onnx_proto
 
         load_onnx_proto(req.model)
     mod = importlib.import_module(b.module)

@@ -3,7 +3,7 @@
 Calibration data is always real images matching the model's input spec: the digits PNGs shipped in
 `calib_data/digits` (the default for models trained on digits), a folder given with `--calib`, or a data spec given
 with `--data` (digits | imagefolder:PATH | npz:PATH; its train split). Folder images are resized and centre-cropped
-by the model's preprocessing (edgeconv.folders); nothing is synthesised: an empty folder or a model with no
+by the model's preprocessing (edgeconv.data.folders); nothing is synthesised: an empty folder or a model with no
 applicable default is an error naming what is missing. `--calib-limit N` draws a class-stratified subset (seeded
 by `--calib-seed`, 0 by default); a folder of more than DEFAULT_FOLDER_LIMIT files is drawn down to that many unless a
 limit is given. The record keeps the hash of the decoded tensors and, for folders, the hash of the file list and the
@@ -19,9 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgeconv.data import Samples, default_calib_dir, load_imagefolder, load_samples
-from edgeconv.folders import FolderSamples
-from edgeconv.errors import EdgeconvError
+from edgeconv.data.sources import Samples, default_calib_dir, load_imagefolder, load_samples
+from edgeconv.data.folders import FolderSamples
+from edgeconv.common.errors import EdgeconvError
 
 # Calibration batches: every sample alone (so each routed sample reaches its own `If` branch, as at batch 1) and
 # shuffled mixed batches of this size (so the per-sample select branch of a mixed batch is calibrated too).

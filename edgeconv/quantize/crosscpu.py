@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 SCORE = """
 import sys, numpy as np
-from edgeconv.onnxrt import session
+from edgeconv.runtime.onnxrt import session
 d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
 for path in sys.argv[2:]:
     s = session(path)

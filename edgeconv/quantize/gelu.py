@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeconv.graphwalk import subgraph_attrs
+from edgeconv.artifacts.graphwalk import subgraph_attrs
 from edgeconv.quantize.onnx_graph import free_variables
 
 MAX_DEVIATION = 0.5  # of the output quantization step: codes then move by at most one

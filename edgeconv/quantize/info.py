@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeconv.artifacts import file_sha256, register_describer, register_section, short_hash
-from edgeconv.card import QUANTIZATION_KEY, read_sidecar
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import FORMATS
+from edgeconv.artifacts import file_sha256, short_hash
+from edgeconv.artifacts.describe import register_describer, register_section
+from edgeconv.artifacts.card import QUANTIZATION_KEY, read_sidecar
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import FORMATS
 
 
 def quantization_section(rec: dict) -> dict:

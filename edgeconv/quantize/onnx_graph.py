@@ -14,7 +14,7 @@ import hashlib
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeconv.graphwalk import initializers, subgraph_attrs  # noqa: F401 - subgraph_attrs is used here and re-exported
+from edgeconv.artifacts.graphwalk import initializers, subgraph_attrs  # noqa: F401 - subgraph_attrs is used here and re-exported
 
 SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 

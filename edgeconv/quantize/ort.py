@@ -32,8 +32,8 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from edgeconv.card import copy_props, decode_props, quantization_of
-from edgeconv.errors import EdgeconvError
+from edgeconv.artifacts.card import copy_props, decode_props, quantization_of
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.quantize import GELU_FORMS, METHODS, OP_POLICIES
 from edgeconv.quantize import onnx_graph as og
 from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
@@ -125,7 +125,7 @@ class Int8Options:
 # ----------------------------------------------------------------------------------------------- sessions
 def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, level: str = "all"):
     """An onnxruntime CPU session (level `all`, or `extended` where ORT_ENABLE_ALL is unsafe: FP16)."""
-    from edgeconv.onnxrt import session
+    from edgeconv.runtime.onnxrt import session
 
     return session(model, level=level, threads=threads or None)
 
@@ -554,7 +554,7 @@ def _select_by_latency(tree: QuantTree, calib: CalibrationSet, batch: int, step)
     INT8), so the same model on the same machine class gives the same file. Top-down rather than adding kinds one
     by one: the size win needs nearly every weight in INT8.
     """
-    from edgeconv.stats import paired_ratio
+    from edgeconv.common.stats import paired_ratio
 
     kinds = tree.kinds()
     x = _timing_input(calib, batch)
@@ -671,8 +671,8 @@ def _timing_input(calib: CalibrationSet, batch: int) -> np.ndarray:
 def interleaved_times(
     sessions: list, x: np.ndarray, seconds: float = 2.0, min_runs: int = 7, max_runs: int = 200
 ) -> list[list[float]]:
-    """ms per run of each onnxruntime session on `x`, interleaved (`edgeconv.stats.interleaved_times`)."""
-    from edgeconv.stats import interleaved_times as interleaved
+    """ms per run of each onnxruntime session on `x`, interleaved (`edgeconv.common.stats.interleaved_times`)."""
+    from edgeconv.common.stats import interleaved_times as interleaved
 
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeconv.graphwalk import graphs
+from edgeconv.artifacts.graphwalk import graphs
 
 INT16_MAX = 32767
 U8_MAX = 255

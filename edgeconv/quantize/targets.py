@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeconv.errors import EdgeconvError
+from edgeconv.common.errors import EdgeconvError
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def target_warning(record: dict | None, cpu: dict | None = None) -> str | None:
     if t is None:
         return f"unknown INT8 target {record['target']!r} in the file's record"
     if cpu is None:
-        from edgeconv.hostcpu import this_int8_class
+        from edgeconv.runtime.hostcpu import this_int8_class
 
         cpu = this_int8_class()
     return t.mismatch(cpu)
@@ -136,19 +136,19 @@ def artifact_warning(path, record: dict | None, model=None, cpu: dict | None = N
     `model`: the file's ModelProto when the caller has it loaded already."""
     from pathlib import Path
 
-    from edgeconv.hostcpu import this_int8_class
+    from edgeconv.runtime.hostcpu import this_int8_class
 
     cpu = cpu or this_int8_class()
     warning = target_warning(record, cpu)
     if warning or (record and record.get("target")):
         return warning
-    from edgeconv.formats import is_format
+    from edgeconv.artifacts.formats import is_format
 
     if not record or record.get("precision") != "int8" or not is_format(path, "onnx"):
         return None
     if not cpu.get("u8s8_saturates"):
         return None
-    from edgeconv.card import load_onnx_proto
+    from edgeconv.artifacts.card import load_onnx_proto
     from edgeconv.quantize.saturation import check_model
 
     report = check_model(model if model is not None else load_onnx_proto(path))

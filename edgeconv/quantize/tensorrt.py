@@ -9,7 +9,7 @@ calibration samples, weights INT8 symmetric per output channel - produced here w
 `trtexec --onnx=... --stronglyTyped`). `-o model.engine` also builds the engine: an optimisation profile over the
 batch dimension (min/opt/max), a timing cache kept next to the engine (`<engine>.timing.cache`) so rebuilds are
 fast, device buffers through cuda-python, and top-1 measured on the GPU (engine building and running are
-`edgeconv.trtengine`'s). `tensorrt` is imported lazily: without it (or without a GPU) the command fails with one line
+`edgeconv.runtime.tensorrt`'s). `tensorrt` is imported lazily: without it (or without a GPU) the command fails with one line
 and the install hint.
 """
 
@@ -23,14 +23,14 @@ import numpy as np
 import onnx
 
 from edgeconv.artifacts import atomic_path, atomic_write_bytes
-from edgeconv.card import load_onnx_proto
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import is_format
+from edgeconv.artifacts.card import load_onnx_proto
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
 from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.saturation import check_model
-from edgeconv.trtengine import TensorRTRunner, build_engine, profile_for, require_engine_host, require_tensorrt
+from edgeconv.runtime.tensorrt import TensorRTRunner, build_engine, profile_for, require_engine_host, require_tensorrt
 
 
 # ----------------------------------------------------------------------------------------------- ONNX preparation
@@ -89,7 +89,7 @@ STAND_IN = {
 
 
 def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
-    from edgeconv.card import model_fields, set_quantization, write_sidecar
+    from edgeconv.artifacts.card import model_fields, set_quantization, write_sidecar
     from edgeconv.export.onnx import count_if_nodes
     from edgeconv.quantize.ort import convert_fp16, ort_logits, ort_session, top1
     from edgeconv.quantize.source import resolve_onnx

@@ -26,10 +26,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from edgeconv.artifacts import atomic_path, file_sha256, load_model
-from edgeconv.errors import EdgeconvError, MissingDependencyError
-from edgeconv.card import model_fields, write_sidecar
-from edgeconv.formats import is_format
+from edgeconv.artifacts import atomic_path, file_sha256
+from edgeconv.models import load_model
+from edgeconv.common.errors import EdgeconvError, MissingDependencyError
+from edgeconv.artifacts.card import model_fields, write_sidecar
+from edgeconv.artifacts.formats import is_format
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.common import (
     accuracy_record,
@@ -40,7 +41,7 @@ from edgeconv.quantize.common import (
     quiet,
     size_record,
 )
-from edgeconv.tfliterun import Delegation, TFLiteRunner, interpreter_class, litert_version, operators
+from edgeconv.runtime.tflite import Delegation, TFLiteRunner, interpreter_class, litert_version, operators
 
 INSTALL_HINT = "install the tflite extra: pip install litert-torch ai-edge-litert (extra 'tflite' of edgeconv)"
 FP32_TOLERANCE = 1e-3  # max abs logit difference between the FP32 .tflite and PyTorch per routing pattern
@@ -252,7 +253,7 @@ def keep_within(conv: Int8Converter, out: Path, sel: dict, ev, max_drop: float, 
 def latency_check(fp32: Path, int8: Path, step: Callable[[str], None]) -> dict:
     """INT8 vs FP32 .tflite at batch 1, one thread, XNNPACK: interleaved repetitions, the median paired ratio and
     its 95% bootstrap interval (the rule `--ops auto` uses for onnxruntime too)."""
-    from edgeconv.stats import interleaved_times, paired_ratio
+    from edgeconv.common.stats import interleaved_times, paired_ratio
 
     step("timing INT8 against FP32 in the TFLite interpreter (batch 1)")
     f, q = TFLiteRunner(fp32), TFLiteRunner(int8)
@@ -356,7 +357,7 @@ def _selection_notes(sel: dict) -> list[str]:
 
 def _slower_why(lat: dict) -> str | None:
     """Why INT8 can be slower on this CPU: its class has no int8 dot-product instruction for XNNPACK to use."""
-    from edgeconv.hostcpu import cpu_info, int8_class
+    from edgeconv.runtime.hostcpu import cpu_info, int8_class
 
     if lat["ratio_ci"][0] <= 1.0:
         return None

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.hostcpu import cpu_info, parse_cpuinfo  # noqa: F401 - the CPU part of a device description
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.runtime.hostcpu import cpu_info, parse_cpuinfo  # noqa: F401 - the CPU part of a device description
 
 # L4T major.minor -> JetPack release line (NVIDIA's release notes; the exact JetPack point release varies)
 _JETPACK = {

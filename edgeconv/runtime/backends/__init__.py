@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgeconv.errors import EdgeconvError
-from edgeconv.formats import format_of
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.formats import format_of
 from edgeconv.runtime.backends.base import Backend, BackendUnavailable, RouteCounts, RunOptions, Runner, Target
 
 __all__ = [
@@ -29,16 +29,16 @@ __all__ = [
 
 # name -> module holding a `BACKEND` object
 BACKENDS = {
-    "torch": "edgeconv.runtime.backends.torch_backend",
-    "ort": "edgeconv.runtime.backends.ort_backend",
-    "tflite": "edgeconv.runtime.backends.tflite_backend",
-    "tensorrt": "edgeconv.runtime.backends.tensorrt_backend",
+    "torch": "edgeconv.runtime.backends.torch_runner",
+    "ort": "edgeconv.runtime.backends.ort_runner",
+    "tflite": "edgeconv.runtime.backends.tflite_runner",
+    "tensorrt": "edgeconv.runtime.backends.tensorrt_runner",
 }
 DEVICES = ("cpu", "cuda", "jetson")
 
 
 def artifact_kind(path: Path) -> str:
-    """The native backend for an artifact file (edgeconv/formats.py), or an EdgeconvError naming the known types."""
+    """The native backend for an artifact file (edgeconv/artifacts/formats.py), or an EdgeconvError naming the known types."""
     return format_of(path).runtime
 
 

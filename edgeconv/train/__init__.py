@@ -1,0 +1,2 @@
+"""Training: the loop (`loop`: train, evaluate, checkpoints, resume) and multi-process runs under torchrun
+(`distributed`)."""

@@ -294,10 +294,9 @@ def main() -> None:
         ap.error(f"--ckpt {args.ckpt}: no such file")
 
     import sklearn.datasets  # noqa: F401 - imported before generation is timed
-    import edgeconv.data.sources  # noqa: F401
-
     from rich.console import Console
 
+    import edgeconv.data.sources  # noqa: F401
     from edgeconv.common.console import console, rows_table
     from edgeconv.common.errors import EdgeconvError
 

@@ -43,9 +43,9 @@ def graph(shape: list[int], approximate: str, chain: bool):
 
 def main() -> None:
     from edgeconv.common.console import console, rows_table
+    from edgeconv.common.stats import interleaved_times, paired_ratio
     from edgeconv.runtime.hostcpu import cpu_record
     from edgeconv.runtime.onnxrt import session
-    from edgeconv.common.stats import interleaved_times, paired_ratio
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=30, help="interleaved repetitions")

@@ -33,10 +33,10 @@ def main() -> None:
     from edgeconv.common.console import console, rows_table
     from edgeconv.data.sources import load_samples
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.runtime.hostcpu import cpu_record
     from edgeconv.quantize import QuantizeRequest, quantize
     from edgeconv.quantize.crosscpu import qemu, score_files
     from edgeconv.quantize.saturation import check_model
+    from edgeconv.runtime.hostcpu import cpu_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", action="append", type=Path, required=True, help="digits checkpoint (repeatable)")

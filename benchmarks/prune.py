@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
+from edgeconv.artifacts.formats import FORMATS
+from edgeconv.common.console import console, rows_table
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.distill import DistillConfig, run_distill
 from edgeconv.compress.prune import PruneRequest, prune_model
-from edgeconv.common.console import console, rows_table
 from edgeconv.data.sources import load_samples
-from edgeconv.common.errors import EdgeconvError
-from edgeconv.artifacts.formats import FORMATS
+from edgeconv.models import load_model
 from edgeconv.train.loop import TrainConfig, evaluate
 
 CRITERIA = ("gradient", "taylor", "l1", "random")

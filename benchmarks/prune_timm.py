@@ -48,15 +48,14 @@ def main() -> None:
     import torch
 
     from edgeconv import artifacts
-    from edgeconv.models import load_model
+    from edgeconv.common.console import console, rows_table
+    from edgeconv.common.errors import EdgeconvError
     from edgeconv.compress.distill import DistillConfig, run_distill
     from edgeconv.compress.prune import PruneRequest, prune_model
-    from edgeconv.common.console import console, rows_table
     from edgeconv.data.sources import load_samples
-    from edgeconv.common.errors import EdgeconvError
     from edgeconv.export.onnx import export_onnx
     from edgeconv.measure.validate import validate_onnx
-    from edgeconv.models import count_params_macs
+    from edgeconv.models import count_params_macs, load_model
     from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
     a.work.mkdir(parents=True, exist_ok=True)

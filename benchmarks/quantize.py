@@ -247,8 +247,8 @@ def paired_calls(calls: dict, reps: int, reference: str) -> tuple[dict, dict]:
 
 
 def part1(name: str, work: Path, reps_b1: int, reps_b16: int, epochs: int, seeds: list[int]) -> tuple[list, list]:
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples
+    from edgeconv.models import load_model
     from edgeconv.quantize.ort import ort_logits, ort_session, top1
     from edgeconv.runtime.tflite import TFLiteRunner
 

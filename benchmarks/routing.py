@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from edgeconv.common.console import console, rows_table
+from edgeconv.common.stats import median_ci
 from edgeconv.export.onnx import export_onnx
 from edgeconv.measure.validate import ort_session
 from edgeconv.models import create_model, routers
-from edgeconv.common.stats import median_ci
 
 ROUTE_LOGIT = 8.0  # softmax(+8, -8) ~ (1, 1e-7): a confident decision, the same for every input
 COPY = "static:conv, 2nd copy"  # graph (d) timed again in sessions of its own

@@ -22,9 +22,8 @@ import torch
 
 def measure_family(family: str, out_dir: Path, epochs: int, threads: int, reuse: bool = False) -> dict:
     from edgeconv import artifacts
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples
-    from edgeconv.models import count_params_macs, routers, set_routing
+    from edgeconv.models import count_params_macs, load_model, routers, set_routing
     from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
     name = f"{family}-tiny"

@@ -15,11 +15,10 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
-from edgeconv.data.sources import digits_preprocessing
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.sources import digits_preprocessing
 from edgeconv.measure.describe import describe
-from edgeconv.models import create_model, list_models
+from edgeconv.models import create_model, list_models, load_model
 from edgeconv.models.structure import current_structure, keep_unit, prunable_units
 
 TINY = [n for n in list_models() if n.endswith("-tiny")]
@@ -225,7 +224,7 @@ def test_a_pickle_that_needs_code_execution_is_refused_and_never_run(tmp_path, h
 
 def test_a_pickled_class_instance_is_refused(tmp_path):
     path = tmp_path / "obj.pt"
-    torch.save({"format": artifacts.FORMAT, "obj": artifacts.Path("x")}, path)
+    torch.save({"format": artifacts.FORMAT, "obj": Path("x")}, path)
     with pytest.raises(EdgeconvError, match="refusing to load: unpickling it would import and run"):
         artifacts.read_checkpoint(path)
 

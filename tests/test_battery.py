@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 # ----------------------------------------------------------------------------------------------- the world a case sees

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeconv.common.errors import EdgeconvError
-from edgeconv.measure.tables import pareto_front
 from edgeconv.measure import results as report
 from edgeconv.measure.bench import BenchConfig, latency_stats, measure, run_bench
+from edgeconv.measure.tables import pareto_front
 
 FAST = dict(warmup=1, iters=3, limit=60, threads=1)
 

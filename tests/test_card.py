@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from edgeconv.artifacts import file_sha256
-from edgeconv.artifacts.card import QUANTIZATION_KEY, decode_props, encode_props, model_fields, read_card, read_sidecar, write_sidecar
+from edgeconv.artifacts.card import (
+    QUANTIZATION_KEY,
+    decode_props,
+    encode_props,
+    model_fields,
+    read_card,
+    read_sidecar,
+    write_sidecar,
+)
 from edgeconv.common.errors import EdgeconvError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeconv"
@@ -111,12 +119,12 @@ def _modules_with(pattern: str) -> set[str]:
 @pytest.mark.parametrize(
     "pattern, home",
     [
-        (r"[\"']edgeconv\.quantization[\"']", "card.py"),  # the quantization record's key
-        (r"[\"']edgeconv\.format[\"']", "card.py"),
-        (r"\.metadata_props\b", "card.py"),  # every read and write of ONNX props
-        (r"InferenceSession\(", "onnxrt.py"),  # session construction
-        (r"[\"']\.(onnx|tflite|pt|pth|ckpt|engine|plan)[\"']", "formats.py"),  # suffixes
-        (r"[\"']\.json[\"']", "formats.py"),  # the sidecar name
+        (r"[\"']edgeconv\.quantization[\"']", "artifacts/card.py"),  # the quantization record's key
+        (r"[\"']edgeconv\.format[\"']", "artifacts/card.py"),
+        (r"\.metadata_props\b", "artifacts/card.py"),  # every read and write of ONNX props
+        (r"InferenceSession\(", "runtime/onnxrt.py"),  # session construction
+        (r"[\"']\.(onnx|tflite|pt|pth|ckpt|engine|plan)[\"']", "artifacts/formats.py"),  # suffixes
+        (r"[\"']\.json[\"']", "artifacts/formats.py"),  # the sidecar name
     ],
 )
 def test_each_spelling_lives_in_one_module(pattern, home):

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from edgeconv import artifacts
-from conftest import run_cli
 from edgeconv.cli import app
 
 EDGECONV = Path(sys.executable).with_name("edgeconv")

@@ -8,8 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconv.data.sources import default_calib_dir, digits_images01, digits_split_indices, load_samples, write_digits_calibration
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.sources import (
+    default_calib_dir,
+    digits_images01,
+    digits_split_indices,
+    load_samples,
+    write_digits_calibration,
+)
 
 
 def _png(path, size=32, mode="L", value=128):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.data import digitsfolder
 from edgeconv.data.digitsfolder import main, write_digits_folder
-from edgeconv.common.errors import EdgeconvError
 
 CLASSES = [str(i) for i in range(10)]
 ARGS = dict(n_train=60, n_val=20, corrupt=2, truncated=1, min_size=24, max_size=96, progress=False)

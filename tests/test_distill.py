@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.distill import DistillConfig, run_distill, state_path
 from edgeconv.compress.prune import PruneRequest, run_prune
-from edgeconv.common.errors import EdgeconvError
-from edgeconv.models import create_model
+from edgeconv.models import create_model, load_model
 from edgeconv.train.loop import TrainConfig
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
-from edgeconv.data.sources import digits_preprocessing
-from edgeconv.train.distributed import Context
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.sources import digits_preprocessing
+from edgeconv.models import load_model
+from edgeconv.train.distributed import Context
 
 pytestmark = pytest.mark.slow
 

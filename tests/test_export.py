@@ -9,12 +9,11 @@ import torch
 import torch.nn as nn
 
 from edgeconv.artifacts import file_sha256
-from edgeconv.models import load_model
-from edgeconv.measure.describe import describe
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.export import count_if_nodes, export_onnx, read_metadata
+from edgeconv.measure.describe import describe
 from edgeconv.measure.validate import PASSED, SKIPPED, ort_session, validate_onnx
-from edgeconv.models import create_model, routers, set_routing
+from edgeconv.models import create_model, load_model, routers, set_routing
 
 # families whose checkpoints other tests share train for 12 epochs; the rest only need parity, 6 is enough
 FAMILY_EPOCHS = {"acmix-tiny": 12, "hvt-tiny": 12, "can-tiny": 6, "resformer-tiny": 6, "saliency-tiny": 6}

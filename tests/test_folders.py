@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconv.data.sources import check_held_out, has_splits, load_samples, split_for
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.data.folders import SETTINGS, FolderSamples, configure, eval_geometry, scan, stratified_indices
+from edgeconv.data.sources import check_held_out, has_splits, load_samples, split_for
 
 RGB32 = {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -112,7 +112,7 @@ def test_evaluation_geometry_resizes_the_shorter_side_and_centre_crops():
 
 
 def test_streamed_batches_skip_and_list_unreadable_files_and_do_not_depend_on_workers(folder):
-    from edgeconv.data.folders import configure, SETTINGS
+    from edgeconv.data.folders import SETTINGS, configure
 
     before = SETTINGS.workers
     try:
@@ -188,8 +188,9 @@ def test_holding_a_folder_in_memory_is_refused_above_the_limit(folder, monkeypat
 
 @pytest.mark.slow
 def test_train_and_eval_on_an_imagenet_layout_folder(folder, tmp_path):
-    from edgeconv.cli import app
     from typer.testing import CliRunner
+
+    from edgeconv.cli import app
 
     out = tmp_path / "m.pt"
     r = CliRunner().invoke(

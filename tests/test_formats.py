@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import FORMATS, Format, format_of, is_format, sidecar_path, sidecar_paths
+from edgeconv.common.errors import EdgeconvError
 
 
 def test_every_suffix_belongs_to_exactly_one_format():
@@ -90,9 +90,8 @@ def test_the_walker_reaches_nested_branches():
 
 
 def test_one_routing_vocabulary(trained, monkeypatch, capsys):
-    from edgeconv.models import load_model
     from edgeconv.export.onnx import ROUTINGS
-    from edgeconv.models import routers, set_routing
+    from edgeconv.models import load_model, routers, set_routing
     from edgeconv.models.routed import ROUTING_MODES
 
     assert set(ROUTINGS) < set(ROUTING_MODES) and "gated" in ROUTING_MODES and "hard" not in ROUTING_MODES

@@ -268,8 +268,8 @@ def test_nan_data_and_nan_weights_are_refused_in_one_line(ckpt, tmp_path, monkey
     import numpy as np
 
     from edgeconv import artifacts
-    from edgeconv.models import load_model
     from edgeconv.data.sources import Samples
+    from edgeconv.models import load_model
     from edgeconv.train.loop import TrainConfig, fit
 
     x = np.random.default_rng(0).random((20, 1, 32, 32)).astype(np.float32)

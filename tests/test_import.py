@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+
 from edgeconv.common.errors import EdgeconvError
 
 MODULE = textwrap.dedent(
@@ -73,9 +74,8 @@ def _reference(user_code: str):
 
 
 def test_import_a_users_module_reloads_only_when_the_user_names_its_code(cli, user_code, tmp_path, monkeypatch):
-    from edgeconv.models import load_model
     from edgeconv.common import trust as trust_registry
-    from edgeconv.models import user_module
+    from edgeconv.models import load_model, user_module
 
     mod = _reference(user_code)
     torch.manual_seed(1)

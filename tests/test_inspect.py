@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgeconv.artifacts import save_checkpoint
-from edgeconv.data.sources import digits_images01, normalise
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.sources import digits_images01, normalise
 from edgeconv.inspection import (
     AttentionRecord,
     inspect_checkpoint,

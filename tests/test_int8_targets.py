@@ -16,9 +16,9 @@ import onnx
 import pytest
 
 from edgeconv.common.errors import EdgeconvError
-from edgeconv.runtime.hostcpu import int8_class, parse_cpuinfo
 from edgeconv.quantize.saturation import INT16_MAX, check_model, emulate_u8s8, exact_u8s8, integer_layers
 from edgeconv.quantize.targets import TARGETS, resolve_target, target_warning
+from edgeconv.runtime.hostcpu import int8_class, parse_cpuinfo
 
 FIX = Path(__file__).parent / "fixtures" / "jetson"
 AVX2 = {"name": "AVX2 (no VNNI)", "family": "x86", "u8s8_saturates": True}
@@ -261,9 +261,8 @@ def test_files_on_an_emulated_avx2_cpu_without_vnni(routed_files, digits_pre, tm
     The portable file gives the same top-1 as on this machine; the full-range file collapses (so the emulated CPU
     really is the class that breaks it)."""
     from edgeconv.data.sources import load_samples
-    from edgeconv.quantize.ort import ort_logits, ort_session, top1
-
     from edgeconv.quantize.crosscpu import score_files
+    from edgeconv.quantize.ort import ort_logits, ort_session, top1
 
     s = load_samples("digits", digits_pre, "test")
     x, y = s.x.numpy(), s.y.numpy()

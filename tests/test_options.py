@@ -54,10 +54,10 @@ def test_every_pipeline_default_is_the_cli_default(step):
 
 
 def test_settings_choices_match_the_torch_side_registries():
-    from edgeconv.compress.importance import CRITERIA
-    from edgeconv.export.onnx import ROUTINGS
     from edgeconv.common.settings import CRITERIA as NAMES
     from edgeconv.common.settings import EXPORT_ROUTINGS
+    from edgeconv.compress.importance import CRITERIA
+    from edgeconv.export.onnx import ROUTINGS
 
     assert tuple(CRITERIA) == NAMES and tuple(ROUTINGS) == EXPORT_ROUTINGS
 

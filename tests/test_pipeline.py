@@ -230,8 +230,8 @@ def test_an_interrupted_step_leaves_run_json_and_report_about_this_run(tmp_path,
 
 
 def test_report_json_and_md(tmp_path, trained):
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples
+    from edgeconv.models import load_model
     from edgeconv.train.loop import evaluate
 
     run_dir = tmp_path / "run"

@@ -180,8 +180,8 @@ def test_tflite_int8_profile_times_each_operator_that_left_xnnpack(hvt_tflite, d
 def test_tflite_profile_without_the_c_profiler_keeps_operator_counts(hvt_tflite, digits_pre, monkeypatch):
     """Where LiteRT's C profiler cannot be bound (another wheel, another C API), the profile says so and still
     gives the operator counts and the delegate split."""
-    from edgeconv.runtime import tflite_profile as litertprof
     from edgeconv.measure.profile import profile_tflite
+    from edgeconv.runtime import tflite_profile as litertprof
 
     def unavailable():
         raise litertprof.ProfilerUnavailable("libLiteRt.so has not the profiler C API this binding expects")

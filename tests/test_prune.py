@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.prune import (
     LayerPlan,
     PrunePlan,
@@ -26,8 +25,7 @@ from edgeconv.compress.prune import (
     run_prune,
 )
 from edgeconv.data.sources import load_samples
-from edgeconv.common.errors import EdgeconvError
-from edgeconv.models import count_params_macs, create_model, create_model_from_config, list_models
+from edgeconv.models import count_params_macs, create_model, create_model_from_config, list_models, load_model
 from edgeconv.models.structure import prunable_units
 
 PRE = {"channels": 1, "size": 32}

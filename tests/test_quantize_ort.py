@@ -172,6 +172,7 @@ def test_weight_matmuls_keep_float_outputs_and_run_as_matmul_integer_to_float(ro
     """No QuantizeLinear after a weight MatMul whose consumers are float: onnxruntime fuses DequantizeLinear x2 ->
     MatMul into MatMulIntegerToFloat (integer GEMM, float output) instead of QLinearMatMul -> DequantizeLinear."""
     import onnxruntime as ort
+
     from edgeconv.quantize.onnx_graph import subgraph_attrs
 
     def walk(g, outer=frozenset()):
@@ -352,8 +353,8 @@ def test_fp16_keeps_ifs_and_accuracy(exported, digits_eval):
 def test_cli_quantize_records_calibration_and_accuracy_and_info_shows_it(exported, tmp_path):
     from typer.testing import CliRunner
 
-    from edgeconv.measure.describe import describe
     from edgeconv.cli import app
+    from edgeconv.measure.describe import describe
 
     out = tmp_path / "m.int8.onnx"
     r = CliRunner().invoke(

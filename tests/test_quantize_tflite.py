@@ -19,9 +19,8 @@ pytest.importorskip("ai_edge_litert")
 
 def test_select_routing_matches_hard_routing_and_restores_the_model(trained, digits_pre):
     """The fallback graph gives every sample the answer hard routing gives, and the model is left as it was."""
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples
-    from edgeconv.models import routers, set_routing
+    from edgeconv.models import load_model, routers, set_routing
     from edgeconv.quantize.tflite import routing_patterns, select_routing
 
     model, _ = load_model(trained("routed-tiny"))
@@ -161,8 +160,8 @@ def test_tflite_rejects_onnx_without_checkpoint(tmp_path, trained):
     import onnx
     from onnx import TensorProto, helper
 
-    from edgeconv.data.sources import digits_preprocessing
     from edgeconv.artifacts.card import encode_props as write_metadata
+    from edgeconv.data.sources import digits_preprocessing
     from edgeconv.quantize import QuantizeRequest, quantize
 
     g = helper.make_graph(
@@ -232,8 +231,8 @@ def test_saliency_top_k_token_selection_converts_and_runs_in_int8(trained, tmp_p
     ],
 )
 def test_a_slower_int8_names_the_missing_dot_product_only_on_an_x86_cpu_without_vnni(monkeypatch, isa, ci, named):
-    from edgeconv.runtime import hostcpu
     from edgeconv.quantize import tflite
+    from edgeconv.runtime import hostcpu
 
     cls = hostcpu.int8_class(isa.split(), "x86_64")
     monkeypatch.setattr(hostcpu, "cpu_info", lambda: {"isa": isa, "arch": "x86_64", "int8": cls["name"]})

@@ -83,9 +83,8 @@ def test_pruning_a_timm_model_with_unknown_attention_names_the_module_and_writes
     """Swin's window attention (relative-position tables per window) is not known: refused before any tracing, with
     the module's class and path; the CLI writes no file."""
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.compress.prune import PruneRequest, prune_model
     from edgeconv.common.errors import EdgeconvError
-
+    from edgeconv.compress.prune import PruneRequest, prune_model
     from edgeconv.models import create_model
 
     torch.manual_seed(0)
@@ -126,11 +125,10 @@ def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, targ
     import onnxruntime as ort
 
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.models import load_model
     from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
     from edgeconv.data.sources import Samples
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.models import count_params_macs
+    from edgeconv.models import count_params_macs, load_model
 
     model = _perturbed(_model(name))
     ensure_prunable(model, PRE)  # adapts in place (same arithmetic) so the gates below apply to it
@@ -168,11 +166,10 @@ def test_a_timm_vit_is_pruned_to_half_the_macs_with_num_heads_kept_true_and_relo
     import onnxruntime as ort
 
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.models import load_model
     from edgeconv.compress.prune import PruneRequest, prune_model
     from edgeconv.data.sources import Samples
     from edgeconv.export.onnx import export_onnx
-    from edgeconv.models import count_params_macs
+    from edgeconv.models import count_params_macs, load_model
 
     model = _model("deit_tiny_patch16_224")
     g = torch.Generator().manual_seed(0)

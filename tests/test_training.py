@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from edgeconv import artifacts
-from edgeconv.models import load_model
-from edgeconv.data.sources import digits_images01, load_samples
 from edgeconv.common.errors import EdgeconvError
-from edgeconv.models import set_routing
+from edgeconv.data.sources import digits_images01, load_samples
+from edgeconv.models import load_model, set_routing
 from edgeconv.train.loop import TrainConfig, evaluate, run_train
 
 

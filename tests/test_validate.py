@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgeconv.export.branches import instrument, record
 from edgeconv.artifacts.card import encode_props as write_metadata
 from edgeconv.artifacts.card import read_metadata
+from edgeconv.export.branches import instrument, record
 from edgeconv.measure.validate import FAILED, PASSED, SKIPPED, ort_session, validate_onnx
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import format_of, sidecar_path, sidecar_paths
+from edgeconv.common.errors import EdgeconvError
 
 METADATA_FORMAT = "edgeconv.onnx/1"  # the `edgeconv.format` prop of an exported ONNX
 FORMAT_KEY = "edgeconv.format"

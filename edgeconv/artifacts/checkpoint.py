@@ -194,5 +194,3 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     if bad is not None:
         return f"state_dict entry {bad!r} holds NaN or infinite values (a diverged training run?)"
     return None
-
-

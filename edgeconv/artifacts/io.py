@@ -123,6 +123,5 @@ def provenance(command: str, parent: str | os.PathLike | None = None, parent_inf
     return rec
 
 
-
 def python_command() -> str:
     return " ".join(["edgeconv", *sys.argv[1:]]) if sys.argv else "edgeconv"

@@ -148,9 +148,9 @@ def run_distill(
     so the table shows what distillation itself adds.
     """
     from edgeconv import artifacts
+    from edgeconv.data.sources import check_held_out, load_samples, split_for
     from edgeconv.models import load_model
     from edgeconv.train import distributed
-    from edgeconv.data.sources import check_held_out, load_samples, split_for
     from edgeconv.train.loop import evaluate, fit
 
     dcfg.check()

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.importance import get_criterion, normalise_per_layer
 from edgeconv.data.sources import Samples
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.models import count_params_macs
 from edgeconv.models.structure import Unit, current_structure, is_channel_module, keep_unit, prunable_units
 
@@ -463,8 +463,8 @@ def run_prune(
 ) -> dict:
     """Load, plan, apply, measure before/after, then write the pruned checkpoint, JSON report and heatmap."""
     from edgeconv import artifacts
-    from edgeconv.models import load_model
     from edgeconv.data.sources import check_held_out, load_samples, split_for
+    from edgeconv.models import load_model
     from edgeconv.train.loop import evaluate
 
     req.check()

@@ -104,8 +104,7 @@ def export_onnx(
     The file is written atomically; a failure raises `EdgeconvError` naming the module or operator at fault.
     """
     from edgeconv.artifacts import atomic_path, file_sha256
-    from edgeconv.models import load_model
-    from edgeconv.models import routers, set_routing
+    from edgeconv.models import load_model, routers, set_routing
 
     t0 = time.perf_counter()
     step = on_step or (lambda name: None)

@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from edgeconv.artifacts import file_sha256, short_hash
-from edgeconv.artifacts.describe import register_describer
 from edgeconv.artifacts.card import decode_props, load_onnx_proto
+from edgeconv.artifacts.describe import register_describer
 from edgeconv.artifacts.formats import FORMATS
 from edgeconv.artifacts.graphwalk import nodes
 

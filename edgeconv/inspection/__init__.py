@@ -49,8 +49,8 @@ __all__ = [  # re-exported: the library's inspection API
 
 def load_image(spec: str, pre: dict) -> tuple[str, torch.Tensor, int | None]:
     """(display name, image [C, H, W] in [0, 1], label or None) for `digits:N` (N-th test digit) or an image path."""
-    from edgeconv.data.sources import digits_images01
     from edgeconv.data.folders import read_image01
+    from edgeconv.data.sources import digits_images01
 
     if spec.startswith("digits:"):
         n = spec.split(":", 1)[1]
@@ -105,9 +105,8 @@ def summarize(ins: Inspection, classes: list[str]) -> dict:
 def inspect_checkpoint(ckpt: str | Path, images: list[str], out_dir: str | Path, routing: str | None = None) -> dict:
     """Inspect each image with the checkpoint's model; write PNGs and inspect.json into out_dir."""
     from edgeconv import artifacts
-    from edgeconv.models import load_model
     from edgeconv.data.sources import normalise
-    from edgeconv.models import set_routing
+    from edgeconv.models import load_model, set_routing
 
     if not images:
         raise EdgeconvError("give at least one image (a PNG path or digits:N)")

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.card import ModelCard
 from edgeconv.artifacts.formats import is_format
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.runtime.backends import BackendUnavailable, RouteCounts, Target, artifact_kind, load_runner, targets_for
 
 CLOCK = "time.perf_counter_ns (monotonic, per call)"
@@ -250,9 +250,8 @@ def _run(arts: list[Artifact], cfg: BenchConfig, threads: int, progress) -> dict
     import torch
 
     from edgeconv import artifacts as A
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples
-    from edgeconv.models import count_params_macs
+    from edgeconv.models import count_params_macs, load_model
     from edgeconv.runtime.devices import describe_device
 
     ref_path = find_reference(arts, cfg.reference)

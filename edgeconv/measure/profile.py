@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import format_of
-
+from edgeconv.common.errors import EdgeconvError
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
 TFLITE_NOTE = (
@@ -66,8 +65,8 @@ def _median_wall(fn, runs: int) -> float:
 
 
 def profile_ort(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1, warmup: int = 3) -> OpProfile:
-    from edgeconv.runtime.onnxrt import session, session_options
     from edgeconv.artifacts.card import load_onnx_proto, onnx_precision
+    from edgeconv.runtime.onnxrt import session, session_options
 
     precision = onnx_precision(load_onnx_proto(path))
     level = "extended" if precision == "fp16" else "all"
@@ -145,8 +144,8 @@ def _events(trace: Path, runs: int) -> list[dict]:
 
 
 def profile_tflite(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> OpProfile:
-    from edgeconv.runtime.tflite_profile import ProfilerUnavailable, op_times
     from edgeconv.runtime.tflite import TFLiteRunner, litert_version
+    from edgeconv.runtime.tflite_profile import ProfilerUnavailable, op_times
 
     runner = TFLiteRunner(path, threads=threads)
     one = x[:1]

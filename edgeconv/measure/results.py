@@ -58,7 +58,8 @@ def display_rows(rows: list[dict]) -> list[dict]:
 
 
 def print_table(result: dict, console=None, title: str | None = None) -> None:
-    from edgeconv.common.console import console as default_console, rows_table
+    from edgeconv.common.console import console as default_console
+    from edgeconv.common.console import rows_table
 
     con = console or default_console
     data = result.get("data", {})

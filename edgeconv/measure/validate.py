@@ -269,9 +269,9 @@ def _check_opset(proto, meta: dict) -> Check:
 def _check_int8_target(path: Path, proto, rec: dict) -> Check:
     """A quantized file: the INT8 target it was made for against this CPU, and the int16 pair-sum property of its
     weights (a WARNING, not a failure: the file is valid, its numbers on this CPU may not be its numbers)."""
-    from edgeconv.runtime.hostcpu import this_int8_class
     from edgeconv.quantize.saturation import check_model
     from edgeconv.quantize.targets import artifact_warning
+    from edgeconv.runtime.hostcpu import this_int8_class
 
     if rec.get("precision") != "int8":
         return Check("INT8 target", SKIPPED, f"not an INT8 file ({rec.get('precision')})")

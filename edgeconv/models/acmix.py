@@ -12,20 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import (
     HybridNet,
     InvertedResidual,
     Mlp,
+    _keep_cols,
+    _keep_rows,
     head_channel_index,
     make_stem,
     residual_mlp_on_map,
     stem_grid,
     window_merge,
     window_partition,
-    _keep_cols,
-    _keep_rows,
 )
+from edgeconv.models.registry import register_family
 
 
 class ACMixBlock(nn.Module):

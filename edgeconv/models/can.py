@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import (
     Attention,
     ConvBNAct,
@@ -20,6 +19,7 @@ from edgeconv.models.layers import (
     to_map,
     to_tokens,
 )
+from edgeconv.models.registry import register_family
 
 
 class SEGate(nn.Module):

@@ -38,7 +38,6 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return model, ckpt
 
 
-
 @register_describer(*FORMATS["checkpoint"].suffixes)
 def describe_checkpoint(path: Path) -> dict:
     model, ckpt = load_model(path)
@@ -75,5 +74,3 @@ def describe_checkpoint(path: Path) -> dict:
             "chain": " <- ".join(str(c.get("command")) for c in reversed(prov.get("chain", []))) or "-",
         },
     }
-
-

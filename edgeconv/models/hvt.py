@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import ConvBNAct, HybridNet, InvertedResidual, TransformerBlock, to_map, to_tokens
+from edgeconv.models.registry import register_family
 
 
 class TransformerStage(nn.Module):

@@ -4,7 +4,6 @@ A family module registers its builder with `@register_family`; `edgeconv/models/
 module, so adding a family is one new file and one line there.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from edgeconv.common.errors import EdgeconvError
 from edgeconv.common.trust import is_factory_name, trust
 from edgeconv.models.prunable import adapt
 from edgeconv.models.structure import apply_structure
+
 
 @dataclass
 class Family:

@@ -8,20 +8,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import (
     Attention,
     ConvBNAct,
     HybridNet,
     InvertedResidual,
     Mlp,
+    _keep_cols,
+    _keep_rows,
     make_stem,
     residual_mlp_on_map,
     to_map,
     to_tokens,
-    _keep_cols,
-    _keep_rows,
 )
+from edgeconv.models.registry import register_family
 
 
 class Bottleneck(nn.Module):

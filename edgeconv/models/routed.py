@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import (
     Attention,
     ConvBNAct,
@@ -34,6 +33,7 @@ from edgeconv.models.layers import (
     to_map,
     to_tokens,
 )
+from edgeconv.models.registry import register_family
 
 ROUTING_MODES = ("gated", "soft", "select", "static:conv", "static:attn")
 ROUTING_ALIASES = {"hard": "gated"}

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeconv.models.registry import register_family
 from edgeconv.models.layers import Attention, HybridNet, Mlp, ValueOnlyAttention, make_stem, stem_grid, to_tokens
+from edgeconv.models.registry import register_family
 
 
 class SaliencyAttention(Attention):

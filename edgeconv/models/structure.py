@@ -116,6 +116,7 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
 
 def unknown_attention(model: nn.Module) -> list[tuple[str, type]]:
     """(path, class) of modules that look like attention and have no head structure edgeconv can prune."""
+
     def known(m: nn.Module) -> bool:
         return is_head_module(m) or is_channel_module(m)
 

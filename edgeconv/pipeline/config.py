@@ -20,8 +20,8 @@ are all reported with the offending key named (`train.epochs`, `[quantize]`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import re
 import types
 import typing
@@ -31,7 +31,6 @@ from typing import Any
 
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.common.options import option  # noqa: F401 - steps declare their options with it
-
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

@@ -14,9 +14,9 @@ from edgeconv.pipeline.config import (
     PipelineConfigError,
     PipelineOptions,
     StepSpec,
-    unknown_key,
     build_options,
     resolve_data_spec,
+    unknown_key,
 )
 from edgeconv.pipeline.steps import STEPS, check_order
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from edgeconv.common.errors import EdgeconvError
-from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
-from edgeconv.quantize import QuantizeSettings
 from edgeconv.common.settings import (
     SPLITS,
     BenchSettings,
@@ -31,6 +29,8 @@ from edgeconv.common.settings import (
     TrainSettings,
     ValidateSettings,
 )
+from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
+from edgeconv.quantize import QuantizeSettings
 
 
 @dataclass
@@ -154,8 +154,8 @@ def model_label(ckpt: dict) -> str:
 
 def _eval_rows(path: Path, label: str, data: str, split: str | None) -> tuple[dict, dict]:
     """Evaluate a checkpoint: (row for the final table, metrics with the per-router routing mix)."""
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples, split_for
+    from edgeconv.models import load_model
     from edgeconv.train.loop import evaluate
 
     model, ck = load_model(path)
@@ -413,8 +413,7 @@ class Export(Step):
     @classmethod
     def run(cls, opts: ExportOptions, ctx: StepContext) -> StepResult:
         from edgeconv.export import export_onnx
-        from edgeconv.models import routers
-        from edgeconv.models import load_model
+        from edgeconv.models import load_model, routers
 
         outputs, rows, metrics = [], [], {}
         jobs = [("onnx", ctx.inputs["checkpoint"], "model.onnx")]
@@ -639,8 +638,8 @@ def _agreement(model: Path, reference: Path, data: str, split: str, limit: int) 
     import numpy as np
     import torch
 
-    from edgeconv.models import load_model
     from edgeconv.data.sources import load_samples, split_for
+    from edgeconv.models import load_model
     from edgeconv.runtime.backends import load_runner, targets_for
 
     ref, ck = load_model(reference)

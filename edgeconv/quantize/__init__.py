@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import FORMATS, is_format
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.common.options import option
-from edgeconv.quantize.targets import TARGETS
+from edgeconv.quantize.targets import TARGETS, Int8Target, resolve_target
 
 METHODS = ("minmax", "entropy", "percentile")  # calibration methods (onnxruntime's)
 OP_POLICIES = ("auto", "weights", "all")  # which ops an INT8 file quantizes (quantize/ort.py, quantize/tflite.py)
@@ -134,7 +134,9 @@ class QuantizeRequest:
     calib_seed: int = 0  # of the stratified subset calib_limit draws
     method: str = "minmax"
     per_channel: bool | None = None  # None: per-channel (what every INT8 target wants)
-    target: str | None = None  # INT8 target (quantize/targets.py); None: the backend's default
+    # INT8 target (quantize/targets.py): a name, or None for the backend's default, becomes its Int8Target here,
+    # once (`__post_init__`); every backend reads the object. None for precisions and backends without targets.
+    target: Int8Target | str | None = None
     max_drop: float | None = None
     eval_data: str | None = None  # labelled data for accuracy (digits models: digits test split)
     ops: str = "auto"
@@ -142,6 +144,10 @@ class QuantizeRequest:
     routing: str | None = None  # export routing when MODEL is a checkpoint
     command: str = "edgeconv quantize"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision == "int8" and self.backend in BACKENDS and not isinstance(self.target, Int8Target):
+            self.target = resolve_target(self.target, self.backend)
 
 
 @dataclass
@@ -190,10 +196,8 @@ def check_request(req: QuantizeRequest) -> Backend:
         raise EdgeconvError(f"--max-drop/--calib/--data apply to --int8 only (this is {req.precision})")
     if req.target is not None and req.precision != "int8":
         raise EdgeconvError(f"--target applies to --int8 only (this is {req.precision})")
-    if req.precision == "int8":
-        from edgeconv.quantize.targets import resolve_target
-
-        resolve_target(req.target, b.name)
+    if isinstance(req.target, Int8Target) and req.target.backend != b.name:
+        raise EdgeconvError(f"--target {req.target.name} is written by --backend {req.target.backend}, not {b.name}")
     if Path(req.model).resolve() == Path(req.out).resolve():
         raise EdgeconvError("-o must differ from the input model")
     return b

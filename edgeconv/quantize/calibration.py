@@ -19,9 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgeconv.data.sources import Samples, default_calib_dir, load_imagefolder, load_samples
-from edgeconv.data.folders import FolderSamples
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.data.folders import FolderSamples
+from edgeconv.data.sources import Samples, default_calib_dir, load_imagefolder, load_samples
 
 # Calibration batches: every sample alone (so each routed sample reaches its own `If` branch, as at batch 1) and
 # shuffled mixed batches of this size (so the per-sample select branch of a mixed batch is calibrated too).

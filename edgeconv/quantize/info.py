@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from edgeconv.artifacts import file_sha256, short_hash
-from edgeconv.artifacts.describe import register_describer, register_section
 from edgeconv.artifacts.card import QUANTIZATION_KEY, read_sidecar
-from edgeconv.common.errors import EdgeconvError
+from edgeconv.artifacts.describe import register_describer, register_section
 from edgeconv.artifacts.formats import FORMATS
+from edgeconv.common.errors import EdgeconvError
 
 
 def quantization_section(rec: dict) -> dict:

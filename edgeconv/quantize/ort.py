@@ -37,8 +37,8 @@ from edgeconv.common.errors import EdgeconvError
 from edgeconv.quantize import GELU_FORMS, METHODS, OP_POLICIES
 from edgeconv.quantize import onnx_graph as og
 from edgeconv.quantize.calibration import CalibrationSet, as_ort_reader, uniform_stride
-from edgeconv.quantize.common import quiet
 from edgeconv.quantize.gelu import tanh_where_requantized
+from edgeconv.quantize.record import quiet
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -10,16 +10,15 @@ import onnx
 
 from edgeconv.artifacts import atomic_path
 from edgeconv.artifacts.card import load_onnx_proto, set_quantization
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import is_format
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.runtime.hostcpu import this_int8_class
-from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.gelu import summary as gelu_summary
 from edgeconv.quantize.ort import Int8Options, convert_fp16, ort_logits, ort_session, quantize_int8, top1
+from edgeconv.quantize.record import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.saturation import check_model
 from edgeconv.quantize.source import resolve_onnx
-from edgeconv.quantize.targets import resolve_target
+from edgeconv.runtime.hostcpu import this_int8_class
 
 WHY_FLOAT = {
     "MatMul (activation x activation)": "q.k and attn.v: both operands change per input, INT8 needs two activation "
@@ -56,7 +55,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     meta = peek_meta(req.model)
     pre = meta["preprocessing"]
     calib, ev = inputs_for(req, pre, meta.get("classes"))
-    target = resolve_target(req.target, "ort") if req.precision == "int8" else None
+    target = req.target if req.precision == "int8" else None  # an Int8Target, resolved with the request
     options = Int8Options.for_target(target, req.method, req.per_channel, req.ops, req.gelu) if target is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeconv-quantize-") as tmp:
         if not is_format(req.model, "onnx"):

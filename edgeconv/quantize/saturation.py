@@ -17,6 +17,7 @@ so a test can show what saturation does to one real layer without an AVX2 machin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
 from onnx import numpy_helper

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.card import QUANTIZATION_KEY, quantization_of, read_metadata
 from edgeconv.artifacts.formats import is_format
+from edgeconv.common.errors import EdgeconvError
 
 
 @dataclass

@@ -24,24 +24,28 @@ import onnx
 
 from edgeconv.artifacts import atomic_path, atomic_write_bytes
 from edgeconv.artifacts.card import load_onnx_proto
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import is_format
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet
-from edgeconv.quantize.common import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
+from edgeconv.quantize.record import accuracy_record, accuracy_runtime, base_record, inputs_for, peek_meta, size_record
 from edgeconv.quantize.saturation import check_model
+from edgeconv.quantize.targets import TARGETS, Int8Target
 from edgeconv.runtime.tensorrt import TensorRTRunner, build_engine, profile_for, require_engine_host, require_tensorrt
 
 
 # ----------------------------------------------------------------------------------------------- ONNX preparation
 def prepare_int8_onnx(
-    float_model: onnx.ModelProto, calib: CalibrationSet, method: str = "minmax", on_step: Callable[[str], None] | None = None
+    float_model: onnx.ModelProto,
+    calib: CalibrationSet,
+    method: str = "minmax",
+    on_step: Callable[[str], None] | None = None,
+    target: Int8Target = TARGETS["tensorrt"],
 ) -> onnx.ModelProto:
     """Symmetric INT8 Q/DQ ONNX for TensorRT explicit quantization (every op onnxruntime can quantize)."""
     from edgeconv.quantize.ort import Int8Options, quantize_int8
-    from edgeconv.quantize.targets import TARGETS
 
-    opts = Int8Options.for_target(TARGETS["tensorrt"], method=method)
+    opts = Int8Options.for_target(target, method=method)
     res = quantize_int8(float_model, calib, opts, on_step=on_step)
     check_symmetric(res.model)
     return res.model
@@ -115,7 +119,7 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         rec["per_channel"] = True
         rec["activations"] = "int8 symmetric"
         rec["target"] = "tensorrt"
-        model = prepare_int8_onnx(float_model, calib, req.method, on_step=step)
+        model = prepare_int8_onnx(float_model, calib, req.method, on_step=step, target=req.target)
         rec["qdq_nodes"] = check_symmetric(model)
         rec["saturation"] = check_model(model).record()
     else:

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from edgeconv.artifacts import atomic_path, file_sha256
-from edgeconv.models import load_model
-from edgeconv.common.errors import EdgeconvError, MissingDependencyError
 from edgeconv.artifacts.card import model_fields, write_sidecar
 from edgeconv.artifacts.formats import is_format
+from edgeconv.common.errors import EdgeconvError, MissingDependencyError
+from edgeconv.models import load_model
 from edgeconv.quantize import QuantizeReport, QuantizeRequest
-from edgeconv.quantize.common import (
+from edgeconv.quantize.record import (
     accuracy_record,
     accuracy_runtime,
     base_record,

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeconv.common.errors import EdgeconvError, MissingDependencyError
 from edgeconv.artifacts.formats import sidecar_paths
+from edgeconv.common.errors import EdgeconvError, MissingDependencyError
 
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?(?P<addr>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
 _REMOTE_TMP = re.compile(r"^/[A-Za-z0-9._/-]+$")

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeconv.models.routed import ROUTED_MODES
 from edgeconv.data.sources import Samples
 from edgeconv.models import routers
+from edgeconv.models.routed import ROUTED_MODES
 
 
 @dataclass
@@ -335,14 +335,12 @@ def run_train(
     from pathlib import Path
 
     from edgeconv import artifacts
-    from edgeconv.models import load_model
-    from edgeconv.train import distributed
-    from edgeconv.data.sources import digits_preprocessing, has_splits, load_samples, split_for
+    from edgeconv.common.checks import check_input_shape
     from edgeconv.common.errors import EdgeconvError
     from edgeconv.data.folders import split_record
-    from edgeconv.models import create_model, parse_name
-
-    from edgeconv.common.checks import check_input_shape
+    from edgeconv.data.sources import digits_preprocessing, has_splits, load_samples, split_for
+    from edgeconv.models import create_model, load_model, parse_name
+    from edgeconv.train import distributed
 
     cfg.check()
     check_input_shape(img_size, in_chans)
@@ -490,8 +488,8 @@ MEASURE_LIMIT = 2000  # images (a class-stratified subset) used to measure a fol
 def _measured_preprocessing(data: str, size: int, channels: int):
     """Preprocessing for a user's data set: its own per-channel mean/std, measured on (a stratified subset of at
     most MEASURE_LIMIT of) the training samples by the evaluation geometry; returns it and the training set."""
-    from edgeconv.data.sources import load_samples, split_for
     from edgeconv.data.folders import split_record
+    from edgeconv.data.sources import load_samples, split_for
 
     split = split_for(data, "train")
     raw = load_samples(data, {"size": size, "channels": channels, "mean": [0.0] * channels, "std": [1.0] * channels}, split)

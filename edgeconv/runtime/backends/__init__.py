@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.formats import format_of
-from edgeconv.runtime.backends.base import Backend, BackendUnavailable, RouteCounts, RunOptions, Runner, Target
+from edgeconv.common.errors import EdgeconvError
+from edgeconv.runtime.backends.base import Backend, BackendUnavailable, RouteCounts, Runner, RunOptions, Target
 
 __all__ = [
     "Backend",
@@ -38,7 +38,7 @@ DEVICES = ("cpu", "cuda", "jetson")
 
 
 def artifact_kind(path: Path) -> str:
-    """The native backend for an artifact file (edgeconv/artifacts/formats.py), or an EdgeconvError naming the known types."""
+    """The native backend for an artifact file (artifacts/formats.py), or an EdgeconvError naming the known types."""
     return format_of(path).runtime
 
 

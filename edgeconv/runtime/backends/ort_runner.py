@@ -13,9 +13,9 @@ import numpy as np
 
 from edgeconv.artifacts.card import load_onnx_proto, onnx_precision
 from edgeconv.artifacts.graphwalk import initializers
-from edgeconv.runtime.onnxrt import session, session_options
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
+from edgeconv.runtime.onnxrt import session, session_options
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _COMPARE_OPS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}

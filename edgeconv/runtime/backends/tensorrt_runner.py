@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.runtime import tensorrt as trtengine
 from edgeconv.artifacts.formats import is_format
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.runtime import tensorrt as trtengine
 from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 OPT_BATCH, MAX_BATCH = 8, 64  # optimisation profile for ONNX files with a dynamic batch

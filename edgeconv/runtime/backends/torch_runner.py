@@ -13,8 +13,7 @@ from edgeconv.runtime.backends.base import BackendUnavailable, RunOptions
 
 class TorchRunner:
     def __init__(self, path: Path, options: RunOptions):
-        from edgeconv.models import load_model
-        from edgeconv.models import routers
+        from edgeconv.models import load_model, routers
 
         if options.device in ("cuda", "jetson"):
             if not torch.cuda.is_available():

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgeconv import __version__
-from edgeconv.common.errors import EdgeconvError
 from edgeconv.artifacts.card import QUANTIZATION_KEY, RECORD_FORMAT, read_metadata
 from edgeconv.artifacts.formats import is_format
-from edgeconv.runtime.hostcpu import cpu_record
+from edgeconv.common.errors import EdgeconvError
 from edgeconv.quantize import QuantizeRequest
 from edgeconv.quantize.calibration import CalibrationSet, load_calibration, load_evaluation
 from edgeconv.quantize.source import is_checkpoint
+from edgeconv.runtime.hostcpu import cpu_record
 
 TOP1_TOLERANCE_NOTE = "top-1 in percent on the evaluation split; drop = float - quantized"
 

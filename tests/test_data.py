@@ -249,3 +249,38 @@ def test_commands_read_the_data_a_model_was_trained_on_unless_told():
     assert data_for("npz:x.npz", {"dataset": "digits"}, "eval") == "npz:x.npz"
     with pytest.raises(EdgeconvError, match=r"validate: the model \(input 3x224x224\) records no data .* --data SPEC"):
         data_for(None, {"channels": 3, "size": 224, "source": "timm pretrained_cfg"}, "validate")
+
+
+# ------------------------------------------------------------------------------------------------ data specs
+def test_a_data_spec_is_parsed_once_into_kind_and_path_and_reads_as_its_text(tmp_path):
+    import pickle
+
+    from edgeconv.common.settings import LoaderSettings
+    from edgeconv.data.spec import DataSpec
+
+    spec = DataSpec.parse(f"imagefolder:{tmp_path}", LoaderSettings(workers=0, bad_images="fail"))
+    assert (spec.kind, spec.path, spec) == ("imagefolder", tmp_path, f"imagefolder:{tmp_path}")
+    assert DataSpec.parse(spec) is spec  # parsing a parsed spec keeps it (and its loader options)
+    again = pickle.loads(pickle.dumps(spec))  # DataLoader workers and torchrun get the options too
+    assert again == spec and again.kind == "imagefolder" and again.loader.bad_images == "fail"
+    assert DataSpec.parse("digits").bundled and DataSpec.parse("digits").path is None
+    for bad, msg in (("pets", "unknown data source"), ("npz:", "give a path"), ("folder:x", "unknown data source")):
+        with pytest.raises(EdgeconvError, match=msg):
+            DataSpec.parse(bad)
+
+
+def test_loader_options_travel_with_the_spec_not_through_the_process_settings(tmp_path, digits_pre):
+    """`--bad-images fail` given as the spec's options holds while the process default says skip."""
+    from edgeconv.common.settings import SETTINGS, LoaderSettings
+    from edgeconv.data.spec import DataSpec
+
+    root = tmp_path / "data"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "a.png").write_bytes(b"not a png")
+    _png(root / "0" / "good.png")
+    assert SETTINGS.bad_images == "skip"
+    strict = DataSpec.parse(f"imagefolder:{root}", LoaderSettings(workers=0, bad_images="fail"))
+    with pytest.raises(EdgeconvError, match="a.png: unreadable image"):
+        load_samples(strict, digits_pre).x
+    lenient = load_samples(f"imagefolder:{root}", digits_pre)  # the process default: skip and list
+    assert lenient.x.shape[0] == 1 and len(lenient.skipped) == 1

@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from edgeconv.cli.app import _command, _print_skipped, app
 from edgeconv.common.checks import (
-    check_data,
     check_inputs,
     check_outputs,
     check_training,
@@ -22,6 +21,7 @@ from edgeconv.common.settings import (
     DistillSettings,
     PruneSettings,
 )
+from edgeconv.data.spec import check_data
 
 
 @app.command("prune")

@@ -11,7 +11,6 @@ from rich.markup import escape
 from edgeconv.artifacts.formats import is_format
 from edgeconv.cli.app import _command, app
 from edgeconv.common.checks import (
-    check_data,
     check_folders,
     check_inputs,
     check_opset,
@@ -23,6 +22,7 @@ from edgeconv.common.options import cli_options
 from edgeconv.common.settings import (
     ExportSettings,
 )
+from edgeconv.data.spec import check_data
 from edgeconv.quantize import BACKENDS as QBACKENDS
 from edgeconv.quantize import QuantizeSettings
 

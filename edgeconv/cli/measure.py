@@ -11,7 +11,6 @@ from rich.markup import escape
 from edgeconv.artifacts.formats import check_content
 from edgeconv.cli.app import ROUTING_HELP, _routing, app
 from edgeconv.common.checks import (
-    check_data,
     check_inputs,
     check_number,
     check_output_dirs,
@@ -25,6 +24,7 @@ from edgeconv.common.settings import (
     BenchSettings,
     ValidateSettings,
 )
+from edgeconv.data.spec import check_data
 
 
 @app.command("validate")

@@ -9,7 +9,6 @@ import typer
 
 from edgeconv.cli.app import ROUTING_HELP, _command, _print_skipped, _routing, app
 from edgeconv.common.checks import (
-    check_data,
     check_input_shape,
     check_inputs,
     check_number,
@@ -23,6 +22,7 @@ from edgeconv.common.settings import (
     DATA_HELP,
     TrainSettings,
 )
+from edgeconv.data.spec import check_data
 
 
 @app.command("models")

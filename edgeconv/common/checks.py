@@ -37,7 +37,7 @@ def _items(args: Mapping[str, PathArg | Iterable[PathArg]]) -> list[tuple[str, P
     return out
 
 
-def _kind(name: str, p: Path) -> str:
+def path_kind(name: str, p: Path) -> str:
     """'dir', 'file', 'other' or 'missing'; a path the OS cannot even look up (a name too long) is one line."""
     try:
         st = p.stat()
@@ -59,7 +59,7 @@ def _short(p: Path, keep: int = 80) -> str:
 def check_inputs(inputs: Mapping[str, PathArg | Iterable[PathArg]]) -> None:
     """Every given input exists and is a regular file (a FIFO or device would block or never end)."""
     for name, p in _items(inputs):
-        kind = _kind(name, p)
+        kind = path_kind(name, p)
         if kind == "dir":
             raise EdgeconvError(f"{name} {p} is a directory, expected a file")
         if kind == "missing":
@@ -68,29 +68,10 @@ def check_inputs(inputs: Mapping[str, PathArg | Iterable[PathArg]]) -> None:
             raise EdgeconvError(f"{name} {p} is not a regular file (a pipe or device), expected a file")
 
 
-def check_data(specs: Mapping[str, str | None]) -> None:
-    """Every given data spec names a source that is there: `digits`, `npz:FILE` (a file), `imagefolder:DIR` (a
-    folder). Checked before any model is loaded, so a typo is not reported as a missing --img-size or a bad model."""
-    for name, spec in specs.items():
-        if spec is None or spec == "digits":
-            continue
-        kind, colon, path = spec.partition(":")
-        if not colon or kind not in ("imagefolder", "npz"):
-            raise EdgeconvError(f"{name} {spec!r}: unknown data source; use digits, imagefolder:PATH or npz:PATH")
-        if not path:
-            raise EdgeconvError(f"{name} {spec}: give a path after '{kind}:', e.g. {kind}:data/pets")
-        found = _kind(name, Path(path))
-        if kind == "npz" and found != "file":
-            what = {"missing": "no such file", "dir": "a directory", "other": "not a regular file"}[found]
-            raise EdgeconvError(f"{name} {spec}: {what}, expected an .npz file")
-        if kind == "imagefolder" and found != "dir":
-            raise EdgeconvError(f"{name} {spec}: {'no such folder' if found == 'missing' else 'not a folder'}")
-
-
 def check_folders(folders: Mapping[str, PathArg]) -> None:
     """Every given input folder exists and is a folder (`--calib DIR`)."""
     for name, p in _items(folders):
-        found = _kind(name, p)
+        found = path_kind(name, p)
         if found != "dir":
             raise EdgeconvError(f"{name} {p}: {'no such folder' if found == 'missing' else 'not a folder'}")
 
@@ -105,11 +86,11 @@ def _names_fit(name: str, p: Path) -> None:
 
 def _writable_place(name: str, p: Path) -> None:
     """The nearest existing folder above `p` is a folder we may write into (missing ones are created)."""
-    existing = next((q for q in [p.parent, *p.parent.parents] if _kind(name, q) != "missing"), None)
-    if existing is not None and (_kind(name, existing) != "dir" or not os.access(existing, os.W_OK | os.X_OK)):
+    existing = next((q for q in [p.parent, *p.parent.parents] if path_kind(name, q) != "missing"), None)
+    if existing is not None and (path_kind(name, existing) != "dir" or not os.access(existing, os.W_OK | os.X_OK)):
         raise EdgeconvError(
             f"{name} {p}: cannot write there ({existing} is "
-            f"{'not a folder' if _kind(name, existing) != 'dir' else 'not writable'})"
+            f"{'not a folder' if path_kind(name, existing) != 'dir' else 'not writable'})"
         )
 
 
@@ -117,7 +98,7 @@ def check_output_dirs(dirs: Mapping[str, PathArg]) -> None:
     """Every given output folder is a folder or can be made one: not a file, under a writable folder."""
     for name, p in _items(dirs):
         _names_fit(name, p)
-        kind = _kind(name, p)
+        kind = path_kind(name, p)
         if kind in ("file", "other"):
             raise EdgeconvError(f"{name} {p} is a file, expected a folder to write into")
         if kind == "dir":
@@ -133,7 +114,7 @@ def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg |
     ins = _items(inputs)
     for name, p in outs:
         _names_fit(name, p)
-        if _kind(name, p) == "dir":
+        if path_kind(name, p) == "dir":
             raise EdgeconvError(f"{name} {p} is a directory, expected a file path to write")
         _writable_place(name, p)
         for in_name, q in ins:

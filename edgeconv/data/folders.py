@@ -22,6 +22,7 @@ Unreadable or truncated files are counted and listed (`FolderSamples.skipped`) a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -143,12 +144,14 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED = 0.2, 0
 
 
-def split_rule(pre: dict | None = None) -> tuple[float, int]:
-    """(holdout, seed) of a class tree's split: the command line's, else the one `pre` recorded, else the defaults,
-    so a model evaluated on the tree it was trained on is scored on the files it did not see."""
+def split_rule(pre: dict | None = None, loader: LoaderSettings | None = None) -> tuple[float, int]:
+    """(holdout, seed) of a class tree's split: the loader options' (the command line's), else the one `pre`
+    recorded, else the defaults, so a model evaluated on the tree it was trained on is scored on the files it did
+    not see."""
+    opts = loader if loader is not None else SETTINGS
     rec = (pre or {}).get("split_rule") or {}
-    holdout = SETTINGS.holdout if SETTINGS.holdout is not None else rec.get("holdout", DEFAULT_HOLDOUT)
-    seed = SETTINGS.split_seed if SETTINGS.split_seed is not None else rec.get("seed", DEFAULT_SPLIT_SEED)
+    holdout = opts.holdout if opts.holdout is not None else rec.get("holdout", DEFAULT_HOLDOUT)
+    seed = opts.split_seed if opts.split_seed is not None else rec.get("seed", DEFAULT_SPLIT_SEED)
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise EdgeconvError(f"recorded split holdout {holdout!r} is not a fraction in (0, 1)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -158,12 +161,15 @@ def split_rule(pre: dict | None = None) -> tuple[float, int]:
 
 def split_record(data: str) -> dict:
     """What a model trained on `data` records about its split ({} unless `data` is a flat class tree)."""
-    if not data.startswith("imagefolder:"):
+    from edgeconv.data.spec import DataSpec
+
+    spec = DataSpec.parse(data)
+    if spec.kind != "imagefolder":
         return {}
-    root = Path(data.split(":", 1)[1])
+    root = spec.path
     if is_split_layout(root) or not is_class_tree(root):
         return {}
-    holdout, seed = split_rule()
+    holdout, seed = split_rule(loader=spec.loader)
     return {"split_rule": {"holdout": holdout, "seed": seed}}
 
 
@@ -376,6 +382,7 @@ class FolderSamples:
     index: FolderIndex
     pre: dict
     source: str
+    options: LoaderSettings = field(default_factory=LoaderSettings)  # workers, unreadable files (from the spec)
     skipped: dict[str, str] = field(default_factory=dict)
     _x: torch.Tensor | None = None
     _y: torch.Tensor | None = None
@@ -396,13 +403,13 @@ class FolderSamples:
         return self.index.sha256()
 
     def take(self, n: int) -> "FolderSamples":
-        return FolderSamples(self.index.subset(np.arange(min(n, len(self.index)))), self.pre, self.source)
+        return FolderSamples(self.index.subset(np.arange(min(n, len(self.index)))), self.pre, self.source, self.options)
 
     def stratified(self, n: int, seed: int = 0) -> "FolderSamples":
-        return FolderSamples(self.index.stratified(n, seed), self.pre, self.source)
+        return FolderSamples(self.index.stratified(n, seed), self.pre, self.source, self.options)
 
     def _note_bad(self, path: str, err: str) -> None:
-        if SETTINGS.bad_images == "fail":
+        if self.options.bad_images == "fail":
             raise EdgeconvError(f"{path}: unreadable image ({err}); --bad-images skip counts and skips such files")
         self.skipped[path] = err
 
@@ -415,7 +422,7 @@ class FolderSamples:
         """The DataLoader over this folder (workers decode; a training loader draws random crops per epoch)."""
         ds = ImageDataset(self.index, self.pre, train=train, seed=seed)
         ds.epoch = epoch
-        n = SETTINGS.worker_count() if workers is None else workers
+        n = self.options.worker_count() if workers is None else workers
         return torch.utils.data.DataLoader(
             ds,
             batch_size=batch_size,
@@ -488,10 +495,14 @@ class FolderSamples:
         }
 
 
-def load_folder(root: Path, pre: dict, split: str = "all", classes: list[str] | None = None) -> FolderSamples:
-    """`imagefolder:ROOT` for one split, streamed (see the module docstring)."""
+def load_folder(
+    root: Path, pre: dict, split: str = "all", classes: list[str] | None = None, loader: LoaderSettings | None = None
+) -> FolderSamples:
+    """`imagefolder:ROOT` for one split, streamed (see the module docstring); `loader` (the spec's options, by
+    default the process's) sets the DataLoader's workers and what an unreadable file does."""
     _mode_for(int(pre["channels"]))
     _resample(pre)
-    index = scan(root, split, classes, split_rule(pre))
+    opts = dataclasses.replace(loader if loader is not None else SETTINGS)
+    index = scan(root, split, classes, split_rule(pre, opts))
     where = f"imagefolder:{root}" + (f" ({index.split})" if index.split != "all" else "")
-    return FolderSamples(index, pre, where)
+    return FolderSamples(index, pre, where, opts)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.common.settings import LoaderSettings
+from edgeconv.data.spec import DataSpec
 
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.32  # measured on the digits train split after scaling to [0, 1]
 
@@ -133,31 +135,33 @@ def split_for(data: str, role: str, split: str | None = None, trained_on: str | 
 def _is_class_tree(data: str) -> bool:
     from edgeconv.data.folders import is_class_tree, is_split_layout
 
-    root = Path(data.split(":", 1)[1]) if data.startswith("imagefolder:") else None
-    return root is not None and not is_split_layout(root) and is_class_tree(root)
+    spec = DataSpec.parse(data)
+    return spec.kind == "imagefolder" and not is_split_layout(spec.path) and is_class_tree(spec.path)
 
 
 def has_splits(data: str) -> bool:
-    """Whether `data` has held-out splits: digits, an image folder in the ImageNet layout, or a flat class tree
-    (seeded split, see `edgeconv.data.folders`)."""
-    if data == "digits":
+    """Whether `data` has held-out splits: a bundled set, an image folder in the ImageNet layout, or a flat class
+    tree (seeded split, see `edgeconv.data.folders`)."""
+    spec = DataSpec.parse(data)
+    if spec.bundled:
         return True
-    if data.startswith("imagefolder:"):
+    if spec.kind == "imagefolder":
         from edgeconv.data.folders import has_split
 
-        path = data.split(":", 1)[1]
-        return bool(path) and has_split(Path(path))
+        return has_split(spec.path)
     return False
 
 
-def data_for(data: str | None, pre: dict, what: str) -> str:
-    """The data a command reads when `--data` is not given: digits for a model trained on digits, the source a
-    model was trained on when its preprocessing recorded one, else a clear request for `--data`."""
+def data_for(data: str | None, pre: dict, what: str) -> DataSpec:
+    """The data a command reads when `--data` is not given: the source a model was trained on when its
+    preprocessing recorded one (digits for a model trained on digits), else a clear request for `--data`."""
     if data:
-        return data
+        return DataSpec.parse(data)
     recorded = str(pre.get("dataset") or "")
-    if recorded == "digits" or recorded.startswith(("imagefolder:", "npz:")):
-        return recorded
+    try:
+        return DataSpec.parse(recorded)
+    except EdgeconvError:
+        pass
     c, s = pre.get("channels", "?"), pre.get("size", "?")
     raise EdgeconvError(f"{what}: the model (input {c}x{s}x{s}) records no data it was trained on; pass --data SPEC")
 
@@ -185,7 +189,8 @@ def load_samples(
     """
     if split not in {"train", "val", "test", "all"}:
         raise EdgeconvError(f"unknown split {split!r} (train, val, test, all)")
-    if spec == "digits":
+    spec = DataSpec.parse(spec)
+    if spec.kind == "digits":
         if pre.get("channels") != 1:
             raise EdgeconvError(f"digits are 1-channel images; the model expects {pre.get('channels')} channels")
         if split == "all":
@@ -194,23 +199,25 @@ def load_samples(
         else:
             x01, y = digits_images01(split, pre["size"])
         s = Samples(normalise(x01, pre), y, [str(i) for i in range(10)], source=f"digits:{split}")
-    elif spec.startswith("imagefolder:"):
-        s = load_imagefolder(Path(spec.split(":", 1)[1]), pre, classes, split)
-    elif spec.startswith("npz:"):
-        s = load_npz(Path(spec.split(":", 1)[1]), pre, classes)
+    elif spec.kind == "imagefolder":
+        s = load_imagefolder(spec.path, pre, classes, split, spec.loader)
+    elif spec.kind == "npz":
+        s = load_npz(spec.path, pre, classes)
     else:
-        raise EdgeconvError(f"unknown data source {spec!r}: use digits, imagefolder:PATH or npz:PATH")
+        raise EdgeconvError(f"--data {spec}: no loader for this source here")
     if limit is not None:
         s = s.take(limit)
     return s
 
 
-def load_imagefolder(root: Path, pre: dict, classes: list[str] | None = None, split: str = "all"):
+def load_imagefolder(
+    root: Path, pre: dict, classes: list[str] | None = None, split: str = "all", loader: LoaderSettings | None = None
+):
     """`root/<class>/*` (labelled), a flat folder of images (label -1), or the ImageNet layout (`train/`, `val/`):
     streamed, see `edgeconv.data.folders`."""
     from edgeconv.data.folders import load_folder
 
-    return load_folder(root, pre, split, classes)
+    return load_folder(root, pre, split, classes, loader)
 
 
 def _check_zip(path: Path) -> None:
@@ -300,7 +307,7 @@ def load_npz(path: Path, pre: dict, classes: list[str] | None = None) -> Samples
 
 def default_calib_dir() -> Path:
     """The calibration samples shipped with edgeconv (`calib_data/digits` in the repository)."""
-    return Path(__file__).resolve().parent.parent / "calib_data" / "digits"
+    return Path(__file__).resolve().parents[2] / "calib_data" / "digits"
 
 
 def write_digits_calibration(out: Path, per_class: int = 10, size: int = 32) -> int:
@@ -317,3 +324,12 @@ def write_digits_calibration(out: Path, per_class: int = 10, size: int = 32) -> 
             Image.fromarray(arr, mode="L").save(out / str(c) / f"digit{c}_{j:02d}.png")
             n += 1
     return n
+
+
+def bundled_fingerprint(kind: str) -> str:
+    """What identifies a bundled set's contents for caching (the package that provides it, with its version)."""
+    if kind == "digits":
+        import sklearn
+
+        return f"sklearn-{sklearn.__version__}"
+    raise EdgeconvError(f"no bundled data set {kind!r}")

@@ -160,13 +160,19 @@ def build_options(cls: type, table: Any, section: str, where: str, base_dir: Pat
 
 def resolve_data_spec(spec: str, key: str, where: str, base_dir: Path) -> str:
     """Check a data spec now (the source must exist) and make its path absolute."""
-    if spec == "digits":
-        return spec
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("imagefolder", "npz") or not rest:
-        raise PipelineConfigError(f"{where}: {key} = {spec!r}: use digits, imagefolder:PATH or npz:PATH")
-    p = Path(rest).expanduser()
+    from edgeconv.data.spec import BUNDLED, DataSpec
+
+    try:
+        parsed = DataSpec.parse(spec, name=key)
+    except EdgeconvError:
+        raise PipelineConfigError(
+            f"{where}: {key} = {spec!r}: use {', '.join(BUNDLED)}, imagefolder:PATH or npz:PATH"
+        ) from None
+    if parsed.bundled:
+        return parsed
+    p = parsed.path.expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.exists():
+        kind = parsed.kind
         raise PipelineConfigError(f"{where}: {key}: no such {'folder' if kind == 'imagefolder' else 'file'}: {p}")
-    return f"{kind}:{p}"
+    return DataSpec(parsed.kind, p, parsed.loader)

@@ -92,12 +92,19 @@ class _Hasher:
         self._memo = {p: h for p, h in self._memo.items() if root not in p.parents and p != root}
 
 
-def _data_fingerprint(spec: str, hasher: _Hasher) -> str:
-    if spec == "digits":
+def _data_fingerprint(text: str, hasher: _Hasher) -> str:
+    from edgeconv.data.spec import DataSpec
+
+    spec = DataSpec.parse(text)
+    if spec.kind == "digits":
         import sklearn
 
         return f"digits/sklearn-{sklearn.__version__}"
-    return f"{spec.partition(':')[0]}/{hasher(spec.partition(':')[2])}"
+    if spec.bundled:
+        from edgeconv.data.sources import bundled_fingerprint
+
+        return f"{spec.kind}/{bundled_fingerprint(spec.kind)}"
+    return f"{spec.kind}/{hasher(str(spec.path))}"
 
 
 def step_key(cfg: PipelineConfig, name: str, opts, inputs: dict[str, Artifact], hasher: _Hasher) -> str:

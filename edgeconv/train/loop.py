@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeconv.data.sources import Samples
+from edgeconv.data.spec import DataSpec
 from edgeconv.models import routers
 from edgeconv.models.routed import ROUTED_MODES
 
@@ -373,15 +374,16 @@ def run_train(
     else:
         parse_name(model_name)  # an unknown name fails before any data is loaded
         timm_name = model_name[5:] if model_name.startswith("timm:") else None
-        if data.startswith("npz:") and img_size is None and not timm_name:
+        spec = DataSpec.parse(data)
+        if spec.kind == "npz" and img_size is None and not timm_name:
             from edgeconv.data.sources import npz_image_size
 
-            img_size = npz_image_size(Path(data[4:]))
+            img_size = npz_image_size(spec.path)
             if img_size is None:
                 raise EdgeconvError(
                     f"--data {data}: no square images in an array 'x' ([N, C, S, S] or [N, S, S, C]); give --img-size"
                 )
-        if data != "digits" and img_size is None and not timm_name:
+        if not spec.bundled and img_size is None and not timm_name:
             raise EdgeconvError("--img-size is required for image folders (the size images are resized to)")
         if weights and parse_name(model_name)[0] not in ("timm", "module"):
             raise EdgeconvError(

@@ -21,8 +21,8 @@ CRITERIA = ("gradient", "taylor", "random", "l1")
 # export/onnx.ROUTINGS (a test keeps them equal): what a routed model's routers become in ONNX
 EXPORT_ROUTINGS = ("gated", "soft", "static:conv", "static:attn")
 
-DATA_HELP = "digits | imagefolder:PATH | npz:PATH"
-EVAL_DATA_HELP = "Held-out labelled data for the top-1 after the step (default: the data's test split; digits only)."
+DATA_HELP = "digits | fashion | imagefolder:PATH | npz:PATH"
+EVAL_DATA_HELP = "Held-out labelled data for the top-1 after the step (default: the data's test split)."
 EVAL_ON_TRAIN_HELP = "Accept evaluating on the training data when it has no held-out split (scores what it fit)."
 
 

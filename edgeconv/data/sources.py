@@ -1,4 +1,4 @@
-"""Data sources: `digits` (scikit-learn's bundled handwritten digits), `imagefolder:PATH`, `npz:PATH`.
+"""Data sources: the bundled sets (`digits`, `fashion`: data/bundled.py), `imagefolder:PATH`, `npz:PATH`.
 
 Every source is turned into the model's preprocessing spec (size, channels, mean/std, NCHW). `digits` and `npz` are
 in-memory tensors (`Samples`; an npz must already have the model's shape). Image folders are streamed from disk by
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.common.settings import LoaderSettings
+from edgeconv.data.bundled import BUNDLED_SETS, bundled, digits_split_indices  # noqa: F401 - re-exported
 from edgeconv.data.spec import DataSpec
 
-DIGITS_MEAN, DIGITS_STD = 0.3, 0.32  # measured on the digits train split after scaling to [0, 1]
+DIGITS_MEAN, DIGITS_STD = BUNDLED_SETS["digits"].mean, BUNDLED_SETS["digits"].std
 
 
 @dataclass
@@ -60,15 +60,7 @@ class Samples:
 
 
 def digits_preprocessing(size: int = 32) -> dict:
-    return {
-        "size": size,
-        "channels": 1,
-        "mean": [DIGITS_MEAN],
-        "std": [DIGITS_STD],
-        "layout": "NCHW",
-        "pixel_range": "[0,1] before normalisation",
-        "dataset": "digits",
-    }
+    return bundled("digits").preprocessing(size)
 
 
 def normalise(x01: torch.Tensor, pre: dict) -> torch.Tensor:
@@ -77,35 +69,9 @@ def normalise(x01: torch.Tensor, pre: dict) -> torch.Tensor:
     return (x01 - mean) / std
 
 
-def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
-
-
-def digits_split_indices(n_labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic stratified split: 70% train, 10% val, 20% test, the same on every machine."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for c in np.unique(n_labels):
-        idx = np.flatnonzero(n_labels == c)
-        rng.shuffle(idx)
-        n_test = int(round(0.2 * len(idx)))
-        n_val = int(round(0.1 * len(idx)))
-        parts["test"] += idx[:n_test].tolist()
-        parts["val"] += idx[n_test : n_test + n_val].tolist()
-        parts["train"] += idx[n_test + n_val :].tolist()
-    return {k: np.sort(np.array(v)) for k, v in parts.items()}
-
-
 def digits_images01(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits of one split, upsampled to size x size, pixels in [0, 1], shape [N, 1, size, size]."""
-    images, labels = _digits_raw()
-    idx = digits_split_indices(labels)[split]
-    x = torch.from_numpy(images[idx]).unsqueeze(1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return x, torch.from_numpy(labels[idx])
+    return bundled("digits").images01(split, size)
 
 
 SPLIT_ROLES = ("train", "calibrate", "evaluate")
@@ -182,7 +148,7 @@ def check_held_out(data: str, eval_data: str | None, allow_train_eval: bool, wha
 def load_samples(
     spec: str, pre: dict, split: str = "test", limit: int | None = None, classes: list[str] | None = None
 ) -> Samples:
-    """Load `digits`, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec.
+    """Load a bundled set, `imagefolder:PATH` or `npz:PATH` as normalised tensors matching the preprocessing spec.
 
     With `classes` (a checkpoint's class names), labels index that list: an image folder holding only some of the
     classes is still scored against the model's own class order, and a class the model does not know is an error.
@@ -190,15 +156,12 @@ def load_samples(
     if split not in {"train", "val", "test", "all"}:
         raise EdgeconvError(f"unknown split {split!r} (train, val, test, all)")
     spec = DataSpec.parse(spec)
-    if spec.kind == "digits":
+    if spec.bundled:
+        ds = bundled(spec.kind)
         if pre.get("channels") != 1:
-            raise EdgeconvError(f"digits are 1-channel images; the model expects {pre.get('channels')} channels")
-        if split == "all":
-            parts = [digits_images01(s, pre["size"]) for s in ("train", "val", "test")]
-            x01, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        else:
-            x01, y = digits_images01(split, pre["size"])
-        s = Samples(normalise(x01, pre), y, [str(i) for i in range(10)], source=f"digits:{split}")
+            raise EdgeconvError(f"{spec.kind} are 1-channel images; the model expects {pre.get('channels')} channels")
+        x01, y = ds.images01(split, int(pre["size"]))
+        s = Samples(normalise(x01, pre), y, list(ds.classes), source=f"{spec.kind}:{split}")
     elif spec.kind == "imagefolder":
         s = load_imagefolder(spec.path, pre, classes, split, spec.loader)
     elif spec.kind == "npz":
@@ -328,8 +291,4 @@ def write_digits_calibration(out: Path, per_class: int = 10, size: int = 32) -> 
 
 def bundled_fingerprint(kind: str) -> str:
     """What identifies a bundled set's contents for caching (the package that provides it, with its version)."""
-    if kind == "digits":
-        import sklearn
-
-        return f"sklearn-{sklearn.__version__}"
-    raise EdgeconvError(f"no bundled data set {kind!r}")
+    return bundled(kind).fingerprint()

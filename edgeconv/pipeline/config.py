@@ -31,6 +31,7 @@ from typing import Any
 
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.common.options import option  # noqa: F401 - steps declare their options with it
+from edgeconv.common.settings import DATA_HELP
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -42,7 +43,7 @@ class PipelineConfigError(EdgeconvError):
 @dataclass
 class PipelineOptions:
     name: str = option("", help="Run name (default: the file's stem); the run folder is runs/NAME.")
-    data: str = option("digits", help="digits | imagefolder:PATH | npz:PATH, used by every step unless overridden.")
+    data: str = option("digits", help=f"{DATA_HELP}, used by every step unless overridden.")
     seed: int = option(0, help="Seed for every step that samples.")
     threads: int = option(2, min=1, help="torch threads for training and evaluation.")
 

@@ -29,6 +29,7 @@ from edgeconv.common.settings import (
     TrainSettings,
     ValidateSettings,
 )
+from edgeconv.data.spec import DataSpec
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError, option
 from edgeconv.quantize import QuantizeSettings
 
@@ -198,8 +199,8 @@ class Train(Step):
                 parse_name(opts.model)
             except EdgeconvError as e:
                 raise PipelineConfigError(f"{cfg.source}: train.model: {e}")
-            if cfg.pipeline.data != "digits" and not opts.img_size:
-                raise PipelineConfigError(f"{cfg.source}: train.img_size is required for data other than digits")
+            if not DataSpec.parse(cfg.pipeline.data).bundled and not opts.img_size:
+                raise PipelineConfigError(f"{cfg.source}: train.img_size is required for data other than a bundled set")
 
     @classmethod
     def run(cls, opts: TrainOptions, ctx: StepContext) -> StepResult:

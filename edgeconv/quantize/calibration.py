@@ -22,11 +22,13 @@ import torch
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.data.folders import FolderSamples
 from edgeconv.data.sources import Samples, default_calib_dir, load_imagefolder, load_samples
+from edgeconv.data.spec import BUNDLED, DataSpec
 
 # Calibration batches: every sample alone (so each routed sample reaches its own `If` branch, as at batch 1) and
 # shuffled mixed batches of this size (so the per-sample select branch of a mixed batch is calibrated too).
 MIXED_BATCH = 8
 DEFAULT_FOLDER_LIMIT = 1000
+DEFAULT_SET_LIMIT = 2000  # in-memory sets (a bundled set's train split) above this are drawn from, stratified
 
 
 @dataclass
@@ -64,6 +66,10 @@ class CalibrationSet:
             yield x[i : i + batch]
 
 
+def _default_limit(samples) -> int:
+    return DEFAULT_FOLDER_LIMIT if isinstance(samples, FolderSamples) else DEFAULT_SET_LIMIT
+
+
 def _drawn(limit: int, total: int, seed: int, unit: str = "", hint: str = "") -> str:
     """What the source text says of a stratified subset: " (a stratified 40 of 200 files, seed 7)"."""
     return f" (a stratified {limit} of {total}{unit}{f', seed {seed}' if seed else ''}{hint})"
@@ -86,7 +92,11 @@ def load_calibration(
             source = f"imagefolder:{root}"
         elif data is not None:
             samples = load_samples(data, pre, split="train")
-            source = f"{data} (train split)" if data == "digits" else data
+            source = f"{data} (train split)" if DataSpec.parse(data).bundled else data
+        elif pre.get("dataset") in BUNDLED and pre.get("dataset") != "digits" and pre.get("channels") == 1:
+            data = pre["dataset"]  # a model trained on a bundled set calibrates on that set's train split
+            samples = load_samples(data, pre, split="train")
+            source = f"{data} (train split)"
         else:
             if pre.get("dataset") != "digits" or pre.get("channels") != 1:
                 raise EdgeconvError(
@@ -103,11 +113,7 @@ def load_calibration(
         msg = str(e)
         raise EdgeconvError(msg if msg.startswith("no calibration") else f"calibration data: {msg}") from None
     files = None
-    if (
-        seed
-        and (limit is None or limit >= len(samples))
-        and not (limit is None and isinstance(samples, FolderSamples) and len(samples) > DEFAULT_FOLDER_LIMIT)
-    ):
+    if seed and (limit is None or limit >= len(samples)) and not (limit is None and len(samples) > _default_limit(samples)):
         # The seed only picks which subset --calib-limit draws: with every sample used it would change nothing.
         raise EdgeconvError(
             f"--calib-seed {seed} has no subset to draw: all {len(samples)} calibration samples of {source} are used; "
@@ -130,10 +136,14 @@ def load_calibration(
             raise samples.nothing_readable(f"calibration data: {source}")
         files = {k: rec[k] for k in ("files", "file_list_sha256", "skipped")}
         samples = Samples(x, y, samples.classes, samples.source)
-    elif limit is not None:
-        if limit < len(samples):
+    else:
+        if limit is None and len(samples) > DEFAULT_SET_LIMIT:  # e.g. fashion's 55,000 train images
+            limit = DEFAULT_SET_LIMIT
+            source += _drawn(limit, len(samples), seed, "", "; --calib-limit N to change")
+        elif limit is not None and limit < len(samples):
             source += _drawn(limit, len(samples), seed)
-        samples = samples.stratified(limit, seed=seed)
+        if limit is not None:
+            samples = samples.stratified(limit, seed=seed)
     if len(samples) == 0:
         raise EdgeconvError(f"calibration data: {source} holds no samples")
     if not torch.isfinite(samples.x).all():
@@ -144,10 +154,11 @@ def load_calibration(
 def load_evaluation(pre: dict, spec: str | None, split: str = "test", classes: list[str] | None = None) -> Samples | None:
     """Labelled samples for measuring top-1 of the float and quantized models (None when none apply)."""
     if spec is None:
-        if pre.get("dataset") != "digits" or pre.get("channels") != 1:
+        if pre.get("dataset") not in BUNDLED or pre.get("channels") != 1:
             return None
-        spec = "digits"
-    s = load_samples(spec, pre, split if spec == "digits" else "test", classes=classes)
+        spec = pre["dataset"]  # a model trained on a bundled set is scored on its test split
+    bundled_set = DataSpec.parse(spec).bundled
+    s = load_samples(spec, pre, split if bundled_set else "test", classes=classes)
     if len(s) == 0 or bool((s.y < 0).all()):
         raise EdgeconvError(f"evaluation data {spec!r} has no labels; accuracy needs labelled samples")
     return s

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgeconv.data.bundled import bundled
 from edgeconv.data.sources import Samples
 from edgeconv.data.spec import DataSpec
 from edgeconv.models import routers
@@ -339,7 +340,7 @@ def run_train(
     from edgeconv.common.checks import check_input_shape
     from edgeconv.common.errors import EdgeconvError
     from edgeconv.data.folders import split_record
-    from edgeconv.data.sources import digits_preprocessing, has_splits, load_samples, split_for
+    from edgeconv.data.sources import has_splits, load_samples, split_for
     from edgeconv.models import create_model, load_model, parse_name
     from edgeconv.train import distributed
 
@@ -390,8 +391,9 @@ def run_train(
                 "--weights initialises timm:NAME and package.module:factory models; zoo models train from scratch "
                 "or --resume"
             )
-        if data == "digits":
-            pre, classes = digits_preprocessing(img_size or 32), [str(i) for i in range(10)]
+        if spec.bundled:
+            ds = bundled(spec.kind)
+            pre, classes = ds.preprocessing(img_size), list(ds.classes)
             train = load_samples(data, pre, "train")
         elif timm_name:  # timm's convention for the model: its pretrained config's size, filter, crop, mean/std
             from edgeconv.models.timm_family import pretrained_preprocessing
@@ -455,7 +457,7 @@ def run_train(
         metrics["processes"] = ctx.world
     if hasattr(train, "report"):
         metrics["train_data"] = train.report(speed=False)
-    for split in ("val", "test") if data == "digits" else ("val",) if has_splits(data) else ():
+    for split in ("val", "test") if DataSpec.parse(data).bundled else ("val",) if has_splits(data) else ():
         r = evaluate(model, load_samples(data, pre, split, classes=classes))
         metrics[f"{split}_top1"] = r["top1"]
     if not last_state and resume:  # nothing left to train: keep the resumed state as it was

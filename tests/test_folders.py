@@ -209,3 +209,21 @@ def test_train_and_eval_on_an_imagenet_layout_folder(folder, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n"] == 100 and res["data"]["skipped"] == 3 and res["images_per_s"] > 0
+
+
+def test_a_folder_holding_only_val_is_that_split_not_a_class_named_val(tmp_path):
+    """`root/val/<class>/...` alone: evaluation reads val/ with its class folders; training says what is missing."""
+    from PIL import Image
+
+    from edgeconv.data.sources import has_splits, load_samples, split_for
+
+    for c in ("0", "1"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (10 * i, 50, 90)).save(tmp_path / "val" / c / f"{i}.png")
+    spec = f"imagefolder:{tmp_path}"
+    assert has_splits(spec) and split_for(spec, "evaluate") == "test"
+    s = load_samples(spec, RGB32, split_for(spec, "evaluate"), classes=["0", "1", "2"])
+    assert len(s) == 4 and sorted(s.y.tolist()) == [0, 0, 1, 1]
+    with pytest.raises(EdgeconvError, match=r"has no train/ folder \(found: val\)"):
+        load_samples(spec, RGB32, "train")

@@ -64,10 +64,12 @@ def _storable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().clone()
     if isinstance(obj, dict):
-        return {(k if isinstance(k, (str, int)) else str(k)): _storable(v) for k, v in obj.items()}
+        return {(k if isinstance(k, int) else str(k)): _storable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_storable(v) for v in obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
+    if isinstance(obj, str):
+        return str(obj)  # a str subclass (a parsed data spec) is stored as its text: weights-only loads refuse classes
+    if obj is None or isinstance(obj, (int, float, bool)):
         return obj
     return _plain(obj)
 

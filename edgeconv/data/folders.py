@@ -44,8 +44,19 @@ TRAIN_RATIO = (3 / 4, 4 / 3)
 
 # ------------------------------------------------------------------------------------------------------ the file index
 def is_split_layout(root: Path) -> bool:
-    """True for the ImageNet layout: a `train/` folder and a `val/` or `test/` folder beside it."""
-    return (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+    """True for the ImageNet layout: a `train/` folder and a `val/` or `test/` folder beside it, or split folders
+    alone (only `val/`, only `test/`, ...: nothing else but hidden entries at the top level), each read as that
+    split."""
+    present = [s for s in SPLIT_DIRS if (root / s).is_dir()]
+    if not present:
+        return False
+    if "train" in present and len(present) >= 2:
+        return True
+    try:
+        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    except OSError:
+        return False
+    return all(e.is_dir() and e.name in SPLIT_DIRS for e in entries)
 
 
 def is_class_tree(root: Path) -> bool:
@@ -186,7 +197,7 @@ def scan(
     if is_split_layout(root):
         if split == "all":
             parts = [s for s in SPLIT_DIRS if (root / s).is_dir()]
-        elif split == "test" and not (root / "test").is_dir():
+        elif split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
             parts = ["val"]
         elif (root / split).is_dir():
             parts = [split]

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,tflite]' torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,tflite,pretrained]' torch==2.13.0
 	touch $@
 
 setup-timm: $(TIMM_VENV)/.installed

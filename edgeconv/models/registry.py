@@ -27,18 +27,27 @@ class Family:
     has_attention: bool = True
     routed: bool = False
     extra: dict = field(default_factory=dict)
+    # `init(model, cfg)`: initial weights for a freshly created model (e.g. pretrained ones); never run when a
+    # checkpoint is rebuilt, whose own weights replace them
+    init: Callable[[nn.Module, dict], None] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
 def register_family(
-    name: str, *, variants: dict[str, dict], description: str, routed: bool = False, has_attention: bool = True
+    name: str,
+    *,
+    variants: dict[str, dict],
+    description: str,
+    routed: bool = False,
+    has_attention: bool = True,
+    init: Callable[[nn.Module, dict], None] | None = None,
 ):
     """Decorator for a family's builder `build(cfg) -> nn.Module` (the module must set `model.cfg = cfg`)."""
 
     def deco(fn: Callable[[dict], nn.Module]):
-        _FAMILIES[name] = Family(name, fn, variants, description, has_attention, routed)
+        _FAMILIES[name] = Family(name, fn, variants, description, has_attention, routed, init=init)
         return fn
 
     return deco
@@ -79,7 +88,11 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 1, img_siz
     else:
         cfg = {"family": fam, "variant": variant, **families()[fam].variants[variant]}
     cfg.update(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
-    return create_model_from_config(cfg)
+    model = create_model_from_config(cfg)
+    init = families()[fam].init if fam in _FAMILIES else None
+    if init is not None:
+        init(model, cfg)
+    return model
 
 
 def create_model_from_config(cfg: dict) -> nn.Module:

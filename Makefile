@@ -5,9 +5,16 @@ PY := $(VENV)/bin/python
 # timm-based checks therefore live in their own venv so they never swap the CPU torch of the main one.
 TIMM_VENV ?= .venv-timm
 
-.PHONY: setup setup-timm demo test test-fast test-main test-timm lint clean
+.PHONY: setup fashion-data setup-timm demo test test-fast test-main test-timm lint clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed fashion-data
+
+# Fashion-MNIST (`--data fashion`) is Debian's dataset-fashion-mnist; installed where we are root, else a note
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-data:
+	@if [ ! -f $(FASHION) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1; fi
+	@[ -f $(FASHION) ] || echo "note: dataset-fashion-mnist is not installed (--data fashion and its tests are unavailable)"
 
 # The CPU torch wheel is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml

@@ -29,16 +29,26 @@ from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.distill import DistillConfig, run_distill
 from edgeconv.compress.prune import PruneRequest, prune_model
 from edgeconv.data.sources import load_samples
+from edgeconv.data.spec import BUNDLED
 from edgeconv.models import load_model
 from edgeconv.train.loop import TrainConfig, evaluate
 
 CRITERIA = ("gradient", "taylor", "l1", "random")
 
 
+def data_of(pre: dict) -> str:
+    """The bundled set a checkpoint was trained on (digits or fashion), which its rows are scored on."""
+    data = pre.get("dataset") or "digits"
+    if data not in BUNDLED:
+        raise SystemExit(f"benchmarks/prune.py scores bundled sets ({', '.join(BUNDLED)}); this model was trained on {data}")
+    return data
+
+
 def accuracy_curves(ckpt: Path, reductions: list[float], seeds: int, batches: int, batch_size: int) -> dict:
     model, ck = load_model(ckpt)
     pre = ck["preprocessing"]
-    train, test = load_samples("digits", pre, "train"), load_samples("digits", pre, "test")
+    data = data_of(pre)
+    train, test = load_samples(data, pre, "train"), load_samples(data, pre, "test")
     base = evaluate(model, test)["top1"]
     curves: dict[str, list] = {c: [] for c in CRITERIA}
     for r in reductions:
@@ -73,7 +83,7 @@ def ort_latency_ms(paths: dict[str, Path], pre: dict, rounds: int, runs: int, th
     from edgeconv.runtime.onnxrt import session
 
     sessions = {k: session(p, threads=threads) for k, p in paths.items()}
-    x = load_samples("digits", pre, "test").x[:1].numpy().astype(np.float32)
+    x = load_samples(data_of(pre), pre, "test").x[:1].numpy().astype(np.float32)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for k, s in sessions.items():  # warm-up
@@ -88,12 +98,12 @@ def ort_latency_ms(paths: dict[str, Path], pre: dict, rounds: int, runs: int, th
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def export_and_validate(ckpt: Path, onnx_path: Path) -> str:
+def export_and_validate(ckpt: Path, onnx_path: Path, data: str) -> str:
     from edgeconv.export.onnx import export_onnx
     from edgeconv.measure.validate import validate_onnx
 
     export_onnx(str(ckpt), onnx_path)
-    rep = validate_onnx(onnx_path, against=ckpt, data="digits", split="test", limit=120)
+    rep = validate_onnx(onnx_path, against=ckpt, data=data, split="test", limit=120)
     failed = [c.name for c in rep.checks if c.status == "FAILED"]
     return "PASSED" if rep.passed else "FAILED: " + ", ".join(failed)
 
@@ -128,7 +138,7 @@ def plot(results: dict, path: Path) -> None:
         ax.axhline(res["base_top1"], color="grey", linestyle="--", linewidth=1, label="original")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("MAC reduction %")
-        ax.set_ylabel("digits test top-1 % (before fine-tuning)")
+        ax.set_ylabel(f"{res.get('data', 'digits')} test top-1 % (before fine-tuning)")
         ax.set_ylim(0, 101)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -139,7 +149,9 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("ckpts", nargs="+", type=Path, help="trained checkpoints (digits)")
+    ap.add_argument(
+        "ckpts", nargs="+", type=Path, help="trained checkpoints (each scored on the bundled set it was trained on)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench_prune"))
     ap.add_argument("--reductions", default="0.2,0.35,0.5,0.65,0.8")
     ap.add_argument("--random-seeds", type=int, default=3)
@@ -179,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             curve_rows.append(row)
         stem = ckpt.stem
         onnx_paths = {"original": args.out / f"{stem}.onnx"}
-        status = {"original": export_and_validate(ckpt, onnx_paths["original"])}
+        data = data_of(ck["preprocessing"])
+        status = {"original": export_and_validate(ckpt, onnx_paths["original"], data)}
         res["kd"] = []
         for r in kd_at:
             pruned_ck = args.out / f"{stem}.p{int(100 * r)}.pt"
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
             pr = run_prune(
                 str(ckpt),
-                "digits",
+                data,
                 PruneRequest(target_macs=round(1 - r, 6), batches=args.batches, batch_size=args.batch_size),
                 str(pruned_ck),
                 command="benchmarks/prune.py",
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             kd = run_distill(
                 str(ckpt),
                 str(pruned_ck),
-                "digits",
+                data,
                 str(kd_ck),
                 dcfg=DistillConfig(),
                 tcfg=TrainConfig(epochs=args.kd_epochs, lr=1e-3),
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for key, path in ((f"pruned {100 * r:.0f}%", pruned_ck), (f"pruned {100 * r:.0f}% + KD", kd_ck)):
                 onnx_paths[key] = args.out / (path.stem + FORMATS["onnx"].suffix)
-                status[key] = export_and_validate(path, onnx_paths[key])
+                status[key] = export_and_validate(path, onnx_paths[key], data)
         lat = ort_latency_ms(onnx_paths, ck["preprocessing"], args.rounds, args.runs, args.ort_threads)
         res["latency_ms"], res["validate"] = lat, status
         for k, v in lat.items():
@@ -239,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
                     "validate": status[k],
                 }
             )
+        res["data"] = data
         results[name] = res
     plot(results, args.out / "curves.png")
     artifacts.atomic_write_json(
         args.out / "results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}
     )
-    console.print(rows_table(curve_rows, title="digits test top-1 % before fine-tuning (random: mean (min..max))"))
+    sets = ", ".join(sorted({r.get("data", "digits") for r in results.values()}))
+    console.print(rows_table(curve_rows, title=f"{sets} test top-1 % before fine-tuning (random: mean (min..max))"))
     if kd_rows:
         console.print(rows_table(kd_rows, title="distillation of the gradient-pruned model (teacher = original)"))
     console.print(

@@ -284,3 +284,43 @@ def test_loader_options_travel_with_the_spec_not_through_the_process_settings(tm
         load_samples(strict, digits_pre).x
     lenient = load_samples(f"imagefolder:{root}", digits_pre)  # the process default: skip and list
     assert lenient.x.shape[0] == 1 and len(lenient.skipped) == 1
+
+
+# ------------------------------------------------------------------------------------------------ fashion
+def _fashion_installed() -> bool:
+    from edgeconv.data.bundled import fashion_dir
+
+    return (fashion_dir() / "train-images-idx3-ubyte.gz").is_file()
+
+
+needs_fashion = pytest.mark.skipif(not _fashion_installed(), reason="dataset-fashion-mnist is not installed")
+
+
+@needs_fashion
+def test_fashion_splits_are_fixed_stratified_and_disjoint_and_its_recorded_stats_are_measured():
+    from edgeconv.data.bundled import _fashion_file, bundled, fashion_split_indices
+
+    ds = bundled("fashion")
+    images, labels = _fashion_file("train")
+    parts = fashion_split_indices(labels)
+    assert len(parts["train"]) == 55_000 and len(parts["val"]) == 5_000
+    assert not set(parts["train"]) & set(parts["val"])
+    assert np.bincount(labels[parts["val"]]).tolist() == [500] * 10
+    assert (fashion_split_indices(labels)["val"] == parts["val"]).all()  # the same draw every time
+    x, y = ds.images01("test", 28)
+    assert x.shape == (10_000, 1, 28, 28) and torch.bincount(y).tolist() == [1000] * 10
+    train01 = images[parts["train"]].astype(np.float64) / 255
+    assert abs(train01.mean() - ds.mean) < 5e-4 and abs(train01.std() - ds.std) < 5e-4
+
+
+def test_fashion_missing_is_one_line_naming_the_package(tmp_path, monkeypatch, digits_pre):
+    from edgeconv.data import bundled
+
+    monkeypatch.setenv(bundled.FASHION_DIR_ENV, str(tmp_path))
+    bundled._fashion_file.cache_clear()
+    try:
+        with pytest.raises(EdgeconvError, match="apt-get install dataset-fashion-mnist") as e:
+            load_samples("fashion", digits_pre, "test")
+        assert "\n" not in str(e.value)
+    finally:
+        bundled._fashion_file.cache_clear()

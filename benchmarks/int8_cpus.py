@@ -1,11 +1,13 @@
 """INT8 top-1 on more than one CPU class, in one run: this CPU, and x86 CPU models emulated by qemu-user.
 
-For each digits checkpoint (--ckpt, repeatable) the float ONNX and two INT8 files are written: the default
-`--target portable` (7-bit per-channel weights) and `--target x86-vnni` (full 8-bit weights, what edgeconv wrote
-before targets existed). Every file is scored on the digits test split (359 images) by a default onnxruntime
-session (ORT_ENABLE_ALL) on this CPU, and by the same onnxruntime under `qemu-x86_64 -cpu MODEL` for each --emulate
-model (default Haswell: AVX2 without AVX-512 or VNNI; qemu emulates no AVX-512, so every qemu model is a CPU
-without VNNI). The int16 pair-sum check of each file is printed beside it.
+For each checkpoint trained on a bundled set (--ckpt, repeatable; all on the same set: digits or fashion) the
+float ONNX and two INT8 files are written: the default `--target portable` (7-bit per-channel weights) and
+`--target x86-vnni` (full 8-bit weights, what edgeconv wrote before targets existed), both calibrated on that set's
+train split. Every file is scored on the set's test split (digits: 359 images; fashion: 10,000, or a seeded
+class-stratified --limit of them) by a default onnxruntime session (ORT_ENABLE_ALL) on this CPU, and by the same
+onnxruntime under `qemu-x86_64 -cpu MODEL` for each --emulate model (default Haswell: AVX2 without AVX-512 or VNNI;
+qemu emulates no AVX-512, so every qemu model is a CPU without VNNI).
+The int16 pair-sum check of each file is printed beside it.
 
     python benchmarks/int8_cpus.py --ckpt routed.pt --ckpt acmix.pt --out /tmp/int8cpus
 
@@ -39,7 +41,8 @@ def main() -> None:
     from edgeconv.runtime.hostcpu import cpu_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", action="append", type=Path, required=True, help="digits checkpoint (repeatable)")
+    ap.add_argument("--ckpt", action="append", type=Path, required=True, help="checkpoint (repeatable)")
+    ap.add_argument("--limit", type=int, default=None, help="score the first N test images only (stratified)")
     ap.add_argument(
         "--emulate", action="append", default=None, help="qemu CPU model to score under (repeatable; default Haswell)"
     )
@@ -54,9 +57,11 @@ def main() -> None:
     cpu = cpu_record()
     files: dict[str, dict[str, Path]] = {}
     pre = None
+    sets = set()
     for ck in args.ckpt:
         rec = read_checkpoint(ck)
         pre = rec["preprocessing"]
+        sets.add(pre.get("dataset") or "digits")
         name = f"{rec['family']}-{rec.get('variant', '')}".strip("-")
         onx = work / f"{ck.stem}.onnx"
         if not onx.exists():
@@ -69,7 +74,12 @@ def main() -> None:
                 _log(f"{ck.name}: quantizing for {target}")
                 quantize(QuantizeRequest(onx, out, "int8", "ort", target=target, command="benchmarks/int8_cpus.py"))
             files[name][target] = out
-    test = load_samples("digits", pre, "test")
+    if len(sets) != 1:
+        sys.exit(f"the checkpoints were trained on different data sets ({', '.join(sorted(sets))}): give one set's")
+    data = sets.pop()
+    test = load_samples(data, pre, "test")
+    if args.limit:
+        test = test.stratified(args.limit)
     every = [p for per in files.values() for p in per.values()]
     x, y = test.x.numpy(), test.y.numpy()
     columns = {f"{cpu['model']} ({cpu['int8']}), native": None}
@@ -94,8 +104,12 @@ def main() -> None:
                 drop = top - scores[col][str(per["float"])]
                 row[col] = f"{top:.2f}" if kind == "float" else f"{top:.2f} ({drop:+.2f})"
             rows.append(row)
-    console.print(rows_table(rows, title="digits test top-1 % (drop vs float) under a default onnxruntime session"))
-    (work / "int8_cpus.json").write_text(json.dumps({"cpu": cpu, "columns": list(columns), "rows": rows}, indent=2))
+    console.print(
+        rows_table(rows, title=f"{data} test top-1 % ({len(y)} images, drop vs float), default onnxruntime session")
+    )
+    (work / "int8_cpus.json").write_text(
+        json.dumps({"cpu": cpu, "data": data, "images": len(y), "columns": list(columns), "rows": rows}, indent=2)
+    )
     _log(f"results in {work / 'int8_cpus.json'}")
 
 

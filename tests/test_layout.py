@@ -83,6 +83,15 @@ def test_every_folder_is_a_layer_and_every_module_sits_in_one():
     assert {p.name for p in PKG.glob("*.py")} == {"__init__.py", "__main__.py"}
 
 
+MAX_LINES = 600
+
+
+def test_no_module_is_longer_than_a_reader_can_hold():
+    """Over MAX_LINES a module does more than one job: split it along the jobs (quantize/ort_options, ort_tree, ort)."""
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
 def test_imports_point_down_only():
     up = sorted(f"{a} -> {b}" for a, targets in GRAPH.items() for b in targets if _layer(b) > _layer(a))
     assert not up, "imports that point up a layer:\n" + "\n".join(up)

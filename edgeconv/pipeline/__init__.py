@@ -12,7 +12,8 @@ from pathlib import Path
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError  # noqa: F401
 from edgeconv.pipeline.loader import load_pipeline, parse_pipeline  # noqa: F401
 from edgeconv.pipeline.runner import PipelineStepError, RunResult, StepOutcome, run_pipeline  # noqa: F401
-from edgeconv.pipeline.steps import STEPS, Artifact, Step, StepContext, StepResult, register_step  # noqa: F401
+from edgeconv.pipeline.step import Artifact, Step, StepContext, StepResult  # noqa: F401
+from edgeconv.pipeline.steps import STEPS, register_step  # noqa: F401
 
 
 def demo_pipeline_path() -> Path:

@@ -18,7 +18,8 @@ from edgeconv.pipeline.config import (
     resolve_data_spec,
     unknown_key,
 )
-from edgeconv.pipeline.steps import STEPS, check_order
+from edgeconv.pipeline.step import check_order
+from edgeconv.pipeline.steps import STEPS
 
 if sys.version_info >= (3, 11):
     import tomllib

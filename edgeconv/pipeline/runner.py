@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Iterator
 from edgeconv import __version__, artifacts
 from edgeconv.common.errors import EdgeconvError
 from edgeconv.pipeline.config import PipelineConfig, PipelineConfigError
-from edgeconv.pipeline.steps import STEPS, Artifact, StepContext, StepResult
+from edgeconv.pipeline.step import Artifact, StepContext, StepResult
+from edgeconv.pipeline.steps import STEPS
 
 
 class PipelineStepError(EdgeconvError):

@@ -20,6 +20,7 @@ from edgeconv.compress.prune import (
     PruneRequest,
     apply_plan,
     ensure_prunable,
+    find_units,
     plan_pruning,
     prune_model,
     run_prune,
@@ -138,8 +139,8 @@ def test_target_macs_is_met_and_heads_never_reach_zero():
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_min_keep_is_a_floor_under_every_layer(steps):
-    """--min-keep 0.5: no layer loses more than half of what it had, over all steps; the MAC target still holds or
-    the request is refused as unreachable."""
+    """--min-keep 0.5: no layer loses more than half of what it had, over all steps; the MAC target still holds, or
+    the model is pruned as far as the floors allow and the plan says the budget was out of reach."""
     import math
 
     m = create_model("routed-tiny").eval()
@@ -152,8 +153,10 @@ def test_min_keep_is_a_floor_under_every_layer(steps):
     floored = plan_pruning(m, PRE, None, PruneRequest(target_macs=0.7, criterion="l1", min_keep=0.25))
     assert floored.macs_after <= 0.7 * floored.macs_before
     assert all(len(lp.keep) >= math.ceil(0.25 * lp.size) for lp in floored.layers)
-    with pytest.raises(EdgeconvError, match="unreachable; with 90% of the heads and channels left"):
-        plan_pruning(m, PRE, None, PruneRequest(target_macs=0.5, criterion="l1", min_keep=0.9))
+    far = plan_pruning(m, PRE, None, PruneRequest(target_macs=0.5, criterion="l1", min_keep=0.9))
+    assert not far.target_met and far.macs_after > 0.5 * far.macs_before
+    assert any("out of reach: with 90% of the heads and channels left" in n for n in far.notes)
+    assert all(len(lp.keep) == math.ceil(0.9 * lp.size) for lp in far.layers)  # every layer down to its floor
 
 
 def test_head_ratio_that_would_empty_a_layer_keeps_one_and_says_so():
@@ -174,7 +177,6 @@ def test_head_ratio_that_would_empty_a_layer_keeps_one_and_says_so():
         (dict(target_macs=0.5, heads=0.2), "not both"),
         (dict(), "nothing to prune"),
         (dict(heads=0.3, criterion="magic"), "unknown criterion"),
-        (dict(target_macs=0.01, criterion="l1"), "unreachable"),
     ],
 )
 def test_bad_requests_fail_clearly(kwargs, match):
@@ -183,25 +185,55 @@ def test_bad_requests_fail_clearly(kwargs, match):
         plan_pruning(m, PRE, None, PruneRequest(**kwargs))
 
 
-def test_unsupported_attention_is_named():
+def test_a_budget_out_of_reach_prunes_as_far_as_it_can_and_says_so():
+    m = create_model("routed-tiny").eval()
+    plan = plan_pruning(m, PRE, None, PruneRequest(target_macs=0.01, criterion="l1"))
+    assert not plan.target_met and all(len(lp.keep) == 1 for lp in plan.layers)
+    assert any("--target-macs 0.01 is out of reach" in n and "pruned as far as that" in n for n in plan.notes)
+    assert any(n.startswith("--target-macs 0.01: reached ") for n in plan.notes)
+
+
+def test_an_unknown_attention_is_left_whole_and_named_while_the_rest_is_pruned():
+    """A module that looks like attention and has no heads edgeconv understands does not stop the model: it is left
+    whole with its path, class and reason in the plan and its notes; what is understood is pruned."""
+
     class WindowAttention(nn.Module):  # an attention edgeconv has no head structure for
         def __init__(self):
             super().__init__()
             self.qkv = nn.Linear(16, 48)
 
         def forward(self, x):
-            return self.qkv(x)
+            return self.qkv(x)[..., :16]
 
     class Foreign(nn.Module):
         def __init__(self):
             super().__init__()
             self.cfg = {"family": "timm", "timm_name": "swin_like"}
-            self.blocks = nn.Sequential(nn.MultiheadAttention(16, 4), WindowAttention())
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.win = WindowAttention()
 
-    with pytest.raises(
-        EdgeconvError, match=r"swin_like: cannot prune attention module .*WindowAttention at 'blocks\.1'.*nothing was pruned"
-    ):
-        ensure_prunable(Foreign())
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2)[..., :16]
+            return self.win(self.mha(t, t, t, need_weights=False)[0]).mean(1)
+
+    units, left = find_units(Foreign())
+    assert [u.name for u in units] == ["mha"]
+    assert left == [{"path": "win", "class": f"{__name__}.{WindowAttention.__qualname__}",
+                     "reason": "its heads are found on an example input, and none was given"}]  # fmt: skip
+    pre = {**PRE, "channels": 16, "size": 4}
+    plan = plan_pruning(Foreign(), pre, None, PruneRequest(heads=0.5, criterion="l1"))
+    assert plan.left_whole == [{**left[0], "reason": "not multi-head (no integer num_heads)"}]
+    assert [lp.unit for lp in plan.layers if lp.kind == "heads"] == ["mha"] and len(plan.layers[0].keep) == 2
+    assert any(n.startswith("left whole: 1 x ") and "WindowAttention ('win')" in n for n in plan.notes)
+
+    class OnlyUnknown(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = {"family": "timm", "timm_name": "swin_like"}
+            self.win = WindowAttention()
+
+    with pytest.raises(EdgeconvError, match=r"swin_like: no prunable units .*left whole: 1 x .*WindowAttention \('win'\)"):
+        ensure_prunable(OnlyUnknown())
 
 
 class _UserModel(nn.Module):

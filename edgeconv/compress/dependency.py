@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from edgeconv.common.errors import EdgeconvError
-from edgeconv.models.structure import is_channel_module, is_head_module
+from edgeconv.models.structure import is_channel_module, is_head_module, unknown_attention
 
 ELEMENTWISE_OPS = {"_ElementWiseOp", "_ReshapeOp"}  # Torch-Pruning's pseudo-modules for ops without weights
 
@@ -32,11 +32,15 @@ def _plain(m: nn.Module) -> bool:
 
 
 def _covered(model: nn.Module) -> set[int]:
-    """ids of every module inside a unit edgeconv already knows (the unit's own module included)."""
+    """ids of every module inside a unit edgeconv already knows (the unit's own module included), and inside an
+    attention module left whole (its internals are not split into channel units behind its back)."""
     out: set[int] = set()
     for m in model.modules():
         if is_head_module(m) or is_channel_module(m):
             out.update(id(c) for c in m.modules())
+    mods = dict(model.named_modules())
+    for path, _ in unknown_attention(model):
+        out.update(id(c) for c in mods[path].modules())
     return out
 
 

@@ -24,6 +24,7 @@ from edgeconv.common.errors import EdgeconvError
 from edgeconv.compress.importance import get_criterion, normalise_per_layer
 from edgeconv.data.sources import Samples
 from edgeconv.models import count_params_macs
+from edgeconv.models.generic_attention import is_generic
 from edgeconv.models.structure import Unit, current_structure, is_channel_module, keep_unit, prunable_units
 
 
@@ -91,6 +92,9 @@ class PrunePlan:
     params_after: int = 0
     macs_after: int = 0
     graph_units: dict = field(default_factory=dict)  # consumer path -> [[path, role]]: units the graph found
+    generic_heads: dict = field(default_factory=dict)  # attention path -> head description found from its structure
+    left_whole: list = field(default_factory=list)  # [{path, class, reason}]: attention modules not pruned
+    target_met: bool = True  # --target-macs: whether the MACs reached are within the budget
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,33 +107,61 @@ class PrunePlan:
 GRAPH_FAMILIES = ("timm", "module")  # users' models: hidden channels are also found by the dependency graph
 
 
-def ensure_prunable(model: nn.Module, pre: dict | None = None) -> list[Unit]:
-    """The model's prunable units (users' timm / nn.MultiheadAttention modules adapted in place first, and for users'
-    models given `pre` the hidden channels Torch-Pruning's dependency graph finds), or an error naming the first
-    attention module edgeconv cannot prune (nothing is pruned then)."""
+def find_units(model: nn.Module, pre: dict | None = None) -> tuple[list[Unit], list[dict]]:
+    """The model's prunable units and the attention modules left whole ([{path, class, reason}]).
+
+    Users' timm / nn.MultiheadAttention modules with an adapter are adapted in place first; for users' models given
+    `pre`, attention modules without one are described from their own structure and checked on an example input
+    (`compress/heads.py`), and Torch-Pruning's dependency graph finds hidden channels (`compress/dependency.py`).
+    A module that cannot be understood is left whole; the rest of the model is still pruned."""
     from edgeconv.models.prunable import adapt
     from edgeconv.models.structure import unknown_attention
 
     adapt(model)
     cfg = getattr(model, "cfg", None)
-    name = (cfg.get("timm_name") or cfg.get("family")) if isinstance(cfg, dict) else type(model).__name__
-    unknown = unknown_attention(model)
-    if unknown:
-        p, cls = unknown[0]
-        raise EdgeconvError(
-            f"{name}: cannot prune attention module {cls.__module__}.{cls.__qualname__} at {p!r} "
-            f"({len(unknown)} such module(s)): edgeconv knows the heads of its own families, timm's Attention and "
-            "torch's nn.MultiheadAttention; nothing was pruned"
-        )
+    reasons: dict[str, str] = {}
     if pre is not None and isinstance(cfg, dict) and cfg.get("family") in GRAPH_FAMILIES:
         from edgeconv.compress.dependency import add_graph_units
+        from edgeconv.compress.heads import add_generic_heads
 
         g = torch.Generator().manual_seed(0)
-        add_graph_units(model, torch.randn(2, int(pre["channels"]), int(pre["size"]), int(pre["size"]), generator=g))
-    units = prunable_units(model)
+        example = torch.randn(2, int(pre["channels"]), int(pre["size"]), int(pre["size"]), generator=g)
+        _, left = add_generic_heads(model, example)
+        reasons = {p: why for p, _, why in left}
+        add_graph_units(model, example)
+    default = (
+        "its heads are found on an example input, and none was given"
+        if pre is None
+        else "edgeconv's families declare their own units; this module is not one of them"
+    )
+    left_whole = [
+        {"path": p, "class": f"{cls.__module__}.{cls.__qualname__}", "reason": reasons.get(p, default)}
+        for p, cls in unknown_attention(model)
+    ]
+    return prunable_units(model), left_whole
+
+
+def left_whole_summary(left: list[dict], limit: int = 3) -> list[str]:
+    """One line per (class, reason) of the modules left whole: how many, the first paths, why."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for d in left:
+        groups.setdefault((d["class"], d["reason"]), []).append(d["path"])
+    out = []
+    for (cls, why), paths in groups.items():
+        at = ", ".join(repr(p) for p in paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+        out.append(f"left whole: {len(paths)} x {cls} ({at}): {why}")
+    return out
+
+
+def ensure_prunable(model: nn.Module, pre: dict | None = None) -> list[Unit]:
+    """`find_units`' units, or an error when the model has none (naming the attention modules left whole)."""
+    units, left = find_units(model, pre)
     if units:
         return units
-    raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows)")
+    cfg = getattr(model, "cfg", None)
+    name = (cfg.get("timm_name") or cfg.get("family")) if isinstance(cfg, dict) else type(model).__name__
+    why = f"; {left_whole_summary(left, 1)[0]}" if left else ""
+    raise EdgeconvError(f"{name}: no prunable units (no attention heads or hidden channels edgeconv knows){why}")
 
 
 REFINE_ROUNDS = 4  # a MACs target is re-measured and topped up this many times per step at most
@@ -233,14 +265,15 @@ def plan_pruning(
     """Score, rank and select on a copy of `model`; the model itself is not changed."""
     req.check()
     work = copy.deepcopy(model).eval()
-    units = ensure_prunable(work, pre)
+    units, left = find_units(work, pre)
+    if not units:
+        ensure_prunable(work, pre)  # raises, naming what was left whole
     criterion = get_criterion(req.criterion, **({"seed": req.seed} if req.criterion == "random" else {}))
     batches = calibration_batches(calib, req.batches, req.batch_size, req.seed) if criterion.needs_data else []
     params0, macs0 = count_params_macs(work, pre)
     costs = unit_costs(work, units, pre)
     orig = {u.name: torch.arange(u.size) for u in units}
     first: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    notes: list[str] = []
     total = {k: sum(u.size for u in units if u.kind == k) for k in ("heads", "channels")}
     kinds = (
         {"heads", "channels"}
@@ -248,26 +281,31 @@ def plan_pruning(
         else {k for k, r in (("heads", req.heads), ("channels", req.channels)) if r is not None}
     )
     if req.heads is not None and total["heads"] == 0:
-        raise EdgeconvError("--heads: this model has no attention heads edgeconv can prune")
+        why = f" ({left_whole_summary(left, 1)[0]})" if left else ""
+        raise EdgeconvError(f"--heads: this model has no attention heads edgeconv can prune{why}")
     if req.channels is not None and total["channels"] == 0:
         raise EdgeconvError("--channels: this model has no prunable hidden channels")
     floors = {u.name: max(1, math.ceil(req.min_keep * u.size)) for u in units}
+    notes: list[str] = left_whole_summary(left)
+    target = req.target_macs
     if req.target_macs is not None:
         floor = macs0 - sum(costs[u.name][1] * (u.size - floors[u.name]) for u in units)
         if floor > req.target_macs * macs0:
-            left = "one head and one channel" if req.min_keep == 0 else f"{req.min_keep:.0%} of the heads and channels"
-            raise EdgeconvError(
-                f"--target-macs {req.target_macs}: unreachable; with {left} left in every prunable "
-                f"layer the model still has {floor / macs0:.1%} of its MACs (stem, residual widths and classifier "
-                "are not pruned)"
+            left_in = "one head and one channel" if req.min_keep == 0 else f"{req.min_keep:.0%} of the heads and channels"
+            whole = f", {len(left)} attention module(s) left whole" if left else ""
+            notes.append(
+                f"--target-macs {req.target_macs} is out of reach: with {left_in} left in every prunable layer the "
+                f"model keeps about {floor / macs0:.1%} of its MACs (stem, residual widths and classifier are not "
+                f"pruned{whole}); pruned as far as that"
             )
+            target = floor / macs0
 
     first: dict = {}
     for step, attempt in _rounds(req.steps, REFINE_ROUNDS if req.target_macs is not None else 1):
         frac = step / req.steps
         if req.target_macs is not None:
             macs_now = count_params_macs(work, pre)[1]
-            goal = macs0 * (1 - (1 - req.target_macs) * frac)
+            goal = macs0 * (1 - (1 - target) * frac)
             if first and macs_now <= goal:
                 continue  # this step's goal is met; a refinement round is needed only when it is not
             if attempt > 0:  # per-unit costs changed where coupled units shrank together: measure them again
@@ -307,10 +345,12 @@ def plan_pruning(
                 keep_unit(work, u, keep)
                 orig[u.name] = orig[u.name][keep]
 
-    if req.target_macs is not None:  # the plan's estimate must hold when measured
+    target_met = True
+    if req.target_macs is not None:  # the plan's estimate is checked by measuring
         macs_now = count_params_macs(work, pre)[1]
-        if macs_now > req.target_macs * macs0 * (1 + 1e-9):
-            raise EdgeconvError(f"could not meet --target-macs {req.target_macs}: reached {macs_now / macs0:.1%}")
+        target_met = macs_now <= req.target_macs * macs0 * (1 + 1e-9)
+        if not target_met:
+            notes.append(f"--target-macs {req.target_macs}: reached {macs_now / macs0:.1%} of the MACs")
     for kind, ratio in (("heads", req.heads), ("channels", req.channels)):
         if ratio is not None:
             got = total[kind] - sum(int(orig[u.name].numel()) for u in units if u.kind == kind)
@@ -348,11 +388,15 @@ def plan_pruning(
             for path, m in work.named_modules()
             if is_channel_module(m) and getattr(m, "graph_members", None)
         },
+        generic_heads={path: copy.deepcopy(m.head_spec) for path, m in work.named_modules() if is_generic(m)},
+        left_whole=left,
+        target_met=target_met,
     )
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Remove every unit the plan does not keep (in place) and record the new structure in `model.cfg`."""
+    from edgeconv.models.generic_attention import make_generic_heads
     from edgeconv.models.prunable import adapt, make_graph_unit
 
     adapt(model)
@@ -360,6 +404,11 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     for consumer, members in plan.graph_units.items():
         if not is_channel_module(mods[consumer]):
             make_graph_unit(model, consumer, [tuple(x) for x in members])
+    for path, spec in plan.generic_heads.items():
+        if path not in mods:
+            raise EdgeconvError(f"plan does not fit this model: {path} (missing)")
+        if not is_generic(mods[path]):
+            make_generic_heads(mods[path], copy.deepcopy(spec))
     units = {u.name: u for u in prunable_units(model)}
     for lp in plan.layers:
         u = units.get(lp.unit)
@@ -516,6 +565,7 @@ def run_prune(
                 "prune": {
                     "request": asdict(req),
                     "notes": plan.notes,
+                    "left_whole": plan.left_whole,
                     "removed": {lp.unit: lp.removed for lp in plan.layers},
                 }
             },

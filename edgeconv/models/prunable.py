@@ -145,6 +145,11 @@ class _TorchMHA:
         _keep_cols(self.out_proj, ch)
         self.num_heads = len(heads)
 
+    def unit_weight_l1(self) -> torch.Tensor:
+        h = self.num_heads
+        rows = self.in_proj_weight.detach().abs().sum(1).view(3, h, -1).sum((0, 2))
+        return rows + self.out_proj.weight.detach().abs().sum(0).view(h, -1).sum(1)
+
 
 # ----------------------------------------------------------------------------------------------- timm LeViT
 def _keep_linear_norm_rows(ln: nn.Module, idx: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from edgeconv.common.errors import EdgeconvError
+from edgeconv.models.generic_attention import is_generic, make_generic_heads
 from edgeconv.models.prunable import make_graph_unit
 
 
@@ -62,6 +63,8 @@ def current_structure(model: nn.Module) -> dict[str, dict]:
     for p, m in model.named_modules():
         if is_head_module(m):
             out[p] = {"heads": int(m.num_heads)}
+            if is_generic(m):  # described from its own structure: the description travels with the checkpoint
+                out[p]["generic"] = m.head_spec
             if hasattr(m, "head_ids"):  # heads that are not interchangeable (a cascade): which ones remain
                 out[p]["head_ids"] = [int(h) for h in m.head_ids]
         elif is_channel_module(m):
@@ -92,6 +95,10 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
             if not isinstance(graph, list) or not all(isinstance(x, list) and len(x) == 2 for x in graph):
                 raise EdgeconvError(f"recorded channel unit {path!r} has a malformed member list")
             make_graph_unit(model, path, [(str(a), str(b)) for a, b in graph])
+        if spec.get("generic") and not is_head_module(m):
+            if not isinstance(spec["generic"], dict):
+                raise EdgeconvError(f"recorded head unit {path!r} has a malformed description")
+            make_generic_heads(m, spec["generic"])
         if "head_ids" in spec and is_head_module(m) and hasattr(m, "head_ids"):
             ids = spec["head_ids"]
             bad = not isinstance(ids, list) or not ids or len(set(map(str, ids))) != len(ids)
@@ -114,16 +121,26 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
                 break
 
 
+def attention_like(m: nn.Module) -> bool:
+    """A module that looks like attention: its class name says so, or it has an integer `num_heads` and a child
+    named like a q/k/v projection. (Squeeze-excite style "attention" without heads is named too, and left whole.)"""
+    name = type(m).__name__.lower()
+    if "attention" in name or "attn" in name:
+        return True
+    n = getattr(m, "num_heads", None)
+    return isinstance(n, int) and any(c in dict(m.named_children()) for c in ("qkv", "q", "kv", "query", "to_qkv"))
+
+
 def unknown_attention(model: nn.Module) -> list[tuple[str, type]]:
-    """(path, class) of modules that look like attention and have no head structure edgeconv can prune."""
+    """(path, class) of modules that look like attention and have no head structure edgeconv can prune (the
+    innermost such module where one holds another)."""
 
     def known(m: nn.Module) -> bool:
         return is_head_module(m) or is_channel_module(m)
 
     out = []
     for path, m in model.named_modules():
-        name = type(m).__name__.lower()
-        if ("attention" in name or "attn" in name.split(".")[-1]) and not known(m):
-            if not any(known(c) for c in m.modules() if c is not m):
+        if attention_like(m) and not known(m) and not any(known(c) for c in m.modules() if c is not m):
+            if not any(attention_like(c) for c in m.modules() if c is not m):
                 out.append((path, type(m)))
     return out

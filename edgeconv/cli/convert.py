@@ -133,6 +133,8 @@ def quantize_cmd(
     console.print(rows_table(rep.rows, title=f"quantized: {out}"))
     if rep.details:
         console.print(rows_table(rep.details, title="kept in float / checks"))
+    for title, rows in rep.tables:
+        console.print(rows_table(rows, title=title))
     for note in rep.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if json_out:

@@ -118,6 +118,12 @@ class QuantizeSettings:
         help="GELU in an onnxruntime INT8 graph: tanh (the tanh form where its output is quantized again, checked "
         "to stay under half an 8-bit step per layer; faster) | exact (erf).",
     )
+    report: bool = option(
+        False,
+        cli="--report/--no-report",
+        help="onnxruntime INT8: also write the per-layer error against float (SQNR, cosine) on calibration samples: "
+        "the worst layers as a table, OUT.sensitivity.json and OUT.sensitivity.png.",
+    )
 
 
 @dataclass
@@ -142,6 +148,7 @@ class QuantizeRequest:
     ops: str = "auto"
     gelu: str = "tanh"  # onnxruntime INT8: re-quantized GELUs in the tanh form (quantize/gelu.py) | exact
     routing: str | None = None  # export routing when MODEL is a checkpoint
+    report: bool = False  # onnxruntime INT8: per-layer sensitivity report beside the file (quantize/sensitivity.py)
     command: str = "edgeconv quantize"
     extra: dict = field(default_factory=dict)
 
@@ -157,6 +164,7 @@ class QuantizeReport:
     rows: list[dict]  # result table
     details: list[dict] = field(default_factory=list)  # e.g. layers kept float, ops left float
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[dict]]] = field(default_factory=list)  # further (title, rows), e.g. --report
 
 
 def request_from(settings: QuantizeSettings, **fields) -> "QuantizeRequest":
@@ -171,6 +179,7 @@ def request_from(settings: QuantizeSettings, **fields) -> "QuantizeRequest":
         max_drop=settings.max_drop,
         ops=settings.ops,
         gelu=settings.gelu,
+        report=settings.report,
         **fields,
     )
 
@@ -198,6 +207,8 @@ def check_request(req: QuantizeRequest) -> Backend:
         raise EdgeconvError(f"--target applies to --int8 only (this is {req.precision})")
     if isinstance(req.target, Int8Target) and req.target.backend != b.name:
         raise EdgeconvError(f"--target {req.target.name} is written by --backend {req.target.backend}, not {b.name}")
+    if req.report and (req.precision != "int8" or b.name != "ort"):
+        raise EdgeconvError("--report is the onnxruntime INT8 per-layer report: use it with --int8 --backend ort")
     if Path(req.model).resolve() == Path(req.out).resolve():
         raise EdgeconvError("-o must differ from the input model")
     return b

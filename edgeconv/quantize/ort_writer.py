@@ -131,6 +131,10 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
     if ifs_after != ifs_before:
         raise EdgeconvError(f"internal error: quantization changed the If count ({ifs_before} -> {ifs_after})")
     rec["if_nodes"] = ifs_after
+    tables = []
+    if req.report:
+        step("per-layer report: float and INT8 activations on calibration samples")
+        tables.append(sensitivity_report(float_model, model, calib, req.out, rec, notes))
     step("writing")
     size = len(model.SerializeToString())
     for _ in range(5):  # the record holds the file size, which depends on the record: iterate to the fixed point
@@ -151,4 +155,25 @@ def run(req: QuantizeRequest, step: Callable[[str], None]) -> QuantizeReport:
         "quantized top-1 %": acc.get("quantized_top1"),
         "drop": acc.get("drop"),
     }
-    return QuantizeReport(req.out, rec, [row], details, notes)
+    return QuantizeReport(req.out, rec, [row], details, notes, tables)
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """Where `--report` writes beside OUT: OUT-stem.sensitivity.json and .png."""
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.sensitivity.json"), out.with_name(f"{stem}.sensitivity.png")
+
+
+def sensitivity_report(float_model, model, calib, out: Path, rec: dict, notes: list[str]) -> tuple[str, list[dict]]:
+    """Per-layer INT8 error (quantize/sensitivity.py) written beside `out`; the worst rows as a table."""
+    from edgeconv.quantize.sensitivity import int8_errors, top_rows, write_report
+
+    report = int8_errors(float_model, model, calib.samples.x.numpy())
+    report["calibration"] = calib.source
+    js, png = report_paths(out)
+    write_report(report, js, png, title=f"{out.name}: INT8 vs float per tensor ({report['samples']} samples)")
+    rec["sensitivity_report"] = {"json": js.name, "png": png.name, "samples": report["samples"]}
+    notes.append(f"per-layer report: {js} and {png} (lowest SQNR first; 'own' = this tensor's rounding alone)")
+    if report["if_nodes_not_inspected"]:
+        notes.append(f"per-layer report: the {report['if_nodes_not_inspected']} If node(s) were not looked into")
+    return f"INT8 error per layer, worst first ({report['samples']} calibration samples)", top_rows(report, 8)

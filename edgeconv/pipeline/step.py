@@ -149,3 +149,13 @@ def eval_rows(path: Path, label: str, data: str, split: str | None) -> tuple[dic
         "size KiB": round(path.stat().st_size / 1024, 1),
     }
     return row, {"top1": res["top1"], "loss": res["loss"], "n": res["n"], "routing": {label: res["routing"]}}
+
+
+def deployables(artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+    """Every model a validate/bench step should look at, in pipeline order."""
+    keep = {}
+    for kind in ("float", "checkpoint", "onnx:float", "onnx"):
+        if kind in artifacts and all(a.path != artifacts[kind].path for a in keep.values()):
+            keep[kind] = artifacts[kind]
+    keep.update({k: a for k, a in artifacts.items() if k.startswith("model:")})
+    return keep

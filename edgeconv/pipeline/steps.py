@@ -37,6 +37,7 @@ from edgeconv.pipeline.step import (
     Step,
     StepContext,
     StepResult,
+    deployables,
     eval_rows,
     held_out_check,
     model_label,
@@ -402,7 +403,9 @@ class Quantize(Step):
             # onnxruntime and TensorRT start from the exported graph; TFLite converts from PyTorch directly
             src = ctx.inputs.get("onnx") if backend != "tflite" and "onnx" in ctx.inputs else ctx.inputs["checkpoint"]
             out = ctx.out_dir / f"{backend}-{precision}{BACKENDS[backend].suffixes[0]}"
-            own = settings if backend == "ort" and precision == "int8" else dataclasses.replace(settings, int8_target=None)
+            own = settings
+            if not (backend == "ort" and precision == "int8"):  # the target and the report are onnxruntime INT8's
+                own = dataclasses.replace(settings, int8_target=None, report=False)
             if precision != "int8":
                 own = dataclasses.replace(own, calib=None, calib_limit=None, max_drop=None)
             req = request_from(
@@ -434,16 +437,6 @@ class Quantize(Step):
                 row["top1 %"] = acc["quantized_top1"]
             rows.append(row)
         return StepResult(outputs, metrics, rows)
-
-
-def deployables(artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
-    """Every model a validate/bench step should look at, in pipeline order."""
-    keep = {}
-    for kind in ("float", "checkpoint", "onnx:float", "onnx"):
-        if kind in artifacts and all(a.path != artifacts[kind].path for a in keep.values()):
-            keep[kind] = artifacts[kind]
-    keep.update({k: a for k, a in artifacts.items() if k.startswith("model:")})
-    return keep
 
 
 # ------------------------------------------------------------------------------------------------ validate

@@ -166,7 +166,20 @@ def run_one(name: str, work: Path, target: float = 0.5, sizes=SIZES, batches: in
         from edgeconv.export.onnx import export_onnx
         from edgeconv.measure.validate import validate_onnx
 
-        onnx = export_onnx(ckpt, work / f"{name}.onnx").path
+        try:
+            onnx = export_onnx(ckpt, work / f"{name}.onnx").path
+        except Exception as e:  # noqa: BLE001 - is it the pruning, or does the unpruned model fail the same way?
+            base = save_checkpoint(work / f"{name}.unpruned.pt", model, preprocessing=pre,
+                                   classes=[str(i) for i in range(10)], provenance_rec=provenance("timm_sweep"))  # fmt: skip
+            try:
+                export_onnx(base, work / f"{name}.unpruned.onnx")
+                same = "the unpruned model exports"
+            except Exception:  # noqa: BLE001
+                same = "the unpruned model fails to export too"
+            row["export error"] = f"{str(e).splitlines()[0][:100]}...; {same}"
+            row["pass"] = False
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            return row
         row["export"] = True
         import numpy as np
 
@@ -186,6 +199,8 @@ def status_line(row: dict) -> str:
     """One line: what was pruned, and what was left whole (the module class) and why."""
     if row.get("error"):
         return f"error: {row['error']}"
+    if row.get("export error"):
+        return f"export failed: {row['export error']}"
     what = f"{row['head units']} head units ({row['heads kept']} heads kept), {row['channel units']} channel units"
     whole = "; ".join(row["left whole why"])
     return what + (f"; left whole: {whole}" if whole else "")
@@ -210,7 +225,11 @@ def main() -> None:
         try:
             row = run_one(a.one, a.work, a.target_macs)
         except Exception as e:  # noqa: BLE001 - the sweep records the failure and goes on
-            row = {"model": a.one, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            msg = str(e).splitlines()[0][:200] if str(e) else ""
+            row = {"model": a.one, "error": f"{type(e).__name__}: {msg} ({Path(where.filename).name}:{where.lineno})"}
         print(json.dumps(row))
         return
 

@@ -79,25 +79,31 @@ def test_unknown_timm_name_is_a_clear_error():
         create_model("timm:not_a_real_model_xyz")
 
 
-def test_pruning_a_timm_model_with_unknown_attention_names_the_module_and_writes_nothing(tmp_path):
-    """Swin's window attention (relative-position tables per window) is not known: refused before any tracing, with
-    the module's class and path; the CLI writes no file."""
+def test_a_timm_attention_without_heads_is_left_whole_the_rest_pruned_and_heads_refused_in_one_line(tmp_path):
+    """SwiftFormer's additive attention has no heads: the model is still pruned to half its MACs (its MLP and conv
+    channels), the module is named with its class and reason in the plan; `--heads` asks for what the model does not
+    have, so the CLI refuses in one line and writes nothing."""
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.common.errors import EdgeconvError
     from edgeconv.compress.prune import PruneRequest, prune_model
-    from edgeconv.models import create_model
+    from edgeconv.models import count_params_macs, create_model
 
     torch.manual_seed(0)
-    model = create_model("timm:swin_tiny_patch4_window7_224", num_classes=10, in_chans=3, img_size=224).eval()
-    match = r"swin_tiny_patch4_window7_224: cannot prune attention module timm\.models\.swin_transformer\.WindowAttention"
-    with pytest.raises(EdgeconvError, match=match):
-        prune_model(model, PRE, None, PruneRequest(heads=0.3, criterion="l1"))
-    ckpt = save_checkpoint(tmp_path / "swin.pt", model, preprocessing={**PRE, "size": 224},
-                           classes=[str(i) for i in range(10)], provenance_rec=provenance("pytest"))  # fmt: skip
+    model = create_model("timm:swiftformer_xs", num_classes=10, in_chans=1, img_size=SIZE).eval()
+    pre = {**PRE, "channels": 1, "mean": [0.5], "std": [0.5]}
+    pruned, plan = prune_model(model, pre, None, PruneRequest(target_macs=0.5, criterion="l1"))
+    assert plan.target_met and count_params_macs(pruned, pre)[1] <= 0.5 * count_params_macs(model, pre)[1]
+    cls = "timm.models.swiftformer.EfficientAdditiveAttention"
+    assert {d["class"] for d in plan.left_whole} == {cls} and len(plan.left_whole) == 4
+    assert all(d["reason"] == "not multi-head (no integer num_heads)" for d in plan.left_whole)
+    assert any(n.startswith(f"left whole: 4 x {cls} (") for n in plan.notes)
+    ckpt = save_checkpoint(tmp_path / "sf.pt", model, preprocessing=pre, classes=[str(i) for i in range(10)],
+                           provenance_rec=provenance("pytest"))  # fmt: skip
     r = subprocess.run([sys.executable, "-m", "edgeconv", "prune", str(ckpt), "--heads", "0.3", "--criterion", "l1",
                         "--eval-on-train", "-o", str(tmp_path / "p.pt")], capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 2 and "WindowAttention" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "p.pt").exists()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--heads: this model has no attention heads" in r.stderr and "EfficientAdditiveAttention" in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
+    assert not (tmp_path / "p.pt").exists() and not (tmp_path / "p.prune.json").exists()
 
 
 def _perturbed(model):
@@ -229,3 +235,57 @@ def test_import_of_a_timm_training_file_records_timms_preprocessing(tmp_path):
     ema_model, ckpt = load_model(tmp_path / "e.pt")
     assert ckpt["preprocessing"]["size"] == 160
     assert torch.equal(ema_model.net.state_dict()["head.linear.weight"], ema["head.linear.weight"])
+
+
+GENERIC_FORMS = [
+    # (model, attention class, the form it covers)
+    ("pvt_v2_b0", "Attention", "separate q / kv, spatial reduction before k/v, reshape to the input width"),
+    ("efficientformerv2_s0", "Attention2d", "1x1-conv q/k/v on 2-D maps, talking heads, bias table, conv on v"),
+    ("tiny_vit_5m_224", "Attention", "qkv laid out per head, attention-bias table, derived out_dim"),
+    ("edgenext_xx_small", "CrossCovarianceAttn", "transposed attention with a per-head temperature"),
+]
+
+
+@pytest.mark.parametrize("name, cls, form", GENERIC_FORMS)
+def test_heads_of_attention_without_an_adapter_are_found_from_its_structure(name, cls, form, tmp_path):
+    """No hand-written adapter: heads are read from the module's own projections and checked on an example; the
+    pruned model is the unpruned one with the removed heads' gates at zero, its num_heads (and what derives from it)
+    match its weights, and it reloads from a weights_only checkpoint to the same outputs."""
+    from edgeconv.artifacts import provenance, save_checkpoint
+    from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
+    from edgeconv.data.sources import Samples
+    from edgeconv.models import load_model
+    from edgeconv.models.generic_attention import is_generic
+
+    model = _perturbed(_model(name))
+    ensure_prunable(model, PRE)
+    generic = {p: m for p, m in model.named_modules() if is_generic(m)}
+    assert generic and {type(m).__mro__[2].__name__ for m in generic.values()} >= {cls}, form
+    g = torch.Generator().manual_seed(0)
+    calib = Samples(torch.randn(16, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (16,), generator=g),
+                    [str(i) for i in range(10)], "random")  # fmt: skip
+    pruned, plan = prune_model(model, PRE, calib, PruneRequest(heads=0.5, criterion="gradient", batches=2))
+    cut = [lp for lp in plan.layers if lp.kind == "heads" and lp.unit in generic and len(lp.keep) < lp.size]
+    assert cut, "no generic head was removed"
+    mods, pmods = dict(model.named_modules()), dict(pruned.named_modules())
+    for lp in plan.layers:
+        gate = torch.zeros(lp.size)
+        gate[lp.keep] = 1.0
+        for path in lp.paths:
+            setattr(mods[path], "head_gate" if lp.kind == "heads" else "hidden_gate", gate)
+    for lp in cut:
+        m = pmods[lp.unit]
+        assert m.num_heads == len(lp.keep)
+        for attr, per in m.head_spec["attrs"].items():
+            assert getattr(m, attr) == per * len(lp.keep)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        masked, ref = model(x), pruned(x)
+    assert ref.abs().max() > 1e-2
+    torch.testing.assert_close(ref, masked, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+    path = save_checkpoint(tmp_path / "p.pt", pruned, preprocessing=PRE, classes=[str(i) for i in range(10)],
+                           provenance_rec=provenance("pytest"))  # fmt: skip
+    again, ck = load_model(path)
+    assert all("generic" in ck["config"]["structure"][lp.unit] for lp in cut)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ref)

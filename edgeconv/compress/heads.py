@@ -223,15 +223,13 @@ def _check(model: nn.Module, path: str, spec: dict, example: torch.Tensor) -> st
                 return "zeroing a head's gate changes nothing at the module output"
             probe = copy.deepcopy(module)
             probe.keep_heads(torch.tensor([i for i in range(n) if i != h]))
-            suspects = (int(example.shape[1]),)
             x0 = args[0] if args else None
-            if isinstance(x0, torch.Tensor):
-                width = int(x0.shape[1] if x0.dim() == 4 else x0.shape[-1])
-                suspects = (width, width // (n - 1))
-            mode = ReshapeFix(suspects=suspects, discover=True)
+            width = int(x0.shape[1] if x0.dim() == 4 else x0.shape[-1]) if isinstance(x0, torch.Tensor) else -1
+            mode = ReshapeFix(heads=(n, n - 1), suspects=(width,), discover=True)
             with mode:
                 removed_m = _first_tensor(probe(*args, **kwargs))
-            probe.head_spec = {**spec, "fix": sorted(mode.found.items())}
+            found = [[int(i), int(d), how, int(v)] for i, (d, how, v) in sorted(mode.found.items())]
+            probe.head_spec = {**spec, "fix": found}
             if not _close(masked_m, removed_m):
                 return "removing a head does not give what zeroing its gate gives at the module output"
             setattr(parent, leaf, probe)
@@ -246,7 +244,7 @@ def _check(model: nn.Module, path: str, spec: dict, example: torch.Tensor) -> st
         return f"removing a head breaks its forward ({type(e).__name__}: {msg[:120]})"
     finally:
         module.head_gate = None
-    spec["fix"] = [[int(a), int(b)] for a, b in sorted(mode.found.items())]
+    spec["fix"] = found
     return ""
 
 

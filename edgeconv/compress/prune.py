@@ -522,7 +522,12 @@ def run_prune(
         raise EdgeconvError("give -o/--out for the pruned checkpoint (or --dry-run to only print the plan)")
     model, ck = load_model(ckpt_path)
     pre = ck["preprocessing"]
-    ensure_prunable(model, pre)
+    units, left = find_units(model, pre)
+    if not units:
+        ensure_prunable(model, pre)  # raises, naming what was left whole
+    if req.heads is not None and not any(u.kind == "heads" for u in units):  # said before any data is read
+        why = f" ({left_whole_summary(left, 1)[0]})" if left else ""
+        raise EdgeconvError(f"--heads: this model has no attention heads edgeconv can prune{why}")
     calib = load_samples(data, pre, split_for(data, "calibrate"), classes=ck["classes"])
     test = load_samples(eval_data, pre, split_for(eval_data, "evaluate", trained_on=data), classes=ck["classes"])
     pruned, plan = prune_model(model, pre, calib, req)

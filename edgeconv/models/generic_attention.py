@@ -15,9 +15,9 @@ A multi-head attention module (one with an integer `num_heads`) is described by 
   position tables [..., heads], per-head temperatures); `mixers`: talking-heads layers (heads -> heads, both
   sides sliced); `head_out`: layers producing one value per head (a relative-position MLP), rows sliced.
 - `attrs`: integer attributes derived from the head count (`{name: per-head multiple}`, e.g. total attention dims).
-- `fix`: reshapes in the module's forward that take their width from the input (`reshape(B, N, C)`): the call's
-  ordinal within one forward and the dimension that becomes -1 once heads are gone (applied by a TorchFunctionMode
-  while the module is narrower than it was built).
+- `fix`: reshapes in the module's forward that take their width from the input (`reshape(B, N, C)`,
+  `C // num_heads`): the call's ordinal within one forward, the dimension and how it is replaced once heads are gone
+  (applied by a TorchFunctionMode while the module has fewer heads than it was built with).
 
 Per-head norms (q_norm / k_norm over the head width) and window partitioning are untouched. The module keeps its own
 class's forward; the instance's class becomes a subclass that adds `head_gate` / `keep_heads(idx)`.
@@ -45,17 +45,24 @@ def _shape_args(func, args) -> tuple[torch.Tensor, list] | None:
 
 
 class ReshapeFix(TorchFunctionMode):
-    """Applies (or, with `discover`, finds) the -1 a width-from-input reshape needs once heads are removed.
+    """Applies (or, with `discover`, finds) what a width-from-input reshape needs once heads are removed.
 
-    Calls are counted in order within one forward; `fixes` is {ordinal: dimension}. Discovering: a call that fails
-    is retried with one of the `suspects` dimensions (the module's input width, or it divided by the heads left:
-    a head width computed from the input) made -1, rightmost first."""
+    Calls are counted in order within one forward; `fixes` is {ordinal: [dimension, how, value]}: how "scale" takes
+    the requested width (the input's, C) to C * heads_now / heads_built (the attention's own width), how "const"
+    puts back the head width the module was built with (a `C // num_heads` computed from the input). Discovering: a
+    call that fails is retried with one of the `suspects` dimensions (the input width, or it divided by the heads
+    left) replaced, rightmost first; the first that runs is recorded."""
 
-    def __init__(self, fixes: dict[int, int] | None = None, suspects: tuple[int, ...] = (), discover: bool = False):
+    def __init__(self, fixes: dict | None = None, heads: tuple[int, int] = (1, 1), suspects: tuple[int, ...] = (),
+                 discover: bool = False):  # fmt: skip
         super().__init__()
-        self.fixes, self.suspects, self.discover = dict(fixes or {}), suspects, discover
-        self.found: dict[int, int] = {}
+        self.fixes, self.heads, self.suspects, self.discover = dict(fixes or {}), heads, suspects, discover
+        self.found: dict[int, list] = {}
         self.n = 0
+
+    def _value(self, requested: int, how: str, value: int) -> int:
+        built, now = self.heads
+        return requested * now // built if how == "scale" else int(value)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -67,22 +74,34 @@ class ReshapeFix(TorchFunctionMode):
             return func(*args, **kwargs)
         t, shape = parsed
         if i in self.fixes:
-            shape[self.fixes[i]] = -1
+            d, how, value = self.fixes[i]
+            if isinstance(shape[d], int):
+                shape[d] = self._value(shape[d], how, value)
             return func(t, shape, **kwargs)
         if not self.discover:
             return func(*args, **kwargs)
         try:
             return func(*args, **kwargs)
         except RuntimeError:
+            built, now = self.heads
+            width = self.suspects[0] if self.suspects else -1
             for d in reversed(range(len(shape))):
-                if isinstance(shape[d], int) and shape[d] in self.suspects and -1 not in shape:
-                    trial = [*shape[:d], -1, *shape[d + 1 :]]
-                    try:
-                        out = func(t, trial, **kwargs)
-                    except RuntimeError:
-                        continue
-                    self.found[i] = d
-                    return out
+                if not isinstance(shape[d], int):
+                    continue
+                if shape[d] == width and width * now % built == 0:
+                    fix = [d, "scale", 0]
+                elif shape[d] == width // now and width % built == 0:
+                    fix = [d, "const", width // built]
+                else:
+                    continue
+                trial = list(shape)
+                trial[d] = self._value(shape[d], fix[1], fix[2])
+                try:
+                    out = func(t, trial, **kwargs)
+                except RuntimeError:
+                    continue
+                self.found[i] = fix
+                return out
             raise
 
 
@@ -127,17 +146,23 @@ class _GenericHeads:
 
     def forward(self, *args, **kwargs):
         spec = self.head_spec
-        hook = None
-        if self.head_gate is not None:
-            hook = _layer(self, spec["cols"]).register_forward_pre_hook(self._gate_hook)
+        hooks = []
+        if self.head_gate is not None:  # talking heads: a gated head neither feeds nor reads the mixed heads
+            hooks.append(_layer(self, spec["cols"]).register_forward_pre_hook(self._gate_hook))
+            hooks += [_layer(self, p).register_forward_pre_hook(self._mixer_hook) for p in spec.get("mixers", [])]
         try:
             if int(self.num_heads) != spec["built"] and spec.get("fix"):
-                with ReshapeFix({int(a): int(b) for a, b in spec["fix"]}):
+                with ReshapeFix({int(f[0]): f[1:] for f in spec["fix"]}, heads=(spec["built"], int(self.num_heads))):
                     return super().forward(*args, **kwargs)
             return super().forward(*args, **kwargs)
         finally:
-            if hook is not None:
-                hook.remove()
+            for h in hooks:
+                h.remove()
+
+    def _mixer_hook(self, mod, inputs):
+        x, g = inputs[0], self.head_gate
+        g = g.view(1, -1, *([1] * (x.dim() - 2))) if isinstance(mod, nn.Conv2d) else g
+        return (x * g, *inputs[1:])
 
     def keep_heads(self, heads: torch.Tensor) -> None:
         heads = torch.as_tensor(heads, dtype=torch.long).sort().values

@@ -15,9 +15,9 @@ Calibration spread - the default TFLite and onnxruntime INT8 files quantized aga
 100-sample subsets of the digits train split (`--calib-seeds`, default 0,1,2; `quantize --calib-seed`): top-1 drop
 per seed as the quantize record measured it, and its min / median / max.
 
-Part 2 - top-1 on the digits test split for digits-sized trained checkpoints (pass them with --ckpt): float vs
-onnxruntime INT8 (default target and op selection) and FP16, and TFLite INT8 and FP16, each in the runtime that
-runs it.
+Part 2 - top-1 on its own test split (digits: 359 images, fashion: 10,000) for each checkpoint trained on a bundled
+set (pass them with --ckpt): float vs onnxruntime INT8 (default target and op selection) and FP16, and TFLite INT8
+and FP16, each in the runtime that runs it.
 
     python benchmarks/quantize.py --ckpt routed.pt --ckpt acmix.pt --ckpt hvt.pt --out /tmp/qbench
 """
@@ -333,6 +333,7 @@ def part2(ckpts: list[Path], work: Path) -> list[dict]:
                 {
                     "model": f"{fam} ({ck.name})",
                     "artifact": f"{backend} {prec.upper()}",
+                    "scored on": f"{acc.get('data')} ({acc.get('n')} images)",
                     "float top-1 %": acc["float_top1"],
                     "quantized top-1 %": acc["quantized_top1"],
                     "drop (points)": acc["drop"],
@@ -363,7 +364,7 @@ def main() -> None:
         default=None,
         help="zoo model for the 224x224 latency part (repeatable; default hvt-small and acmix-small)",
     )
-    ap.add_argument("--ckpt", action="append", type=Path, default=[], help="digits checkpoint for the top-1 part")
+    ap.add_argument("--ckpt", action="append", type=Path, default=[], help="checkpoint (digits or fashion) for top-1")
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept; reruns reuse its artifacts)")
     ap.add_argument("--reps", type=int, default=200, help="interleaved onnxruntime repetitions at batch 1")
     ap.add_argument("--reps16", type=int, default=40, help="interleaved onnxruntime repetitions at batch 16")
@@ -409,7 +410,7 @@ def main() -> None:
             )
     if args.ckpt:
         result["top1_digits"] = part2(args.ckpt, work)
-        console.print(rows_table(result["top1_digits"], title=f"top-1 on the digits test split (359 images) on {where}"))
+        console.print(rows_table(result["top1_digits"], title=f"top-1 on each model's own test split on {where}"))
     (work / "quantize_bench.json").write_text(json.dumps(result, indent=2))
     _log(f"results in {work / 'quantize_bench.json'}")
 

@@ -14,8 +14,8 @@ the meta device (no memory, no weights) and kept when it is a hybrid by this rul
 
 timm's `test_*` configurations are skipped; of each module's hybrids the `--per-family` smallest by parameter count
 (at most `--max-params`) are run. Each model runs in its own process at the smallest input size it accepts among
-64, 96, 128, 160, 224 (random init; the BatchNorm scales and bias tables timm initialises to zero are given random
-values so that equalities compare real numbers), with the random calibration batches of the gradient criterion.
+64, 96, 128, 160, 224, 240, 256 (random init; the BatchNorm scales and bias tables timm initialises to zero are
+given random values so that equalities compare real numbers), with random calibration batches (gradient criterion).
 Per model: heads and channel units found, attention modules left whole and why, MACs reached (edgeconv's count),
 the pruned checkpoint reloaded with `weights_only=True` to the same outputs, ONNX export and `validate`. Prints a
 markdown table with the CPU class.
@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distributed import cpu_class  # noqa: E402
 
-SIZES = (64, 96, 128, 160, 224)
+SIZES = (64, 96, 128, 160, 224, 240, 256)
 PASS_MACS = 0.60  # a model passes when it reaches at most this share of its MACs, reloads, exports and validates
 
 
@@ -122,7 +122,8 @@ def build(name: str, sizes=SIZES):
             return perturbed(m), size
         except Exception as e:  # noqa: BLE001 - try the next size
             last = e
-    raise RuntimeError(f"no input size in {sizes} runs ({type(last).__name__}: {str(last).splitlines()[0][:120]})")
+    msg = (str(last).splitlines() or [""])[0][:120]
+    raise RuntimeError(f"no input size in {sizes} runs ({type(last).__name__}: {msg})")
 
 
 def run_one(name: str, work: Path, target: float = 0.5, sizes=SIZES, batches: int = 2, validate: bool = True) -> dict:

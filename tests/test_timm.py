@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +290,25 @@ def test_heads_of_attention_without_an_adapter_are_found_from_its_structure(name
     assert all("generic" in ck["config"]["structure"][lp.unit] for lp in cut)
     with torch.no_grad():
         torch.testing.assert_close(again(x), ref)
+
+
+SWEEP_SAMPLE = [  # one small model from each of 12 timm hybrid families of benchmarks/timm_sweep.py
+    "pvt_v2_b0", "tiny_vit_5m_224", "mobilevit_xxs", "levit_conv_128s", "efficientformerv2_s0", "edgenext_xx_small",
+    "efficientvit_m0", "swiftformer_xs", "coat_lite_tiny", "pit_ti_224", "vit_tiny_r_s16_p8_224", "xcit_nano_12_p8_224",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_sample_of_the_timm_hybrid_sweep_prunes_to_half_the_macs_reloads_exports_and_validates(tmp_path):
+    """The sweep's own per-model run (benchmarks/timm_sweep.py) on a fixed sample across families, at 64 px: each
+    model is pruned with --target-macs 0.5 to at most 60% of its MACs, nothing is refused whole, the checkpoint
+    reloads (weights_only) to the same outputs, exports and passes validate."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from timm_sweep import PASS_MACS, run_one, status_line
+
+    torch.set_num_threads(1)
+    rows = [run_one(name, tmp_path, sizes=(SIZE,), batches=1) for name in SWEEP_SAMPLE]
+    bad = [f"{r['model']}: {status_line(r)} {r.get('validate detail', '')}" for r in rows if not r["pass"]]
+    assert not bad, bad
+    assert all(r["MACs kept"] <= PASS_MACS and r["head units"] + r["channel units"] > 0 for r in rows)
+    assert sum(r["head units"] > 0 for r in rows) >= 10  # heads are found, not only channels

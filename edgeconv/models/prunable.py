@@ -409,18 +409,19 @@ def _timm_classes() -> dict[type, type]:
         from timm.models import efficientvit_msra, levit, mobilevit
     except ImportError:
         return {}
+    # attention without an entry here gets its heads from its own structure (models/generic_attention.py)
     return {
-        mobilevit.LinearSelfAttention: _LinearSelfAttention,
-        efficientvit_msra.CascadedGroupAttention: _CascadedGroupAttention,
-        Attention: _TimmAttention,
-        Mlp: _TimmMlp,
-        levit.Attention: _LevitAttention,
-        levit.AttentionDownsample: _LevitAttentionDownsample,
+        mobilevit.LinearSelfAttention: _LinearSelfAttention,  # no heads: its unit is channels, not a head gate
+        efficientvit_msra.CascadedGroupAttention: _CascadedGroupAttention,  # head h reads head h-1: not a gate at proj
+        Attention: _TimmAttention,  # written before the generic path; not yet checked against it
+        Mlp: _TimmMlp,  # an MLP, not attention
+        levit.Attention: _LevitAttention,  # written before the generic path; not yet checked against it
+        levit.AttentionDownsample: _LevitAttentionDownsample,  # written before the generic path; not yet checked
     }
 
 
 def _mixin_for(m: nn.Module) -> type | None:
-    if type(m) is nn.MultiheadAttention:
+    if type(m) is nn.MultiheadAttention:  # projections in in_proj_weight, not children: the generic path cannot
         if m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn:
             return _TorchMHA
         return None

@@ -133,12 +133,19 @@ def count_params_macs(model: nn.Module, pre: dict) -> tuple[int, int]:
     model.eval()
     saved = [(m, m.mode) for _, m in routers(model)]
     set_routing(model, "soft")
+    # a parameter handed to a submodule as an input (PiT's class token) would make the counter's module tracker
+    # ask for a gradient function under no_grad: count with gradients off
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
+        for p, _ in grads:
+            p.requires_grad_(False)
         x = torch.zeros(1, pre["channels"], pre["size"], pre["size"])
         with FlopCounterMode(display=False) as fc:
             model(x)
         macs = fc.get_total_flops() // 2
     finally:
+        for p, g in grads:
+            p.requires_grad_(g)
         for m, mode in saved:
             m.set_routing_mode(mode)
         model.train(was_training)

@@ -69,6 +69,11 @@ class PruneSettings(HeldOut):
         8, min=1, help="Calibration batch size (small batches: less gradient cancellation between samples)."
     )
     steps: int = option(1, min=1, help="Prune in this many steps, re-scoring between them.")
+    bn_recalibrate: bool = option(
+        True,
+        cli="--bn-recalibrate/--no-bn-recalibrate",
+        help="Re-estimate BatchNorm statistics on calibration samples after removal (no weight changes).",
+    )
 
 
 @dataclass

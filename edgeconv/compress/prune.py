@@ -38,6 +38,7 @@ class PruneRequest:
     batches: int = 64  # calibration batches for the gradient criteria
     batch_size: int = 8  # small: per-sample gradients cancel less within a batch
     steps: int = 1  # > 1: prune in steps, re-scoring the smaller model after each
+    bn_recalibrate: bool = True  # re-estimate BatchNorm statistics on the calibration samples after removal
     seed: int = 0
     normalise: str = "mean"  # per-layer normalisation before the global ranking (mean | l2)
     per_mac: bool = True  # --target-macs: rank by normalised score per MAC the unit costs
@@ -47,7 +48,7 @@ class PruneRequest:
         """From `settings.PruneSettings` (what `edgeconv prune` and the pipeline's [prune] take)."""
         return cls(heads=s.heads, channels=s.channels, target_macs=s.target_macs, min_keep=s.min_keep,
                    criterion=s.criterion, batches=s.batches, batch_size=s.batch_size, steps=s.steps,
-                   seed=seed)  # fmt: skip
+                   bn_recalibrate=s.bn_recalibrate, seed=seed)  # fmt: skip
 
     def check(self) -> None:
         for name in ("heads", "channels", "target_macs"):
@@ -426,8 +427,15 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
 def prune_model(model: nn.Module, pre: dict, calib: Samples | None, req: PruneRequest) -> tuple[nn.Module, PrunePlan]:
     """Plan on a copy, then apply to a copy: returns (pruned model, plan); the input model is untouched."""
+    from edgeconv.compress.recalibrate import recalibrate_batchnorm
+
     plan = plan_pruning(model, pre, calib, req)
-    return apply_plan(copy.deepcopy(model), plan), plan
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    if req.bn_recalibrate and calib is not None:
+        used = recalibrate_batchnorm(pruned, calib, seed=req.seed)
+        if used:
+            plan.notes.append(f"BatchNorm statistics re-estimated on {used} calibration samples (weights unchanged)")
+    return pruned, plan
 
 
 # ----------------------------------------------------------------------------------------------- reporting

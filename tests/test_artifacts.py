@@ -124,6 +124,7 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow  # over 10 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_trained_checkpoint_round_trips_through_save(trained, tmp_path):
     model, ck = load_model(trained())
     again = artifacts.save_checkpoint(

@@ -87,6 +87,7 @@ def test_distillation_recovers_a_pruned_student_and_resumes(pruned_student, tmp_
     assert artifacts.read_checkpoint(out2)["extra"]["distill"]["epoch"] == 2
 
 
+@pytest.mark.slow  # over 5 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_feature_distillation_learns_a_projection_across_widths(trained, tmp_path):
     teacher = trained("routed-tiny")  # pooled width 48
     student = tmp_path / "hvt.pt"  # pooled width 64

@@ -82,6 +82,7 @@ def test_outputs_into_a_file_or_an_unwritable_place_fail_first(ckpt, tmp_path, m
 
 
 # ----------------------------------------------------------------------------------------------- provenance
+@pytest.mark.slow  # over 10 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_tflite_from_onnx_refuses_a_checkpoint_changed_since_export(ckpt, tmp_path):
     pytest.importorskip("litert_torch")
     from edgeconv.export.onnx import export_onnx
@@ -193,6 +194,7 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_not_built(ckpt, tmp_pat
 
 
 # ----------------------------------------------------------------------------------------------- interrupts
+@pytest.mark.slow  # over 10 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_ctrl_c_says_what_was_kept_and_leaves_no_partial_file(tmp_path):
     out = tmp_path / "m.pt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -222,6 +224,7 @@ def test_ctrl_c_says_what_was_kept_and_leaves_no_partial_file(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # over 10 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_ctrl_c_during_export_is_not_swallowed(ckpt, tmp_path):
     """torch.export/dynamo run user callbacks while tracing; an interrupt landing there still stops the export
     with exit 130 and no ONNX file (our SIGINT handler raises a BaseException that `except Exception` lets by)."""

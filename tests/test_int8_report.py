@@ -19,6 +19,7 @@ def hvt_int8(exported, digits_pre, tmp_path_factory):
     return exported("hvt-tiny"), out, rep
 
 
+@pytest.mark.slow
 def test_report_covers_every_quantized_weight_layer_and_is_written_beside_the_file(hvt_int8):
     from edgeconv.quantize.ort_writer import report_paths
 
@@ -41,6 +42,7 @@ def test_report_covers_every_quantized_weight_layer_and_is_written_beside_the_fi
     assert rep.record["sensitivity_report"]["json"] == js.name
 
 
+@pytest.mark.slow
 def test_a_layer_broken_on_purpose_comes_out_worst(hvt_int8, digits_pre):
     """Coarsen one weight layer's scales 16x (its weights rounded to a few levels): the report must name that weight
     as the worst, and its own output as worse than it was."""
@@ -70,6 +72,6 @@ def test_a_layer_broken_on_purpose_comes_out_worst(hvt_int8, digits_pre):
 
 
 def test_report_is_refused_where_it_does_not_apply(cli, exported, tmp_path):
-    code, err = cli("quantize", str(exported("hvt-tiny")), "--fp16", "--report", "-o", str(tmp_path / "m.onnx"))
+    code, err = cli("quantize", str(exported("routed-tiny")), "--fp16", "--report", "-o", str(tmp_path / "m.onnx"))
     assert code == 2 and "--report" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()

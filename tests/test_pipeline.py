@@ -255,6 +255,7 @@ def test_report_json_and_md(tmp_path, trained):
     assert "| float (PyTorch) | PyTorch |" in md and "![routing mix](routing_mix.png)" in md
 
 
+@pytest.mark.slow  # over 5 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_real_training_step_with_tiny_epochs(tmp_path):
     run_dir = tmp_path / "run"
     text = "[pipeline]\nthreads = 1\n[train]\nmodel = 'hvt-tiny'\nepochs = 1\n[eval]\nsplit = 'val'\n"

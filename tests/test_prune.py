@@ -344,6 +344,7 @@ def test_prune_checkpoint_round_trip_report_and_heatmap(trained, tmp_path):
     assert res["summary"]["params"][1] < res["summary"]["params"][0]
 
 
+@pytest.mark.slow  # over 5 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_cli_prune_dry_run_and_bad_ratio(trained, tmp_path):
     src = str(trained("routed-tiny"))
     exe = [sys.executable, "-m", "edgeconv"]

@@ -234,6 +234,7 @@ def test_requantized_gelus_go_tanh_inside_if_branches_too_and_agree_with_exact(r
     assert abs((lt.argmax(1) == y).mean() - (le.argmax(1) == y).mean()) <= 0.01
 
 
+@pytest.mark.slow  # over 5 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_auto_floats_only_kinds_without_weight_share_when_int8_is_not_slower(exported, calib, tmp_path):
     """`--ops auto` may put a kind back in float while INT8 pays only when the kind holds under 1% of the weights
     (no size cost) and the timing says it is clearly faster; the record names the share and the interval."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -47,6 +48,7 @@ def test_a_model_without_batchnorm_is_left_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.slow
 def test_prune_recalibrates_by_default_and_says_so(trained):
     """can-tiny has BatchNorm in its conv paths: pruning re-estimates it unless told not to."""
     from edgeconv.compress.prune import PruneRequest, prune_model

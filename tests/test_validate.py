@@ -208,6 +208,7 @@ def test_untaken_branch_is_reported_unvalidated(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- CLI and JUnit
+@pytest.mark.slow  # over 5 s: `make test` runs it, `make test-fast` stays a quick loop
 def test_cli_validate_exit_codes_junit_and_json(good, tmp_path):
     junit, js = tmp_path / "v.xml", tmp_path / "v.json"
     r = _cli("validate", str(good), "--limit", "50", "--junit", str(junit), "--json", str(js))

@@ -123,30 +123,12 @@ def _perturbed(model):
     return model
 
 
-@pytest.mark.parametrize("name, target", [("levit_128s", 0.5), ("efficientvit_m0", 0.5), ("mobilevitv2_050", 0.65)])
-def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, target, tmp_path):
-    """LeViT's attention (bias tables per head), EfficientViT's cascaded group attention (each head its own input
-    slice and cascade link) and MobileViTv2's separable attention (channels), plus the MLP and conv-expansion channels
-    the dependency graph finds: the pruned model is the unpruned one with those units' gates at zero, meets the MACs
-    target, reloads from a weights_only checkpoint and exports to matching ONNX."""
-    import onnxruntime as ort
-
+def _pruned_equals_gated_and_reloads(model, pruned, plan, tmp_path):
+    """The pruned model computes what `model` computes with the removed units' gates at zero, and its checkpoint
+    reloads to the same outputs; (checkpoint path, input, pruned output, reloaded record)."""
     from edgeconv.artifacts import provenance, save_checkpoint
-    from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
-    from edgeconv.data.sources import Samples
-    from edgeconv.export.onnx import export_onnx
-    from edgeconv.models import count_params_macs, load_model
+    from edgeconv.models import load_model
 
-    model = _perturbed(_model(name))
-    ensure_prunable(model, PRE)  # adapts in place (same arithmetic) so the gates below apply to it
-    g = torch.Generator().manual_seed(0)
-    calib = Samples(torch.randn(32, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (32,), generator=g),
-                    [str(i) for i in range(10)], "random")  # fmt: skip
-    pruned, plan = prune_model(
-        model, PRE, calib, PruneRequest(target_macs=target, criterion="gradient", batches=4, bn_recalibrate=False)
-    )
-    assert count_params_macs(pruned, PRE)[1] <= (target + 0.01) * count_params_macs(model, PRE)[1]
-    assert any(lp.kind == "heads" and len(lp.keep) < lp.size for lp in plan.layers) or name.startswith("mobilevit")
     mods = dict(model.named_modules())
     for lp in plan.layers:
         gate = torch.zeros(lp.size)
@@ -160,9 +142,36 @@ def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, targ
     torch.testing.assert_close(ref, masked, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
     path = save_checkpoint(tmp_path / "p.pt", pruned, preprocessing=PRE, classes=[str(i) for i in range(10)],
                            provenance_rec=provenance("pytest"))  # fmt: skip
-    again, _ = load_model(path)
+    again, ck = load_model(path)
     with torch.no_grad():
         torch.testing.assert_close(again(x), ref)
+    return path, x, ref, ck
+
+
+@pytest.mark.parametrize("name, target", [("levit_128s", 0.5), ("efficientvit_m0", 0.5), ("mobilevitv2_050", 0.65)])
+def test_timm_hybrids_lose_heads_and_channels_structurally_and_reload(name, target, tmp_path):
+    """LeViT's attention (bias tables per head), EfficientViT's cascaded group attention (each head its own input
+    slice and cascade link) and MobileViTv2's separable attention (channels), plus the MLP and conv-expansion channels
+    the dependency graph finds: the pruned model is the unpruned one with those units' gates at zero, meets the MACs
+    target, reloads from a weights_only checkpoint and exports to matching ONNX."""
+    import onnxruntime as ort
+
+    from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
+    from edgeconv.data.sources import Samples
+    from edgeconv.export.onnx import export_onnx
+    from edgeconv.models import count_params_macs
+
+    model = _perturbed(_model(name))
+    ensure_prunable(model, PRE)  # adapts in place (same arithmetic) so the gates below apply to it
+    g = torch.Generator().manual_seed(0)
+    calib = Samples(torch.randn(32, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (32,), generator=g),
+                    [str(i) for i in range(10)], "random")  # fmt: skip
+    pruned, plan = prune_model(
+        model, PRE, calib, PruneRequest(target_macs=target, criterion="gradient", batches=4, bn_recalibrate=False)
+    )
+    assert count_params_macs(pruned, PRE)[1] <= (target + 0.01) * count_params_macs(model, PRE)[1]
+    assert any(lp.kind == "heads" and len(lp.keep) < lp.size for lp in plan.layers) or name.startswith("mobilevit")
+    path, x, ref, _ = _pruned_equals_gated_and_reloads(model, pruned, plan, tmp_path)
     res = export_onnx(path, tmp_path / "p.onnx")
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -254,10 +263,8 @@ def test_heads_of_attention_without_an_adapter_are_found_from_its_structure(name
     """No hand-written adapter: heads are read from the module's own projections and checked on an example; the
     pruned model is the unpruned one with the removed heads' gates at zero, its num_heads (and what derives from it)
     match its weights, and it reloads from a weights_only checkpoint to the same outputs."""
-    from edgeconv.artifacts import provenance, save_checkpoint
     from edgeconv.compress.prune import PruneRequest, ensure_prunable, prune_model
     from edgeconv.data.sources import Samples
-    from edgeconv.models import load_model
     from edgeconv.models.generic_attention import is_generic
 
     model = _perturbed(_model(name))
@@ -272,28 +279,14 @@ def test_heads_of_attention_without_an_adapter_are_found_from_its_structure(name
     )
     cut = [lp for lp in plan.layers if lp.kind == "heads" and lp.unit in generic and len(lp.keep) < lp.size]
     assert cut, "no generic head was removed"
-    mods, pmods = dict(model.named_modules()), dict(pruned.named_modules())
-    for lp in plan.layers:
-        gate = torch.zeros(lp.size)
-        gate[lp.keep] = 1.0
-        for path in lp.paths:
-            setattr(mods[path], "head_gate" if lp.kind == "heads" else "hidden_gate", gate)
+    pmods = dict(pruned.named_modules())
     for lp in cut:
         m = pmods[lp.unit]
         assert m.num_heads == len(lp.keep)
         for attr, per in m.head_spec["attrs"].items():
             assert getattr(m, attr) == per * len(lp.keep)
-    x = torch.randn(2, 3, SIZE, SIZE)
-    with torch.no_grad():
-        masked, ref = model(x), pruned(x)
-    assert ref.abs().max() > 1e-2
-    torch.testing.assert_close(ref, masked, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
-    path = save_checkpoint(tmp_path / "p.pt", pruned, preprocessing=PRE, classes=[str(i) for i in range(10)],
-                           provenance_rec=provenance("pytest"))  # fmt: skip
-    again, ck = load_model(path)
+    *_, ck = _pruned_equals_gated_and_reloads(model, pruned, plan, tmp_path)
     assert all("generic" in ck["config"]["structure"][lp.unit] for lp in cut)
-    with torch.no_grad():
-        torch.testing.assert_close(again(x), ref)
 
 
 SWEEP_SAMPLE = [  # one small model from each of 12 timm hybrid families of benchmarks/timm_sweep.py
